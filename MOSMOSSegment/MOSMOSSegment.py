@@ -1,0 +1,422 @@
+import logging
+import os
+from pathlib import Path
+from typing import Annotated
+
+import qt
+import slicer
+import vtk
+from slicer.parameterNodeWrapper import Choice, WithinRange, parameterNodeWrapper
+from slicer.ScriptedLoadableModule import (
+    ScriptedLoadableModule,
+    ScriptedLoadableModuleLogic,
+    ScriptedLoadableModuleTest,
+    ScriptedLoadableModuleWidget,
+)
+from slicer.util import VTKObservationMixin
+
+from MOSMOSSegmentLib import deps, models, pipeline
+from MOSMOSSegmentLib.process import Cancelled
+
+#
+# MOSMOSSegment
+#
+
+
+class MOSMOSSegment(ScriptedLoadableModule):
+    def __init__(self, parent):
+        ScriptedLoadableModule.__init__(self, parent)
+        self.parent.title = "MOSMOS Segment"
+        self.parent.categories = ["Segmentation"]
+        self.parent.dependencies = []
+        self.parent.contributors = ["MOSMOS developers"]
+        self.parent.helpText = """
+Segment organs in CT or MRI by typing their names (for example "liver, spleen, left kidney"), with a MOSMOS
+model: CLIP encoders pre-trained on radiology image-report pairs and fine-tuned for segmentation. Results are
+named, coloured segments with standard (SNOMED CT) terminology, per-organ attention maps that show where each
+organ name looks, and a table of organ volumes in mL.
+Models live in a models folder (default ~/MOSMOS/models, or $MOSMOS_MODELS_DIR); add one with
+"Add model file...". From the Python console: <code>MOSMOSSegmentLogic().segment(volumeNode, ["liver"])</code>.
+"""
+        self.parent.acknowledgementText = """
+Method: Tian et al., "MOSMOS: Multi-organ segmentation facilitated by medical report supervision"
+(arXiv 2409.02418). Segment terminology codes from TotalSegmentator (Wasserthal et al., Apache-2.0).
+"""
+
+
+#
+# Parameter node
+#
+
+
+@parameterNodeWrapper
+class MOSMOSSegmentParameterNode:
+    inputVolume: slicer.vtkMRMLScalarVolumeNode
+    outputSegmentation: slicer.vtkMRMLSegmentationNode
+    tags: str = ""
+    computeAttention: bool = True
+    modelsFolder: Path = models.default_models_dir()
+    device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
+    attentionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
+
+
+#
+# MOSMOSSegmentWidget
+#
+
+
+class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
+    MODEL_SETTINGS_KEY = "MOSMOS/Model"
+
+    def __init__(self, parent=None) -> None:
+        ScriptedLoadableModuleWidget.__init__(self, parent)
+        VTKObservationMixin.__init__(self)
+        self.logic = None
+        self._parameterNode = None
+        self._parameterNodeGuiTag = None
+        self._job = None
+        self._timer = None
+        self._organCheckBoxes = {}
+        self._attentionNodes = {}
+
+    def setup(self) -> None:
+        ScriptedLoadableModuleWidget.setup(self)
+        uiWidget = slicer.util.loadUI(self.resourcePath("UI/MOSMOSSegment.ui"))
+        self.layout.addWidget(uiWidget)
+        self.ui = slicer.util.childWidgetVariables(uiWidget)
+        uiWidget.setMRMLScene(slicer.mrmlScene)
+        self.logic = MOSMOSSegmentLogic()
+
+        self.ui.progressBar.hide()
+        qt.QVBoxLayout(self.ui.organsCheckBoxArea)
+        self._completer = qt.QCompleter([], self.ui.tagsLineEdit)
+        self._completer.setCaseSensitivity(qt.Qt.CaseInsensitive)
+        self._completer.setWidget(self.ui.tagsLineEdit)
+        self._completer.connect("activated(QString)", self.onCompletion)
+        self._timer = qt.QTimer()
+        self._timer.setInterval(200)
+        self._timer.connect("timeout()", self.onPoll)
+
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.StartCloseEvent, self.onSceneStartClose)
+        self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
+        self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
+        self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
+        self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
+        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.refreshModels)
+        self.ui.tagsLineEdit.connect("textEdited(QString)", self.onTagsEdited)
+        self.ui.attentionTagComboBox.connect("currentIndexChanged(int)", self.showAttention)
+        self.ui.attentionOpacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
+
+        self.initializeParameterNode()
+        self.refreshModels()
+
+    def cleanup(self) -> None:
+        if self._job is not None:
+            self._job.cleanup()
+            self._job = None
+        if self._timer is not None:
+            self._timer.stop()
+        self.removeObservers()
+
+    def enter(self) -> None:
+        self.initializeParameterNode()
+
+    def exit(self) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self._parameterNodeGuiTag = None
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
+
+    def onSceneStartClose(self, caller, event) -> None:
+        self.setParameterNode(None)
+
+    def onSceneEndClose(self, caller, event) -> None:
+        if self.parent.isEntered:
+            self.initializeParameterNode()
+
+    def initializeParameterNode(self) -> None:
+        self.setParameterNode(self.logic.getParameterNode())
+        if not self._parameterNode.inputVolume:
+            firstVolumeNode = slicer.mrmlScene.GetFirstNodeByClass("vtkMRMLScalarVolumeNode")
+            if firstVolumeNode:
+                self._parameterNode.inputVolume = firstVolumeNode
+
+    def setParameterNode(self, inputParameterNode) -> None:
+        if self._parameterNode:
+            self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
+        self._parameterNode = inputParameterNode
+        if self._parameterNode:
+            # Widgets carry a "SlicerParameterName" property in the .ui file.
+            self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
+        self._updateApplyButton()
+
+    def _updateApplyButton(self, caller=None, event=None) -> None:
+        if self._job is not None:
+            self.ui.applyButton.text = "Cancel"
+            self.ui.applyButton.toolTip = "Stop the running segmentation."
+            self.ui.applyButton.enabled = True
+            return
+        self.ui.applyButton.text = "Apply"
+        ready = bool(self._parameterNode and self._parameterNode.inputVolume and self._selectedModel())
+        self.ui.applyButton.enabled = ready
+        self.ui.applyButton.toolTip = "Segment the selected organs." if ready else "Select an input volume and a model."
+
+    # Models and organs
+
+    def _selectedModel(self):
+        path = self.ui.modelComboBox.currentData
+        return Path(path) if path else None
+
+    def refreshModels(self, *unused) -> None:
+        folder = self._parameterNode.modelsFolder if self._parameterNode else models.default_models_dir()
+        wanted = str(self._selectedModel() or qt.QSettings().value(self.MODEL_SETTINGS_KEY, ""))
+        combo = self.ui.modelComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        try:
+            installed = models.list_models(folder)
+        except ImportError as e:  # core dependencies not installed yet: they are installed at first Apply
+            installed = []
+            self.ui.statusLabel.text = f"Dependencies are installed at first use ({e.name} missing)."
+        for info in installed:
+            combo.addItem(info.display_name, str(info.path))
+            combo.setItemData(combo.count - 1, f"{info.path}\nOrgans: {', '.join(info.organs)}", qt.Qt.ToolTipRole)
+        if not installed:
+            combo.addItem("(no model in the models folder: add one)", "")
+        index = combo.findData(wanted)
+        combo.setCurrentIndex(max(index, 0))
+        combo.blockSignals(wasBlocked)
+        self.onModelChanged()
+
+    def onModelChanged(self, *unused) -> None:
+        path = self._selectedModel()
+        organs = ()
+        if path:
+            qt.QSettings().setValue(self.MODEL_SETTINGS_KEY, str(path))
+            organs = models.model_info(path).organs
+        self._completer.setModel(qt.QStringListModel(list(organs)))
+        layout = self.ui.organsCheckBoxArea.layout()
+        for box in self._organCheckBoxes.values():
+            layout.removeWidget(box)
+            box.deleteLater()
+        self._organCheckBoxes = {}
+        for organ in organs:
+            box = qt.QCheckBox(organ)
+            box.connect("toggled(bool)", self.onOrganToggled)
+            layout.addWidget(box)
+            self._organCheckBoxes[organ] = box
+        self._syncCheckBoxes()
+        self._updateApplyButton()
+
+    def _typedTags(self) -> list:
+        from mosmos.tags import parse_tag_list
+
+        try:
+            return parse_tag_list(self.ui.tagsLineEdit.text)
+        except Exception:  # an unfinished or unknown name while typing: checked boxes simply stay as they are
+            return []
+
+    def _syncCheckBoxes(self) -> None:
+        typed = set(self._typedTags())
+        for organ, box in self._organCheckBoxes.items():
+            wasBlocked = box.blockSignals(True)
+            box.checked = organ in typed
+            box.blockSignals(wasBlocked)
+
+    def onOrganToggled(self, checked) -> None:
+        typed = [t for t in self._typedTags() if t not in self._organCheckBoxes]
+        typed += [organ for organ, box in self._organCheckBoxes.items() if box.checked]
+        self._parameterNode.tags = ", ".join(typed)
+
+    def onTagsEdited(self, text) -> None:
+        # Complete the organ name being typed after the last comma.
+        prefix = text.split(",")[-1].strip()
+        self._completer.setCompletionPrefix(prefix)
+        if prefix:
+            self._completer.complete()
+        self._syncCheckBoxes()
+
+    def onCompletion(self, organ) -> None:
+        parts = self.ui.tagsLineEdit.text.split(",")[:-1] + [" " + organ]
+        self._parameterNode.tags = ",".join(parts).strip() + ", "
+        self._syncCheckBoxes()
+
+    def onAddModel(self) -> None:
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Add MOSMOS model file", "",
+                                              "MOSMOS models (*.mosmos *.safetensors);;All files (*)")
+        if not path:
+            return
+        with slicer.util.tryWithErrorDisplay("Cannot add this model file.", waitCursor=True):
+            info = models.add_model_file(path, self._parameterNode.modelsFolder)
+            qt.QSettings().setValue(self.MODEL_SETTINGS_KEY, str(info.path))
+            self.refreshModels()
+            self.ui.statusLabel.text = f"Added {info.name}: {', '.join(info.organs)}"
+
+    # Running
+
+    def onApplyButton(self) -> None:
+        if self._job is not None:
+            self._job.cancel()
+            self.ui.statusLabel.text = "Cancelling..."
+            return
+        p = self._parameterNode
+        try:
+            with slicer.util.WaitCursor():
+                deps.ensure_dependencies()
+                self._job = pipeline.SegmentationJob(p.inputVolume, p.tags, self._selectedModel(), p.device,
+                                                     p.computeAttention, p.outputSegmentation)
+                self._job.start()
+        except Exception as e:
+            if self._job is not None:
+                self._job.cleanup()
+                self._job = None
+            slicer.util.errorDisplay(f"Segmentation could not start: {e}")
+            logging.exception("MOSMOS segmentation could not start")
+            return
+        self.ui.progressBar.setRange(0, 0)
+        self.ui.progressBar.show()
+        self.ui.statusLabel.text = "Segmenting..."
+        self._updateApplyButton()
+        self._timer.start()
+
+    def onPoll(self) -> None:
+        job = self._job
+        for event in job.process.poll():
+            kind = event.get("event")
+            if kind == "progress" and event.get("total"):
+                self.ui.progressBar.setRange(0, int(event["total"]))
+                self.ui.progressBar.setValue(int(event["done"]))
+            elif kind == "log":
+                logging.info(f"mosmos segment: {event.get('line', '')}")
+            elif kind == "exit":
+                self._timer.stop()
+                self._finish(job)
+                return
+
+    def _finish(self, job) -> None:
+        try:
+            with slicer.util.WaitCursor():
+                outputs = job.finish()
+        except Cancelled:
+            self.ui.statusLabel.text = "Cancelled."
+        except Exception as e:
+            self.ui.statusLabel.text = "Failed."
+            slicer.util.errorDisplay(f"Segmentation failed: {e}")
+        else:
+            self._showResults(outputs)
+        finally:
+            job.cleanup()
+            self._job = None
+            self.ui.progressBar.hide()
+            self._updateApplyButton()
+
+    def _showResults(self, outputs) -> None:
+        segNode = outputs.segmentationNode
+        self._parameterNode.outputSegmentation = segNode
+        segNode.CreateClosedSurfaceRepresentation()
+        self.ui.volumesTableView.setMRMLTableNode(outputs.tableNode)
+        self._attentionNodes = outputs.attentionNodes
+        combo = self.ui.attentionTagComboBox
+        wasBlocked = combo.blockSignals(True)
+        combo.clear()
+        combo.addItem("(none)")
+        for tag in outputs.attentionNodes:
+            combo.addItem(tag)
+        combo.blockSignals(wasBlocked)
+        found = ", ".join(o["name"] for o in outputs.organs) or "no organ"
+        self.ui.statusLabel.text = "\n".join([f"Done: {found}."] + list(outputs.notices))
+        combo.setCurrentIndex(1 if outputs.attentionNodes else 0)
+        self.showAttention()
+
+    def showAttention(self, *unused) -> None:
+        if slicer.app.commandOptions().noMainWindow or slicer.app.layoutManager() is None:
+            return
+        node = self._attentionNodes.get(self.ui.attentionTagComboBox.currentText)
+        slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, foreground=node,
+                                         foregroundOpacity=self._parameterNode.attentionOpacity if node else 0.0)
+
+    def onOpacityChanged(self, value) -> None:
+        if self.ui.attentionTagComboBox.currentText in self._attentionNodes:
+            self.showAttention()
+
+
+#
+# MOSMOSSegmentLogic
+#
+
+
+class MOSMOSSegmentLogic(ScriptedLoadableModuleLogic):
+    """Segment from Python without the GUI:
+
+    segNode = MOSMOSSegmentLogic().segment(volumeNode, ["liver", "spleen"], model="abdomen.mosmos", device="cpu")
+    """
+
+    def __init__(self) -> None:
+        ScriptedLoadableModuleLogic.__init__(self)
+        self.lastOutputs = None
+
+    def getParameterNode(self):
+        return MOSMOSSegmentParameterNode(super().getParameterNode())
+
+    def segment(self, volumeNode, tags=None, model=None, device="auto", returnAttention=False,
+                progress=None, segmentationNode=None):
+        """Blocking. ``tags``: list or "liver, spleen" (None: every organ of the model); ``model``: file, or a
+        model's name in the models folder (None: the only one installed). Returns the segmentation node, or
+        (segmentation node, {tag: attention volume node}) with ``returnAttention``. The organ volume table is
+        ``self.lastOutputs.tableNode``."""
+        deps.ensure_dependencies(askConfirmation=not slicer.app.commandOptions().testingEnabled)
+        self.lastOutputs = pipeline.segment_volume_node(volumeNode, tags, model, device, returnAttention,
+                                                        progress, segmentationNode)
+        if returnAttention:
+            return self.lastOutputs.segmentationNode, self.lastOutputs.attentionNodes
+        return self.lastOutputs.segmentationNode
+
+
+#
+# MOSMOSSegmentTest
+#
+
+
+class MOSMOSSegmentTest(ScriptedLoadableModuleTest):
+    def setUp(self):
+        slicer.mrmlScene.Clear()
+
+    def runTest(self):
+        self.setUp()
+        self.test_SegmentPhantom()
+
+    def test_SegmentPhantom(self):
+        import numpy as np
+        from mosmos.data.phantoms import make_phantom
+        from mosmos.demo_models import make_tiny_segmentation_model
+        from mosmos.tags import color_for
+        from MOSMOSSegmentLib import segmentation, volumes
+
+        self.delayDisplay("Making a phantom CT and a tiny model")
+        phantom = make_phantom(0, shape=(48, 48, 32), spacing=(3.0, 3.0, 4.0))
+        volumeNode = slicer.util.addVolumeFromArray(phantom.image.transpose(2, 1, 0).copy(), phantom.affine,
+                                                    "phantom CT")
+        modelPath = os.path.join(slicer.app.temporaryPath, "MOSMOSSegmentTest.mosmos")
+        make_tiny_segmentation_model(modelPath)
+
+        self.delayDisplay("Segmenting")
+        logic = MOSMOSSegmentLogic()
+        segNode, attention = logic.segment(volumeNode, ["liver", "spleen"], model=modelPath, device="cpu",
+                                           returnAttention=True)
+        names = segmentation.segment_names(segNode)
+        self.assertTrue(set(names) <= {"liver", "spleen"})
+        for name in names:
+            segment = segNode.GetSegmentation().GetSegment(segmentation.segment_id(segNode, name))
+            np.testing.assert_allclose(segment.GetColor(), np.array(color_for(name)) / 255.0, atol=1e-6)
+            mask = segmentation.export_segment_array(segNode, name, volumeNode)
+            self.assertEqual(mask.shape, tuple(reversed(volumeNode.GetImageData().GetDimensions())))
+        self.assertEqual(sorted(attention), ["liver", "spleen"])
+        for node in attention.values():
+            values, ras = volumes.array_from_volume(node)
+            self.assertTrue(0.0 <= values.min() and values.max() <= 1.0)
+            np.testing.assert_allclose(ras, volumes.ijk_to_ras(volumeNode))
+        table = logic.lastOutputs.tableNode
+        self.assertEqual(table.GetNumberOfRows(), len(logic.lastOutputs.organs))
+        self.delayDisplay("Test passed")

@@ -1,0 +1,93 @@
+"""The models folder: installed MOSMOS model files, their organs and modality; adding a file."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+from mosmos.errors import MosmosError
+
+ENV_MODELS_DIR = "MOSMOS_MODELS_DIR"
+
+
+def default_models_dir() -> Path:
+    """$MOSMOS_MODELS_DIR, else ~/MOSMOS/models (shared by the GUI, batch script and command line)."""
+    return Path(os.environ.get(ENV_MODELS_DIR) or Path.home() / "MOSMOS" / "models").expanduser()
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelInfo:
+    path: Path
+    kind: str
+    modality: str
+    organs: tuple[str, ...]
+
+    @property
+    def name(self) -> str:
+        return self.path.name
+
+    @property
+    def display_name(self) -> str:
+        return f"{self.path.stem} ({self.modality or '?'}, {len(self.organs)} organs)"
+
+
+def model_info(path: str | os.PathLike) -> ModelInfo:
+    from mosmos.modelfile import read_header
+
+    path = Path(path)
+    header = read_header(path)
+    labels = header.get("labels") or {}
+    organs = tuple(name for value, name in sorted(labels.items(), key=lambda kv: int(kv[0]))
+                   if int(value) != 0 and name != "background")
+    return ModelInfo(path, str(header.get("kind", "")), str(header.get("modality", "")), organs)
+
+
+def list_models(folder: str | os.PathLike | None = None, kind: str | None = "segmentation") -> list[ModelInfo]:
+    """Readable model files in ``folder`` (default: default_models_dir()), by name; other files are skipped."""
+    folder = Path(folder) if folder else default_models_dir()
+    if not folder.is_dir():
+        return []
+    found = []
+    for path in sorted(folder.iterdir()):
+        if path.name.startswith(".") or not path.is_file():
+            continue
+        try:
+            info = model_info(path)
+        except MosmosError:
+            continue
+        if kind is None or info.kind == kind:
+            found.append(info)
+    return found
+
+
+def add_model_file(source: str | os.PathLike, folder: str | os.PathLike | None = None) -> ModelInfo:
+    """Verify ``source`` fully (header, tensors, checksum) and copy it into ``folder`` atomically.
+    A file of the same name is replaced. Raises MosmosError naming the file when it is not a usable model."""
+    from mosmos.modelfile import load_model
+
+    source = Path(source)
+    _, header = load_model(source)
+    if header.get("kind") != "segmentation":
+        raise MosmosError(f"{source}: a {header.get('kind') or 'non-segmentation'} model cannot segment; "
+                          "add a fine-tuned segmentation model")
+    folder = Path(folder) if folder else default_models_dir()
+    target = folder / source.name
+    if target.exists() and target.resolve() == source.resolve():
+        return model_info(target)
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".part", dir=folder)
+        os.close(fd)
+    except OSError as e:
+        raise MosmosError(f"{folder}: cannot write to the models folder ({e.strerror or e})") from None
+    try:
+        shutil.copyfile(source, tmp)
+        os.replace(tmp, target)
+    except OSError as e:
+        raise MosmosError(f"{target}: cannot copy the model ({e.strerror or e})") from None
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+    return model_info(target)

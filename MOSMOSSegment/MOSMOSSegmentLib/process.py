@@ -1,0 +1,229 @@
+"""`mosmos segment` (or any command) in a background process: JSON-lines progress read by threads into a
+queue that a GUI timer or a blocking loop drains; cancel kills the whole process tree. No Qt here."""
+
+from __future__ import annotations
+
+import collections
+import json
+import os
+import queue
+import shutil
+import signal
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+from mosmos.errors import MosmosError
+
+DEVICES = ("auto", "cuda", "cpu")
+
+
+class Cancelled(Exception):
+    """The user cancelled a running segmentation."""
+
+
+def interpreter() -> str:
+    """Slicer's own Python launcher when running inside Slicer, else this interpreter."""
+    return shutil.which("PythonSlicer") or sys.executable
+
+
+def normalize_device(device: str | None) -> str:
+    device = (device or "auto").strip().lower()
+    device = {"gpu": "cuda"}.get(device, device)
+    if device not in DEVICES:
+        raise MosmosError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
+    return device
+
+
+def segment_command(inputPath, modelPath, tags, outputPath, attentionDir=None, volumesPath=None,
+                    device="auto", python: str | None = None) -> list[str]:
+    argv = [python or interpreter(), "-m", "mosmos", "segment", os.fspath(inputPath),
+            "--model", os.fspath(modelPath), "--output", os.fspath(outputPath), "--json-progress",
+            "--device", normalize_device(device)]
+    if tags:
+        argv += ["--tags", ", ".join(tags)]
+    if attentionDir:
+        argv += ["--attention", os.fspath(attentionDir)]
+    if volumesPath:
+        argv += ["--volumes", os.fspath(volumesPath)]
+    return argv
+
+
+def child_environment(device: str = "auto") -> dict[str, str]:
+    """This environment, with the bundled mosmos package importable by the child (Slicer's PythonSlicer does
+    not see extension folders) and CUDA hidden when the user asked for the CPU."""
+    import mosmos
+
+    env = dict(os.environ)
+    packageParent = str(Path(mosmos.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([packageParent] + [p for p in [env.get("PYTHONPATH")] if p])
+    env["PYTHONUNBUFFERED"] = "1"
+    if normalize_device(device) == "cpu":
+        env["CUDA_VISIBLE_DEVICES"] = "-1"
+    return env
+
+
+def parse_line(line: str) -> dict:
+    """A stdout line as an event: JSON objects with an "event" key as they are, anything else as a log line."""
+    text = line.rstrip("\r\n")
+    if text.startswith("{"):
+        try:
+            obj = json.loads(text)
+        except json.JSONDecodeError:
+            obj = None
+        if isinstance(obj, dict) and "event" in obj:
+            return obj
+    return {"event": "log", "line": text}
+
+
+class BackgroundProcess:
+    """One child process. ``poll()`` returns the events that arrived so far and never blocks:
+    {"event": "progress", "done", "total"}, {"event": "log", "line", "stream"}, ... and finally
+    {"event": "exit", "returncode"}."""
+
+    def __init__(self, argv: list[str], env: dict[str, str] | None = None, cwd: str | None = None):
+        self.argv, self.env, self.cwd = list(argv), env, cwd
+        self.returncode: int | None = None
+        self.cancelled = False
+        self._proc: subprocess.Popen | None = None
+        self._events: queue.Queue = queue.Queue()
+        self._stderr = collections.deque(maxlen=50)
+        self._readers: list[threading.Thread] = []
+
+    @property
+    def pid(self) -> int | None:
+        return self._proc.pid if self._proc else None
+
+    def start(self) -> "BackgroundProcess":
+        kwargs = {}
+        if os.name == "nt":
+            kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
+        else:
+            kwargs["start_new_session"] = True  # its own process group: a cancel reaches grandchildren too
+        try:
+            self._proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                          stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd, text=True,
+                                          encoding="utf-8", errors="replace", bufsize=1, **kwargs)
+        except OSError as e:
+            raise MosmosError(f"{self.argv[0]}: cannot start ({e.strerror or e})") from None
+        self._readers = [threading.Thread(target=self._read, args=(self._proc.stdout, "stdout"), daemon=True),
+                         threading.Thread(target=self._read, args=(self._proc.stderr, "stderr"), daemon=True)]
+        for t in self._readers:
+            t.start()
+        threading.Thread(target=self._waitExit, daemon=True).start()
+        return self
+
+    def _read(self, stream, name: str) -> None:
+        for line in stream:
+            if name == "stdout":
+                self._events.put(parse_line(line))
+            else:
+                text = line.rstrip("\r\n")
+                if text:
+                    self._stderr.append(text)
+                    self._events.put({"event": "log", "line": text, "stream": "stderr"})
+        stream.close()
+
+    def _waitExit(self) -> None:
+        rc = self._proc.wait()
+        for t in self._readers:
+            t.join()
+        self.returncode = rc
+        self._events.put({"event": "exit", "returncode": rc})
+
+    @property
+    def running(self) -> bool:
+        return self._proc is not None and self.returncode is None
+
+    def poll(self) -> list[dict]:
+        events = []
+        while True:
+            try:
+                events.append(self._events.get_nowait())
+            except queue.Empty:
+                return events
+
+    def next_event(self, timeout: float) -> dict | None:
+        try:
+            return self._events.get(timeout=timeout)
+        except queue.Empty:
+            return None
+
+    def error_message(self) -> str:
+        """The child's one-line error, without the "mosmos segment: error: " prefix."""
+        for line in reversed(self._stderr):
+            if ": error: " in line:
+                return line.split(": error: ", 1)[1]
+        if self._stderr:
+            return self._stderr[-1]
+        return f"exited with code {self.returncode}"
+
+    def cancel(self, timeout: float = 3.0) -> None:
+        """Stop the process and everything it started; returns once they are gone."""
+        if self._proc is None or self._proc.poll() is not None:
+            return
+        self.cancelled = True
+        _kill_tree(self._proc.pid, timeout)
+        try:
+            self._proc.wait(timeout=timeout)
+        except subprocess.TimeoutExpired:
+            self._proc.kill()
+            self._proc.wait()
+
+    def wait(self, progress=None, pollSeconds: float = 0.1) -> int:
+        """Block until the process ends. ``progress(done, total)`` returning False cancels
+        (raises Cancelled). Raises MosmosError with the child's error line on a non-zero exit."""
+        if self._proc is None:
+            self.start()
+        while True:
+            event = self.next_event(pollSeconds)
+            if event is None:
+                continue
+            if event["event"] == "progress" and progress is not None:
+                if progress(int(event.get("done", 0)), int(event.get("total", 0))) is False:
+                    self.cancel()
+                    raise Cancelled("cancelled by the user")
+            elif event["event"] == "exit":
+                self.check()
+                return event["returncode"]
+
+    def check(self) -> None:
+        if self.cancelled:
+            raise Cancelled("cancelled by the user")
+        if self.returncode:
+            raise MosmosError(self.error_message())
+
+
+def _kill_tree(pid: int, timeout: float) -> None:
+    try:
+        import psutil
+    except ImportError:
+        psutil = None
+    if psutil is None:
+        if os.name == "nt":
+            subprocess.run(["taskkill", "/T", "/F", "/PID", str(pid)], capture_output=True, check=False)
+        else:
+            try:
+                os.killpg(os.getpgid(pid), signal.SIGKILL)
+            except (ProcessLookupError, PermissionError):
+                pass
+        return
+    try:
+        parent = psutil.Process(pid)
+        procs = parent.children(recursive=True) + [parent]
+    except psutil.NoSuchProcess:
+        return
+    for p in procs:
+        try:
+            p.terminate()
+        except psutil.NoSuchProcess:
+            pass
+    _, alive = psutil.wait_procs(procs, timeout=timeout)
+    for p in alive:
+        try:
+            p.kill()
+        except psutil.NoSuchProcess:
+            pass
+    psutil.wait_procs(alive, timeout=timeout)
+

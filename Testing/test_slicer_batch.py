@@ -1,0 +1,75 @@
+"""Headless batch script under plain Python (slicer-core) on a real CT, with a tiny model made on the fly."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "Resources" / "Scripts" / "MOSMOSSegmentBatch.py"
+CT = Path(os.environ.get("MOSMOS_SHARED_DATA", ROOT.parent / "shared" / "data")) / "totalseg_example" / "example_ct_sm.nii.gz"
+
+
+def run_batch(*args, timeout=300):
+    env = dict(os.environ, PYTHONPATH=str(ROOT))
+    return subprocess.run([sys.executable, str(SCRIPT), *map(str, args)], capture_output=True, text=True,
+                          timeout=timeout, env=env)
+
+
+@pytest.fixture(scope="module")
+def tiny_model(tmp_path_factory):
+    from mosmos.demo_models import make_tiny_segmentation_model
+
+    path = tmp_path_factory.mktemp("models") / "tiny.mosmos"
+    make_tiny_segmentation_model(path)
+    return path
+
+
+def test_batch_segments_a_real_ct_to_seg_nrrd_and_nifti(tiny_model, tmp_path):
+    out = tmp_path / "ct.seg.nrrd"
+    result = run_batch("--input", CT, "--model", tiny_model, "--tags", "liver, spleen", "--output", out,
+                       "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    scene = slicer.vtkMRMLScene()
+    segNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(out))
+    assert storage.ReadData(segNode)
+    seg = segNode.GetSegmentation()
+    names = {seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())}
+    assert names <= {"liver", "spleen"}
+
+    folder = tmp_path / "nifti"
+    inputs = tmp_path / "inputs"
+    inputs.mkdir()
+    (inputs / "a.nii.gz").write_bytes(CT.read_bytes())
+    (inputs / "notes.txt").write_text("skipped")
+    result = run_batch("--input", inputs, "--model", tiny_model, "--tags", "liver", "--output", folder,
+                       "--format", "nii.gz", "--device", "cpu")
+    assert result.returncode == 0, result.stderr
+    labels = nib.load(folder / "a.nii.gz")
+    ct = nib.load(CT)
+    assert labels.shape == ct.shape
+    np.testing.assert_allclose(labels.affine, ct.affine, atol=1e-4)
+    assert set(np.unique(np.asarray(labels.dataobj)).tolist()) <= {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}
+
+
+def test_batch_fails_with_one_line(tmp_path):
+    notModel = tmp_path / "model.mosmos"
+    notModel.write_text("not a model")
+    result = run_batch("--input", CT, "--model", notModel, "--output", tmp_path / "x.seg.nrrd", timeout=120)
+    assert result.returncode == 1
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("MOSMOSSegmentBatch: error: ")
+    assert not (tmp_path / "x.seg.nrrd").exists()
+
+    result = run_batch("--input", tmp_path / "missing.nii.gz", "--output", tmp_path / "y.seg.nrrd", timeout=120)
+    assert result.returncode == 1 and "missing.nii.gz" in result.stderr

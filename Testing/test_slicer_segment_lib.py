@@ -1,0 +1,419 @@
+"""MOSMOSSegmentLib on real MRML (slicer-core), real data from TotalSegmentator's test files."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+slicer = pytest.importorskip("slicer")
+import vtk  # noqa: E402
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT / "MOSMOSSegment"))
+
+from MOSMOSSegmentLib import attention, models, pipeline, process, segmentation, tables, terminology, volumes  # noqa: E402
+from mosmos.errors import MosmosError  # noqa: E402
+from mosmos.tags import color_for, normalize_tag  # noqa: E402
+
+DATA = Path(os.environ.get("MOSMOS_SHARED_DATA", ROOT.parent / "shared" / "data")) / "totalseg_example"
+needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not present")
+
+
+@pytest.fixture
+def scene():
+    scene = slicer.vtkMRMLScene()
+    slicer.mrmlScene = scene
+    yield scene
+    scene.Clear(1)
+
+
+def real_organs():
+    """The CT label map's abdominal organs under MOSMOS names: (label array (k,j,i), affine, organs)."""
+    img = nib.load(DATA / "example_seg.nii.gz")
+    names = json.loads((DATA / "class_map_subset.json").read_text())["total"]
+    labels = np.asarray(img.dataobj).astype(np.uint8).transpose(2, 1, 0)
+    present = set(np.unique(labels).tolist())
+    organs = []
+    for value, name in names.items():
+        tag = normalize_tag(name)
+        if tag and int(value) in present:
+            organs.append({"name": tag, "label": int(value), "color": list(color_for(tag))})
+    return labels, img.affine, organs
+
+
+@needs_data
+def test_volume_arrays_and_geometry_match_nibabel(scene, tmp_path):
+    path = DATA / "example_mr_sm.nii.gz"
+    img = nib.load(path)
+    assert nib.aff2axcodes(img.affine)[:2] == ("L", "P")  # an LPS-stored file: the interesting case
+    node = volumes.read_volume(path, scene)
+    array, ijkToRAS = volumes.array_from_volume(node)
+    np.testing.assert_array_equal(array, np.asarray(img.dataobj).transpose(2, 1, 0))
+    np.testing.assert_allclose(ijkToRAS, img.affine, atol=1e-4)
+    array[0, 0, 0] += 1  # an owned copy, not a view on the node's memory
+    assert slicer.util.arrayFromVolume(node)[0, 0, 0] == array[0, 0, 0] - 1
+
+    copy = volumes.volume_from_array(scene, array, ijkToRAS, "copy")
+    back, backRAS = volumes.array_from_volume(copy)
+    np.testing.assert_array_equal(back, array)
+    np.testing.assert_array_equal(backRAS, ijkToRAS)
+
+    volumes.write_volume(node, tmp_path / "mr.nii")
+    written = nib.load(tmp_path / "mr.nii")
+    np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(img.dataobj))
+    np.testing.assert_allclose(written.affine, img.affine, atol=1e-4)
+
+    nrrd = pytest.importorskip("nrrd")
+    volumes.write_volume(node, tmp_path / "mr.nrrd")
+    data, header = nrrd.read(str(tmp_path / "mr.nrrd"))
+    assert header["space"] == "left-posterior-superior"
+    lpsToRas = np.diag([-1.0, -1.0, 1.0])
+    np.testing.assert_allclose(lpsToRas @ np.asarray(header["space directions"]).T, img.affine[:3, :3], atol=1e-4)
+    np.testing.assert_allclose(lpsToRas @ np.asarray(header["space origin"]), img.affine[:3, 3], atol=1e-4)
+    np.testing.assert_array_equal(data, np.asarray(img.dataobj))
+    again, againRAS = volumes.array_from_volume(volumes.read_volume(tmp_path / "mr.nrrd", scene))
+    np.testing.assert_array_equal(again, array - (np.arange(array.size).reshape(array.shape) == 0))
+    np.testing.assert_allclose(againRAS, ijkToRAS, atol=1e-4)
+
+
+def test_read_volume_errors_name_the_file(scene, tmp_path):
+    with pytest.raises(MosmosError, match="missing.nii"):
+        volumes.read_volume(tmp_path / "missing.nii", scene)
+    bad = tmp_path / "bad.nii.gz"
+    bad.write_bytes(b"not an image")
+    with pytest.raises(MosmosError, match="bad.nii.gz"):
+        volumes.read_volume(bad, scene)
+    assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
+
+
+@needs_data
+def test_segmentation_node_from_real_label_map(scene):
+    labels, affine, organs = real_organs()
+    assert {o["name"] for o in organs} >= {"liver", "spleen", "right kidney", "left adrenal gland", "aorta"}
+    reference = volumes.read_volume(DATA / "example_ct_sm.nii.gz", scene, "CT")
+    sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
+    study = sh.CreateStudyItem(sh.CreateSubjectItem(sh.GetSceneItemID(), "patient"), "study")
+    if not sh.GetItemByDataNode(reference):
+        sh.CreateItem(study, reference)
+    sh.SetItemParent(sh.GetItemByDataNode(reference), study)
+
+    segNode = segmentation.build_segmentation_node(scene, labels, affine, organs, "CT segmentation", reference)
+
+    assert segmentation.segment_names(segNode) == [o["name"] for o in organs]
+    assert sh.GetItemParent(sh.GetItemByDataNode(segNode)) == study
+    assert scene.GetNumberOfNodesByClass("vtkMRMLLabelMapVolumeNode") == 0  # temporary nodes are gone
+    assert scene.GetNumberOfNodesByClass("vtkMRMLColorTableNode") == 0
+    logic = slicer.vtkSlicerTerminologiesModuleLogic
+    for organ in organs:
+        segment = segNode.GetSegmentation().GetSegment(segmentation.segment_id(segNode, organ["name"]))
+        np.testing.assert_allclose(segment.GetColor(), np.array(organ["color"]) / 255.0, atol=1e-6)
+        entry = terminology.terminology_entry(organ["name"])
+        tag = vtk.mutable("")
+        assert segment.GetTag(segment.GetTerminologyEntryTagName(), tag) and tag.get() == entry
+        parsed = slicer.vtkSlicerTerminologyEntry()
+        assert logic.DeserializeTerminologyEntry(entry, parsed)
+        assert logic.SerializeTerminologyEntry(parsed) == entry  # Slicer's own format, round trip
+        assert parsed.GetCategoryObject().GetCodeValue() == "123037004"
+        exported = segmentation.export_segment_array(segNode, organ["name"], reference)
+        np.testing.assert_array_equal(exported, (labels == organ["label"]).astype(np.uint8), err_msg=organ["name"])
+
+    liver = slicer.vtkSlicerTerminologyEntry()
+    logic.DeserializeTerminologyEntry(terminology.terminology_entry("liver"), liver)
+    assert (liver.GetTypeObject().GetCodingSchemeDesignator(), liver.GetTypeObject().GetCodeValue()) == ("SCT", "10200004")
+    left = slicer.vtkSlicerTerminologyEntry()
+    logic.DeserializeTerminologyEntry(terminology.terminology_entry("left kidney"), left)
+    assert left.GetTypeModifierObject().GetCodeMeaning() == "Left"
+
+    # Re-running into the same node replaces its segments.
+    few = [o for o in organs if o["name"] in ("liver", "spleen")]
+    same = segmentation.build_segmentation_node(scene, labels, affine, few, "CT segmentation", reference, segNode)
+    assert same is segNode and sorted(segmentation.segment_names(segNode)) == ["liver", "spleen"]
+
+
+def test_segmentation_skips_organs_found_nowhere_and_rejects_duplicates(scene):
+    labels = np.zeros((4, 5, 6), np.uint8)
+    labels[1:3, 1:3, 1:3] = 2
+    organs = [{"name": "liver", "label": 1, "color": [1, 2, 3]}, {"name": "spleen", "label": 2, "color": [4, 5, 6]}]
+    segNode = segmentation.build_segmentation_node(scene, labels, np.eye(4), organs)
+    assert segmentation.segment_names(segNode) == ["spleen"]
+    with pytest.raises(MosmosError, match="duplicate"):
+        segmentation.build_segmentation_node(scene, labels, np.eye(4), organs + [dict(organs[0], name="x")])
+
+
+def test_attention_volume_and_colour_map(scene):
+    rng = np.random.default_rng(0)
+    att = rng.uniform(-0.2, 1.2, (6, 7, 8)).astype(np.float32)
+    ijkToRAS = np.diag([2.0, 2.0, 3.0, 1.0])
+    node = attention.attention_volume_node(scene, att, ijkToRAS, "liver")
+    array, ras = volumes.array_from_volume(node)
+    np.testing.assert_array_equal(array, np.clip(att, 0, 1))
+    np.testing.assert_array_equal(ras, ijkToRAS)
+    assert node.GetAttribute("MOSMOS.AttentionTag") == "liver"
+    display = node.GetDisplayNode()
+    assert (display.GetWindowLevelMin(), display.GetWindowLevelMax()) == (0.0, 1.0)
+    assert not display.GetAutoWindowLevel() and display.GetApplyThreshold()
+    color = display.GetColorNode()
+    # slicer-core scenes have no colour files: our Inferno table stands in, made once per scene.
+    assert color.GetName() == attention.FALLBACK_COLOR_NODE_NAME and color.GetNumberOfColors() == 256
+    dark, bright = [0.0] * 4, [0.0] * 4
+    color.GetColor(0, dark)
+    color.GetColor(255, bright)
+    assert sum(dark[:3]) < 0.1 and sum(bright[:3]) > 2.5
+    other = attention.attention_volume_node(scene, att, ijkToRAS, "spleen")
+    assert other.GetDisplayNode().GetColorNodeID() == color.GetID()
+
+
+@needs_data
+def test_volume_table_is_voxel_count_times_voxel_volume(scene):
+    labels, affine, organs = real_organs()
+    ml = tables.organ_volumes_ml(labels, affine, organs)
+    voxel = abs(np.linalg.det(affine[:3, :3])) / 1000.0
+    assert voxel == pytest.approx(0.027)
+    for organ in organs:
+        assert ml[organ["name"]] == pytest.approx(np.count_nonzero(labels == organ["label"]) * voxel)
+    assert ml["liver"] == pytest.approx(38634 * 0.027)  # LABELS.tsv
+    rows = [(o["name"], o["label"], ml[o["name"]]) for o in organs]
+    table = tables.volume_table_node(scene, rows, "volumes")
+    assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == list(tables.COLUMNS)
+    assert table.GetNumberOfRows() == len(organs)
+    for i, (name, label, volume) in enumerate(rows):
+        assert table.GetCellText(i, 0) == name
+        assert int(table.GetCellText(i, 1)) == label
+        assert table.GetTable().GetValue(i, 2).ToDouble() == pytest.approx(volume, abs=1e-3)
+    same = tables.volume_table_node(scene, rows[:1], tableNode=table)
+    assert same is table and table.GetNumberOfRows() == 1
+
+
+def _model_file(path, kind="segmentation", labels=None):
+    import torch
+    from mosmos.modelfile import save_model
+
+    header = {"kind": kind, "modality": "CT", "config": {},
+              "labels": labels or {"0": "background", "1": "spleen", "2": "liver"}}
+    save_model(path, {"w": torch.zeros(3)}, header)
+    return path
+
+
+def test_models_folder_listing_and_adding(tmp_path, monkeypatch):
+    folder = tmp_path / "models"
+    monkeypatch.setenv(models.ENV_MODELS_DIR, str(folder))
+    assert models.default_models_dir() == folder and models.list_models() == []
+    source = _model_file(tmp_path / "abdomen.mosmos")
+    info = models.add_model_file(source)
+    assert info.path == folder / "abdomen.mosmos" and info.path.read_bytes() == source.read_bytes()
+    assert info.organs == ("spleen", "liver") and info.modality == "CT"
+    (folder / "notes.txt").write_text("not a model")
+    _model_file(folder / "pretrained.mosmos", kind="pretrained")
+    assert [m.name for m in models.list_models()] == ["abdomen.mosmos"]
+    assert [m.name for m in models.list_models(kind=None)] == ["abdomen.mosmos", "pretrained.mosmos"]
+    assert not [p for p in folder.iterdir() if p.name.endswith(".part")]
+
+    text = tmp_path / "scan.nii.gz"
+    text.write_bytes(b"\x00" * 64)
+    with pytest.raises(MosmosError, match="scan.nii.gz: not a MOSMOS model"):
+        models.add_model_file(text)
+    with pytest.raises(MosmosError, match="pretrained"):
+        models.add_model_file(folder / "pretrained.mosmos", tmp_path / "elsewhere")
+    damaged = tmp_path / "damaged.mosmos"
+    damaged.write_bytes(source.read_bytes()[:-4] + b"\xff\xff\xff\xff")
+    with pytest.raises(MosmosError, match="damaged.mosmos"):
+        models.add_model_file(damaged)
+    assert sorted(p.name for p in folder.iterdir()) == ["abdomen.mosmos", "notes.txt", "pretrained.mosmos"]
+
+    assert pipeline.resolve_model("abdomen") == folder / "abdomen.mosmos"
+    assert pipeline.resolve_model(None) == folder / "abdomen.mosmos"
+    with pytest.raises(MosmosError, match="other: model file not found"):
+        pipeline.resolve_model("other")
+
+
+def test_segment_command_and_environment():
+    argv = process.segment_command("in.nii", "m.mosmos", ["liver", "left kidney"], "out.nii.gz", "att", "v.json",
+                                   "GPU", python="py")
+    assert argv == ["py", "-m", "mosmos", "segment", "in.nii", "--model", "m.mosmos", "--output", "out.nii.gz",
+                    "--json-progress", "--device", "cuda", "--tags", "liver, left kidney", "--attention", "att",
+                    "--volumes", "v.json"]
+    env = process.child_environment("cpu")
+    assert env["CUDA_VISIBLE_DEVICES"] == "-1"
+    assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)
+    assert "CUDA_VISIBLE_DEVICES" not in process.child_environment("auto") or os.environ.get("CUDA_VISIBLE_DEVICES")
+    with pytest.raises(MosmosError, match="tpu"):
+        process.normalize_device("tpu")
+    assert process.parse_line('{"event": "progress", "done": 1, "total": 4}\n') == {"event": "progress", "done": 1, "total": 4}
+    assert process.parse_line("plain text\n") == {"event": "log", "line": "plain text"}
+    assert process.parse_line("{broken\n")["event"] == "log"
+
+
+def _child(code: str) -> list[str]:
+    return [sys.executable, "-c", textwrap.dedent(code)]
+
+
+def test_process_progress_events_and_errors():
+    child = process.BackgroundProcess(_child("""
+        import json, sys, time
+        for i in range(1, 4):
+            print(json.dumps({"event": "progress", "done": i, "total": 3}), flush=True)
+            time.sleep(0.05)
+        print("a log line", flush=True)
+        print(json.dumps({"event": "done"}), flush=True)
+    """)).start()
+    events = []
+    deadline = time.monotonic() + 20
+    while not events or events[-1]["event"] != "exit":
+        assert time.monotonic() < deadline
+        events += child.poll()
+        time.sleep(0.02)
+    assert [(e["done"], e["total"]) for e in events if e["event"] == "progress"] == [(1, 3), (2, 3), (3, 3)]
+    assert {"event": "log", "line": "a log line"} in events and {"event": "done"} in events
+    assert events[-1] == {"event": "exit", "returncode": 0} and not child.running
+
+    seen = []
+    failing = process.BackgroundProcess(_child("""
+        import json, sys
+        print(json.dumps({"event": "progress", "done": 1, "total": 2}), flush=True)
+        print("warning: something", file=sys.stderr)
+        print("mosmos segment: error: scan.nii: not a 3D volume", file=sys.stderr)
+        sys.exit(1)
+    """))
+    with pytest.raises(MosmosError, match=r"^scan.nii: not a 3D volume$"):
+        failing.wait(lambda done, total: seen.append((done, total)))
+    assert seen == [(1, 2)] and failing.returncode == 1
+
+
+def _gone(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() == psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return True
+
+
+TREE = """
+    import json, subprocess, sys, time
+    grandchild = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(120)"])
+    print(json.dumps({"event": "started", "grandchild": grandchild.pid}), flush=True)
+    for i in range(1000):
+        print(json.dumps({"event": "progress", "done": i, "total": 1000}), flush=True)
+        time.sleep(0.1)
+"""
+
+
+def test_cancel_kills_the_process_tree_quickly():
+    child = process.BackgroundProcess(_child(TREE)).start()
+    event = child.next_event(timeout=20)
+    assert event["event"] == "started"
+    grandchild = event["grandchild"]
+    assert not _gone(grandchild)
+    start = time.monotonic()
+    child.cancel()
+    assert time.monotonic() - start < 5
+    assert _gone(child.pid) and _gone(grandchild)
+    with pytest.raises(process.Cancelled):
+        child.check()
+
+
+def test_blocking_wait_cancels_when_progress_says_false():
+    child = process.BackgroundProcess(_child(TREE))
+    with pytest.raises(process.Cancelled):
+        child.wait(lambda done, total: done < 2)
+    assert _gone(child.pid)
+
+
+@needs_data
+def test_job_reads_core_outputs_into_nodes(scene, tmp_path):
+    """The Slicer half of a run: the outputs `mosmos segment` writes (on the input grid) become nodes."""
+    ct = volumes.read_volume(DATA / "example_ct_sm.nii.gz", scene, "CT")
+    labels, affine, organs = real_organs()
+    organs = [o for o in organs if o["name"] in ("liver", "spleen", "left kidney")]
+    model = _model_file(tmp_path / "m.mosmos")
+    job = pipeline.SegmentationJob(ct, "liver, spleen, left kidney", model, "cpu", attention=True)
+    assert job.tags == ["liver", "spleen", "left kidney"]
+    volumes.write_volume(ct, job.inputPath)  # what start() hands the core
+    job.process = process.BackgroundProcess([sys.executable, "-c", "pass"]).start()
+    job.process.wait()
+
+    kept = np.where(np.isin(labels, [o["label"] for o in organs]), labels, 0)
+    nib.save(nib.Nifti1Image(kept.transpose(2, 1, 0).astype(np.uint8), affine), job.outputPath)
+    job.attentionDir.mkdir()
+    att = (labels == 5).astype(np.float32) * 0.9
+    nib.save(nib.Nifti1Image(att.transpose(2, 1, 0), affine), job.attentionDir / "liver.nii.gz")
+    job.volumesPath.write_text(json.dumps({"organs": organs, "attention": {"liver": "liver.nii.gz"},
+                                           "notices": ["test notice"]}))
+    out = job.finish()
+    job.cleanup()
+    assert not job.workDir.exists()
+
+    assert sorted(segmentation.segment_names(out.segmentationNode)) == ["left kidney", "liver", "spleen"]
+    np.testing.assert_array_equal(segmentation.export_segment_array(out.segmentationNode, "spleen", ct), labels == 1)
+    assert out.notices == ["test notice"] and list(out.attentionNodes) == ["liver"]
+    np.testing.assert_allclose(volumes.array_from_volume(out.attentionNodes["liver"])[0], att)
+    assert out.tableNode.GetCellText(0, 0) == organs[0]["name"]
+    assert out.tableNode.GetTable().GetValue(1, 2).ToDouble() == pytest.approx(np.count_nonzero(labels == organs[1]["label"]) * 0.027, abs=1e-3)
+
+
+def test_job_rejects_output_on_another_grid(scene, tmp_path):
+    vol = volumes.volume_from_array(scene, np.zeros((4, 5, 6), np.int16), np.diag([1.0, 1.0, 2.0, 1.0]), "v")
+    job = pipeline.SegmentationJob(vol, ["liver"], _model_file(tmp_path / "m.mosmos"))
+    job.process = process.BackgroundProcess([sys.executable, "-c", "pass"]).start()
+    job.process.wait()
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 3), np.uint8), np.eye(4)), job.outputPath)
+    job.volumesPath.write_text(json.dumps({"organs": [{"name": "liver", "label": 1, "color": [1, 2, 3]}]}))
+    with pytest.raises(MosmosError, match="differs from the input volume grid"):
+        job.finish()
+    job.cleanup()
+    assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
+
+
+@needs_data
+def test_job_runs_the_real_core_cli_on_an_lps_volume(scene, tmp_path, monkeypatch):
+    """GUI path end to end: NIfTI out, `mosmos segment` in a child process polled like the QTimer does,
+    outputs back as nodes, voxel for voxel equal to what the core wrote. The network is the inference
+    tests' stand-in (Testing/inference_stub.py), registered in the child through sitecustomize."""
+    sys.path.insert(0, str(ROOT / "Testing"))
+    import inference_stub
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(ROOT / 'Testing')!r})\n"
+                                           "import inference_stub\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    model = inference_stub.write_stub_model(tmp_path / "stub.mosmos", spacing=(3.0, 3.0, 3.0), modality="MR")
+    mr = volumes.read_volume(DATA / "example_mr_sm.nii.gz", scene, "MR")
+
+    job = pipeline.SegmentationJob(mr, ["liver", "spleen"], model, "cpu", attention=True)
+    child = job.start()
+    events, deadline = [], time.monotonic() + 120
+    while not events or events[-1]["event"] != "exit":
+        assert time.monotonic() < deadline, events[-5:]
+        events += child.poll()
+        time.sleep(0.05)
+    assert events[-1]["returncode"] == 0, child.error_message()
+    assert any(e["event"] == "progress" for e in events)
+    written = np.asarray(nib.load(job.outputPath).dataobj).transpose(2, 1, 0)
+    out = job.finish()
+    job.cleanup()
+
+    ijkToRAS = volumes.ijk_to_ras(mr)
+    for organ in out.organs:
+        expected = (written == organ["label"]).astype(np.uint8)
+        if expected.any():
+            np.testing.assert_array_equal(segmentation.export_segment_array(out.segmentationNode, organ["name"], mr),
+                                          expected)
+    np.testing.assert_array_equal(out.labelmap, written)
+    assert sorted(out.attentionNodes) == ["liver", "spleen"]
+    for node in out.attentionNodes.values():
+        values, ras = volumes.array_from_volume(node)
+        assert values.shape == written.shape and 0.0 <= values.min() and values.max() <= 1.0
+        np.testing.assert_allclose(ras, ijkToRAS)
+    voxel = tables.voxel_volume_ml(ijkToRAS)
+    for row, organ in enumerate(out.organs):
+        assert out.tableNode.GetTable().GetValue(row, 2).ToDouble() == pytest.approx(
+            np.count_nonzero(written == organ["label"]) * voxel, abs=1e-3)

@@ -1,0 +1,159 @@
+"""MOSMOS-UNETR: 2D->3D inflation, shapes, gradients, pre-trained initialisation."""
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from mosmos.errors import MosmosError
+from mosmos.models.backbones import create_clip
+from mosmos.models.segbase import inflate_patch_weight, pretrain_arch_kwargs, quarter_layers
+from mosmos.models.unetr import MosmosUNETR, interpolate_pos_grid
+
+
+@pytest.fixture(scope="module")
+def tiny():
+    torch.manual_seed(0)
+    net = MosmosUNETR(num_classes=4, backbone="tiny-vit", img_size=32, feature_size=8, decoder_heads=4)
+    net.set_tag_embeddings(torch.randn(3, 64))
+    return net
+
+
+@pytest.mark.parametrize("in_channels", [1, 2])
+def test_inflated_patch_embedding_matches_2d_on_depth_constant_volume(in_channels):
+    torch.manual_seed(0)
+    conv2d = create_clip("tiny-vit").visual.conv1.double()
+    p = conv2d.kernel_size[0]
+    weight3d = inflate_patch_weight(conv2d.weight, in_channels, p)
+    assert weight3d.shape == (conv2d.out_channels, in_channels, p, p, p)
+
+    slice2d = torch.randn(1, 1, 2 * p, 3 * p, dtype=torch.float64)
+    volume = slice2d[..., None].expand(1, in_channels, 2 * p, 3 * p, 2 * p).contiguous()
+    response3d = F.conv3d(volume, weight3d, stride=p)
+    response2d = conv2d(slice2d.expand(1, 3, -1, -1))
+    assert response3d.shape[-1] == 2
+    for k in range(2):
+        torch.testing.assert_close(response3d[..., k], response2d)
+
+
+def test_network_patch_embedding_is_the_inflated_clip_weight(tiny):
+    clip_visual = create_clip("tiny-vit").visual
+    again = MosmosUNETR(num_classes=2, backbone="tiny-vit", img_size=32, feature_size=8, decoder_heads=4)
+    again.load_visual(clip_visual)
+    expected = inflate_patch_weight(clip_visual.conv1.weight, 1, 16)
+    torch.testing.assert_close(again.patch_embed.weight, expected)
+    torch.testing.assert_close(again.blocks[0].attn.in_proj_weight,
+                               clip_visual.transformer.resblocks[0].attn.in_proj_weight)
+
+
+def test_positional_grid_drops_class_token_and_is_constant_along_depth():
+    grid = (4, 4)
+    pos = torch.randn(1 + 16, 8)
+    pos[0] = 1e6  # the class token must not leak into the grid
+    out = interpolate_pos_grid(pos, grid, (4, 4, 3))
+    assert out.shape == (1, 8, 4, 4, 3)
+    assert out.abs().max() < 1e3
+    torch.testing.assert_close(out[..., 0], pos[1:].reshape(4, 4, 8).permute(2, 0, 1)[None])
+    torch.testing.assert_close(out[..., 0], out[..., 2])
+
+
+def test_quarter_layers():
+    assert quarter_layers(12) == [2, 5, 8, 11]
+    assert quarter_layers(4) == [0, 1, 2, 3]
+
+
+def test_forward_shapes_and_maps(tiny):
+    x = torch.randn(2, 1, 32, 32, 48)
+    logits, maps = tiny(x)
+    assert logits.shape == (2, 4, 32, 32, 48)
+    assert maps.shape == (2, 4, 2, 2, 3)
+    assert torch.isfinite(maps).all()
+
+
+def test_gradient_reaches_tag_decoder_queries_and_encoder(tiny):
+    tiny.zero_grad()
+    logits, maps = tiny(torch.randn(1, 1, 32, 32, 32))
+    (logits.mean() + maps.mean()).backward()
+    assert tiny.tag_decoder.layers[0].cross_attn.q.weight.grad.abs().sum() > 0
+    assert tiny.queries.background.grad.abs().sum() > 0
+    assert tiny.patch_embed.weight.grad.abs().sum() > 0
+    assert tiny.blocks[0].attn.in_proj_weight.grad.abs().sum() > 0
+    # DDP without find_unused_parameters needs every trainable parameter in the graph.
+    assert [n for n, p in tiny.named_parameters() if p.requires_grad and p.grad is None] == []
+
+
+def test_maps_feed_the_segmentation(tiny):
+    """The bottleneck reads the maps: changing the tag embeddings changes the logits."""
+    x = torch.randn(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        before = tiny(x)[0]
+        saved = tiny.queries.tag_embeddings.clone()
+        tiny.set_tag_embeddings(saved + 1.0)
+        after = tiny(x)[0]
+        tiny.set_tag_embeddings(saved)
+    assert not torch.allclose(before, after)
+
+
+def test_multichannel_input():
+    net = MosmosUNETR(num_classes=3, backbone="tiny-vit", img_size=32, in_channels=2, feature_size=4,
+                      decoder_heads=4)
+    logits, maps = net(torch.randn(1, 2, 32, 32, 32))
+    assert logits.shape == (1, 3, 32, 32, 32) and maps.shape == (1, 3, 2, 2, 2)
+
+
+def test_vit_b32_has_an_extra_upsampling_level():
+    net = MosmosUNETR(num_classes=2, backbone="ViT-B-32", img_size=64, feature_size=2)
+    assert len(net.ups) == 5 and len(net.skips) == 3
+    with torch.no_grad():
+        logits, maps = net(torch.randn(1, 1, 64, 64, 32))
+    assert logits.shape == (1, 2, 64, 64, 32) and maps.shape == (1, 2, 2, 2, 1)
+
+
+def test_bad_inputs():
+    with pytest.raises(MosmosError, match="multiple"):
+        MosmosUNETR(num_classes=2, backbone="tiny-vit", img_size=40)
+    with pytest.raises(MosmosError, match="ViT"):
+        MosmosUNETR(num_classes=2, backbone="tiny-rn", img_size=32)
+    net = MosmosUNETR(num_classes=3, backbone="tiny-vit", img_size=32, feature_size=4, decoder_heads=4)
+    with pytest.raises(MosmosError, match="tag embeddings"):
+        net.set_tag_embeddings(torch.zeros(3, 64))
+    with pytest.raises(MosmosError, match="multiple of 16"):
+        net(torch.zeros(1, 1, 32, 32, 20))
+
+
+def test_init_from_mosmos_pretrain_state():
+    from mosmos.models.pretrain import MosmosPretrainModel
+
+    torch.manual_seed(1)
+    pre = MosmosPretrainModel("tiny-vit", decoder_heads=4)
+    tensors, header = pre.to_file_state()
+    net = MosmosUNETR(num_classes=3, img_size=32, feature_size=4, **pretrain_arch_kwargs(header["config"]))
+    net.load_pretrain_state(tensors, header)
+    visual = pre.image_encoder.visual
+    torch.testing.assert_close(net.patch_embed.weight, inflate_patch_weight(visual.conv1.weight, 1, 16))
+    torch.testing.assert_close(net.proj, visual.proj)
+    torch.testing.assert_close(net.tag_decoder.layers[0].cross_attn.k.weight,
+                               pre.tag_decoder.layers[0].cross_attn.k.weight)
+    with pytest.raises(MosmosError, match="not a MOSMOS pre-training model"):
+        net.load_pretrain_state(tensors, {"kind": "segmentation"})
+    other = MosmosUNETR(num_classes=3, img_size=32, feature_size=4, backbone="tiny-vit", decoder_heads=8)
+    with pytest.raises(MosmosError, match="decoder_heads"):
+        other.load_pretrain_state(tensors, header)
+
+
+
+def test_model_file_round_trip(tiny, tmp_path):
+    from mosmos.modelfile import load_model, save_model
+    from mosmos.models.segbase import build_network
+
+    save_model(tmp_path / "seg.mosmos", {k: v.detach() for k, v in tiny.state_dict().items()},
+               {"kind": "segmentation", "config": tiny.config})
+    tensors, header = load_model(tmp_path / "seg.mosmos")
+    again = build_network(header["config"])
+    again.load_state_dict(tensors, strict=True)
+    x = torch.randn(1, 1, 32, 32, 32)
+    tiny.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[0], tiny(x)[0])
+    tiny.train()
+    with pytest.raises(MosmosError, match="unknown architecture"):
+        build_network({"arch": "vnet"})

@@ -1,0 +1,12 @@
+"""`mosmos evaluate`: not yet available."""
+
+HELP = "(not yet available)"
+
+
+def add_arguments(parser) -> None:
+    parser.add_argument("rest", nargs="*")
+
+
+def run(args) -> int:
+    print("mosmos evaluate: not yet available in this version", flush=True)
+    return 2

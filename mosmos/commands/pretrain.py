@@ -1,0 +1,47 @@
+"""`mosmos pretrain`: report-supervised pre-training on a local ROCO folder."""
+
+from __future__ import annotations
+
+HELP = "pre-train MOSMOS encoders on a ROCO folder of radiology images with their reports"
+
+
+def add_arguments(p) -> None:
+    from ..train.config import PretrainConfig as C
+
+    p.add_argument("--roco", required=True, help="ROCO folder (GitHub layout or CSV variant)")
+    p.add_argument("--out", required=True, help="output folder: model file, checkpoint")
+    p.add_argument("--backbone", default=C.backbone, help="RN50, ViT-B-16, ViT-B-32, tiny-vit, tiny-rn (default %(default)s)")
+    p.add_argument("--weights", default=None, help="CLIP weights: a local file (open_clip or OpenAI .pt) or an open_clip tag such as 'openai'")
+    p.add_argument("--epochs", type=int, default=C.epochs)
+    p.add_argument("--batch-size", type=int, default=C.batch_size, help="per process (default %(default)s)")
+    p.add_argument("--lr", type=float, default=C.lr)
+    p.add_argument("--weight-decay", type=float, default=C.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=C.warmup_steps)
+    p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
+    p.add_argument("--seed", type=int, default=C.seed)
+    p.add_argument("--workers", type=int, default=C.workers, help="data-loader processes")
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default=C.precision,
+                   help="auto: bf16 on GPUs that support it, fp32 on the CPU")
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=C.device)
+    p.add_argument("--checkpoint-every", type=int, default=C.checkpoint_every, help="steps")
+    p.add_argument("--log-every", type=int, default=C.log_every, help="steps between step events")
+    p.add_argument("--val-fraction", type=float, default=C.val_fraction,
+                   help="share of train held out when the folder has no validation split")
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--events", default=None, help="JSON-lines events file ('-' for stdout)")
+    p.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def run(args) -> int:
+    from ..train.config import PretrainConfig
+    from ..train.pretrain import pretrain
+
+    cfg = PretrainConfig(roco=args.roco, out=args.out, backbone=args.backbone, weights=args.weights,
+                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+                         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, seed=args.seed,
+                         workers=args.workers, precision=args.precision, device=args.device,
+                         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
+                         val_fraction=args.val_fraction, max_steps=args.max_steps)
+    path = pretrain(cfg, resume=args.resume, events=args.events, progress=False if args.no_progress else None)
+    print(f"pre-trained model: {path}")
+    return 0

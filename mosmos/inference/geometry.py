@@ -1,0 +1,125 @@
+"""The model grid of a volume and resampling between it and the input grid.
+
+The model grid mirrors the training transforms (monai Orientation("RAS") then Spacing): the input
+axes are permuted and flipped to the closest RAS axes (an oblique direction stays oblique), then
+resampled to the model spacing with voxel 0 kept in place and ``round((n - 1) * s_in / s_out) + 1``
+voxels per axis. Because of that the input -> model mapping is, per axis, a permutation/flip followed
+by a scale: every resampling here is separable and exact in world coordinates, so labels painted at
+a world position come back at the same world position.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import nibabel as nib
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+
+@dataclass(frozen=True)
+class ModelGrid:
+    """How one input array (X, Y, Z order, 4x4 voxel->RAS affine) maps to the model grid.
+
+    perm[j] is the input axis that becomes RAS-like axis j; flip[j] says whether it is reversed.
+    ratio[j] = model spacing / input spacing along axis j: model voxel m sits at reoriented input
+    index m * ratio[j].
+    """
+
+    input_shape: tuple[int, int, int]
+    perm: tuple[int, int, int]
+    flip: tuple[bool, bool, bool]
+    ratio: tuple[float, float, float]
+    shape: tuple[int, int, int]
+    affine: np.ndarray  # model voxel -> RAS
+
+    @property
+    def oriented_shape(self) -> tuple[int, int, int]:
+        return tuple(self.input_shape[p] for p in self.perm)
+
+
+def voxel_sizes(affine: np.ndarray) -> np.ndarray:
+    return np.sqrt((np.asarray(affine, dtype=float)[:3, :3] ** 2).sum(axis=0))
+
+
+def model_grid(shape, affine, spacing) -> ModelGrid:
+    affine = np.asarray(affine, dtype=float)
+    ornt = nib.orientations.io_orientation(affine)
+    perm = [0, 0, 0]
+    flip = [False, False, False]
+    for axis_in, (axis_out, sign) in enumerate(ornt):
+        perm[int(axis_out)] = axis_in
+        flip[int(axis_out)] = sign < 0
+    oriented_affine = affine @ nib.orientations.inv_ornt_aff(ornt, tuple(shape))
+    sizes = voxel_sizes(oriented_affine)
+    spacing = np.asarray(spacing if spacing is not None else sizes, dtype=float)
+    spacing = np.where(spacing > 0, spacing, sizes)  # monai: non-positive keeps the input spacing
+    ratio = spacing / sizes
+    n = np.array([shape[p] for p in perm], dtype=float)
+    out_shape = tuple(int(v) for v in np.round((n - 1) / ratio) + 1)
+    out_affine = oriented_affine @ np.diag([*ratio, 1.0])
+    return ModelGrid(tuple(int(s) for s in shape), tuple(perm), tuple(flip), tuple(float(r) for r in ratio),
+                     out_shape, out_affine)
+
+
+def to_oriented(t: torch.Tensor, grid: ModelGrid) -> torch.Tensor:
+    """Input-order spatial tensor (..., X, Y, Z) -> RAS-like axis order (a view when possible)."""
+    lead = t.dim() - 3
+    t = t.permute(*range(lead), *(lead + p for p in grid.perm))
+    dims = [lead + j for j in range(3) if grid.flip[j]]
+    return t.flip(dims) if dims else t
+
+
+def from_oriented(a: np.ndarray, grid: ModelGrid) -> np.ndarray:
+    """Inverse of to_oriented for numpy arrays (views)."""
+    for j in range(3):
+        if grid.flip[j]:
+            a = np.flip(a, axis=j)
+    return np.transpose(a, np.argsort(grid.perm))
+
+
+GRID_BYTES = 64 << 20  # sampling-grid memory per grid_sample call (the output is made in slabs)
+
+
+def _norm(coords: torch.Tensor, n: int) -> torch.Tensor:
+    return coords * (2.0 / (n - 1)) - 1.0 if n > 1 else torch.zeros_like(coords)
+
+
+def resample(t: torch.Tensor, coords: list[torch.Tensor]) -> torch.Tensor:
+    """Trilinear samples of t (C, X, Y, Z) at the grid coords[0] x coords[1] x coords[2] of fractional
+    source indices (border clamped) -> (C, len0, len1, len2) float32. Separable coordinates, but
+    grid_sample does the work: it is much faster on CPU than per-axis gathers."""
+    t = t.float()
+    n = t.shape[1:]
+    out = torch.empty((t.shape[0], *(len(c) for c in coords)), dtype=torch.float32, device=t.device)
+    per_slice = len(coords[0]) * len(coords[1]) * 12
+    step = max(1, GRID_BYTES // per_slice)
+    a, b = _norm(coords[0], n[0]), _norm(coords[1], n[1])
+    for k0 in range(0, len(coords[2]), step):
+        c = _norm(coords[2][k0:k0 + step], n[2])
+        gx, gy, gz = torch.meshgrid(a, b, c, indexing="ij")
+        grid = torch.stack([gz, gy, gx], dim=-1)[None]  # grid_sample wants (W, H, D) = (Z, Y, X) order
+        out[..., k0:k0 + step] = F.grid_sample(t[None], grid, mode="bilinear", padding_mode="border",
+                                               align_corners=True)[0]
+    return out
+
+
+def _coords(n_out: int, step: float, device) -> torch.Tensor:
+    return (torch.arange(n_out, device=device, dtype=torch.float64) * step).float()
+
+
+def resample_to_model(oriented: torch.Tensor, grid: ModelGrid) -> torch.Tensor:
+    """(C, X, Y, Z) tensor in oriented order -> (C, model grid) float32."""
+    return resample(oriented, [_coords(grid.shape[j], grid.ratio[j], oriented.device) for j in range(3)])
+
+
+def resample_to_input(model: torch.Tensor, grid: ModelGrid) -> torch.Tensor:
+    """(C, model grid) -> (C, oriented input grid) float32, linear."""
+    return resample(model, [_coords(grid.oriented_shape[j], 1.0 / grid.ratio[j], model.device) for j in range(3)])
+
+
+def nearest_model_indices(grid: ModelGrid) -> list[np.ndarray]:
+    """Per oriented input axis, the index of the nearest model voxel (exact voxel-centre mapping)."""
+    return [np.clip(np.rint(np.arange(grid.oriented_shape[j]) / grid.ratio[j]), 0, grid.shape[j] - 1).astype(np.intp)
+            for j in range(3)]

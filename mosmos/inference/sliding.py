@@ -1,0 +1,97 @@
+"""Sliding-window inference with gaussian blending, a progress/cancel callback and a choice of
+where the stitched outputs live (the GPU, or the CPU when GPU memory is short)."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Callable, Sequence
+
+import torch
+import torch.nn.functional as F
+
+
+class Cancelled(Exception):
+    """The progress callback asked to stop; nothing was written."""
+
+
+def window_starts(n: int, roi: int, overlap: float) -> list[int]:
+    """Window starts along one axis (n >= roi): evenly stepped, the last one flush with the end."""
+    step = max(1, int(roi * (1.0 - overlap)))
+    starts = list(range(0, n - roi + 1, step))
+    if starts[-1] != n - roi:
+        starts.append(n - roi)
+    return starts
+
+
+def gaussian_importance(roi: Sequence[int], device, sigma_scale: float = 0.125) -> torch.Tensor:
+    """Separable gaussian (sigma = roi / 8, as monai's default), peak 1, floor 1e-3 so that window
+    borders still count where only one window covers a voxel."""
+    out = torch.ones((), device=device)
+    for r in roi:
+        x = torch.arange(r, device=device, dtype=torch.float32) - (r - 1) / 2.0
+        g = torch.exp(-0.5 * (x / (sigma_scale * r)) ** 2)
+        out = out[..., None] * g
+    return (out / out.max()).clamp_(min=1e-3)
+
+
+def sliding_window(
+    image: torch.Tensor,
+    roi: Sequence[int],
+    predict: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor | None]],
+    num_classes: int,
+    num_maps: int,
+    overlap: float = 0.5,
+    batch_size: int = 1,
+    stitch_device: torch.device | str | None = None,
+    progress: Callable[[int, int], bool | None] | None = None,
+) -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Blend ``predict`` over windows of ``image`` (C, X, Y, Z), already on the compute device.
+
+    predict(windows (B, C, *roi)) -> (logits (B, num_classes, *roi), maps (B, num_maps, *roi) or None).
+    Returns (logits (num_classes, X, Y, Z), maps (num_maps, X, Y, Z) or None) float32 on
+    stitch_device. The image is zero-padded (symmetrically) up to the roi where smaller, and the
+    outputs are cropped back. progress(done, total) is called before the first window batch and
+    after each one; a False return raises Cancelled.
+    """
+    stitch_device = torch.device(stitch_device or image.device)
+    shape = tuple(image.shape[1:])
+    pad = [max(0, r - s) for r, s in zip(roi, shape)]
+    if any(pad):
+        spec = []
+        for p in reversed(pad):
+            spec += [p // 2, p - p // 2]
+        image = F.pad(image, spec)
+    padded = tuple(image.shape[1:])
+    starts = list(itertools.product(*(window_starts(n, r, overlap) for n, r in zip(padded, roi))))
+    batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
+    total = len(batches)
+
+    def report(done: int) -> None:
+        if progress is not None and progress(done, total) is False:
+            raise Cancelled("segmentation cancelled")
+
+    importance = gaussian_importance(roi, stitch_device)
+    logits = torch.zeros((num_classes, *padded), dtype=torch.float32, device=stitch_device)
+    maps = torch.zeros((num_maps, *padded), dtype=torch.float32, device=stitch_device) if num_maps else None
+    weight = torch.zeros(padded, dtype=torch.float32, device=stitch_device)
+    report(0)
+    for done, batch in enumerate(batches, 1):
+        regions = [tuple(slice(s, s + r) for s, r in zip(start, roi)) for start in batch]
+        windows = torch.stack([image[(slice(None), *reg)] for reg in regions])
+        out_logits, out_maps = predict(windows)
+        out_logits = out_logits.to(stitch_device, torch.float32)
+        if maps is not None:
+            out_maps = out_maps.to(stitch_device, torch.float32)
+        for b, reg in enumerate(regions):
+            logits[(slice(None), *reg)].add_(out_logits[b] * importance)
+            if maps is not None:
+                maps[(slice(None), *reg)].add_(out_maps[b] * importance)
+            weight[reg].add_(importance)
+        del out_logits, out_maps
+        report(done)
+    crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, shape))
+    weight = weight[crop]
+    logits = logits[(slice(None), *crop)].div_(weight)
+    if maps is not None:
+        maps = maps[(slice(None), *crop)].div_(weight)
+    return logits, maps

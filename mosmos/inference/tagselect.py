@@ -1,0 +1,69 @@
+"""Typed organ names -> what the engine computes for them.
+
+Rule, per typed name (after mosmos.tags: synonyms, case, plurals, "kidneys" -> both sides):
+1. a canonical tag the model has a label for -> label + attention map;
+2. any other canonical tag, or an unrecognised name within difflib distance 0.6 of a known organ
+   name (pre-training tags, the model's labels, the open-set organs mosmos.tags knows, e.g.
+   "duodenum", "urinary bladder") -> open-set: an attention map when the network provides
+   open_set_maps, no label, and a notice;
+3. an unrecognised name far from every known name -> MosmosError listing the closest known names.
+"""
+
+from __future__ import annotations
+
+import difflib
+from dataclasses import dataclass, field
+
+from .. import tags as tagmod
+from ..errors import MosmosError
+
+
+@dataclass
+class TagSelection:
+    labelled: list[str] = field(default_factory=list)   # canonical names the model labels
+    open_set: list[str] = field(default_factory=list)   # names to attend to without a label
+    notices: list[str] = field(default_factory=list)
+
+
+def known_names(model_labels) -> list[str]:
+    # The open-set organs are the coloured ones in mosmos.tags until it exports a list of its own.
+    extra = getattr(tagmod, "OPEN_SET_TAGS", None) or tuple(getattr(tagmod, "_TOTALSEG_COLORS", {}))
+    names = []
+    for n in (*tagmod.PRETRAIN_TAGS, *model_labels, *extra):
+        if n not in names:
+            names.append(n)
+    return names
+
+
+def closest(name: str, known: list[str], n: int = 3) -> list[str]:
+    return sorted(known, key=lambda k: -difflib.SequenceMatcher(None, name.lower(), k.lower()).ratio())[:n]
+
+
+def select_tags(tags, model_labels: list[str], open_set_supported: bool) -> TagSelection:
+    """``tags``: None (every labelled organ), a "liver, spleen" string, or a list of names."""
+    sel = TagSelection()
+    if tags is None:
+        sel.labelled = list(model_labels)
+        return sel
+    typed = [tags] if isinstance(tags, str) else list(tags)
+    known = known_names(model_labels)
+    for raw in typed:
+        for name in tagmod.parse_tag_list(str(raw)):
+            canonical = name in tagmod.PRETRAIN_TAGS or name in model_labels
+            if not canonical and not tagmod.suggest(name, known):
+                raise MosmosError(f"tags: unknown organ name {name!r}; closest known names: "
+                                  f"{', '.join(closest(name, known))}")
+            if name in model_labels:
+                if name not in sel.labelled:
+                    sel.labelled.append(name)
+                continue
+            if name in sel.open_set:
+                continue
+            sel.open_set.append(name)
+            note = f"no label available for {name} (the model was not fine-tuned on it)"
+            if not open_set_supported:
+                note += "; this model gives no attention map for it either"
+            sel.notices.append(note)
+    if not sel.labelled and not sel.open_set:
+        raise MosmosError("tags: no organ names given")
+    return sel

@@ -1,0 +1,193 @@
+"""Evaluation: per-organ Dice and HD95 (mm), result tables, and paired significance tests.
+
+Conventions, per case and organ:
+- organ absent from both prediction and reference: Dice and HD95 are NaN (undefined) and are
+  skipped by every mean; the CSV writes them as empty cells;
+- present in exactly one of them: Dice 0 and HD95 = the volume's diagonal in mm (the largest
+  distance possible on that grid), so a missed or hallucinated organ is penalised rather than hidden;
+- otherwise monai's Dice and symmetric 95th-percentile Hausdorff distance between the surface
+  voxels, with the true voxel spacing in mm (anisotropic spacing honoured per axis).
+
+The significance test (``wilcoxon_p``) pairs the two result files by case and compares per-case
+mean Dice (mean over the organs defined in that case): cases are the independent units, whereas
+the organs of one case are not independent of each other.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import numpy as np
+import torch
+from monai.metrics import compute_dice, compute_hausdorff_distance
+
+from .errors import MosmosError
+
+FIELDS = ("case", "organ", "dice", "hd95")
+
+
+def spacing_from_affine(affine: np.ndarray) -> tuple[float, ...]:
+    """Voxel spacing in mm of each array axis from a 4x4 voxel->world affine."""
+    affine = np.asarray(affine, dtype=float)
+    return tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+
+
+def organ_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[float, float]:
+    """(Dice, HD95 in mm) of two binary masks on the same grid; see the module docstring for NaN/empty cases."""
+    pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
+    if pred.shape != ref.shape:
+        raise MosmosError(f"prediction shape {pred.shape} differs from reference shape {ref.shape}")
+    spacing = [float(s) for s in spacing]
+    if len(spacing) != pred.ndim:
+        raise MosmosError(f"spacing {spacing}: needs one value per axis of a {pred.ndim}D mask")
+    has_pred, has_ref = bool(pred.any()), bool(ref.any())
+    if not has_pred and not has_ref:
+        return math.nan, math.nan
+    if has_pred != has_ref:
+        return 0.0, float(math.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing))))
+    yp = torch.from_numpy(pred)[None, None].float()
+    yt = torch.from_numpy(ref)[None, None].float()
+    dice = compute_dice(yp, yt, include_background=True, ignore_empty=False)
+    hd95 = compute_hausdorff_distance(yp, yt, include_background=True, percentile=95, spacing=spacing)
+    return float(dice[0, 0]), float(hd95[0, 0])
+
+
+def evaluate_case(pred: np.ndarray, ref: np.ndarray, labels: Mapping[int, str],
+                  spacing: Sequence[float]) -> dict[str, dict[str, float]]:
+    """Per-organ {"dice", "hd95"} of two label maps; ``labels`` maps values to organ names
+    (value 0 / "background" is skipped)."""
+    pred, ref = np.asarray(pred), np.asarray(ref)
+    out = {}
+    for value, name in sorted(labels.items()):
+        if int(value) == 0:
+            continue
+        dice, hd95 = organ_metrics(pred == int(value), ref == int(value), spacing)
+        out[name] = {"dice": dice, "hd95": hd95}
+    return out
+
+
+def evaluate_files(pred_path: str | Path, ref_path: str | Path, labels: Mapping[int, str]) -> dict:
+    """evaluate_case on two NIfTI label maps, which must share their grid; spacing from the reference."""
+    import nibabel as nib
+
+    imgs = []
+    for path in (pred_path, ref_path):
+        try:
+            imgs.append(nib.load(str(path)))
+        except Exception as e:  # nibabel raises many types for unreadable files
+            raise MosmosError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
+    pred, ref = imgs
+    if pred.shape != ref.shape or not np.allclose(pred.affine, ref.affine, rtol=1e-4, atol=1e-2):
+        raise MosmosError(f"{pred_path}: not on the grid of the reference {ref_path} "
+                          f"(shapes {pred.shape} vs {ref.shape})")
+    return evaluate_case(np.asarray(pred.dataobj), np.asarray(ref.dataobj), labels, spacing_from_affine(ref.affine))
+
+
+# --- tables -----------------------------------------------------------------------------------
+
+Results = dict  # case -> organ -> {"dice": float, "hd95": float}
+
+
+def _nanmean_std(values: list[float]) -> tuple[float, float, int]:
+    vals = np.array([v for v in values if not math.isnan(v)], dtype=float)
+    if vals.size == 0:
+        return math.nan, math.nan, 0
+    return float(vals.mean()), float(vals.std()), int(vals.size)
+
+
+def _row(dice: list[float], hd95: list[float]) -> dict[str, float]:
+    d_mean, d_std, n = _nanmean_std(dice)
+    h_mean, h_std, _ = _nanmean_std(hd95)
+    return {"dice_mean": d_mean, "dice_std": d_std, "hd95_mean": h_mean, "hd95_std": h_std, "n": n}
+
+
+def summarize(results: Results) -> dict[str, dict[str, float]]:
+    """Per organ (first-seen order) mean/std of Dice and HD95 over the cases where it is defined, with
+    n = that number of cases; then "mean": over cases of each case's mean over its organs."""
+    organs: list[str] = []
+    for per_case in results.values():
+        organs += [o for o in per_case if o not in organs]
+    table = {}
+    for organ in organs:
+        cases = [c[organ] for c in results.values() if organ in c]
+        table[organ] = _row([m["dice"] for m in cases], [m["hd95"] for m in cases])
+    table["mean"] = _row(*[[_nanmean_std([m[k] for m in c.values()])[0] for c in results.values()]
+                           for k in ("dice", "hd95")])
+    return table
+
+
+def _fmt(x: float, digits: int) -> str:
+    return "" if math.isnan(x) else f"{x:.{digits}f}"
+
+
+def write_results_csv(results: Results, path: str | Path) -> None:
+    """Long format: one row per case and organ (case, organ, dice, hd95); NaN as an empty cell."""
+    with open(path, "w", newline="", encoding="utf-8") as f:
+        w = csv.writer(f)
+        w.writerow(FIELDS)
+        for case, per_case in results.items():
+            for organ, m in per_case.items():
+                w.writerow([case, organ, _fmt(m["dice"], 6), _fmt(m["hd95"], 4)])
+
+
+def read_results_csv(path: str | Path) -> Results:
+    path = Path(path)
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.DictReader(f)
+            if reader.fieldnames is None or not set(FIELDS) <= set(reader.fieldnames):
+                raise MosmosError(f"{path}: expected columns {', '.join(FIELDS)}")
+            results: Results = {}
+            for row in reader:
+                results.setdefault(row["case"], {})[row["organ"]] = {
+                    k: float(row[k]) if row[k].strip() else math.nan for k in ("dice", "hd95")}
+    except OSError as e:
+        raise MosmosError(f"{path}: cannot read ({e.strerror or e})") from None
+    except ValueError as e:
+        raise MosmosError(f"{path}: bad number ({e})") from None
+    return results
+
+
+def markdown_table(results: Results) -> str:
+    """Per-organ mean ± std of Dice (%) and HD95 (mm), plus the mean over organs."""
+    lines = ["| organ | Dice (%) | HD95 (mm) | cases |", "|---|---|---|---|"]
+    for organ, row in summarize(results).items():
+        dice = "" if math.isnan(row["dice_mean"]) else f"{100 * row['dice_mean']:.2f} ± {100 * row['dice_std']:.2f}"
+        hd = "" if math.isnan(row["hd95_mean"]) else f"{row['hd95_mean']:.2f} ± {row['hd95_std']:.2f}"
+        name = "**mean**" if organ == "mean" else organ
+        lines.append(f"| {name} | {dice} | {hd} | {row['n']} |")
+    return "\n".join(lines) + "\n"
+
+
+def write_tables(results: Results, csv_path: str | Path, md_path: str | Path | None = None) -> None:
+    """The per-case CSV and, if asked, the Markdown summary."""
+    write_results_csv(results, csv_path)
+    if md_path is not None:
+        Path(md_path).write_text(markdown_table(results), encoding="utf-8")
+
+
+def case_mean_dice(results: Results) -> dict[str, float]:
+    return {case: _nanmean_std([m["dice"] for m in per_case.values()])[0] for case, per_case in results.items()}
+
+
+def wilcoxon_p(a: str | Path | Results, b: str | Path | Results) -> tuple[float, int]:
+    """Two-sided Wilcoxon signed-rank p-value of per-case mean Dice, paired by case; returns (p, n pairs).
+
+    p = 1.0 when the two results agree on every case.
+    """
+    from scipy.stats import wilcoxon
+
+    ra = a if isinstance(a, dict) else read_results_csv(a)
+    rb = b if isinstance(b, dict) else read_results_csv(b)
+    ma, mb = case_mean_dice(ra), case_mean_dice(rb)
+    cases = [c for c in ma if c in mb and not math.isnan(ma[c]) and not math.isnan(mb[c])]
+    if not cases:
+        raise MosmosError(f"{a if not isinstance(a, dict) else 'results'}: no case in common with "
+                          f"{b if not isinstance(b, dict) else 'the other results'}")
+    diffs = np.array([ma[c] - mb[c] for c in cases])
+    if np.all(diffs == 0):
+        return 1.0, len(cases)
+    return float(wilcoxon(diffs).pvalue), len(cases)

@@ -1,0 +1,130 @@
+"""Pieces shared by the fine-tuning networks (MOSMOS-UNETR, MOSMOS-U-Net).
+
+Both networks turn tags into queries the same way: a learnable background query followed by one
+embedding per foreground class, computed once by the frozen text encoder (DESIGN.md §2) and kept in
+the network as a buffer so that a saved segmentation model needs no text encoder to run.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from ..errors import MosmosError
+
+
+def spread_rgb_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
+    """Turn a conv weight (O, 3, ...) that reads RGB into one that reads `in_channels` channels.
+
+    The RGB kernels are summed, so a grey image replicated to RGB gives the same response, and the sum
+    is spread evenly over the input channels, so identical channels (e.g. BRATS modalities of one
+    constant image) also give that response.
+    """
+    summed = weight.sum(dim=1, keepdim=True)
+    return summed.repeat_interleave(in_channels, dim=1) / in_channels
+
+
+def inflate_patch_weight(weight2d: torch.Tensor, in_channels: int, depth: int) -> torch.Tensor:
+    """2D patch-embedding weight (O, 3, p, p) -> 3D weight (O, in_channels, p, p, depth).
+
+    Repeated over depth and divided by depth, so a volume constant along depth is embedded exactly as
+    one of its slices is by the 2D weight (with the slice replicated to RGB).
+    """
+    spread = spread_rgb_weight(weight2d, in_channels)
+    return spread.unsqueeze(-1).repeat(*([1] * spread.dim()), depth) / depth
+
+
+def quarter_layers(num_layers: int) -> list[int]:
+    """0-based indices of the blocks whose outputs feed the decoder: the evenly spaced quarters of the
+    stack (blocks 3/6/9/12 of a 12-block ViT, 1/2/3/4 of a 4-block one), the last one always included."""
+    picks = [max(1, round(num_layers * k / 4)) for k in (1, 2, 3, 4)]
+    return [p - 1 for p in picks]
+
+
+class TagQueries(nn.Module):
+    """Queries for the tag decoder: [learnable background query] + fixed tag embeddings."""
+
+    def __init__(self, num_classes: int, dim: int):
+        super().__init__()
+        if num_classes < 2:
+            raise MosmosError(f"num_classes: need background and at least one organ, got {num_classes}")
+        self.num_classes = num_classes
+        self.dim = dim
+        self.background = nn.Parameter(torch.randn(1, dim) * dim**-0.5)
+        # Persistent so the model file carries the embeddings it was trained with.
+        self.register_buffer("tag_embeddings", torch.zeros(num_classes - 1, dim))
+
+    def set_tag_embeddings(self, embeddings: torch.Tensor) -> None:
+        expected = (self.num_classes - 1, self.dim)
+        if tuple(embeddings.shape) != expected:
+            raise MosmosError(
+                f"tag embeddings: expected shape {expected} (one row per organ class, background excluded), "
+                f"got {tuple(embeddings.shape)}"
+            )
+        self.tag_embeddings.copy_(embeddings.detach().to(self.tag_embeddings))
+
+    def forward(self) -> torch.Tensor:
+        return torch.cat([self.background, self.tag_embeddings.to(self.background.dtype)], dim=0)
+
+
+PRETRAIN_KIND = "mosmos-pretrain"
+
+
+def pretrain_arch_kwargs(config: dict) -> dict:
+    """Constructor arguments of a fine-tuning network that make it match a MOSMOS pre-training
+    model's config (same backbone, activation and tag decoder), so its weights can be loaded."""
+    try:
+        return dict(backbone=config["backbone"], quick_gelu=bool(config["quick_gelu"]),
+                    decoder_depth=int(config["decoder_depth"]), decoder_heads=int(config["decoder_heads"]),
+                    decoder_self_attn=bool(config["decoder_self_attn"]))
+    except (KeyError, TypeError, ValueError) as e:
+        raise MosmosError(f"pre-trained model config: missing or invalid entry {e}") from None
+
+
+def split_pretrain_state(tensors: dict[str, torch.Tensor], header: dict, net_config: dict,
+                         source: str = "pre-trained model") -> tuple[dict, dict]:
+    """(CLIP visual state, tag decoder state) from a MOSMOS pre-training model file's tensors.
+
+    The pre-training model keeps them under ``image_encoder.visual.`` and ``tag_decoder.``; its
+    prompt learner (``tag_prompt.``) stays with the text side, which computes the tag embeddings.
+    """
+    if header.get("kind") != PRETRAIN_KIND:
+        raise MosmosError(f"{source}: not a MOSMOS pre-training model (kind {header.get('kind')!r})")
+    wanted = pretrain_arch_kwargs(header.get("config") or {})
+    for key, value in wanted.items():
+        if key in net_config and net_config[key] != value:
+            raise MosmosError(f"{source}: {key} is {value!r} but the segmentation network uses {net_config[key]!r}")
+
+    def under(prefix: str) -> dict:
+        return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+    visual, decoder = under("image_encoder.visual."), under("tag_decoder.")
+    if not visual or not decoder:
+        raise MosmosError(f"{source}: no image encoder or tag decoder weights in the file")
+    return visual, decoder
+
+
+def freeze_unused_decoder_parts(decoder: nn.Module) -> None:
+    """Fine-tuning reads only the pixel–tag maps (the last layer's query/key scores), never f^TS, so
+    the last layer's value/output/MLP path and the final norm get no gradient. Freezing them keeps
+    every trainable parameter in the graph (DDP without find_unused_parameters) and keeps their
+    pre-trained values in saved models."""
+    last = decoder.layers[-1]
+    for part in (last.cross_attn.v, last.cross_attn.out, last.norm_mlp, last.mlp, decoder.norm):
+        part.requires_grad_(False)
+
+
+def build_network(config: dict) -> nn.Module:
+    """A randomly initialised fine-tuning network from its ``config`` (as stored in model files)."""
+    from .unet2d import MosmosUNet2D
+    from .unetr import MosmosUNETR
+
+    classes = {"unetr": MosmosUNETR, "unet2d": MosmosUNet2D}
+    kwargs = dict(config)
+    arch = kwargs.pop("arch", None)
+    if arch not in classes:
+        raise MosmosError(f"model config: unknown architecture {arch!r} (known: {', '.join(classes)})")
+    try:
+        return classes[arch](**kwargs)
+    except TypeError as e:
+        raise MosmosError(f"model config: invalid entries for {arch} ({e})") from None

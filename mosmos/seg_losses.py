@@ -1,0 +1,68 @@
+"""Fine-tuning losses (DESIGN.md §2): L = L_seg + lambda * L_pta, both Dice + cross-entropy.
+
+L_pta supervises the pixel–tag maps f^M (one per class, background included): divided by a
+learnable temperature epsilon (init 0.07) and up-sampled linearly to the label grid, they are
+read as class logits. lambda defaults to 0.8 (the paper's text and ablation).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+from monai.losses import DiceCELoss
+from torch import nn
+
+_dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+
+
+def _with_channel(labels: torch.Tensor, spatial_dims: int) -> torch.Tensor:
+    return labels.unsqueeze(1) if labels.dim() == spatial_dims + 1 else labels
+
+
+def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Dice + CE of logits (B, Q, *S) against class indices (B, 1, *S) or (B, *S)."""
+    return _dice_ce(logits, _with_channel(labels, logits.dim() - 2))
+
+
+def upsample_maps(maps: torch.Tensor, size) -> torch.Tensor:
+    """Pixel–tag maps (B, Q, *grid) -> (B, Q, *size), trilinear in 3D, bilinear in 2D."""
+    mode = "trilinear" if maps.dim() == 5 else "bilinear"
+    return F.interpolate(maps, size=tuple(size), mode=mode, align_corners=False)
+
+
+def pta_loss(maps: torch.Tensor, labels: torch.Tensor, epsilon: torch.Tensor | float) -> torch.Tensor:
+    """Dice + CE of up-sampled maps / epsilon against the labels (pixel–tag alignment)."""
+    labels = _with_channel(labels, maps.dim() - 2)
+    return _dice_ce(upsample_maps(maps, labels.shape[2:]) / epsilon, labels)
+
+
+class MosmosSegLoss(nn.Module):
+    """forward(logits, maps, labels) -> (total, parts); parts = {"seg", "pta", "epsilon"} as detached
+    tensors (no device sync here; convert when logging).
+
+    epsilon is a parameter (stored as its log, so it stays positive): put this module's parameters
+    in the optimiser alongside the network's.
+    """
+
+    def __init__(self, lambda_pta: float = 0.8, epsilon: float = 0.07):
+        super().__init__()
+        if epsilon <= 0:
+            raise ValueError(f"epsilon {epsilon}: must be positive")
+        self.lambda_pta = float(lambda_pta)
+        self.log_epsilon = nn.Parameter(torch.tensor(math.log(epsilon)))
+
+    @property
+    def epsilon(self) -> torch.Tensor:
+        return self.log_epsilon.exp()
+
+    def forward(self, logits: torch.Tensor, maps: torch.Tensor, labels: torch.Tensor):
+        l_seg = seg_loss(logits, labels)
+        if self.lambda_pta == 0:
+            # epsilon then gets no gradient: with DDP, leave this module out of the optimiser.
+            return l_seg, {"seg": l_seg.detach(), "pta": torch.zeros_like(l_seg).detach(),
+                           "epsilon": self.epsilon.detach()}
+        l_pta = pta_loss(maps.float(), labels, self.epsilon)
+        total = l_seg + self.lambda_pta * l_pta
+        return total, {"seg": l_seg.detach(), "pta": l_pta.detach(), "epsilon": self.epsilon.detach()}

@@ -1,0 +1,90 @@
+"""Process-group set-up for ``torchrun`` (DDP); a single process needs nothing of it."""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class DistInfo:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def enabled(self) -> bool:
+        return self.world_size > 1
+
+
+def local_rank() -> int:
+    return int(os.environ.get("LOCAL_RANK", "0"))
+
+
+def init_distributed(device: torch.device) -> DistInfo:
+    """Join the process group that torchrun describes in the environment, if any."""
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world <= 1:
+        return DistInfo()
+    if not dist.is_initialized():
+        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank())
+
+
+def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
+    from ..errors import MosmosError
+
+    if name == "auto":
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda":
+        if not torch.cuda.is_available():
+            raise MosmosError("--device cuda: no usable CUDA GPU (use --device cpu)")
+        return torch.device("cuda", local_rank % torch.cuda.device_count())
+    if name != "cpu":
+        raise MosmosError(f"--device {name}: choose auto, cpu or cuda")
+    return torch.device("cpu")
+
+
+def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    if info.enabled:
+        values = values.clone()
+        dist.all_reduce(values)
+    return values
+
+
+def all_gather_cat(t: torch.Tensor, info: DistInfo) -> torch.Tensor:
+    """Concatenate equally shaped tensors from all ranks along dim 0."""
+    if not info.enabled:
+        return t
+    parts = [torch.empty_like(t) for _ in range(info.world_size)]
+    dist.all_gather(parts, t.contiguous())
+    return torch.cat(parts)
+
+
+def barrier(info: DistInfo) -> None:
+    if info.enabled:
+        dist.barrier()
+
+
+def cleanup(info: DistInfo) -> None:
+    if info.enabled and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def gather_digests(state: dict[str, torch.Tensor], info: DistInfo) -> list[str]:
+    """Each rank's SHA-256 of its parameters: DDP replicas must end identical."""
+    from ..modelfile import tensors_digest
+
+    mine = tensors_digest(state)
+    if not info.enabled:
+        return [mine]
+    out: list = [None] * info.world_size
+    dist.all_gather_object(out, mine)
+    return out
