@@ -120,6 +120,8 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def enter(self) -> None:
         self.initializeParameterNode()
+        # MOSMOSTrain may have added a fine-tuned model while this module was hidden.
+        self.refreshModels()
 
     def exit(self) -> None:
         if self._parameterNode:

@@ -57,7 +57,7 @@ def test_tiny_pretraining_learns_tags_and_report_matching(tmp_path):
                                          log_every=1, seed=0), events=str(log), progress=False)
     ev = events(log)
     steps = [e for e in ev if e["event"] == "step"]
-    epochs = [e for e in ev if e["event"] == "epoch"]
+    epochs = [e for e in ev if e["event"] == "val"]
     first = np.mean([[s["irc"], s["mlr"]] for s in steps[:5]], axis=0)
     last = np.mean([[s["irc"], s["mlr"]] for s in steps[-5:]], axis=0)
     assert last[0] < first[0] and last[1] < first[1], (first, last)

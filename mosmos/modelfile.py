@@ -13,20 +13,23 @@ import json
 import os
 import tempfile
 from pathlib import Path
-from typing import Any
-
-import torch
-from safetensors import SafetensorError
-from safetensors.torch import load as st_load
-from safetensors.torch import save as st_save
+from typing import TYPE_CHECKING, Any
 
 from .errors import MosmosError
 
+if TYPE_CHECKING:  # torch is imported only where tensors are handled: listing model files needs none
+    import torch
+
 FORMAT_VERSION = 1
+# header["kind"] of the two kinds of model file
+PRETRAIN_KIND = "mosmos-pretrain"
+SEGMENTATION_KIND = "mosmos-segmentation"
 HEADER_KEY = "mosmos"
 
 
-def tensors_digest(tensors: dict[str, torch.Tensor]) -> str:
+def tensors_digest(tensors: dict[str, "torch.Tensor"]) -> str:
+    import torch
+
     h = hashlib.sha256()
     for name in sorted(tensors):
         t = tensors[name].detach().cpu().contiguous()
@@ -57,8 +60,10 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
-def save_model(path: str | os.PathLike, tensors: dict[str, torch.Tensor], header: dict[str, Any]) -> None:
+def save_model(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"], header: dict[str, Any]) -> None:
     """Write a model file atomically. ``header`` must be JSON-serialisable."""
+    from safetensors.torch import save as st_save
+
     tensors = {k: v.detach().cpu().contiguous() for k, v in tensors.items()}
     full = {"format_version": FORMAT_VERSION, **header, "sha256": tensors_digest(tensors)}
     atomic_write_bytes(path, st_save(tensors, metadata={HEADER_KEY: json.dumps(full)}))
@@ -94,8 +99,11 @@ def _parse_header(path: Path, meta: dict) -> dict[str, Any]:
     return header
 
 
-def load_model(path: str | os.PathLike) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+def load_model(path: str | os.PathLike) -> tuple[dict[str, "torch.Tensor"], dict[str, Any]]:
     """Read and verify a model file; returns (tensors, header)."""
+    from safetensors import SafetensorError
+    from safetensors.torch import load as st_load
+
     path = Path(path)
     header = read_header(path)
     try:

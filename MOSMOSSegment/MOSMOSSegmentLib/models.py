@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 from mosmos.errors import MosmosError
+from mosmos.modelfile import PRETRAIN_KIND, SEGMENTATION_KIND
 
 ENV_MODELS_DIR = "MOSMOS_MODELS_DIR"
 
@@ -34,6 +35,12 @@ class ModelInfo:
         return f"{self.path.stem} ({self.modality or '?'}, {len(self.organs)} organs)"
 
 
+def model_kind(header: dict) -> str:
+    """"segmentation" or "pretrained", the words the module shows, for the core's file kinds."""
+    kind = str(header.get("kind", ""))
+    return {SEGMENTATION_KIND: "segmentation", PRETRAIN_KIND: "pretrained"}.get(kind, kind)
+
+
 def model_info(path: str | os.PathLike) -> ModelInfo:
     from mosmos.modelfile import read_header
 
@@ -42,7 +49,7 @@ def model_info(path: str | os.PathLike) -> ModelInfo:
     labels = header.get("labels") or {}
     organs = tuple(name for value, name in sorted(labels.items(), key=lambda kv: int(kv[0]))
                    if int(value) != 0 and name != "background")
-    return ModelInfo(path, str(header.get("kind", "")), str(header.get("modality", "")), organs)
+    return ModelInfo(path, model_kind(header), str(header.get("modality", "")), organs)
 
 
 def list_models(folder: str | os.PathLike | None = None, kind: str | None = "segmentation") -> list[ModelInfo]:
@@ -63,23 +70,25 @@ def list_models(folder: str | os.PathLike | None = None, kind: str | None = "seg
     return found
 
 
-def add_model_file(source: str | os.PathLike, folder: str | os.PathLike | None = None) -> ModelInfo:
-    """Verify ``source`` fully (header, tensors, checksum) and copy it into ``folder`` atomically.
+def add_model_file(source: str | os.PathLike, folder: str | os.PathLike | None = None,
+                   name: str | None = None) -> ModelInfo:
+    """Verify ``source`` fully (header, tensors, checksum) and copy it into ``folder`` atomically, as ``name``
+    (default: the source's file name; training runs all write "model.safetensors", so they pass their own).
     A file of the same name is replaced. Raises MosmosError naming the file when it is not a usable model."""
     from mosmos.modelfile import load_model
 
     source = Path(source)
     _, header = load_model(source)
-    if header.get("kind") != "segmentation":
-        raise MosmosError(f"{source}: a {header.get('kind') or 'non-segmentation'} model cannot segment; "
+    if model_kind(header) != "segmentation":
+        raise MosmosError(f"{source}: a {model_kind(header) or 'non-segmentation'} model cannot segment; "
                           "add a fine-tuned segmentation model")
     folder = Path(folder) if folder else default_models_dir()
-    target = folder / source.name
+    target = folder / (name or source.name)
     if target.exists() and target.resolve() == source.resolve():
         return model_info(target)
     try:
         folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{source.name}.", suffix=".part", dir=folder)
+        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)
         os.close(fd)
     except OSError as e:
         raise MosmosError(f"{folder}: cannot write to the models folder ({e.strerror or e})") from None

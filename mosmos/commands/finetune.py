@@ -1,12 +1,59 @@
-"""`mosmos finetune`: not yet available."""
+"""`mosmos finetune`: fine-tune MOSMOS-UNETR / MOSMOS-U-Net on a Decathlon-style folder."""
 
-HELP = "(not yet available)"
+from __future__ import annotations
+
+HELP = "fine-tune a segmentation model (UNETR 3D or U-Net 2D) on a Decathlon/BTCV-style dataset folder"
 
 
-def add_arguments(parser) -> None:
-    parser.add_argument("rest", nargs="*")
+def add_arguments(p) -> None:
+    from ..train.config import FinetuneConfig as C
+
+    p.add_argument("--data", required=True, help="folder with dataset.json (or BTCV's dataset_0.json)")
+    p.add_argument("--out", required=True, help="output folder: model file, checkpoint")
+    p.add_argument("--arch", choices=["unetr", "unet2d"], default=C.arch)
+    p.add_argument("--backbone", default=C.backbone,
+                   help="ViT-B-16, ViT-B-32, tiny-vit (unetr); RN50, tiny-rn (unet2d); taken from the "
+                        "pre-trained file with --init mosmos (default %(default)s)")
+    p.add_argument("--init", choices=["mosmos", "clip", "random"], default=C.init)
+    p.add_argument("--pretrained", default=None,
+                   help="--init mosmos: a MOSMOS pre-trained model file; --init clip: CLIP weights")
+    p.add_argument("--epochs", type=int, default=C.epochs)
+    p.add_argument("--batch-size", type=int, default=C.batch_size, help="volumes per step and process")
+    p.add_argument("--num-samples", type=int, default=C.num_samples, help="random crops per volume")
+    p.add_argument("--lr", type=float, default=C.lr)
+    p.add_argument("--weight-decay", type=float, default=C.weight_decay)
+    p.add_argument("--warmup-steps", type=int, default=C.warmup_steps)
+    p.add_argument("--lambda-pta", type=float, default=C.lambda_pta, help="weight of the pixel-tag aligning loss")
+    p.add_argument("--label-ratio", type=float, default=C.label_ratio,
+                   help="train on this fixed, seeded share of the labelled cases")
+    p.add_argument("--roi-size", type=int, nargs="+", default=None, help="crop size (default 96 96 96; 2D: 224 224)")
+    p.add_argument("--spacing", type=float, nargs=3, default=None, help="mm (default 1.5 1.5 2.0)")
+    p.add_argument("--feature-size", type=int, default=C.feature_size)
+    p.add_argument("--val-every", type=int, default=C.val_every, help="epochs between validations")
+    p.add_argument("--max-steps", type=int, default=None)
+    p.add_argument("--seed", type=int, default=C.seed)
+    p.add_argument("--workers", type=int, default=C.workers)
+    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default=C.precision)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=C.device)
+    p.add_argument("--checkpoint-every", type=int, default=C.checkpoint_every, help="steps")
+    p.add_argument("--log-every", type=int, default=C.log_every)
+    p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
+    p.add_argument("--events", default=None, help="JSON-lines events file ('-' for stdout)")
+    p.add_argument("--no-progress", action="store_true")
 
 
 def run(args) -> int:
-    print("mosmos finetune: not yet available in this version", flush=True)
-    return 2
+    from ..train.config import FinetuneConfig
+    from ..train.finetune import finetune
+
+    cfg = FinetuneConfig(
+        data=args.data, out=args.out, arch=args.arch, backbone=args.backbone, init=args.init,
+        pretrained=args.pretrained, epochs=args.epochs, batch_size=args.batch_size, num_samples=args.num_samples,
+        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lambda_pta=args.lambda_pta,
+        label_ratio=args.label_ratio, roi_size=args.roi_size, spacing=args.spacing,
+        feature_size=args.feature_size, val_every=args.val_every, seed=args.seed, workers=args.workers,
+        precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
+        log_every=args.log_every, max_steps=args.max_steps)
+    path = finetune(cfg, resume=args.resume, events=args.events, progress=False if args.no_progress else None)
+    print(f"segmentation model: {path}")
+    return 0

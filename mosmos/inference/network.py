@@ -23,7 +23,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..errors import MosmosError
-from ..modelfile import load_model
+from ..modelfile import SEGMENTATION_KIND, load_model
 
 Builder = Callable[[dict, dict], torch.nn.Module]
 ARCHITECTURES: dict[str, Builder] = {}
@@ -57,7 +57,7 @@ def load_segmentation_model(path, device: torch.device | str = "cpu") -> tuple[t
     """(network in eval mode on ``device``, header) from a MOSMOS segmentation model file."""
     tensors, header = load_model(path)
     labels = header.get("labels")
-    if header.get("kind") in ("pretrained", "mosmos-pretrain") or not isinstance(labels, dict):
+    if header.get("kind") != SEGMENTATION_KIND or not isinstance(labels, dict):
         raise MosmosError(f"{path}: not a segmentation model (kind {header.get('kind')!r}); "
                           "fine-tune it first with `mosmos finetune`")
     arch = (header.get("config") or {}).get("arch")

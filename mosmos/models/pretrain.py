@@ -11,13 +11,13 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from ..errors import MosmosError
-from ..modelfile import load_model, save_model
+from ..modelfile import PRETRAIN_KIND, load_model, save_model
 from ..tags import PRETRAIN_TAGS
 from .backbones import ImageEncoder, canonical_backbone, create_clip, uses_quick_gelu
 from .tag_decoder import MultiLabelHead, TagDecoder
 from .text import TagPromptLearner, TextEncoder, get_tokenizer
 
-MODEL_KIND = "mosmos-pretrain"
+MODEL_KIND = PRETRAIN_KIND
 MAX_LOGIT_SCALE = math.log(100.0)
 INIT_LOGIT_SCALE = math.log(1 / 0.07)
 

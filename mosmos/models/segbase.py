@@ -11,6 +11,7 @@ import torch
 from torch import nn
 
 from ..errors import MosmosError
+from ..modelfile import PRETRAIN_KIND
 
 
 def spread_rgb_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -65,9 +66,6 @@ class TagQueries(nn.Module):
 
     def forward(self) -> torch.Tensor:
         return torch.cat([self.background, self.tag_embeddings.to(self.background.dtype)], dim=0)
-
-
-PRETRAIN_KIND = "mosmos-pretrain"
 
 
 def pretrain_arch_kwargs(config: dict) -> dict:

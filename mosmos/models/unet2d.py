@@ -125,17 +125,29 @@ class MosmosUNet2D(nn.Module):
         pos = _grid_pos_embed(self.pool_pos, (side, side), (h, w))[1:]
         return self.c_proj(self.v_proj(x.flatten(2).transpose(1, 2) + pos.to(x.dtype)))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def encode(self, x: torch.Tensor) -> list[torch.Tensor]:
+        """The ResNet stages [stem, layer1, layer2, layer3, layer4] of ``x``."""
         if x.shape[-2] % STRIDE or x.shape[-1] % STRIDE:
             raise MosmosError(f"input of size {tuple(x.shape[-2:])}: each side must be a multiple of {STRIDE}")
         e = self.encoder
-        s1 = e.act3(e.bn3(e.conv3(e.act2(e.bn2(e.conv2(e.act1(e.bn1(e.conv1(x)))))))))
-        s2 = e.layer1(e.avgpool(s1))
-        s3 = e.layer2(s2)
-        s4 = e.layer3(s3)
-        bottom = e.layer4(s4)
-        _, maps = self.tag_decoder(self.queries(), self.dense_features(bottom))
-        maps = maps.reshape(maps.shape[0], maps.shape[1], *bottom.shape[-2:])
+        stages = [e.act3(e.bn3(e.conv3(e.act2(e.bn2(e.conv2(e.act1(e.bn1(e.conv1(x)))))))))]
+        stages.append(e.layer1(e.avgpool(stages[-1])))
+        for layer in (e.layer2, e.layer3, e.layer4):
+            stages.append(layer(stages[-1]))
+        return stages
+
+    def _maps(self, bottom: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        _, maps = self.tag_decoder(queries, self.dense_features(bottom))
+        return maps.reshape(maps.shape[0], maps.shape[1], *bottom.shape[-2:])
+
+    def tag_maps(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Pixel–tag maps (B, Q', h, w) of other queries (open-set tags) on input ``x``."""
+        bottom = self.encode(x)[-1]
+        return self._maps(bottom, queries.to(bottom.dtype))
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        s1, s2, s3, s4, bottom = self.encode(x)
+        maps = self._maps(bottom, self.queries())
         skips = [self.encoder1(x)] + [adapt(s) for adapt, s in zip(self.skips, (s1, s2, s3, s4))]
         y = torch.cat([bottom, maps.to(bottom.dtype)], dim=1)
         for up, skip in zip(self.ups, reversed(skips)):

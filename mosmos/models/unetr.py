@@ -180,10 +180,16 @@ class MosmosUNETR(nn.Module):
             tokens = tokens.transpose(0, 1)
         return tokens, taps, grid
 
-    def pixel_tag_maps(self, tokens: torch.Tensor, grid: tuple[int, ...]) -> torch.Tensor:
+    def pixel_tag_maps(self, tokens: torch.Tensor, grid: tuple[int, ...],
+                       queries: torch.Tensor | None = None) -> torch.Tensor:
         memory = self.ln_post(tokens) @ self.proj
-        _, maps = self.tag_decoder(self.queries(), memory)
+        _, maps = self.tag_decoder(self.queries() if queries is None else queries, memory)
         return maps.reshape(maps.shape[0], maps.shape[1], *grid)
+
+    def tag_maps(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
+        """Pixel–tag maps (B, Q', h, w, d) of other queries (open-set tags) on input ``x``."""
+        tokens, _, grid = self.encode(x)
+        return self.pixel_tag_maps(tokens, grid, queries.to(tokens.dtype))
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, taps, grid = self.encode(x)

@@ -13,8 +13,8 @@ import torch
 
 from ..errors import MosmosError
 from ..modelfile import atomic_write_bytes
+from .config import CHECKPOINT_NAME  # noqa: F401  (re-exported: the loop imports it from here)
 
-CHECKPOINT_NAME = "checkpoint.pt"
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+CHECKPOINT_NAME = "checkpoint.pt"
+
 
 @dataclass
 class PretrainConfig:
@@ -23,4 +25,33 @@ class PretrainConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     val_fraction: float = 0.05
+    max_steps: int | None = None
+
+
+@dataclass
+class FinetuneConfig:
+    data: str
+    out: str
+    arch: str = "unetr"
+    backbone: str = "ViT-B-16"
+    init: str = "mosmos"
+    pretrained: str | None = None
+    epochs: int = 1000
+    batch_size: int = 1
+    num_samples: int = 4
+    lr: float = 1e-4
+    weight_decay: float = 1e-5
+    warmup_steps: int = 500
+    lambda_pta: float = 0.8
+    label_ratio: float = 1.0
+    roi_size: list[int] | None = None
+    spacing: list[float] | None = None
+    feature_size: int = 16
+    val_every: int = 50
+    seed: int = 0
+    workers: int = 4
+    precision: str = "auto"
+    device: str = "auto"
+    checkpoint_every: int = 500
+    log_every: int = 10
     max_steps: int | None = None

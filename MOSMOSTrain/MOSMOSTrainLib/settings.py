@@ -1,0 +1,126 @@
+"""A training run's settings and the `mosmos pretrain|finetune` command line they make (the contract in
+README "Training"), with the paper's defaults."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+from mosmos.errors import MosmosError
+from MOSMOSSegmentLib.process import interpreter, normalize_device
+
+from .folders import CHECKPOINT_NAME, given
+
+STAGES = ("pretrain", "finetune")
+BACKBONES = ("ViT-B-16", "RN50", "ViT-B-32", "tiny-vit", "tiny-rn")
+ARCHITECTURES = ("unetr", "unet2d")
+INITIALIZATIONS = ("mosmos", "clip", "random")
+
+# Tian et al. (arXiv 2409.02418): pre-training AdamW 1e-5; fine-tuning follows UNETR on BTCV (AdamW 1e-4,
+# one volume per batch, 25,000 iterations ~ 1,000 epochs of 24 volumes), L = L_seg + 0.8 L_pta, all labels.
+PRETRAIN_DEFAULTS = {"epochs": 50, "batch_size": 64, "lr": 1e-5}
+FINETUNE_DEFAULTS = {"epochs": 1000, "batch_size": 1, "lr": 1e-4, "lambda_pta": 0.8, "label_ratio": 1.0}
+
+
+@dataclasses.dataclass
+class TrainingSettings:
+    stage: str  # "pretrain" or "finetune"
+    out: Path
+    roco: Path | None = None  # pretrain
+    dataset: Path | None = None  # finetune
+    backbone: str = "ViT-B-16"
+    weights: str = ""  # pretrain: CLIP weights file or open_clip tag ("openai"); empty: random initialisation
+    architecture: str = "unetr"
+    init: str = "mosmos"
+    pretrained: Path | None = None  # finetune: MOSMOS pre-trained model (init mosmos) or CLIP weights (init clip)
+    epochs: int | None = None  # None: the stage's default
+    batch_size: int | None = None
+    lr: float | None = None
+    lambda_pta: float = FINETUNE_DEFAULTS["lambda_pta"]
+    label_ratio: float = FINETUNE_DEFAULTS["label_ratio"]
+    device: str = "auto"
+    workers: int = 4
+    seed: int = 0
+    checkpoint_every: int = 500
+    log_every: int | None = None  # None: the command's default
+    max_steps: int | None = None
+    roi_size: tuple[int, int, int] | None = None  # finetune crop; None: the command's default (96 cubed)
+    num_samples: int | None = None  # finetune crops per volume; None: the command's default
+
+    def __post_init__(self) -> None:
+        defaults = PRETRAIN_DEFAULTS if self.stage == "pretrain" else FINETUNE_DEFAULTS
+        for key in ("epochs", "batch_size", "lr"):
+            if getattr(self, key) is None:
+                setattr(self, key, defaults[key])
+        self.out = given(self.out)
+        self.roco, self.dataset, self.pretrained = given(self.roco), given(self.dataset), given(self.pretrained)
+
+    @property
+    def checkpoint(self) -> Path | None:
+        return self.out / CHECKPOINT_NAME if self.out else None
+
+    def validate(self) -> None:
+        """MosmosError naming the first setting that cannot work."""
+        if self.stage not in STAGES:
+            raise MosmosError(f"stage {self.stage!r}: expected one of {', '.join(STAGES)}")
+        if self.out is None:
+            raise MosmosError("output folder: not selected")
+        normalize_device(self.device)
+        if self.backbone.lower() not in {b.lower() for b in BACKBONES}:
+            raise MosmosError(f"backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
+        for name in ("epochs", "batch_size", "checkpoint_every"):
+            if int(getattr(self, name)) < 1:
+                raise MosmosError(f"{name.replace('_', ' ')} {getattr(self, name)}: must be at least 1")
+        if not 0 < float(self.lr) < 1:
+            raise MosmosError(f"learning rate {self.lr}: must be in (0, 1)")
+        if self.stage == "pretrain":
+            if self.roco is None:
+                raise MosmosError("ROCO folder: not selected")
+            return
+        if self.dataset is None:
+            raise MosmosError("dataset folder: not selected")
+        if self.architecture not in ARCHITECTURES:
+            raise MosmosError(f"architecture {self.architecture!r}: expected one of {', '.join(ARCHITECTURES)}")
+        if self.init not in INITIALIZATIONS:
+            raise MosmosError(f"initialisation {self.init!r}: expected one of {', '.join(INITIALIZATIONS)}")
+        if self.init == "mosmos" and self.pretrained is None:
+            raise MosmosError("pre-trained model: required to fine-tune from MOSMOS pre-training "
+                              "(the pre-training output's pretrained.safetensors)")
+        if self.pretrained is not None and self.init != "random" and not self.pretrained.is_file():
+            raise MosmosError(f"{self.pretrained}: pre-trained model file not found")
+        if not 0 < float(self.label_ratio) <= 1:
+            raise MosmosError(f"label ratio {self.label_ratio}: must be in (0, 1]")
+        if float(self.lambda_pta) < 0:
+            raise MosmosError(f"lambda {self.lambda_pta}: must not be negative")
+        if self.roi_size is not None and (len(self.roi_size) != 3 or min(int(n) for n in self.roi_size) < 1):
+            raise MosmosError(f"ROI size {self.roi_size}: expected three positive sizes")
+
+    def command(self, resume: bool = False, python: str | None = None) -> list[str]:
+        """The child process's argv, events as JSON lines on stdout."""
+        self.validate()
+        argv = [python or interpreter(), "-m", "mosmos", self.stage]
+        if self.stage == "pretrain":
+            argv += ["--roco", os.fspath(self.roco), "--out", os.fspath(self.out), "--backbone", self.backbone]
+            if self.weights.strip():
+                argv += ["--weights", self.weights.strip()]
+        else:
+            argv += ["--data", os.fspath(self.dataset), "--out", os.fspath(self.out), "--arch", self.architecture,
+                     "--backbone", self.backbone, "--init", self.init]
+            if self.pretrained is not None and self.init != "random":
+                argv += ["--pretrained", os.fspath(self.pretrained)]
+            argv += ["--lambda-pta", f"{float(self.lambda_pta):g}", "--label-ratio", f"{float(self.label_ratio):g}"]
+            if self.roi_size:
+                argv += ["--roi-size", *(str(int(n)) for n in self.roi_size)]
+            if self.num_samples:
+                argv += ["--num-samples", str(int(self.num_samples))]
+        argv += ["--epochs", str(int(self.epochs)), "--batch-size", str(int(self.batch_size)),
+                 "--lr", f"{float(self.lr):g}", "--seed", str(int(self.seed)), "--workers", str(int(self.workers)),
+                 "--device", normalize_device(self.device), "--checkpoint-every", str(int(self.checkpoint_every))]
+        if self.log_every:
+            argv += ["--log-every", str(int(self.log_every))]
+        if self.max_steps:
+            argv += ["--max-steps", str(int(self.max_steps))]
+        if resume:
+            argv.append("--resume")
+        return argv + ["--events", "-", "--no-progress"]

@@ -1,0 +1,92 @@
+"""A fine-tuned segmentation model as it lives in a model file: the network (MOSMOS-UNETR or
+MOSMOS-U-Net) and the frozen text side that embeds organ names.
+
+The text side is kept so that any organ name, including ones the network was not fine-tuned on
+(open-set tags), can be embedded and attended to at inference (DESIGN.md §2)."""
+
+from __future__ import annotations
+
+from typing import Any, Sequence
+
+import torch
+from torch import nn
+
+from ..errors import MosmosError
+from ..modelfile import SEGMENTATION_KIND
+from .backbones import canonical_backbone, create_clip
+from .segbase import build_network
+from .text import TagPromptLearner, TextEncoder, get_tokenizer
+
+
+class TagEmbedder(nn.Module):
+    """CLIP text encoder + CoOp prompt context: ``forward(names) -> (Q, C)``. Frozen after
+    pre-training; its state uses the pre-training model's names (``text_encoder.``, ``tag_prompt.``)."""
+
+    def __init__(self, backbone: str, quick_gelu: bool | None = None, n_ctx: int = 16, n_tag_tokens: int = 10,
+                 weights: str | None = None):
+        super().__init__()
+        backbone = canonical_backbone(backbone)
+        clip = create_clip(backbone, weights, quick_gelu=quick_gelu)
+        self.text_encoder = TextEncoder(clip)
+        self.tag_prompt = TagPromptLearner(self.text_encoder, get_tokenizer(backbone), n_ctx, n_tag_tokens)
+        self.config = {"backbone": backbone, "quick_gelu": bool(quick_gelu), "n_ctx": n_ctx,
+                       "n_tag_tokens": n_tag_tokens}
+        self.requires_grad_(False)
+
+    @classmethod
+    def from_pretrain_file_state(cls, tensors: dict[str, torch.Tensor], config: dict) -> "TagEmbedder":
+        embedder = cls(config["backbone"], config["quick_gelu"], config["n_ctx"], config["n_tag_tokens"])
+        state = {k: v for k, v in tensors.items() if k.startswith(("text_encoder.", "tag_prompt."))}
+        embedder.load_state_dict(state, strict=True)
+        return embedder
+
+    @torch.no_grad()
+    def forward(self, names: Sequence[str]) -> torch.Tensor:
+        return self.tag_prompt(list(names))
+
+
+class SegmentationModel(nn.Module):
+    """``forward(x) -> (logits, pixel_tag_maps)``; ``open_set_maps(x, names)`` gives the maps of
+    other organ names through the same tag decoder (no labels: the image decoder never saw them)."""
+
+    def __init__(self, network: nn.Module, embedder: TagEmbedder | None, roi_size: Sequence[int]):
+        super().__init__()
+        self.network = network
+        self.roi_size = tuple(int(r) for r in roi_size)
+        self.embedder = embedder
+        self._embedding_cache: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.network(x)
+
+    def open_set_maps(self, x: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
+        if self.embedder is None:
+            raise MosmosError("this model file has no text encoder: it cannot attend to other organ names")
+        key = tuple(names)
+        if key not in self._embedding_cache:  # one text pass per tag set, not per window
+            self._embedding_cache[key] = self.embedder(key)
+        queries = self._embedding_cache[key].to(device=x.device)
+        return self.network.tag_maps(x, queries)
+
+    def to_file_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+        tensors = {f"network.{k}": v for k, v in self.network.state_dict().items()}
+        header: dict[str, Any] = {"kind": SEGMENTATION_KIND, "config": dict(self.network.config)}
+        if self.embedder is not None:
+            tensors.update({f"text.{k}": v for k, v in self.embedder.state_dict().items()})
+            header["text_config"] = dict(self.embedder.config)
+        return tensors, header
+
+
+def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+
+
+def segmentation_model_from_file_state(header: dict, tensors: dict[str, torch.Tensor]) -> SegmentationModel:
+    network = build_network(header["config"])
+    network.load_state_dict(_under(tensors, "network."), strict=True)
+    embedder = None
+    if header.get("text_config"):
+        c = header["text_config"]
+        embedder = TagEmbedder(c["backbone"], c["quick_gelu"], c["n_ctx"], c["n_tag_tokens"])
+        embedder.load_state_dict(_under(tensors, "text."), strict=True)
+    return SegmentationModel(network, embedder, header["preprocessing"]["roi_size"])
