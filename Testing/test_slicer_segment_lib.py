@@ -192,7 +192,7 @@ def test_volume_table_is_voxel_count_times_voxel_volume(scene):
     assert same is table and table.GetNumberOfRows() == 1
 
 
-def _model_file(path, kind="segmentation", labels=None):
+def _model_file(path, kind="mosmos-segmentation", labels=None):
     import torch
     from mosmos.modelfile import save_model
 
@@ -211,7 +211,7 @@ def test_models_folder_listing_and_adding(tmp_path, monkeypatch):
     assert info.path == folder / "abdomen.mosmos" and info.path.read_bytes() == source.read_bytes()
     assert info.organs == ("spleen", "liver") and info.modality == "CT"
     (folder / "notes.txt").write_text("not a model")
-    _model_file(folder / "pretrained.mosmos", kind="pretrained")
+    _model_file(folder / "pretrained.mosmos", kind="mosmos-pretrain")
     assert [m.name for m in models.list_models()] == ["abdomen.mosmos"]
     assert [m.name for m in models.list_models(kind=None)] == ["abdomen.mosmos", "pretrained.mosmos"]
     assert not [p for p in folder.iterdir() if p.name.endswith(".part")]

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mosmos.inference import Segmenter, register_architecture
-from mosmos.modelfile import save_model
+from mosmos.modelfile import SEGMENTATION_KIND, save_model
 
 LABELS = {"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidney", "4": "gallbladder",
           "5": "esophagus", "6": "liver", "7": "stomach", "8": "aorta", "9": "inferior vena cava",
@@ -56,7 +56,7 @@ def main() -> int:
         torch.manual_seed(0)
         net = BenchNet((96, 96, 96))
         save_model(model, dict(net.state_dict()), {
-            "kind": "segmentation", "config": {"arch": "bench-stub", "roi_size": [96, 96, 96]}, "labels": LABELS,
+            "kind": SEGMENTATION_KIND, "config": {"arch": "bench-stub", "roi_size": [96, 96, 96]}, "labels": LABELS,
             "modality": "CT", "preprocessing": {"orientation": "RAS", "spacing": [1.5, 1.5, 2.0], "intensity": {
                 "type": "window", "a_min": -175, "a_max": 250, "b_min": 0, "b_max": 1, "clip": True}}})
         seg = Segmenter(model, device="cpu")

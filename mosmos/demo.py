@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo_models import TINY_PHANTOM_SHAPE, TINY_ROI, TINY_SPACING
+from .demo_models import tiny_finetune_config
 from .errors import MosmosError
 
 DEMO_TAGS = ["liver", "spleen", "right kidney", "left kidney", "stomach", "aorta"]
@@ -35,8 +35,8 @@ class DemoBudget:
     @classmethod
     def of(cls, quick: bool) -> "DemoBudget":
         if quick:
-            return cls(roco_pairs=160, pretrain_epochs=2, train_volumes=2, val_volumes=1, finetune_steps=12)
-        return cls(roco_pairs=800, pretrain_epochs=8, train_volumes=6, val_volumes=2, finetune_steps=120)
+            return cls(roco_pairs=160, pretrain_epochs=2, train_volumes=2, val_volumes=1, finetune_steps=10)
+        return cls(roco_pairs=800, pretrain_epochs=8, train_volumes=6, val_volumes=2, finetune_steps=150)
 
 
 class Stages:
@@ -68,7 +68,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
     from .inference.io import write_volume
     from .inference.segmenter import Segmenter
     from .metrics import evaluate_case, spacing_from_affine
-    from .train.config import FinetuneConfig, PretrainConfig
+    from .train.config import PretrainConfig
     from .train.finetune import finetune
     from .train.pretrain import pretrain
 
@@ -89,20 +89,17 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
             events=str(out / "pretrain" / "events.jsonl"), progress=progress)
     with stage(f"generating a labelled 3D phantom dataset ({budget.train_volumes} train, "
                f"{budget.val_volumes} validation volumes)"):
-        data = write_decathlon_dataset(out / "dataset", budget.train_volumes, budget.val_volumes, seed=seed + 1,
-                                       shape=TINY_PHANTOM_SHAPE).parent
+        data = write_decathlon_dataset(out / "dataset", budget.train_volumes, budget.val_volumes,
+                                       seed=seed + 1).parent
     models = {}
     with stage(f"fine-tuning MOSMOS-UNETR for {budget.finetune_steps} steps from the pre-trained model, "
                "then from random weights"):
         for init in ("mosmos", "random"):
-            models[init] = finetune(FinetuneConfig(
-                data=str(data), out=str(out / f"finetune-{init}"), arch="unetr", backbone="tiny-vit", init=init,
-                pretrained=str(pretrained) if init == "mosmos" else None, epochs=budget.finetune_steps,
-                batch_size=1, num_samples=2, roi_size=TINY_ROI, spacing=TINY_SPACING, lr=1e-3, warmup_steps=5,
-                val_every=budget.finetune_steps, workers=0, seed=seed, log_every=5),
-                events=str(out / f"finetune-{init}" / "events.jsonl"), progress=progress)
+            cfg = tiny_finetune_config(data, out / f"finetune-{init}", budget.finetune_steps, seed,
+                                       pretrained=str(pretrained) if init == "mosmos" else None)
+            models[init] = finetune(cfg, events=str(out / f"finetune-{init}" / "events.jsonl"), progress=progress)
     with stage(f"segmenting a held-out phantom from typed organ names: {', '.join(DEMO_TAGS)}"):
-        held = make_phantom(HELD_OUT_SEED + seed, shape=TINY_PHANTOM_SHAPE)
+        held = make_phantom(HELD_OUT_SEED + seed)
         write_volume(out / "held_out_ct.nii.gz", held.image, held.affine)
         write_volume(out / "held_out_reference.nii.gz", held.label, held.affine)
         spacing = spacing_from_affine(held.affine)

@@ -65,13 +65,9 @@ def evaluate(model: str, data: str, split: str = "validation", device: str = "au
              overlap: float = 0.5) -> dict:
     """{case: {organ: {"dice", "hd95"}}} of ``model`` on the labelled cases of ``split``; each case is
     segmented on its own grid and scored with its own voxel spacing."""
-    import nibabel as nib
-    import numpy as np
-
     from ..data.decathlon import check_case, load_decathlon
     from ..inference import Segmenter
     from ..inference.io import read_volume
-    from ..metrics import organ_metrics, spacing_from_affine
 
     spec = load_decathlon(data)
     cases = getattr(spec, split)
@@ -98,17 +94,31 @@ def evaluate(model: str, data: str, split: str = "validation", device: str = "au
         volume = read_volume(case["image"])
         seg = segmenter.segment(volume.array, volume.affine, overlap=overlap, modality=spec.modality,
                                 source=f"case {name}")
-        ref_img = nib.load(str(case["label"]))
-        ref = np.rint(np.asanyarray(ref_img.dataobj)).astype(np.int64)
-        spacing = spacing_from_affine(ref_img.affine)
-        results[name] = {}
-        for organ, model_value, data_value in pairs:
-            dice, hd95 = organ_metrics(seg.labelmap == model_value, ref == data_value, spacing)
-            results[name][organ] = {"dice": dice, "hd95": hd95}
+        results[name] = score_case(seg.labelmap, case["label"], pairs)
         dices = [m["dice"] for m in results[name].values() if not math.isnan(m["dice"])]
         mean = f"{sum(dices) / len(dices):.4f}" if dices else "undefined"
         print(f"case {name}: mean Dice {mean}", file=sys.stderr)
     return results
+
+
+def score_case(labelmap, label_path, pairs: list[tuple[str, int, int]]) -> dict:
+    """{organ: {"dice", "hd95"}} of a predicted label map (model label values) against the reference
+    label file (dataset label values) on the same grid, with the reference's voxel spacing in mm."""
+    import nibabel as nib
+    import numpy as np
+
+    from ..metrics import organ_metrics, spacing_from_affine
+
+    ref_img = nib.load(str(label_path))
+    ref = np.rint(np.asanyarray(ref_img.dataobj)).astype(np.int64)
+    if ref.shape != labelmap.shape:
+        raise MosmosError(f"{label_path}: shape {ref.shape} differs from the prediction's {labelmap.shape}")
+    spacing = spacing_from_affine(ref_img.affine)
+    out = {}
+    for organ, model_value, data_value in pairs:
+        dice, hd95 = organ_metrics(labelmap == model_value, ref == data_value, spacing)
+        out[organ] = {"dice": dice, "hd95": hd95}
+    return out
 
 
 def compare(a: str, b: str) -> int:

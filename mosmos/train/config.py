@@ -47,6 +47,7 @@ class FinetuneConfig:
     roi_size: list[int] | None = None
     spacing: list[float] | None = None
     feature_size: int = 16
+    augment: bool = True
     val_every: int = 50
     seed: int = 0
     workers: int = 4

@@ -135,9 +135,11 @@ class TrainingRun:
                                      total_steps=self.total_steps)
                 last = self.step == self.total_steps
                 end_of_epoch = self.step % self.steps_per_epoch == 0 or last
-                if end_of_epoch and self.should_validate(epoch, last):
+                validated = end_of_epoch and self.should_validate(epoch, last)
+                if validated:
                     self._validate_and_keep_best(epoch)
-                if self.step % cfg.checkpoint_every == 0 or end_of_epoch:
+                # Resuming works from any step, so short epochs need not each cost a checkpoint.
+                if self.step % cfg.checkpoint_every == 0 or validated:
                     self._checkpoint()
                 if last or end_of_epoch:
                     break

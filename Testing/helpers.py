@@ -1,0 +1,43 @@
+"""Helpers shared by the training tests: the command line in a subprocess, JSON-lines events, and
+killing a run right after it has written a checkpoint."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def events(path: Path) -> list[dict]:
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def mosmos_cmd(*args: str) -> list[str]:
+    return [sys.executable, "-m", "mosmos", *args]
+
+
+def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run(mosmos_cmd(*args), capture_output=True, text=True, timeout=timeout)
+
+
+def kill_after_checkpoint(args: list[str], log: Path, before: str = "steps_per_epoch", timeout: float = 240) -> int:
+    """Start ``mosmos *args`` (which must write events to ``log``), SIGKILL it as soon as it has
+    written a checkpoint before step ``start[before]`` ("steps_per_epoch": inside the first epoch;
+    "total_steps": anywhere before the end), and return the last step it logged."""
+    proc = subprocess.Popen(mosmos_cmd(*args), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        deadline = time.time() + timeout
+        while time.time() < deadline and proc.poll() is None:
+            ev = events(log) if log.exists() else []
+            start = next((e for e in ev if e["event"] == "start"), None)
+            ckpts = [e["step"] for e in ev if e["event"] == "checkpoint"]
+            if start and ckpts and ckpts[-1] < start[before]:
+                break
+            time.sleep(0.05)
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.wait()
+    return max(e["step"] for e in events(log) if e["event"] == "step")

@@ -1,0 +1,295 @@
+"""Fine-tuning end to end with tiny configs (MOSMOS-UNETR on tiny-vit, MOSMOS-U-Net on tiny-rn), the
+``mosmos evaluate`` command, resume after SIGKILL and bad input through the command line.
+
+Speed: phantoms at 6 mm in a 32^3 grid (the whole body fits one 32^3 crop) with four large organs;
+2 crops per step (on the CPU, batch-1 3D convolutions of this size take PyTorch's slow native path)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from helpers import events, kill_after_checkpoint, run_cli
+from mosmos.cli import main
+from mosmos.data.phantoms import write_decathlon_dataset
+from mosmos.metrics import dice_scores, read_results_csv
+from mosmos.modelfile import load_model
+from mosmos.train.config import FinetuneConfig
+
+ORGANS = ("liver", "spleen", "right kidney", "left kidney")
+SHAPE, SPACING = (32, 32, 32), (6.0, 6.0, 6.0)
+UNETR = dict(arch="unetr", backbone="tiny-vit", roi_size=[32, 32, 32], feature_size=8, num_samples=2, lr=1e-2)
+UNET = dict(arch="unet2d", backbone="tiny-rn", roi_size=[64, 64], feature_size=8, num_samples=8, lr=3e-3)
+SHAPE_2D, SPACING_2D = (64, 64, 16), (3.0, 3.0, 6.0)  # the 2D network needs 64 x 64 slices (stride 32)
+TOTALSEG = Path("/work/shared/data/totalseg_example")
+
+
+def config(data, out, steps: int, val_every: int, **kw) -> FinetuneConfig:
+    base = dict(init="random", spacing=list(SPACING), augment=False, warmup_steps=5, workers=0, log_every=5, seed=0,
+                checkpoint_every=10**6)
+    return FinetuneConfig(data=str(data), out=str(out), epochs=10**6, max_steps=steps, val_every=val_every,
+                          **{**base, **kw})
+
+
+def phantoms(root: Path, n_train: int, n_val: int, seed: int = 0, arch: str = "unetr") -> Path:
+    shape, spacing = (SHAPE, SPACING) if arch == "unetr" else (SHAPE_2D, SPACING_2D)
+    write_decathlon_dataset(root, n_train, n_val, seed=seed, shape=shape, spacing=spacing, organs=ORGANS)
+    return root
+
+
+def arch_config(arch: str) -> dict:
+    return {**UNETR, "spacing": list(SPACING)} if arch == "unetr" else {**UNET, "spacing": list(SPACING_2D)}
+
+
+def val_dices(log: Path) -> list[float]:
+    return [e["val_dice"] for e in events(log) if e["event"] == "val"]
+
+
+@torch.no_grad()
+def map_dice(run, item) -> float:
+    """Mean organ Dice of the pixel–tag maps alone: argmax of the maps up-sampled to the label grid."""
+    from mosmos.seg_losses import upsample_maps
+
+    image, label = torch.as_tensor(item["image"])[None], torch.as_tensor(item["label"])[None]
+    roi = run.prep["roi_size"]
+    if len(roi) == 2:  # the 2D network sees the axial slices as a batch
+        image, label = image[0].permute(3, 0, 1, 2), label[0].permute(3, 0, 1, 2)
+    pad = [p for r, s in zip(reversed(roi), reversed(image.shape[2:])) for p in (0, r - s)]
+    image, label = F.pad(image, pad), F.pad(label, pad)
+    run.network.eval()
+    _, maps = run.network(image.to(run.device))
+    run.network.train()
+    assert maps.shape[:2] == (image.shape[0], run.spec.num_classes)  # one map per class, background included
+    assert tuple(maps.shape[2:]) == tuple(s // (16 if len(roi) == 3 else 32) for s in roi)  # the token grid
+    pred = upsample_maps(maps.float(), label.shape[2:]).argmax(1)
+    return float(np.nanmean(dice_scores(pred.cpu().numpy(), label[:, 0].numpy(), run.spec.num_classes)))
+
+
+@pytest.mark.parametrize("arch, steps", [("unetr", 150)])
+def test_overfits_one_phantom(tmp_path, arch, steps):
+    """Memorise one case (validation = that case), and the pixel–tag maps: one per class on the token grid."""
+    from mosmos.train.finetune import FinetuneRun
+
+    data = phantoms(tmp_path / "data", 1, 0, arch=arch)
+    log = tmp_path / "events.jsonl"
+    run = FinetuneRun(config(data, tmp_path / "out", steps, 25, **arch_config(arch)), events=str(log),
+                      progress=False)
+    assert run.val_cases == run.train_cases  # a one-case dataset validates on its training case
+    maps_before = map_dice(run, run.val_set[0])
+    path = run.run()
+    maps_after = map_dice(run, run.val_set[0])
+    dices = val_dices(log)
+    print(f"{arch}: validation Dice {[round(d, 3) for d in dices]}; "
+          f"pixel-tag map Dice {maps_before:.3f} -> {maps_after:.3f}")
+    tensors, header = load_model(path)
+    assert max(dices) >= 0.90 and header["provenance"]["val_dice"] == pytest.approx(max(dices), abs=1e-6)
+    assert header["labels"] == {"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidney",
+                                "6": "liver"}
+    done = events(log)[-1]
+    assert done["event"] == "done" and done["step"] == steps
+
+
+def trivial_dice(run) -> float:
+    """Mean validation Dice of labelling every voxel as the training set's most frequent organ."""
+    values = run.spec.label_values
+    counts = sum(np.bincount(np.asarray(nib.load(str(case["label"])).dataobj).ravel(), minlength=values[-1] + 1)
+                 for case in run.train_cases)
+    organ = values.index(max(values[1:], key=lambda v: counts[v]))  # network class of that organ
+    scores = [dice_scores(np.full(np.shape(item["label"])[1:], organ), np.asarray(item["label"])[0],
+                          run.spec.num_classes) for item in run.val_set]
+    return float(np.nanmean(scores))
+
+
+def test_unetr_learns_a_small_training_set_beyond_trivial(tmp_path):
+    from mosmos.train.finetune import FinetuneRun
+
+    data = phantoms(tmp_path / "data", 4, 2)
+    log = tmp_path / "events.jsonl"
+    run = FinetuneRun(config(data, tmp_path / "out", 80, 5, **arch_config("unetr")), events=str(log),
+                      progress=False)
+    trivial = trivial_dice(run)
+    run.run()
+    dices = val_dices(log)
+    print(f"unetr, 4 training / 2 validation phantoms: validation Dice {[round(d, 3) for d in dices]}; "
+          f"trivial {trivial:.3f}")
+    assert max(dices) > trivial + 0.15
+
+
+def _pretrained_files(tmp_path: Path) -> tuple[Path, Path]:
+    from safetensors.torch import save_file
+
+    from mosmos.models.backbones import create_clip
+    from mosmos.models.pretrain import MosmosPretrainModel
+
+    torch.manual_seed(1)
+    mosmos_file, clip_file = tmp_path / "pretrained.safetensors", tmp_path / "clip.safetensors"
+    MosmosPretrainModel("tiny-vit").save(mosmos_file)
+    save_file({k: v.contiguous() for k, v in create_clip("tiny-vit").state_dict().items()}, str(clip_file))
+    return mosmos_file, clip_file
+
+
+def test_init_from_mosmos_and_clip_files_loads_their_weights(tmp_path):
+    from mosmos.data.decathlon import load_decathlon
+    from mosmos.train.finetune import build_networks, finetune
+
+    data = phantoms(tmp_path / "data", 1, 0)
+    spec = load_decathlon(data)
+    mosmos_file, clip_file = _pretrained_files(tmp_path)
+    block = "transformer.resblocks.1.attn.in_proj_weight"
+    for init, path, key in (("mosmos", mosmos_file, f"image_encoder.visual.{block}"),
+                            ("clip", clip_file, f"visual.{block}")):
+        cfg = config(data, tmp_path / init, 1, 1, **{**UNETR, "init": init, "pretrained": str(path)})
+        network, embedder = build_networks(cfg, spec, cfg.roi_size)
+        expected = load_model(path)[0][key] if init == "mosmos" else _safetensors(path)[key]
+        assert torch.equal(network.blocks[1].attn.in_proj_weight, expected)
+        random_net, _ = build_networks(config(data, tmp_path / "r", 1, 1, **UNETR), spec, cfg.roi_size)
+        assert not torch.equal(random_net.blocks[1].attn.in_proj_weight, expected)
+        if init == "mosmos":  # the tag decoder and the text side come from the pre-training file too
+            tensors = load_model(path)[0]
+            assert torch.equal(network.tag_decoder.layers[0].cross_attn.q.weight,
+                               tensors["tag_decoder.layers.0.cross_attn.q.weight"])
+            assert torch.equal(embedder.tag_prompt.ctx, tensors["tag_prompt.ctx"])
+        model = finetune(cfg, progress=False)
+        assert load_model(model)[1]["provenance"]["init"] == init
+
+
+def _safetensors(path: Path) -> dict:
+    from safetensors.torch import load_file
+
+    return load_file(str(path))
+
+
+def totalseg_dataset(root: Path) -> Path:
+    """The TotalSegmentator example CT with its 62-class map, keeping only the classes that are MOSMOS
+    organ tags (abdominal organs and vessels); every other structure (bones, muscles, bowel, lungs...)
+    becomes background. TotalSegmentator's own values and names are kept: the reader maps the names
+    to tags, and the gaps in the values are remapped for training."""
+    from mosmos.tags import PRETRAIN_TAGS, normalize_tag
+
+    names = json.loads((TOTALSEG / "class_map_subset.json").read_text())["total"]
+    seg = nib.load(str(TOTALSEG / "example_seg_fast_force_split.nii.gz"))
+    label = np.asarray(seg.dataobj)
+    present = set(np.unique(label).tolist())
+    keep = {int(v): n for v, n in names.items() if int(v) in present and normalize_tag(n) in PRETRAIN_TAGS}
+    label = np.where(np.isin(label, list(keep)), label, 0).astype(np.uint8)
+    (root / "imagesTr").mkdir(parents=True)
+    (root / "labelsTr").mkdir()
+    shutil.copy(TOTALSEG / "example_ct.nii.gz", root / "imagesTr" / "ct.nii.gz")
+    nib.save(nib.Nifti1Image(label, seg.affine, seg.header), str(root / "labelsTr" / "ct.nii.gz"))
+    case = {"image": "imagesTr/ct.nii.gz", "label": "labelsTr/ct.nii.gz"}
+    (root / "dataset.json").write_text(json.dumps({
+        "labels": {"0": "background", **{str(v): n for v, n in sorted(keep.items())}},
+        "modality": {"0": "CT"}, "training": [case], "validation": [case]}))
+    return root
+
+
+@pytest.mark.skipif(not TOTALSEG.is_dir(), reason="TotalSegmentator example data not available")
+def test_real_ct_fine_tunes_and_evaluates_through_the_cli(tmp_path, capsys):
+    data = totalseg_dataset(tmp_path / "ct")
+    out = tmp_path / "out"
+    code = main(["finetune", "--data", str(data), "--out", str(out), "--arch", "unetr", "--backbone", "tiny-vit",
+                 "--init", "random", "--epochs", "30", "--num-samples", "2", "--lr", "1e-2", "--warmup-steps", "5",
+                 "--roi-size", "32", "32", "32", "--spacing", "6", "6", "6", "--feature-size", "8",
+                 "--val-every", "30", "--workers", "0", "--no-progress", "--device", "cpu"])
+    assert code == 0
+    capsys.readouterr()
+    assert main(["evaluate", "--model", str(out / "model.safetensors"), "--data", str(data),
+                 "--out", str(tmp_path / "eval"), "--device", "cpu"]) == 0
+    printed = capsys.readouterr().out
+    print(printed)
+    results = read_results_csv(tmp_path / "eval" / "metrics.csv")
+    organs = ["spleen", "right kidney", "left kidney", "gallbladder", "liver", "stomach", "pancreas",
+              "right adrenal gland", "left adrenal gland", "aorta", "inferior vena cava",
+              "portal vein and splenic vein"]
+    assert list(results) == ["ct"] and list(results["ct"]) == organs
+    assert all(0 <= m["dice"] <= 1 and m["hd95"] >= 0 for m in results["ct"].values())
+    assert results["ct"]["liver"]["dice"] > 0.2  # 0.33 measured after 30 steps at 6 mm
+    assert "| liver |" in printed and "**mean**" in printed
+    assert (tmp_path / "eval" / "metrics.md").read_text() in printed
+
+
+def _cli_args(data: Path, out: Path, log: Path, steps: int, *extra: str) -> list[str]:
+    return ["finetune", "--data", str(data), "--out", str(out), "--arch", "unetr", "--backbone", "tiny-vit",
+            "--init", "random", "--epochs", str(steps), "--num-samples", "2", "--lr", "1e-2", "--warmup-steps", "2",
+            "--roi-size", "32", "32", "32", "--spacing", "6", "6", "6", "--feature-size", "8", "--val-every", "4",
+            "--workers", "0", "--log-every", "1", "--events", str(log), "--no-progress", *extra]
+
+
+def test_killed_fine_tune_resumes_to_the_planned_steps(tmp_path):
+    from mosmos.inference import Segmenter
+
+    data = phantoms(tmp_path / "data", 1, 0)
+    out, log = tmp_path / "out", tmp_path / "events.jsonl"
+    killed_at = kill_after_checkpoint(_cli_args(data, out, log, 12), log, before="total_steps")
+    assert killed_at < 12
+    resumed = run_cli(*_cli_args(data, out, log, 12, "--resume"))
+    assert resumed.returncode == 0, resumed.stderr
+    ev = events(log)
+    restart = [e for e in ev if e["event"] == "start"][-1]
+    assert 0 < restart["resumed_step"] <= killed_at
+    assert ev[-1]["event"] == "done" and ev[-1]["step"] == 12
+    steps = [e["step"] for e in ev if e["event"] == "step"]
+    assert sorted(set(steps)) == list(range(1, 13))
+    Segmenter(out / "model.safetensors", device="cpu")
+    assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+
+
+def _break(data: Path, how: str) -> str:
+    """Damage a one-case phantom dataset; returns what the error line must name."""
+    label = data / "labelsTr" / "phantom_000.nii.gz"
+    image = data / "imagesTr" / "phantom_000.nii.gz"
+    img = nib.load(str(label))
+    if how == "missing json":
+        (data / "dataset.json").unlink()
+        return str(data)
+    if how == "malformed json":
+        (data / "dataset.json").write_text('{"labels": {"0": "background",')
+        return "dataset.json: malformed JSON"
+    if how == "shape":
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:-2], img.affine), str(label))
+    elif how == "affine":
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj), img.affine @ np.diag([2.0, 1, 1, 1])), str(label))
+    elif how == "label values":
+        values = np.asarray(img.dataobj).copy()
+        values[0, 0, 0] = 42
+        nib.save(nib.Nifti1Image(values, img.affine), str(label))
+    elif how == "2D image":
+        flat = nib.load(str(image))
+        nib.save(nib.Nifti1Image(np.asarray(flat.dataobj)[:, :, :1], flat.affine), str(image))
+        nib.save(nib.Nifti1Image(np.asarray(img.dataobj)[:, :, :1], img.affine), str(label))
+    return "case phantom_000"
+
+
+@pytest.mark.parametrize("how", ["missing json", "malformed json", "shape", "affine", "label values", "2D image"])
+def test_bad_dataset_is_one_error_line_and_exit_code_1(tmp_path, capsys, how):
+    data = phantoms(tmp_path / "data", 1, 0)
+    must_name = _break(data, how)
+    code = main(["finetune", "--data", str(data), "--out", str(tmp_path / "out"), "--backbone", "tiny-vit",
+                 "--init", "random", "--workers", "0", "--no-progress"])
+    err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
+    assert code == 1
+    assert len(err) == 1 and err[0].startswith("mosmos finetune: error:") and must_name in err[0], err
+
+
+def test_unet2d_learns_its_training_case_beyond_trivial(tmp_path):
+    """MOSMOS-U-Net (tiny-rn) learns, slice by slice, well beyond the trivial answer. It does not yet
+    memorise one phantom to Dice 0.90 in this budget (about 0.3 after 100 steps, measured): open work."""
+    from mosmos.train.finetune import FinetuneRun
+
+    data = phantoms(tmp_path / "data", 1, 0, arch="unet2d")
+    log = tmp_path / "events.jsonl"
+    run = FinetuneRun(config(data, tmp_path / "out", 100, 50, **arch_config("unet2d")), events=str(log),
+                      progress=False)
+    trivial = trivial_dice(run)
+    path = run.run()
+    dices = val_dices(log)
+    print(f"unet2d, one phantom: validation Dice {[round(d, 3) for d in dices]}; trivial {trivial:.3f}")
+    assert max(dices) > trivial + 0.1
+    assert load_model(path)[1]["config"]["arch"] == "unet2d"
