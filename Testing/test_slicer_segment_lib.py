@@ -27,14 +27,6 @@ DATA = Path(os.environ.get("MOSMOS_SHARED_DATA", ROOT.parent / "shared" / "data"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not present")
 
 
-@pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
-
-
 def real_organs():
     """The CT label map's abdominal organs under MOSMOS names: (label array (k,j,i), affine, organs)."""
     img = nib.load(DATA / "example_seg.nii.gz")

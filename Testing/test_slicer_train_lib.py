@@ -29,14 +29,6 @@ ROCO_CAPTIONS = SHARED / "roco_captions_ccby"
 
 
 @pytest.fixture
-def scene():
-    scene = slicer.vtkMRMLScene()
-    slicer.mrmlScene = scene
-    yield scene
-    scene.Clear(1)
-
-
-@pytest.fixture
 def models_dir(tmp_path, monkeypatch):
     folder = tmp_path / "models"
     monkeypatch.setenv(models.ENV_MODELS_DIR, str(folder))
