@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 HELP = "fine-tune a segmentation model (UNETR 3D or U-Net 2D) on a Decathlon/BTCV-style dataset folder"
 
 
@@ -57,5 +59,6 @@ def run(args) -> int:
         workers=args.workers, precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, max_steps=args.max_steps)
     path = finetune(cfg, resume=args.resume, events=args.events, progress=False if args.no_progress else None)
-    print(f"segmentation model: {path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"segmentation model: {path}")
     return 0

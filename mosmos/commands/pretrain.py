@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 HELP = "pre-train MOSMOS encoders on a ROCO folder of radiology images with their reports"
 
 
@@ -43,5 +45,6 @@ def run(args) -> int:
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                          val_fraction=args.val_fraction, max_steps=args.max_steps)
     path = pretrain(cfg, resume=args.resume, events=args.events, progress=False if args.no_progress else None)
-    print(f"pre-trained model: {path}")
+    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+        print(f"pre-trained model: {path}")
     return 0
