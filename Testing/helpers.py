@@ -1,14 +1,18 @@
-"""Helpers shared by the training tests: the command line in a subprocess, JSON-lines events, and
-killing a run right after it has written a checkpoint."""
+"""Helpers shared by the tests: where the real data lives, the command line in a subprocess,
+JSON-lines events, and killing a run right after it has written a checkpoint."""
 
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
 import time
 from pathlib import Path
+
+# ../shared/data beside the checkout (as laid out for developers and CI), unless set otherwise.
+SHARED_DATA = Path(os.environ.get("MOSMOS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
 
 
 def events(path: Path) -> list[dict]:

@@ -5,7 +5,6 @@ The segmentation network here is the deterministic stub of inference_stub.py (a 
 preprocessed intensity), because these tests are about geometry and I/O, not about the model.
 """
 
-from pathlib import Path
 
 import nibabel as nib
 import numpy as np
@@ -15,11 +14,10 @@ from scipy.spatial.transform import Rotation
 from inference_stub import write_stub_model
 from mosmos.inference import Segmenter
 from mosmos.inference.geometry import model_grid
+from helpers import SHARED_DATA
 from mosmos.inference.io import read_volume, write_volume
 
-DATA = Path("/work/shared/data")
-if not DATA.exists():
-    DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+DATA = SHARED_DATA
 needs_data = pytest.mark.skipif(not DATA.exists(), reason="shared real data not present")
 
 

@@ -2,16 +2,16 @@
 
 import logging
 import re
-from pathlib import Path
 
 import numpy as np
 import pytest
 from PIL import Image
 
+from helpers import SHARED_DATA
 from mosmos.data.roco import RocoDataset, scan_roco, summarize_roco
 from mosmos.errors import MosmosError
 
-REAL = Path(__file__).resolve().parents[2] / "shared" / "data" / "roco_captions_ccby"
+REAL = SHARED_DATA / "roco_captions_ccby"
 REAL_SPLIT = REAL / "validation" / "radiology"
 N_PER_SPLIT = 6
 

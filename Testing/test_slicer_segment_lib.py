@@ -20,10 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MOSMOSSegment"))
 
 from MOSMOSSegmentLib import attention, models, pipeline, process, segmentation, tables, terminology, volumes  # noqa: E402
+from helpers import SHARED_DATA  # noqa: E402
 from mosmos.errors import MosmosError  # noqa: E402
 from mosmos.tags import color_for, normalize_tag  # noqa: E402
 
-DATA = Path(os.environ.get("MOSMOS_SHARED_DATA", ROOT.parent / "shared" / "data")) / "totalseg_example"
+DATA = SHARED_DATA / "totalseg_example"
 needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not present")
 
 

@@ -5,7 +5,6 @@ in MOSMOSSegment's models folder."""
 from __future__ import annotations
 
 import json
-import os
 import stat
 import sys
 import textwrap
@@ -21,10 +20,11 @@ sys.path[:0] = [str(ROOT / "MOSMOSSegment"), str(ROOT / "MOSMOSTrain")]
 
 from MOSMOSSegmentLib import models  # noqa: E402
 from MOSMOSTrainLib import curves, folders, job, settings  # noqa: E402
+from helpers import SHARED_DATA  # noqa: E402
 from mosmos.data.phantoms import write_decathlon_dataset, write_roco_folder  # noqa: E402
 from mosmos.errors import MosmosError  # noqa: E402
 
-SHARED = Path(os.environ.get("MOSMOS_SHARED_DATA", ROOT.parent / "shared" / "data"))
+SHARED = SHARED_DATA
 ROCO_CAPTIONS = SHARED / "roco_captions_ccby"
 
 

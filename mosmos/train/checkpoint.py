@@ -13,7 +13,6 @@ import torch
 
 from ..errors import MosmosError
 from ..modelfile import atomic_write_bytes
-from .config import CHECKPOINT_NAME  # noqa: F401  (re-exported: the loop imports it from here)
 
 
 

@@ -61,7 +61,6 @@ def split_cases(spec, label_ratio: float, seed: int) -> tuple[list[dict], list[d
 
 def build_networks(cfg: FinetuneConfig, spec, roi: list[int]):
     """(network, tag embedder) initialised as ``cfg.init`` asks, tag embeddings set."""
-    from ..models.pretrain import MosmosPretrainModel
     from ..models.segbase import build_network, pretrain_arch_kwargs
     from ..models.segmentation import TagEmbedder
 

@@ -18,7 +18,8 @@ from torch.utils.data import DataLoader
 
 from ..events import EventLog, progress_bar
 from . import distributed as D
-from .checkpoint import CHECKPOINT_NAME, load_checkpoint, save_checkpoint
+from .checkpoint import load_checkpoint, save_checkpoint
+from .config import CHECKPOINT_NAME
 from .optim import adamw, resolve_precision, warmup_cosine
 
 # Where a run executes may change on resume; what it computes comes from the checkpoint.
