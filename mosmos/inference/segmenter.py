@@ -26,7 +26,7 @@ from .geometry import (ModelGrid, from_oriented, model_grid, nearest_model_indic
                        resample_to_model, to_oriented)
 from .network import load_segmentation_model, roi_size_of
 from .preprocess import Preprocessing
-from .sliding import Cancelled, sliding_window
+from .sliding import sliding_window
 from .tagselect import select_tags
 
 Progress = Callable[[int, int], "bool | None"]
