@@ -166,3 +166,13 @@ def test_bad_preprocessing_config():
         preprocessing_config(roi_size=[96, 96])
     with pytest.raises(MosmosError, match="spacing"):
         preprocessing_config(spacing=[1, 2])
+
+
+def test_building_the_pipelines_prints_no_reader_noise(capfd, caplog, recwarn):
+    """monai's DICOM reader complains about its optional GPU decoder whenever a loader is built;
+    the NIfTI-only pipelines must not show that to users (it appeared in every demo run)."""
+    build_train_transforms(preprocessing_config())
+    build_val_transforms(preprocessing_config())
+    out, err = capfd.readouterr()
+    assert "nvImageCodec" not in out + err + caplog.text
+    assert not [w for w in recwarn if "NvImgCodec" in str(w.message)]

@@ -72,14 +72,17 @@ def map_dice(run, item) -> float:
     return float(np.nanmean(dice_scores(pred.cpu().numpy(), label[:, 0].numpy(), run.spec.num_classes)))
 
 
-@pytest.mark.parametrize("arch, steps", [("unetr", 150)])
+@pytest.mark.parametrize("arch, steps", [("unetr", 150), ("unet2d", 500)])
 def test_overfits_one_phantom(tmp_path, arch, steps):
-    """Memorise one case (validation = that case), and the pixel–tag maps: one per class on the token grid."""
+    """Memorise one case (validation = that case), and the pixel–tag maps: one per class on the token grid.
+
+    The U-Net needs more steps: slice by slice, the small organs on the patient's left (spleen, left
+    kidney) are learned last (Dice 0 until about step 200, 0.93 at 275, 0.997 at 500; measured)."""
     from mosmos.train.finetune import FinetuneRun
 
     data = phantoms(tmp_path / "data", 1, 0, arch=arch)
     log = tmp_path / "events.jsonl"
-    run = FinetuneRun(config(data, tmp_path / "out", steps, 25, **arch_config(arch)), events=str(log),
+    run = FinetuneRun(config(data, tmp_path / "out", steps, steps // 5, **arch_config(arch)), events=str(log),
                       progress=False)
     assert run.val_cases == run.train_cases  # a one-case dataset validates on its training case
     maps_before = map_dice(run, run.val_set[0])
@@ -107,19 +110,21 @@ def trivial_dice(run) -> float:
     return float(np.nanmean(scores))
 
 
-def test_unetr_learns_a_small_training_set_beyond_trivial(tmp_path):
+@pytest.mark.parametrize("arch, steps, val_every", [("unetr", 80, 5), ("unet2d", 200, 25)])
+def test_learns_a_small_training_set_beyond_trivial(tmp_path, arch, steps, val_every):
     from mosmos.train.finetune import FinetuneRun
 
-    data = phantoms(tmp_path / "data", 4, 2)
+    data = phantoms(tmp_path / "data", 4, 2, arch=arch)
     log = tmp_path / "events.jsonl"
-    run = FinetuneRun(config(data, tmp_path / "out", 80, 5, **arch_config("unetr")), events=str(log),
+    run = FinetuneRun(config(data, tmp_path / "out", steps, val_every, **arch_config(arch)), events=str(log),
                       progress=False)
     trivial = trivial_dice(run)
-    run.run()
+    path = run.run()
     dices = val_dices(log)
-    print(f"unetr, 4 training / 2 validation phantoms: validation Dice {[round(d, 3) for d in dices]}; "
+    print(f"{arch}, 4 training / 2 validation phantoms: validation Dice {[round(d, 3) for d in dices]}; "
           f"trivial {trivial:.3f}")
     assert max(dices) > trivial + 0.15
+    assert load_model(path)[1]["config"]["arch"] == arch
 
 
 def _pretrained_files(tmp_path: Path) -> tuple[Path, Path]:
@@ -276,20 +281,3 @@ def test_bad_dataset_is_one_error_line_and_exit_code_1(tmp_path, capsys, how):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 1
     assert len(err) == 1 and err[0].startswith("mosmos finetune: error:") and must_name in err[0], err
-
-
-def test_unet2d_learns_its_training_case_beyond_trivial(tmp_path):
-    """MOSMOS-U-Net (tiny-rn) learns, slice by slice, well beyond the trivial answer. It does not yet
-    memorise one phantom to Dice 0.90 in this budget (about 0.3 after 100 steps, measured): open work."""
-    from mosmos.train.finetune import FinetuneRun
-
-    data = phantoms(tmp_path / "data", 1, 0, arch="unet2d")
-    log = tmp_path / "events.jsonl"
-    run = FinetuneRun(config(data, tmp_path / "out", 100, 50, **arch_config("unet2d")), events=str(log),
-                      progress=False)
-    trivial = trivial_dice(run)
-    path = run.run()
-    dices = val_dices(log)
-    print(f"unet2d, one phantom: validation Dice {[round(d, 3) for d in dices]}; trivial {trivial:.3f}")
-    assert max(dices) > trivial + 0.1
-    assert load_model(path)[1]["config"]["arch"] == "unet2d"

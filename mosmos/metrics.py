@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import csv
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
@@ -51,7 +52,10 @@ def organ_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
     yp = torch.from_numpy(pred)[None, None].float()
     yt = torch.from_numpy(ref)[None, None].float()
     dice = compute_dice(yp, yt, include_background=True, ignore_empty=False)
-    hd95 = compute_hausdorff_distance(yp, yt, include_background=True, percentile=95, spacing=spacing)
+    with warnings.catch_warnings():
+        # monai 1.5 passes its own deprecated get_mask_edges argument internally; not ours to act on.
+        warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
+        hd95 = compute_hausdorff_distance(yp, yt, include_background=True, percentile=95, spacing=spacing)
     return float(dice[0, 0]), float(hd95[0, 0])
 
 

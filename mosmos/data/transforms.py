@@ -14,6 +14,8 @@ file header as "preprocessing", so inference normalises exactly as training did.
 
 from __future__ import annotations
 
+import logging
+import warnings
 from collections.abc import Sequence
 
 from monai import transforms as mt
@@ -90,10 +92,24 @@ def _spacing(cfg: dict) -> list[float]:
     return cfg["spacing"] if cfg["spatial_dims"] == 3 else cfg["spacing"][:2] + [-1.0]
 
 
+def _nifti_loader(keys: list[str]) -> mt.LoadImaged:
+    # LoadImaged builds every monai reader, and the DICOM one logs and warns that the optional
+    # nvImageCodec GPU decoder is missing; this loader reads NIfTI only, so that noise would mislead.
+    plugin_log = logging.getLogger("monai.data.nvimgcodec_pydicom_plugin")
+    level = plugin_log.level
+    plugin_log.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message="NvImgCodecPydicomReader")
+            return mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True)
+    finally:
+        plugin_log.setLevel(level)
+
+
 def _load_and_resample(cfg: dict, keys: list[str]) -> list:
     modes = ["bilinear" if k == "image" else "nearest" for k in keys]
     steps = [
-        mt.LoadImaged(keys=keys, reader="NibabelReader", image_only=True),
+        _nifti_loader(keys),
         mt.EnsureChannelFirstd(keys=keys),
         mt.Orientationd(keys=keys, axcodes="RAS", labels=(("L", "R"), ("P", "A"), ("I", "S"))),
         mt.Spacingd(keys=keys, pixdim=_spacing(cfg), mode=modes),
