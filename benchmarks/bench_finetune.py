@@ -19,19 +19,7 @@ import tempfile
 import time
 
 import torch
-
-
-def timed_steps(step, steps: int, device: torch.device) -> float:
-    step()  # warm-up
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    return (time.perf_counter() - t) / steps
+from timing import device_name, timed_steps
 
 
 def network_ratio(roi: int, classes: int, batch: int, steps: int, device: torch.device, amp) -> dict:
@@ -139,7 +127,7 @@ def main() -> None:
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
     amp = torch.bfloat16 if device.type == "cuda" else None
     roi = args.roi or (96 if device.type == "cuda" else 64)
-    name = torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
+    name = device_name(device)
     if args.skip != "network":
         row = network_ratio(roi, args.classes, args.batch or (2 if device.type == "cuda" else 1), args.steps,
                             device, amp)

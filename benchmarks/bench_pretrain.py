@@ -23,6 +23,7 @@ from mosmos.models.pretrain import MosmosPretrainModel
 from mosmos.train.optim import adamw, autocast, resolve_precision
 from mosmos.train.pretrain import PairDataset, image_transforms
 from mosmos.train.sampling import ResumableSampler
+from timing import device_name, timed_steps
 
 
 def model_step_rate(backbone: str, batch: int, steps: int, device: torch.device) -> dict:
@@ -43,16 +44,7 @@ def model_step_rate(backbone: str, batch: int, steps: int, device: torch.device)
         loss.backward()
         opt.step()
 
-    step()  # warm-up: allocator, kernels
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-        torch.cuda.reset_peak_memory_stats()
-    t = time.perf_counter()
-    for _ in range(steps):
-        step()
-    if device.type == "cuda":
-        torch.cuda.synchronize()
-    dt = (time.perf_counter() - t) / steps
+    dt = timed_steps(step, steps, device)
     out = {"backbone": backbone, "device": device_name(device), "batch": batch, "precision": str(amp),
            "step_s": round(dt, 4), "model_images_per_s": round(batch / dt, 1)}
     if device.type == "cuda":
@@ -78,10 +70,6 @@ def loader_rate(backbone: str, batch: int, batches: int, workers: int) -> float:
         t = time.perf_counter()
         n = sum(b[0].shape[0] for b in loader)
         return n / (time.perf_counter() - t)
-
-
-def device_name(device: torch.device) -> str:
-    return torch.cuda.get_device_name(device) if device.type == "cuda" else f"cpu x{torch.get_num_threads()}"
 
 
 def main() -> None:

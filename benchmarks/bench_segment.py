@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from timing import device_name
 
 LABELS = {"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidney", "4": "gallbladder",
           "5": "esophagus", "6": "liver", "7": "stomach", "8": "aorta", "9": "inferior vena cava",
@@ -72,7 +73,7 @@ def main() -> None:
     device = torch.device("cuda" if cuda else "cpu")
     shape = args.shape or ([512, 512, 200] if cuda else [192, 192, 80])
     spacing = args.spacing or ([0.8, 0.8, 2.5] if cuda else [1.5, 1.5, 2.0])
-    name = torch.cuda.get_device_name(device) if cuda else f"cpu x{torch.get_num_threads()}"
+    name = device_name(device)
     rng = np.random.default_rng(0)
     ct = rng.normal(0, 200, size=shape).astype(np.int16)
     affine = np.diag([*spacing, 1.0])
