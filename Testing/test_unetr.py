@@ -108,6 +108,14 @@ def test_vit_b32_has_an_extra_upsampling_level():
     assert logits.shape == (1, 2, 64, 64, 32) and maps.shape == (1, 2, 2, 2, 1)
 
 
+def test_patch_8_vit_has_a_finer_token_grid_and_one_level_less():
+    net = MosmosUNETR(num_classes=3, backbone="tiny-vit-8", img_size=32, feature_size=4, decoder_heads=4)
+    assert len(net.ups) == 3 and len(net.skips) == 2
+    with torch.no_grad():
+        logits, maps = net(torch.randn(1, 1, 32, 32, 32))
+    assert logits.shape == (1, 3, 32, 32, 32) and maps.shape == (1, 3, 4, 4, 4)
+
+
 def test_bad_inputs():
     with pytest.raises(MosmosError, match="multiple"):
         MosmosUNETR(num_classes=2, backbone="tiny-vit", img_size=40)
