@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
@@ -25,6 +26,13 @@ def mosmos_cmd(*args: str) -> list[str]:
 
 def run_cli(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
     return subprocess.run(mosmos_cmd(*args), capture_output=True, text=True, timeout=timeout)
+
+
+def run_torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """``torchrun --standalone -m mosmos ...`` on the CPU, one thread per process (the machine has few cores)."""
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
+    cmd = [torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "mosmos", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
 
 
 def kill_after_checkpoint(args: list[str], log: Path, before: str = "steps_per_epoch", timeout: float = 240) -> int:

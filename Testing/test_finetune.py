@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import SHARED_DATA, events, kill_after_checkpoint, run_cli
+from helpers import SHARED_DATA, events, kill_after_checkpoint, run_cli, run_torchrun
 from mosmos.cli import main
 from mosmos.data.phantoms import write_decathlon_dataset
 from mosmos.metrics import dice_scores, read_results_csv
@@ -283,6 +283,25 @@ def test_killed_fine_tune_resumes_to_the_planned_steps(tmp_path):
     assert sorted(set(steps)) == list(range(1, 13))
     Segmenter(out / "model.safetensors", device="cpu")
     assert not [p for p in out.iterdir() if p.name.endswith(".part")]
+
+
+def test_two_process_ddp_fine_tune_ends_identical_with_one_model_file(tmp_path):
+    """torchrun with 2 processes: each trains on its own phantom, validation is split over the ranks and
+    summed, only rank 0 writes events and files, and the ranks end with identical weights."""
+    data = phantoms(tmp_path / "data", 2, 2)
+    out, log = tmp_path / "ddp", tmp_path / "ddp.jsonl"
+    result = run_torchrun(2, *_cli_args(data, out, log, 4))
+    assert result.returncode == 0, result.stderr[-2000:]
+    ev = events(log)
+    assert [e["event"] for e in ev].count("start") == 1 and ev[0]["world_size"] == 2
+    assert ev[0]["steps_per_epoch"] == 1  # two training volumes, one per process
+    val = [e for e in ev if e["event"] == "val"]
+    assert len(val) == 1 and set(val[0]["dice"]) == set(ORGANS)
+    done = ev[-1]
+    assert done["event"] == "done" and done["step"] == 4
+    assert len(done["rank_digests"]) == 2 and done["rank_digests"][0] == done["rank_digests"][1]
+    assert sorted(p.name for p in out.iterdir()) == ["checkpoint.pt", "model.safetensors"]
+    assert load_model(out / "model.safetensors")[1]["provenance"]["val_cases"] == ["phantom_002", "phantom_003"]
 
 
 def _break(data: Path, how: str) -> str:

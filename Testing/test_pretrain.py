@@ -2,22 +2,16 @@
 
 from __future__ import annotations
 
-import os
 import shutil
-import subprocess
-import sys
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from helpers import events, kill_after_checkpoint, run_cli
+from helpers import events, kill_after_checkpoint, run_cli, run_torchrun
 from mosmos.data.phantoms import write_roco_folder
 from mosmos.modelfile import load_model
 from mosmos.train.pretrain import mean_average_precision
-
-VENV_BIN = Path(sys.executable).parent
-
 
 @pytest.fixture(scope="module")
 def small_roco(tmp_path_factory) -> Path:
@@ -98,11 +92,8 @@ def test_killed_run_resumes_to_the_same_model(small_roco, tmp_path):
 
 
 def test_two_process_ddp_ends_identical_with_one_model_file(small_roco, tmp_path):
-    torchrun = shutil.which("torchrun", path=str(VENV_BIN)) or shutil.which("torchrun")
     out, log = tmp_path / "ddp", tmp_path / "ddp.jsonl"
-    env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    cmd = [torchrun, "--standalone", "--nproc_per_node", "2", "-m", "mosmos", *_pretrain_args(small_roco, out, log)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    result = run_torchrun(2, *_pretrain_args(small_roco, out, log))
     assert result.returncode == 0, result.stderr[-2000:]
     ev = events(log)
     assert [e["event"] for e in ev].count("start") == 1  # only rank 0 writes

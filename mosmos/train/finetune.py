@@ -91,6 +91,26 @@ def build_networks(cfg: FinetuneConfig, spec, roi: list[int]):
     return network, embedder
 
 
+class SegmentationObjective(nn.Module):
+    """The network and its loss as one module: under DDP the gradient of the loss's own parameter
+    (the learnable epsilon) is then averaged over the ranks like the network's, so the ranks stay equal.
+
+    forward(image, label) -> (total loss, parts); the network runs under autocast, the loss in fp32.
+    """
+
+    def __init__(self, network: nn.Module, loss: nn.Module, amp_dtype: torch.dtype | None):
+        super().__init__()
+        self.network, self.loss = network, loss
+        self.amp_dtype = amp_dtype
+        if loss.lambda_pta == 0:  # epsilon then gets no gradient; DDP wants every trainable one to get one
+            loss.requires_grad_(False)
+
+    def forward(self, image: torch.Tensor, label: torch.Tensor):
+        with autocast(image.device, self.amp_dtype):
+            logits, maps = self.network(image)
+        return self.loss(logits.float(), maps, label)
+
+
 class FinetuneRun(TrainingRun):
     stage = "finetune"
     model_name = MODEL_NAME
@@ -121,11 +141,8 @@ class FinetuneRun(TrainingRun):
 
         network, self.embedder = build_networks(cfg, spec, self.prep["roi_size"])
         self.network = network.to(self.device)
-        self.loss_fn = MosmosSegLoss(lambda_pta=cfg.lambda_pta).to(self.device)
-        modules = {"network": self.network}
-        if cfg.lambda_pta > 0:  # epsilon gets no gradient without the PTA term
-            modules["loss"] = self.loss_fn
-        trainable = nn.ModuleDict(modules)
+        objective = SegmentationObjective(self.network, MosmosSegLoss(lambda_pta=cfg.lambda_pta), self.amp_dtype)
+        objective.to(self.device)
 
         def as_dicts(cases):
             return [{"image": str(c["image"]), "label": str(c["label"]), "name": c["name"]} for c in cases]
@@ -141,8 +158,8 @@ class FinetuneRun(TrainingRun):
             raise MosmosError(f"{cfg.data}: {len(self.train_set)} training volumes, fewer than one batch of "
                               f"{cfg.batch_size} per process")
         self.sampler = ResumableSampler(len(self.train_set), cfg.batch_size, cfg.seed, True, r, w)
-        self.start_optimisation(trainable, self.sampler.batches_per_epoch)
-        self.ddp_network = self.ddp(self.network)
+        self.start_optimisation(objective, self.sampler.batches_per_epoch)
+        self.ddp_objective = self.ddp(objective)
 
     def start_fields(self) -> dict:
         return {"train_cases": len(self.train_cases), "val_cases": len(self.val_cases),
@@ -157,9 +174,7 @@ class FinetuneRun(TrainingRun):
     def train_step(self, batch):
         image = batch["image"].to(self.device, non_blocking=True)
         label = batch["label"].to(self.device, non_blocking=True)
-        with autocast(self.device, self.amp_dtype):
-            logits, maps = self.ddp_network(image)
-        loss, parts = self.loss_fn(logits.float(), maps, label)
+        loss, parts = self.ddp_objective(image, label)
         return loss, {"seg": parts["seg"], "pta": parts["pta"]}, image.shape[0]
 
     def should_validate(self, epoch: int, last: bool) -> bool:
