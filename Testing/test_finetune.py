@@ -110,32 +110,42 @@ def test_overfits_one_phantom(tmp_path, arch, steps):
     assert tuple(maps.shape[2:]) == tuple(s // stride for s in roi)  # the token grid
 
 
-def test_pta_loss_moves_the_pixel_tag_maps_toward_the_labels(tmp_path):
-    """The maps alone (argmax of the up-sampled maps) segment more of the case as training goes on, and it is
-    the PTA loss that does it: the same run without it (lambda 0) leaves them where they started.
+# Finer token grids than the overfit tests', so that organs other than the liver have tokens of their own:
+# tiny-vit-8 has 4^3 tokens per 32^3 window, the U-Net 4 x 4 on 128 x 128 slices at 1.5 mm. lr 3e-3: at the
+# overfit tests' 1e-2 the 3D maps become spatially constant within ~25 steps (the all-background answer)
+# while the convolutional decoder still learns the organs.
+MAP_RUNS = {
+    "unetr": ((32, 32, 32), (6.0, 6.0, 6.0), dict(UNETR, backbone="tiny-vit-8", lr=3e-3)),
+    "unet2d": ((128, 128, 16), (1.5, 1.5, 6.0), dict(UNET, roi_size=[128, 128], num_samples=4)),
+}
 
-    tiny-vit-8 gives 4^3 tokens per 32^3 window: on tiny-vit's 2^3 grid no organ but the liver has a token of
-    its own. lr 3e-3 rather than the overfit test's 1e-2, at which the maps become spatially constant
-    within ~25 steps (the all-background answer) while the convolutional decoder still learns the organs."""
+
+@pytest.mark.parametrize("arch, controls", [("unetr", (0.8, 0.0)), ("unet2d", (0.8,))])
+def test_pta_loss_moves_the_pixel_tag_maps_toward_the_labels(tmp_path, arch, controls):
+    """The maps alone (argmax of the up-sampled maps) segment more of the case as training goes on, and it is
+    the PTA loss that does it: the same 3D run without it (lambda 0) leaves them where they started."""
     from mosmos.train.finetune import FinetuneRun
 
-    data = phantoms(tmp_path / "data", 1, 0)
+    shape, spacing, arch_cfg = MAP_RUNS[arch]
+    data = tmp_path / "data"
+    write_decathlon_dataset(data, 1, 0, seed=0, shape=shape, spacing=spacing, organs=ORGANS)
     runs = {}
-    for lambda_pta in (0.8, 0.0):
-        cfg = config(data, tmp_path / f"out{lambda_pta}", 200, 200, **{**UNETR, "backbone": "tiny-vit-8", "lr": 3e-3},
+    for lambda_pta in controls:
+        cfg = config(data, tmp_path / f"out{lambda_pta}", 200, 200, **{**arch_cfg, "spacing": list(spacing)},
                      lambda_pta=lambda_pta)
         run = FinetuneRun(cfg, progress=False)
         before = map_dices(run, run.val_set[0])
         run.run()
         runs[lambda_pta] = before, map_dices(run, run.val_set[0])
     for lambda_pta, (before, after) in runs.items():
-        print(f"lambda {lambda_pta}: pixel-tag map Dice {np.round(before, 2)} -> {np.round(after, 2)} "
+        print(f"{arch}, lambda {lambda_pta}: pixel-tag map Dice {np.round(before, 2)} -> {np.round(after, 2)} "
               f"({', '.join(run.spec.tags)})")
-    (before, after), (_, without_pta) = runs[0.8], runs[0.0]
+    before, after = runs[0.8]
     liver = run.spec.tags.index("liver")
     assert after[liver] > 0.6 > before[liver]
     assert np.nanmean(after) > np.nanmean(before) + 0.1
-    assert np.nanmean(after) > np.nanmean(without_pta) + 0.1
+    if 0.0 in runs:
+        assert np.nanmean(after) > np.nanmean(runs[0.0][1]) + 0.1
 
 
 def trivial_dice(run) -> float:
