@@ -28,6 +28,7 @@ def network_ratio(roi: int, classes: int, batch: int, steps: int, device: torch.
 
     from mosmos.models.unetr import MosmosUNETR
     from mosmos.seg_losses import MosmosSegLoss
+    from mosmos.train.finetune import SegmentationObjective
     from mosmos.train.optim import autocast
 
     x = torch.randn(batch, 1, roi, roi, roi, device=device)
@@ -46,14 +47,12 @@ def network_ratio(roi: int, classes: int, batch: int, steps: int, device: torch.
         loss.backward()
         opt_plain.step()
 
-    ours = MosmosUNETR(classes, backbone="ViT-B-16", img_size=roi, feature_size=16).to(device)
-    seg_loss = MosmosSegLoss().to(device)
-    opt_ours = torch.optim.AdamW(list(ours.parameters()) + list(seg_loss.parameters()), 1e-4)
+    ours = MosmosUNETR(classes, backbone="ViT-B-16", img_size=roi, feature_size=16)
+    objective = SegmentationObjective(ours, MosmosSegLoss(), amp).to(device)
+    opt_ours = torch.optim.AdamW(objective.parameters(), 1e-4)
 
     def ours_step():
-        with autocast(device, amp):
-            logits, maps = ours(x)
-        loss, _ = seg_loss(logits.float(), maps, y)
+        loss, _ = objective(x, y)
         opt_ours.zero_grad(set_to_none=True)
         loss.backward()
         opt_ours.step()
