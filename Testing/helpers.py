@@ -32,7 +32,8 @@ def run_torchrun(nproc: int, *args: str, timeout: float = 300) -> subprocess.Com
     """``torchrun --standalone -m mosmos ...`` on the CPU, one thread per process (the machine has few cores)."""
     torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or shutil.which("torchrun")
     cmd = [torchrun, "--standalone", "--nproc_per_node", str(nproc), "-m", "mosmos", *args]
-    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=env)
 
 
 def kill_after_checkpoint(args: list[str], log: Path, before: str = "steps_per_epoch", timeout: float = 240) -> int:

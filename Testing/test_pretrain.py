@@ -13,6 +13,7 @@ from mosmos.data.phantoms import write_roco_folder
 from mosmos.modelfile import load_model
 from mosmos.train.pretrain import mean_average_precision
 
+
 @pytest.fixture(scope="module")
 def small_roco(tmp_path_factory) -> Path:
     return write_roco_folder(tmp_path_factory.mktemp("roco") / "roco", 96, seed=1)
