@@ -115,7 +115,7 @@ def test_overfits_one_phantom(tmp_path, arch, steps):
 # overfit tests' 1e-2 the 3D maps become spatially constant within ~25 steps (the all-background answer)
 # while the convolutional decoder still learns the organs.
 MAP_RUNS = {
-    "unetr": ((32, 32, 32), (6.0, 6.0, 6.0), dict(UNETR, backbone="tiny-vit-8", lr=3e-3)),
+    "unetr": (SHAPE, SPACING, dict(UNETR, backbone="tiny-vit-8", lr=3e-3)),
     "unet2d": ((128, 128, 16), (1.5, 1.5, 6.0), dict(UNET, roi_size=[128, 128], num_samples=4)),
 }
 
