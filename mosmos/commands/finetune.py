@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 HELP = "fine-tune a segmentation model (UNETR 3D or U-Net 2D) on a Decathlon/BTCV-style dataset folder"
 
 
@@ -48,6 +46,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..train.config import FinetuneConfig
+    from ..train.distributed import is_main_process
     from ..train.finetune import finetune
 
     cfg = FinetuneConfig(
@@ -59,6 +58,6 @@ def run(args) -> int:
         workers=args.workers, precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, max_steps=args.max_steps)
     path = finetune(cfg, resume=args.resume, events=args.events, progress=False if args.no_progress else None)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+    if is_main_process():  # under torchrun, once
         print(f"segmentation model: {path}")
     return 0

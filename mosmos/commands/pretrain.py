@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
 HELP = "pre-train MOSMOS encoders on a ROCO folder of radiology images with their reports"
 
 
@@ -36,6 +34,7 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..train.config import PretrainConfig
+    from ..train.distributed import is_main_process
     from ..train.pretrain import pretrain
 
     cfg = PretrainConfig(roco=args.roco, out=args.out, backbone=args.backbone, weights=args.weights,
@@ -45,6 +44,6 @@ def run(args) -> int:
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                          val_fraction=args.val_fraction, max_steps=args.max_steps)
     path = pretrain(cfg, resume=args.resume, events=args.events, progress=False if args.no_progress else None)
-    if os.environ.get("RANK", "0") == "0":  # under torchrun, once
+    if is_main_process():  # under torchrun, once
         print(f"pre-trained model: {path}")
     return 0

@@ -28,6 +28,11 @@ def local_rank() -> int:
     return int(os.environ.get("LOCAL_RANK", "0"))
 
 
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun job, or a plain single process (readable after the group is gone)."""
+    return os.environ.get("RANK", "0") == "0"
+
+
 def init_distributed(device: torch.device) -> DistInfo:
     """Join the process group that torchrun describes in the environment, if any."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
