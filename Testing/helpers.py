@@ -12,8 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-# ../shared/data beside the checkout (as laid out for developers and CI), unless set otherwise.
-SHARED_DATA = Path(os.environ.get("MOSMOS_SHARED_DATA", Path(__file__).resolve().parents[2] / "shared" / "data"))
+# The real public data the tests read ships in Testing/Data (each source with its licence and SOURCE.md).
+REAL_DATA = Path(__file__).resolve().parent / "Data"
 
 
 def events(path: Path) -> list[dict]:

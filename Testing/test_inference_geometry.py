@@ -14,11 +14,10 @@ from scipy.spatial.transform import Rotation
 from inference_stub import write_stub_model
 from mosmos.inference import Segmenter
 from mosmos.inference.geometry import model_grid
-from helpers import SHARED_DATA
+from helpers import REAL_DATA
 from mosmos.inference.io import read_volume, write_volume
 
-DATA = SHARED_DATA
-needs_data = pytest.mark.skipif(not DATA.exists(), reason="shared real data not present")
+DATA = REAL_DATA
 
 
 @pytest.fixture(scope="module")
@@ -85,7 +84,6 @@ def test_model_grid_follows_monai_orientation_then_spacing():
     np.testing.assert_allclose(np.abs(np.diag(grid.affine[:3, :3])), [1.5, 1.5, 2.0])
 
 
-@needs_data
 def test_real_ras_ct_label_agrees_with_input_threshold(tmp_path):
     vol = read_volume(DATA / "totalseg_example/example_ct.nii.gz")
     assert nib.aff2axcodes(vol.affine) == ("R", "A", "S")
@@ -99,7 +97,6 @@ def test_real_ras_ct_label_agrees_with_input_threshold(tmp_path):
     assert 2 * (found & expected).sum() / (found.sum() + expected.sum()) > 0.97
 
 
-@needs_data
 def test_real_lps_mr_with_percentile_normalisation(tmp_path):
     vol = read_volume(DATA / "totalseg_example/example_mr_sm.nii.gz")
     assert nib.aff2axcodes(vol.affine) == ("L", "P", "S")
@@ -114,7 +111,6 @@ def test_real_lps_mr_with_percentile_normalisation(tmp_path):
     assert 2 * (found & expected).sum() / (found.sum() + expected.sum()) > 0.8
 
 
-@needs_data
 def test_dicom_series_matches_its_nifti_label_grid():
     vol = read_volume(DATA / "totalseg_example/example_ct_dicom")  # JPEG-2000 lossless, decoded by Pillow
     assert vol.array.shape == (512, 512, 20) and vol.modality == "CT"
@@ -131,7 +127,6 @@ def test_dicom_series_matches_its_nifti_label_grid():
     assert hu[labels == 0].mean() < -300
 
 
-@needs_data
 def test_dicom_and_nrrd_of_ct_3slice_share_one_grid(tmp_path):
     ct = read_volume(DATA / "dcmqi_ct3slice/ct-3slice")
     liver = read_volume(DATA / "dcmqi_ct3slice/liver_seg.nrrd")

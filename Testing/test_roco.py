@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from helpers import SHARED_DATA
+from helpers import REAL_DATA
 from mosmos.data.roco import RocoDataset, scan_roco, summarize_roco
 from mosmos.errors import MosmosError
 
-REAL = SHARED_DATA / "roco_captions_ccby"
+REAL = REAL_DATA / "roco_captions_ccby"
 REAL_SPLIT = REAL / "validation" / "radiology"
 N_PER_SPLIT = 6
 
@@ -32,8 +32,6 @@ def _image_name(dlink_line):
 def roco_tree(tmp_path):
     """<root>/data/{train,validation}/radiology with real captions and generated images;
     in each split one image is missing and one is garbage bytes with a .jpg name."""
-    if not REAL_SPLIT.is_dir():
-        pytest.skip(f"{REAL_SPLIT} not available")
     rng = np.random.default_rng(0)
     for k, split in enumerate(("train", "validation")):
         folder = tmp_path / "data" / split / "radiology"
@@ -143,8 +141,6 @@ def test_missing_captions_and_empty_folders(tmp_path):
 
 
 def test_real_captions_without_images(caplog):
-    if not REAL.is_dir():
-        pytest.skip(f"{REAL} not available")
     with caplog.at_level(logging.WARNING, logger="mosmos.data.roco"):
         splits = scan_roco(REAL)
     val = splits["validation"]

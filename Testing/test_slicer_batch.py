@@ -11,13 +11,13 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import SHARED_DATA
+from helpers import REAL_DATA
 
 slicer = pytest.importorskip("slicer")
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "Resources" / "Scripts" / "MOSMOSSegmentBatch.py"
-CT = SHARED_DATA / "totalseg_example" / "example_ct_sm.nii.gz"
+CT = REAL_DATA / "totalseg_example" / "example_ct_sm.nii.gz"
 
 
 def run_batch(*args, timeout=300):

@@ -20,12 +20,11 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MOSMOSSegment"))
 
 from MOSMOSSegmentLib import attention, models, pipeline, process, segmentation, tables, terminology, volumes  # noqa: E402
-from helpers import SHARED_DATA  # noqa: E402
+from helpers import REAL_DATA  # noqa: E402
 from mosmos.errors import MosmosError  # noqa: E402
 from mosmos.tags import color_for, normalize_tag  # noqa: E402
 
-DATA = SHARED_DATA / "totalseg_example"
-needs_data = pytest.mark.skipif(not DATA.is_dir(), reason=f"{DATA} not present")
+DATA = REAL_DATA / "totalseg_example"
 
 
 def real_organs():
@@ -42,7 +41,6 @@ def real_organs():
     return labels, img.affine, organs
 
 
-@needs_data
 def test_volume_arrays_and_geometry_match_nibabel(scene, tmp_path):
     path = DATA / "example_mr_sm.nii.gz"
     img = nib.load(path)
@@ -87,7 +85,6 @@ def test_read_volume_errors_name_the_file(scene, tmp_path):
     assert scene.GetNumberOfNodesByClass("vtkMRMLScalarVolumeNode") == 0
 
 
-@needs_data
 def test_segmentation_node_from_real_label_map(scene):
     labels, affine, organs = real_organs()
     assert {o["name"] for o in organs} >= {"liver", "spleen", "right kidney", "left adrenal gland", "aorta"}
@@ -164,7 +161,6 @@ def test_attention_volume_and_colour_map(scene):
     assert other.GetDisplayNode().GetColorNodeID() == color.GetID()
 
 
-@needs_data
 def test_volume_table_is_voxel_count_times_voxel_volume(scene):
     labels, affine, organs = real_organs()
     ml = tables.organ_volumes_ml(labels, affine, organs)
@@ -320,7 +316,6 @@ def test_blocking_wait_cancels_when_progress_says_false():
     assert _gone(child.pid)
 
 
-@needs_data
 def test_job_reads_core_outputs_into_nodes(scene, tmp_path):
     """The Slicer half of a run: the outputs `mosmos segment` writes (on the input grid) become nodes."""
     ct = volumes.read_volume(DATA / "example_ct_sm.nii.gz", scene, "CT")
@@ -365,7 +360,6 @@ def test_job_rejects_output_on_another_grid(scene, tmp_path):
     assert scene.GetNumberOfNodesByClass("vtkMRMLSegmentationNode") == 0
 
 
-@needs_data
 def test_job_runs_the_real_core_cli_on_an_lps_volume(scene, tmp_path, monkeypatch):
     """GUI path end to end: NIfTI out, `mosmos segment` in a child process polled like the QTimer does,
     outputs back as nodes, voxel for voxel equal to what the core wrote. The network is the inference

@@ -20,11 +20,11 @@ sys.path[:0] = [str(ROOT / "MOSMOSSegment"), str(ROOT / "MOSMOSTrain")]
 
 from MOSMOSSegmentLib import models  # noqa: E402
 from MOSMOSTrainLib import curves, folders, job, settings  # noqa: E402
-from helpers import SHARED_DATA  # noqa: E402
+from helpers import REAL_DATA  # noqa: E402
 from mosmos.data.phantoms import write_decathlon_dataset, write_roco_folder  # noqa: E402
 from mosmos.errors import MosmosError  # noqa: E402
 
-SHARED = SHARED_DATA
+SHARED = REAL_DATA
 ROCO_CAPTIONS = SHARED / "roco_captions_ccby"
 
 
@@ -41,7 +41,6 @@ def column(table, name):
 
 # ---- folder checks ------------------------------------------------------------------------------------------------
 
-@pytest.mark.skipif(not ROCO_CAPTIONS.is_dir(), reason=f"{ROCO_CAPTIONS} not present")
 def test_roco_check_on_real_captions_without_images():
     report = folders.check_roco(ROCO_CAPTIONS)
     assert not report.ok
