@@ -15,8 +15,8 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MOSMOSSegmentLib import deps, models, pipeline
-from MOSMOSSegmentLib.process import Cancelled
+from mosmos.mrml import deps, models, pipeline
+from mosmos.mrml.process import Cancelled
 
 #
 # MOSMOSSegment
@@ -394,7 +394,7 @@ class MOSMOSSegmentTest(ScriptedLoadableModuleTest):
         from mosmos.data.phantoms import make_phantom
         from mosmos.demo_models import make_tiny_segmentation_model
         from mosmos.tags import color_for
-        from MOSMOSSegmentLib import segmentation, volumes
+        from mosmos.mrml import segmentation, volumes
 
         self.delayDisplay("Making a phantom CT and a tiny model")
         phantom = make_phantom(0, shape=(48, 48, 32), spacing=(3.0, 3.0, 4.0))

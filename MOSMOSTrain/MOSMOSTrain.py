@@ -14,7 +14,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MOSMOSSegmentLib import deps, models
+from mosmos.mrml import deps, models
 from MOSMOSTrainLib import folders, job
 from MOSMOSTrainLib.settings import ARCHITECTURES, BACKBONES, INITIALIZATIONS, STAGES, TrainingSettings
 

@@ -19,7 +19,7 @@ import vtk  # noqa: E402
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MOSMOSSegment"))
 
-from MOSMOSSegmentLib import attention, models, pipeline, process, segmentation, tables, terminology, volumes  # noqa: E402
+from mosmos.mrml import attention, models, pipeline, process, segmentation, tables, terminology, volumes  # noqa: E402
 from helpers import REAL_DATA  # noqa: E402
 from mosmos.errors import MosmosError  # noqa: E402
 from mosmos.tags import color_for, normalize_tag  # noqa: E402

@@ -18,7 +18,7 @@ slicer = pytest.importorskip("slicer")
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "MOSMOSSegment"), str(ROOT / "MOSMOSTrain")]
 
-from MOSMOSSegmentLib import models  # noqa: E402
+from mosmos.mrml import models  # noqa: E402
 from MOSMOSTrainLib import curves, folders, job, settings  # noqa: E402
 from helpers import REAL_DATA  # noqa: E402
 from mosmos.data.phantoms import write_decathlon_dataset, write_roco_folder  # noqa: E402

@@ -8,8 +8,8 @@ import time
 from pathlib import Path
 
 from mosmos.errors import MosmosError
-from MOSMOSSegmentLib import models
-from MOSMOSSegmentLib.process import BackgroundProcess, child_environment
+from mosmos.mrml import models
+from mosmos.mrml.process import BackgroundProcess, child_environment
 
 from .curves import TrainingCurves
 from .folders import MODEL_NAMES

@@ -8,7 +8,7 @@ import os
 from pathlib import Path
 
 from mosmos.errors import MosmosError
-from MOSMOSSegmentLib.process import interpreter, normalize_device
+from mosmos.mrml.process import interpreter, normalize_device
 
 from .folders import CHECKPOINT_NAME, given
 

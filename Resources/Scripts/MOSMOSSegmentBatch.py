@@ -65,7 +65,7 @@ def plan(args) -> list[tuple[Path, Path]]:
 
 
 def write_output(outputs, volumeNode, path: Path) -> None:
-    from MOSMOSSegmentLib import segmentation, volumes
+    from mosmos.mrml import segmentation, volumes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.name.lower().endswith(SEGMENTATION_SUFFIX):
@@ -82,7 +82,7 @@ def write_output(outputs, volumeNode, path: Path) -> None:
 
 def run(args) -> None:
     import slicer
-    from MOSMOSSegmentLib import pipeline, volumes
+    from mosmos.mrml import pipeline, volumes
 
     if getattr(slicer, "mrmlScene", None) is None:
         # Plain Python (slicer-core): a bare scene has none of Slicer's default colour tables, and VTK warns
@@ -110,7 +110,7 @@ def main(argv=None) -> int:
     args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         from mosmos.errors import MosmosError
-        from MOSMOSSegmentLib.process import Cancelled
+        from mosmos.mrml.process import Cancelled
     except ImportError as e:
         print(f"MOSMOSSegmentBatch: error: {e} (is the MOSMOS extension installed?)", file=sys.stderr)
         return 1
