@@ -1,4 +1,4 @@
-"""MOSMOSSegmentLib on real MRML (slicer-core), real data from TotalSegmentator's test files."""
+"""mosmos.mrml on real MRML (slicer-core), real data from TotalSegmentator's test files."""
 
 from __future__ import annotations
 
@@ -17,7 +17,6 @@ slicer = pytest.importorskip("slicer")
 import vtk  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT / "MOSMOSSegment"))
 
 from mosmos.mrml import attention, models, pipeline, process, segmentation, tables, terminology, volumes  # noqa: E402
 from helpers import REAL_DATA  # noqa: E402

@@ -22,6 +22,11 @@ class Module:
         self.source = (self.folder / f"{name}.py").read_text()
         self.ui = ET.parse(self.folder / "Resources" / "UI" / f"{name}.ui")
 
+    def lib_files(self) -> list[Path]:
+        """The module's own Lib files (MOSMOSSegment has none: its logic is the core's mosmos.mrml)."""
+        lib = self.folder / f"{self.name}Lib"
+        return sorted(lib.iterdir()) if lib.is_dir() else []
+
     def widgets(self) -> dict[str, ET.Element]:
         return {w.get("name"): w for w in self.ui.iter("widget")}
 
@@ -115,7 +120,7 @@ def test_ui_file_is_a_qmrml_widget_with_scene_connections(module):
 def test_cmake_lists_every_lib_file_and_resource(module):
     name = module.name
     cmake = (module.folder / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", name)
-    for path in sorted((module.folder / f"{name}Lib").iterdir()):
+    for path in module.lib_files():
         if path.suffix in (".py", ".csv"):
             assert f"{name}Lib/{path.name}" in cmake, path.name
     for resource in (f"Resources/Icons/{name}.png", f"Resources/UI/{name}.ui"):
@@ -134,7 +139,7 @@ def test_icon_is_128_pixels(module):
 
 
 def test_lib_has_no_qt(module):
-    for path in (module.folder / f"{module.name}Lib").glob("*.py"):
+    for path in (p for p in module.lib_files() if p.suffix == ".py"):
         tree = ast.parse(path.read_text())
         imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
                     for alias in node.names}
@@ -158,3 +163,23 @@ def test_training_gui_defaults_are_the_libs():
         (FINETUNE_DEFAULTS["epochs"], FINETUNE_DEFAULTS["batch_size"], FINETUNE_DEFAULTS["lr"])
     assert (defaults["lambdaPta"], defaults["labelRatio"]) == (FINETUNE_DEFAULTS["lambda_pta"],
                                                               FINETUNE_DEFAULTS["label_ratio"])
+
+
+def imported_roots(path: Path) -> set[str]:
+    tree = ast.parse(path.read_text())
+    names = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import) for alias in node.names}
+    return names | {(node.module or "").split(".")[0] for node in ast.walk(tree)
+                    if isinstance(node, ast.ImportFrom) and not node.level}
+
+
+def test_core_imports_slicer_only_in_its_mrml_and_web_parts():
+    """qt/ctk nowhere in mosmos/; slicer, vtk and trame only in mosmos/mrml (shared with the Slicer module)
+    and mosmos/web (the browser app); the extension bundles mosmos.mrml's terminology table."""
+    core = ROOT / "mosmos"
+    for path in core.rglob("*.py"):
+        imported = imported_roots(path)
+        assert not imported & {"qt", "ctk", "PythonQt"}, path
+        if path.parent.name not in ("mrml", "web"):
+            assert not imported & {"slicer", "vtk", "trame", "trame_slicer"}, path
+    assert "mosmos/mrml/*.csv" in (ROOT / "CMakeLists.txt").read_text()
+    assert "mrml/*.csv" in (ROOT / "pyproject.toml").read_text()

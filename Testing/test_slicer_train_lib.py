@@ -16,7 +16,7 @@ import pytest
 slicer = pytest.importorskip("slicer")
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path[:0] = [str(ROOT / "MOSMOSSegment"), str(ROOT / "MOSMOSTrain")]
+sys.path.insert(0, str(ROOT / "MOSMOSTrain"))
 
 from mosmos.mrml import models  # noqa: E402
 from MOSMOSTrainLib import curves, folders, job, settings  # noqa: E402

@@ -13,11 +13,10 @@ import sys
 from pathlib import Path
 
 HERE = Path(__file__).resolve()
-# Source tree: <root>/Resources/Scripts/this.py next to <root>/MOSMOSSegment and <root>/mosmos. In Slicer with the
-# extension installed both are importable already.
-for candidate in (HERE.parents[2] / "MOSMOSSegment", HERE.parents[2]):
-    if candidate.is_dir() and str(candidate) not in sys.path:
-        sys.path.append(str(candidate))
+# Source tree: <root>/Resources/Scripts/this.py next to <root>/mosmos (whose mosmos.mrml holds the module's
+# logic). In Slicer with the extension installed it is importable already.
+if HERE.parents[2].joinpath("mosmos").is_dir() and str(HERE.parents[2]) not in sys.path:
+    sys.path.append(str(HERE.parents[2]))
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SEGMENTATION_SUFFIX = ".seg.nrrd"
