@@ -1,0 +1,330 @@
+"""The page of one session: a control panel (volume, model, organs, Segment/Cancel, organ volume table with an
+attention switch per organ, opacity, colour bar, downloads) beside Slicer's axial, coronal, sagittal and 3D
+views. Widgets only call Session (session.py); every error becomes the page's one-line message."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import sys
+import tempfile
+import traceback
+from pathlib import Path
+
+from trame.app import TrameApp
+from trame.app.file_upload import ClientFile
+from trame.ui.vuetify3 import VAppLayout
+from trame.widgets import html
+from trame.widgets import vuetify3 as v
+from trame_slicer import module as trame_slicer_module
+from trame_slicer.core import LayoutManager, SlicerApp
+from trame_slicer.rca_view import register_rca_factories
+
+from mosmos.errors import MosmosError
+from mosmos.mrml.process import Cancelled
+from mosmos.tags import color_for
+
+from .session import Session, data_files
+
+LOG = logging.getLogger("mosmos.web")
+LAYOUT = "Quad View"   # axial, coronal, sagittal and 3D
+
+
+def _hex(rgb) -> str:
+    return "#" + "".join(f"{int(c):02x}" for c in rgb)
+
+
+def split_organs(text: str, ticked: list[str]) -> list[str]:
+    """Typed names ("liver, spleen") then ticked ones, each once, in that order."""
+    names = [t.strip() for t in (text or "").replace(";", ",").split(",") if t.strip()]
+    return list(dict.fromkeys(names + list(ticked or [])))
+
+
+class MosmosWebApp(TrameApp):
+    def __init__(self, server=None, models: str | None = None, data: str | None = None):
+        super().__init__(server)
+        self.server.enable_module(trame_slicer_module)
+        self.slicer = SlicerApp()
+        register_rca_factories(self.slicer.view_manager, self.server)
+        self.layoutManager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
+        self.layoutManager.register_layout_dict(LayoutManager.default_grid_configuration())
+        self.layoutManager.set_layout(LAYOUT)
+        self.session = Session(self.slicer, models)
+        self.dataFolder = Path(data) if data else None
+        self._uploaded: list[dict] = []
+        self._init_state()
+        self._build_ui()
+
+    # --- state --------------------------------------------------------------------------------------
+    def _init_state(self) -> None:
+        s = self.state
+        s.trame__title = "MOSMOS"
+        s.message = ""
+        s.info = "Open a volume, choose a model, name the organs, Segment."
+        s.volume_name = ""
+        s.data_choices = [p.name for p in data_files(self.dataFolder)]
+        s.data_choice = ""
+        s.model_items = []
+        s.model = ""
+        s.model_organs = []
+        s.organ_text = ""
+        s.ticked = []
+        s.running = False
+        s.progress = 0
+        s.rows = []
+        s.overlay_tag = None
+        s.overlay_opacity = 0.6
+        s.colorbar = "linear-gradient(to right, " + ", ".join(self.session.attention_colors()) + ")"
+        s.has_results = False
+        self._refresh_models()
+        s.change("data_choice")(self._on_data_choice)
+        s.change("model")(self._on_model)
+        s.change("overlay_tag", "overlay_opacity")(self._on_overlay)
+
+    def _refresh_models(self) -> None:
+        try:
+            found = self.session.models()
+        except MosmosError as e:
+            found, self.state.message = [], str(e)
+        self.state.model_items = [{"title": m.display_name, "value": m.name} for m in found]
+        if found and self.state.model not in [m.name for m in found]:
+            self.state.model = found[0].name
+            self._on_model(found[0].name)
+        if not found:
+            self.state.message = f"{self.session.modelsFolder}: no segmentation model installed"
+
+    def _fail(self, e: BaseException) -> None:
+        """Show ``e`` as the page's message; unexpected errors also go to the server log, with a traceback."""
+        if isinstance(e, MosmosError):
+            self.state.message = str(e)
+        else:
+            LOG.error("%s", "".join(traceback.format_exception(e)))
+            self.state.message = f"{type(e).__name__}: {e}".splitlines()[0]
+        self.state.flush()
+
+    # --- volume -------------------------------------------------------------------------------------
+    def _open(self, path: Path, name: str) -> None:
+        self.state.message = ""
+        try:
+            node = self.session.open_volume(path, name)
+        except Exception as e:  # noqa: BLE001 - any reader failure must stay a message on the page
+            self._fail(e)
+            return
+        self.state.volume_name = node.GetName()
+        self._show_results()
+        self.state.info = f"{node.GetName()}: {'x'.join(map(str, node.GetImageData().GetDimensions()))} voxels"
+
+    async def load_chunk(self, files: list[dict]) -> None:
+        """Upload, chunk by chunk; an empty list marks the end."""
+        if files:
+            self._uploaded.extend(files)
+            return
+        uploaded, self._uploaded = self._uploaded, []
+        if not uploaded:
+            return
+        client = ClientFile(uploaded[0])
+        with tempfile.TemporaryDirectory(prefix="mosmos-upload-") as tmp:
+            path = Path(tmp) / Path(client.name).name
+            path.write_bytes(client.content or b"")
+            with self.state:
+                self._open(path, None)
+
+    def _on_data_choice(self, data_choice, **_) -> None:
+        if data_choice and self.dataFolder is not None:
+            self._open(self.dataFolder / Path(data_choice).name, None)
+
+    def _on_model(self, model, **_) -> None:
+        organs = []
+        for info in self.session.models():
+            if info.name == model:
+                organs = list(info.organs)
+        self.state.model_organs = organs
+        self.state.ticked = [t for t in self.state.ticked if t in organs]
+
+    # --- segmentation -------------------------------------------------------------------------------
+    def segment(self) -> None:
+        self.state.message = ""
+        tags = split_organs(self.state.organ_text, self.state.ticked)
+        try:
+            self.session.start(tags, self.session.modelsFolder / self.state.model if self.state.model else None)
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+            return
+        self.state.running, self.state.progress = True, 0
+        self.state.info = f"Segmenting {', '.join(tags)} ..."
+        asyncio.get_event_loop().create_task(self._watch())
+
+    async def _watch(self) -> None:
+        while self.session.job is not None:
+            await asyncio.sleep(0.2)
+            if self.session.job is None:
+                break
+            try:
+                events, outputs = self.session.poll()
+            except Cancelled:
+                break
+            except Exception as e:  # noqa: BLE001
+                with self.state:
+                    self.state.running = False
+                    self.state.info = "Segmentation failed."
+                    self._fail(e)
+                return
+            with self.state:
+                for e in events:
+                    if e["event"] == "progress" and int(e.get("total", 0)) > 0:
+                        self.state.progress = round(100 * int(e["done"]) / int(e["total"]))
+                if outputs is not None:
+                    self.state.running = False
+                    self.state.progress = 100
+                    self._show_results()
+                    notices = "; ".join(outputs.notices)
+                    self.state.info = "Done." + (f" {notices}" if notices else "")
+                    return
+
+    def cancel(self) -> None:
+        self.session.cancel()
+        self.state.running, self.state.progress = False, 0
+        self.state.info = "Cancelled."
+
+    def _show_results(self) -> None:
+        out = self.session.outputs
+        if out is None:
+            self.state.rows, self.state.has_results, self.state.overlay_tag = [], False, None
+            return
+        table = out.tableNode.GetTable()
+        volumesMl = {table.GetValue(r, 0).ToString(): table.GetValue(r, 2).ToDouble()
+                     for r in range(table.GetNumberOfRows())}
+        self.state.rows = [{"name": o["name"], "label": int(o["label"]),
+                            "color": _hex(o.get("color") or color_for(o["name"])),
+                            "ml": f"{volumesMl.get(o['name'], 0.0):.3f}",
+                            "attention": o["name"] in out.attentionNodes} for o in out.organs]
+        self.state.has_results = True
+        self.state.overlay_tag = None
+
+    def _on_overlay(self, overlay_tag, overlay_opacity, **_) -> None:
+        try:
+            self.session.show_attention(overlay_tag, float(overlay_opacity))
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+
+    # --- downloads ----------------------------------------------------------------------------------
+    def _attachment(self, make):
+        try:
+            return self.server.protocol.addAttachment(make())
+        except Exception as e:  # noqa: BLE001
+            self._fail(e)
+            return None
+
+    def download_seg_nrrd(self):
+        return self._attachment(self.session.segmentation_seg_nrrd)
+
+    def download_nifti(self):
+        return self._attachment(self.session.segmentation_nifti)
+
+    def download_attention(self):
+        return self._attachment(self.session.attention_zip)
+
+    # --- page ---------------------------------------------------------------------------------------
+    def _download_button(self, label: str, element_id: str, fileName: str, handler) -> None:
+        trigger = self.server.controller.trigger_name(handler)
+        v.VBtn(label, id=element_id, size="small", variant="tonal", classes="mr-1 mb-1",
+               disabled=("!has_results || running",),
+               click=f"utils.download(`${{volume_name}}{fileName}`, trigger('{trigger}'), "
+                     "'application/octet-stream')")
+
+    def _build_ui(self) -> None:
+        upload = self.server.trigger_name(self.load_chunk)
+        with VAppLayout(self.server, full_height=True, theme="dark") as layout:
+            with v.VNavigationDrawer(permanent=True, width=380, classes="pa-3"):
+                html.H3("MOSMOS", classes="mb-2")
+                v.VAlert(v_if=("message",), text=("message",), type="error", density="compact",
+                         id="message", closable=True, classes="mb-2", click_close="message = ''")
+                html.Div("{{ info }}", id="info", classes="text-caption mb-2")
+
+                html.Div("Volume (NIfTI, NRRD or zipped DICOM)", classes="text-subtitle-2")
+                html.Input(type="file", id="upload", accept=".nii,.gz,.nrrd,.nhdr,.zip,*/*",
+                           disabled=("running",),
+                           change=f"window.load_files_by_chunks($event.target.files, "
+                                  f"{{ trigger_name: '{upload}' }}); $event.target.value = null;")
+                with html.Select(v_model=("data_choice",), id="data", v_if=("data_choices.length",),
+                                 disabled=("running",), classes="mt-1", style="color: inherit; width: 100%"):
+                    html.Option("choose from the data folder", value="")
+                    html.Option("{{ f }}", v_for="f in data_choices", key="f", value=("f",))
+                html.Div("{{ volume_name }}", id="volume-name", classes="text-caption mb-3")
+
+                html.Div("Model", classes="text-subtitle-2")
+                with html.Select(v_model=("model",), id="model", disabled=("running",),
+                                 style="color: inherit; width: 100%", classes="mb-3"):
+                    html.Option("{{ m.title }}", v_for="m in model_items", key="m.value", value=("m.value",))
+
+                html.Div("Organs", classes="text-subtitle-2")
+                v.VTextField(v_model=("organ_text",), id="organs", placeholder="liver, spleen",
+                             density="compact", hide_details=True, disabled=("running",))
+                with html.Div(classes="d-flex flex-wrap mb-2"):
+                    with html.Label(v_for="o in model_organs", key="o", classes="mr-3 text-body-2"):
+                        html.Input(type="checkbox", value=("o",), v_model=("ticked",), disabled=("running",))
+                        html.Span(" {{ o }}")
+
+                with html.Div(classes="d-flex align-center mb-2"):
+                    v.VBtn("Segment", id="segment", color="primary", disabled=("running || !volume_name",),
+                           click=self.segment, classes="mr-2")
+                    v.VBtn("Cancel", id="cancel", disabled=("!running",), click=self.cancel)
+                v.VProgressLinear(model_value=("progress",), v_show=("running",), id="progress", height=6,
+                                  color="primary", classes="mb-2")
+
+                with html.Div(v_if=("has_results",), id="results"):
+                    html.Div("Organ volumes", classes="text-subtitle-2")
+                    with v.VTable(density="compact", id="volumes"):
+                        with html.Thead():
+                            with html.Tr():
+                                for title in ("", "organ", "mL", "attention"):
+                                    html.Th(title)
+                        with html.Tbody():
+                            with html.Tr(v_for="r in rows", key="r.name", raw_attrs=[':data-organ="r.name"']):
+                                with html.Td():
+                                    html.Div(style=("{ background: r.color, width: '14px', height: '14px' }",))
+                                html.Td("{{ r.name }}")
+                                html.Td("{{ r.ml }}", classes="ml")
+                                with html.Td():
+                                    html.Input(type="checkbox", v_if=("r.attention",),
+                                               raw_attrs=[':id="`overlay-${r.name}`"'],
+                                               checked=("overlay_tag === r.name",),
+                                               change="overlay_tag = $event.target.checked ? r.name : null")
+                    html.Div("Attention overlay opacity", classes="text-subtitle-2 mt-2")
+                    html.Input(type="range", id="opacity", min=0, max=1, step=0.05,
+                               v_model_number=("overlay_opacity",), style="width: 100%")
+                    html.Div(id="colorbar", style=("{ background: colorbar, height: '12px' }",))
+                    with html.Div(classes="d-flex justify-space-between text-caption mb-2"):
+                        html.Span("0")
+                        html.Span("attention")
+                        html.Span("1")
+                    self._download_button(".seg.nrrd", "download-seg", ".seg.nrrd", self.download_seg_nrrd)
+                    self._download_button("NIfTI", "download-nifti", "_labels.nii.gz", self.download_nifti)
+                    self._download_button("Attention maps", "download-attention", "_attention.zip",
+                                          self.download_attention)
+            with v.VMain():
+                with html.Div(style="height: 100vh; width: 100%; position: relative;", id="views"):
+                    self.layoutManager.initialize_layout_grid(layout)
+        return layout
+
+
+def main(argv: list[str] | None = None) -> int:
+    """One session's server (started by the launcher): --host, --port, --models, --data, --timeout."""
+    import argparse
+
+    parser = argparse.ArgumentParser(prog="mosmos.web.app")
+    parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--port", type=int, required=True)
+    parser.add_argument("--models")
+    parser.add_argument("--data")
+    parser.add_argument("--timeout", type=int, default=60, help="exit this many seconds after the last tab closed")
+    args, _ = parser.parse_known_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    app = MosmosWebApp(models=args.models, data=args.data)
+    app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False,
+                     timeout=args.timeout)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,185 @@
+"""One browser session's work on its own MRML scene: open a volume, segment it in a background process with
+mosmos.mrml's pipeline, show the segments and attention overlays, and export the results. No trame here:
+the page (app.py) only translates widgets to these calls."""
+
+from __future__ import annotations
+
+import io
+import tempfile
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+from mosmos.errors import MosmosError
+from mosmos.inference import io as coreio
+from mosmos.mrml import models as modelsLib
+from mosmos.mrml import pipeline, segmentation, volumes
+from mosmos.mrml.attention import attention_color_node
+
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
+# Smallest extent a volume needs along every axis: 3D windows cannot be slid over a single image.
+MIN_SLICES = 2
+
+
+def data_files(folder: str | Path | None) -> list[Path]:
+    """Volumes (and zipped DICOM series) in the server-side data folder the app was started with."""
+    if not folder or not Path(folder).is_dir():
+        return []
+    return sorted(p for p in Path(folder).iterdir()
+                  if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES + (".zip",)))
+
+
+def read_upload(path: Path):
+    """A volume file or a zipped DICOM series -> core Volume (the reader `mosmos segment` uses, so the
+    browser and the command line see the same grid). Raises MosmosError naming the file."""
+    if path.name.lower().endswith(".zip"):
+        with tempfile.TemporaryDirectory(prefix="mosmos-dicom-") as tmp:
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    archive.extractall(tmp)
+            except (zipfile.BadZipFile, OSError) as e:
+                raise MosmosError(f"{path.name}: not a readable zip archive ({e})") from None
+            folders = sorted({p.parent for p in Path(tmp).rglob("*") if p.is_file()})
+            if not folders:
+                raise MosmosError(f"{path.name}: the zip archive is empty")
+            # The folder with the most files holds the series (archives often wrap it in a folder).
+            folder = max(folders, key=lambda f: sum(1 for p in f.iterdir() if p.is_file()))
+            vol = coreio.read_volume(folder)
+    elif path.name.lower().endswith(VOLUME_SUFFIXES):
+        vol = coreio.read_volume(path)
+    else:
+        raise MosmosError(f"{path.name}: not a volume (expected .nii, .nii.gz, .nrrd or a zipped DICOM series)")
+    if min(vol.array.shape) < MIN_SLICES:
+        raise MosmosError(f"{path.name}: a 2D image of shape {tuple(vol.array.shape)}; MOSMOS segments 3D volumes")
+    return vol
+
+
+class Session:
+    """The state of one page: its scene (from trame-slicer's SlicerApp), volume, running job and results."""
+
+    def __init__(self, slicerApp, modelsFolder: str | Path | None = None):
+        self.app = slicerApp
+        self.scene = slicerApp.scene
+        self.modelsFolder = Path(modelsFolder) if modelsFolder else modelsLib.default_models_dir()
+        self.volumeNode = None
+        self.job: pipeline.SegmentationJob | None = None
+        self.outputs: pipeline.SegmentationOutputs | None = None
+
+    # --- models -------------------------------------------------------------------------------------
+    def models(self) -> list[modelsLib.ModelInfo]:
+        return modelsLib.list_models(self.modelsFolder)
+
+    # --- volume -------------------------------------------------------------------------------------
+    def open_volume(self, path: Path, name: str | None = None):
+        """Read ``path`` into a new volume node and show it; on any error the scene is left as it was."""
+        if self.job is not None:
+            raise MosmosError("a segmentation is running: cancel it before opening another volume")
+        vol = read_upload(Path(path))
+        name = name or volumes._stem(str(path))
+        array = np.ascontiguousarray(np.asarray(vol.array).transpose(2, 1, 0))
+        self.clear_results()
+        if self.volumeNode is not None:
+            self.scene.RemoveNode(self.volumeNode)
+        self.volumeNode = node = volumes.volume_from_array(self.scene, array, vol.affine, name)
+        self.app.display_manager.show_volume(node, do_reset_views=True)
+        return node
+
+    # --- segmentation -------------------------------------------------------------------------------
+    def start(self, tags: list[str], model: str, device: str = "auto") -> None:
+        if self.volumeNode is None:
+            raise MosmosError("no volume open: upload one or choose one from the data folder")
+        if self.job is not None:
+            raise MosmosError("a segmentation is already running")
+        if not tags:
+            raise MosmosError("no organs: type organ names or tick them")
+        job = pipeline.SegmentationJob(self.volumeNode, tags, model, device, attention=True,
+                                       modelsFolder=self.modelsFolder)
+        try:
+            job.start()
+        except BaseException:
+            job.cleanup()
+            raise
+        self.job = job
+
+    def poll(self) -> tuple[list[dict], pipeline.SegmentationOutputs | None]:
+        """The child's events so far; when it has exited, its outputs in the scene (or its error raised)."""
+        events = self.job.process.poll()
+        if not any(e["event"] == "exit" for e in events):
+            return events, None
+        job, self.job = self.job, None
+        try:
+            outputs = job.finish()
+        finally:
+            job.cleanup()
+        self.clear_results()
+        self.outputs = outputs
+        outputs.segmentationNode.CreateClosedSurfaceRepresentation()  # the 3D view shows surfaces
+        return events, outputs
+
+    def cancel(self) -> None:
+        if self.job is not None:
+            job, self.job = self.job, None
+            job.cleanup()
+
+    def clear_results(self) -> None:
+        self.show_attention(None)
+        if self.outputs is not None:
+            for node in [self.outputs.segmentationNode, self.outputs.tableNode,
+                         *self.outputs.attentionNodes.values()]:
+                self.scene.RemoveNode(node)
+            self.outputs = None
+
+    # --- overlays -----------------------------------------------------------------------------------
+    def show_attention(self, tag: str | None, opacity: float = 0.6) -> None:
+        node = self.outputs.attentionNodes.get(tag) if (self.outputs and tag) else None
+        self.app.display_manager.show_volume_in_slice_foreground(node)
+        for view in self.app.view_manager.get_slice_views():
+            view.set_foreground_opacity(float(opacity) if node is not None else 0.0)
+
+    def attention_colors(self, samples: int = 9) -> list[str]:
+        """The overlay colour map at 0, 1/(samples-1), ..., 1 as CSS colours, for the page's colour bar."""
+        node = attention_color_node(self.scene)
+        n = node.GetNumberOfColors()
+        rgba = [0.0] * 4
+        colours = []
+        for i in range(samples):
+            node.GetColor(round(i * (n - 1) / (samples - 1)), rgba)
+            colours.append("#" + "".join(f"{round(c * 255):02x}" for c in rgba[:3]))
+        return colours
+
+    # --- exports ------------------------------------------------------------------------------------
+    def _name(self) -> str:
+        return self.volumeNode.GetName() if self.volumeNode is not None else "volume"
+
+    def segmentation_seg_nrrd(self) -> bytes:
+        self._need_outputs()
+        with tempfile.TemporaryDirectory(prefix="mosmos-web-") as tmp:
+            path = Path(tmp) / f"{self._name()}.seg.nrrd"
+            segmentation.write_segmentation(self.outputs.segmentationNode, str(path))
+            return path.read_bytes()
+
+    def segmentation_nifti(self) -> bytes:
+        self._need_outputs()
+        return _nifti_bytes(self.outputs.labelmap, volumes.ijk_to_ras(self.volumeNode))
+
+    def attention_zip(self) -> bytes:
+        """One NIfTI per organ's attention map, zipped."""
+        self._need_outputs()
+        buf = io.BytesIO()
+        with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
+            for tag, node in self.outputs.attentionNodes.items():
+                array, ijkToRAS = volumes.array_from_volume(node)
+                archive.writestr(f"{tag.replace(' ', '_')}_attention.nii.gz", _nifti_bytes(array, ijkToRAS))
+        return buf.getvalue()
+
+    def _need_outputs(self) -> None:
+        if self.outputs is None:
+            raise MosmosError("nothing to download yet: segment a volume first")
+
+
+def _nifti_bytes(array_kji: np.ndarray, ijkToRAS: np.ndarray) -> bytes:
+    with tempfile.TemporaryDirectory(prefix="mosmos-web-") as tmp:
+        path = Path(tmp) / "out.nii.gz"
+        coreio.write_volume(path, np.ascontiguousarray(array_kji.transpose(2, 1, 0)), ijkToRAS)
+        return path.read_bytes()
