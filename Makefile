@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv test demo bench clean
+.PHONY: venv web test demo bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -15,7 +15,19 @@ $(VENV)/.installed: pyproject.toml
 
 venv: $(VENV)/.installed
 
-test: venv
+# The web app and its browser tests: trame-slicer, Playwright, and Debian's chromium where this user may install
+# it. slicer-layer-dm 2.0.0 pins slicer-core 5.11; it is installed without that pin so that the web app runs on the
+# slicer-core the rest of the tests use. Whatever cannot be installed here makes the browser tests skip, saying why.
+$(VENV)/.web: $(VENV)/.installed
+	-$(PY) -m pip install --quiet "trame-slicer==2.0.0" aiohttp playwright
+	-$(PY) -m pip install --quiet --no-deps "slicer-layer-dm==2.0.0"
+	-command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
+		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
+	touch $@
+
+web: $(VENV)/.web
+
+test: venv web
 	$(PY) -m pytest -q Testing
 
 demo: venv

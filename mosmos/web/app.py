@@ -317,7 +317,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--port", type=int, required=True)
     parser.add_argument("--models")
     parser.add_argument("--data")
-    parser.add_argument("--timeout", type=int, default=60, help="exit this many seconds after the last tab closed")
+    parser.add_argument("--timeout", type=int, default=300, help="exit this many seconds after the last tab closed")
     args, _ = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
     app = MosmosWebApp(models=args.models, data=args.data)

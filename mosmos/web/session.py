@@ -13,6 +13,8 @@ import numpy as np
 
 from mosmos.errors import MosmosError
 from mosmos.inference import io as coreio
+from mosmos.inference.tagselect import select_tags
+from mosmos.modelfile import load_model
 from mosmos.mrml import models as modelsLib
 from mosmos.mrml import pipeline, segmentation, volumes
 from mosmos.mrml.attention import attention_color_node
@@ -93,7 +95,12 @@ class Session:
             raise MosmosError("a segmentation is already running")
         if not tags:
             raise MosmosError("no organs: type organ names or tick them")
-        job = pipeline.SegmentationJob(self.volumeNode, tags, model, device, attention=True,
+        modelPath = pipeline.resolve_model(model, self.modelsFolder)
+        # The core's own checks of the names and of the model file (tensors and checksum), here so that a typo
+        # or a broken file is reported at once rather than after a process has started.
+        select_tags(tags, list(modelsLib.model_info(modelPath).organs), open_set_supported=True)
+        load_model(modelPath)
+        job = pipeline.SegmentationJob(self.volumeNode, tags, modelPath, device, attention=True,
                                        modelsFolder=self.modelsFolder)
         try:
             job.start()

@@ -1,0 +1,250 @@
+"""`mosmos web` in a real browser: Debian's chromium, headless, driven by Playwright, against the command started
+on a free loopback port with a stand-in model made here (Testing/inference_stub.py, registered in the server's
+processes through sitecustomize). Checks come from screenshots of Slicer's views and from the page's own text.
+
+Skips, with the reason, where chromium, Playwright or trame-slicer are missing (`make test` installs them where
+it can); MOSMOS_REQUIRE_BROWSER=1 (set by .ci/run) turns that skip into a failure."""
+
+from __future__ import annotations
+
+import io
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from helpers import REAL_DATA, mosmos_cmd
+
+ROOT = Path(__file__).resolve().parents[1]
+CT = REAL_DATA / "totalseg_example" / "example_ct_sm.nii.gz"
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+# Quad View, in page order: coronal, sagittal (left column), 3D, axial (right column).
+AXIAL, THREE_D = 3, 2
+LIVER = 1
+
+
+def _require(ok: bool, reason: str) -> None:
+    if not ok:
+        if os.environ.get("MOSMOS_REQUIRE_BROWSER") == "1":
+            pytest.fail(f"MOSMOS_REQUIRE_BROWSER=1 but {reason}")
+        pytest.skip(reason)
+
+
+def _importable(name: str) -> bool:
+    import importlib.util
+
+    return importlib.util.find_spec(name) is not None
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _image(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def _tinted(rgb: np.ndarray, color) -> int:
+    """Pixels leaning to ``color``'s strongest channel, well above the grey of a CT slice."""
+    c = int(np.argmax(color))
+    others = [i for i in range(3) if i != c]
+    return int(np.count_nonzero(rgb[..., c] - rgb[..., others].max(axis=-1) > 30))
+
+
+def _wait_view(view, predicate, timeout=30.0) -> np.ndarray:
+    """Poll the view's screenshot until ``predicate`` holds (server-side rendering arrives asynchronously)."""
+    deadline = time.monotonic() + timeout
+    while True:
+        shot = _image(view.screenshot())
+        if predicate(shot):
+            return shot
+        assert time.monotonic() < deadline, "the view did not show the expected change"
+        time.sleep(0.3)
+
+
+def _wait_text(page, selector, predicate, timeout=60.0) -> str:
+    deadline = time.monotonic() + timeout
+    while True:
+        el = page.query_selector(selector)
+        text = el.inner_text() if el else ""
+        if predicate(text):
+            return text
+        assert time.monotonic() < deadline, f"{selector}: {text!r}"
+        time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    _require(CHROMIUM is not None, "no chromium on PATH (apt-get install chromium)")
+    _require(_importable("playwright"), "Playwright for Python is not installed (pip install playwright)")
+    _require(_importable("trame_slicer") and _importable("slicer"), "the web extra is not installed (trame-slicer)")
+    sys.path.insert(0, str(ROOT / "Testing"))
+    import inference_stub
+
+    tmp = tmp_path_factory.mktemp("web")
+    models, data, site = tmp / "models", tmp / "data", tmp / "site"
+    for folder in (models, data, site):
+        folder.mkdir()
+    stub = inference_stub.write_stub_model(models / "stub.mosmos", spacing=(3.0, 3.0, 3.0))
+    broken = bytearray(Path(stub).read_bytes())
+    broken[-4:] = b"\x00\x00\xc0\x7f"           # the tensor bytes change, the header (and checksum) stay
+    (models / "broken.mosmos").write_bytes(bytes(broken))
+    (data / CT.name).write_bytes(CT.read_bytes())
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(ROOT / 'Testing')!r})\n"
+                                           "import inference_stub\n")
+    port = _free_port()
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(site)]), OMP_NUM_THREADS="1")
+    log = (tmp / "server.log").open("w")
+    proc = subprocess.Popen(mosmos_cmd("web", "--port", str(port), "--models", str(models), "--data", str(data)),
+                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
+    try:
+        yield {"url": f"http://127.0.0.1:{port}/", "proc": proc, "tmp": tmp, "stub": stub, "log": tmp / "server.log"}
+    finally:
+        proc.terminate()  # the launcher stops its sessions on the way out
+        try:
+            proc.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            os.killpg(proc.pid, 9)
+        log.close()
+
+
+@pytest.fixture(scope="module")
+def browser(server):
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as p:
+        chromium = p.chromium.launch(executable_path=CHROMIUM, args=[
+            "--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader"])
+        yield chromium
+        chromium.close()
+
+
+def _open_tab(browser, server):
+    page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+    deadline = time.monotonic() + 90
+    while True:   # the launcher listens a moment after the command starts
+        try:
+            page.goto(server["url"], timeout=90000)
+            break
+        except Exception:
+            assert server["proc"].poll() is None, server["log"].read_text()[-2000:]
+            assert time.monotonic() < deadline
+            time.sleep(0.5)
+    page.wait_for_selector("#segment", timeout=90000)
+    return page
+
+
+def _message(page, fragment: str) -> None:
+    _wait_text(page, "#message", lambda t: fragment in t, timeout=60)
+
+
+def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, scene):
+    import slicer
+
+    from mosmos.cli import main as mosmos_main
+    from mosmos.mrml import segmentation, volumes
+
+    # The command line's result for the same input and model, while the launcher starts its first session.
+    out = tmp_path / "cli"
+    assert mosmos_main(["segment", str(CT), "--model", server["stub"], "--tags", "liver, spleen", "--output",
+                        str(out / "labels.nii.gz"), "--volumes", str(out / "volumes.json"), "--device", "cpu"]) == 0
+    cli = {o["name"]: o["volume_ml"] for o in json.loads((out / "volumes.json").read_text())["organs"]}
+
+    page = _open_tab(browser, server)
+    assert "127.0.0.1" in page.url
+    views = page.locator(".remote-controlled-area")
+    axial = views.nth(AXIAL)
+
+    # Bad inputs: each one a message, and the page keeps working.
+    notes = tmp_path / "notes.txt"
+    notes.write_text("not an image")
+    page.set_input_files("#upload", str(notes))
+    _message(page, "notes.txt: not a volume")
+    flat = tmp_path / "flat.nii.gz"
+    nib.save(nib.Nifti1Image(np.zeros((32, 32, 1), np.int16), np.eye(4)), flat)
+    page.set_input_files("#upload", str(flat))
+    _message(page, "flat.nii.gz: a 2D image")
+
+    page.set_input_files("#upload", str(CT))
+    _wait_text(page, "#volume-name", lambda t: t == "example_ct_sm")
+    before = _wait_view(axial, lambda im: im.std() > 20)            # the CT slice has arrived
+
+    page.fill("#organs", "liver, xyzzy")
+    page.click("#segment")
+    _message(page, "unknown organ name 'xyzzy'")
+
+    page.select_option("#model", "broken.mosmos")
+    page.fill("#organs", "liver, spleen")
+    page.click("#segment")
+    _message(page, "broken.mosmos: checksum mismatch")
+    assert not page.is_disabled("#segment")
+
+    # Cancel while the child runs: it goes away and the page segments again.
+    page.select_option("#model", "stub.mosmos")
+    page.click("#segment")
+    page.wait_for_selector("#cancel:not([disabled])", timeout=20000)
+    page.click("#cancel")
+    _wait_text(page, "#info", lambda t: t == "Cancelled.")
+    import psutil
+
+    children = psutil.Process(server["proc"].pid).children(recursive=True)
+    assert not [c for c in children if "segment" in " ".join(c.cmdline())]
+
+    page.click("#segment")
+    page.wait_for_selector("#results", timeout=120000)
+    liverColor = [int(page.evaluate("getComputedStyle(document.querySelector('[data-organ=\"liver\"] td div'))"
+                                    ".backgroundColor").strip("rgb()").split(",")[i]) for i in range(3)]
+    assert _tinted(before, liverColor) < 50
+    segmented = _wait_view(axial, lambda im: _tinted(im, liverColor) > 2000)
+    _wait_view(views.nth(THREE_D), lambda im: _tinted(im, liverColor) > 2000)   # the 3D surface
+
+    page.check("#overlay-liver")
+    _wait_view(axial, lambda im: np.mean(np.abs(im - segmented).max(axis=-1) > 40) > 0.05)
+
+    # The page's volume and the command line's agree, for the same input and model.
+    shown = page.inner_text("[data-organ=\"liver\"] td.ml")
+    assert float(shown) == pytest.approx(cli["liver"], abs=1e-3)
+
+    with page.expect_download() as download:
+        page.click("#download-seg")
+    segPath = tmp_path / "web.seg.nrrd"
+    download.value.save_as(segPath)
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)
+    reference = volumes.read_volume(CT, scene, "ct")
+    segNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(segPath))
+    assert storage.ReadData(segNode)
+    labels = np.asarray(nib.load(out / "labels.nii.gz").dataobj).transpose(2, 1, 0)
+    np.testing.assert_array_equal(segmentation.export_segment_array(segNode, "liver", reference),
+                                  (labels == LIVER).astype(np.uint8))
+
+    with page.expect_download() as download:
+        page.click("#download-attention")
+    download.value.save_as(tmp_path / "attention.zip")
+    import zipfile
+
+    assert sorted(zipfile.ZipFile(tmp_path / "attention.zip").namelist()) == [
+        "liver_attention.nii.gz", "spleen_attention.nii.gz"]
+
+    # A second tab is a session of its own: it starts empty, opens from the data folder, and the first keeps
+    # its volume and results.
+    other = _open_tab(browser, server)
+    assert other.url != page.url and other.inner_text("#volume-name") == ""
+    other.select_option("#data", CT.name)
+    _wait_text(other, "#volume-name", lambda t: t == "example_ct_sm")
+    assert page.inner_text("#volume-name") == "example_ct_sm" and page.query_selector("#results")
+    assert server["proc"].poll() is None
