@@ -11,10 +11,10 @@ import io
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 import time
+import zipfile
 from pathlib import Path
 
 import nibabel as nib
@@ -25,6 +25,7 @@ from helpers import REAL_DATA, mosmos_cmd
 
 ROOT = Path(__file__).resolve().parents[1]
 CT = REAL_DATA / "totalseg_example" / "example_ct_sm.nii.gz"
+DICOM = REAL_DATA / "totalseg_example" / "example_ct_dicom"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Quad View, in page order: coronal, sagittal (left column), 3D, axial (right column).
 AXIAL, THREE_D = 3, 2
@@ -42,12 +43,6 @@ def _importable(name: str) -> bool:
     import importlib.util
 
     return importlib.util.find_spec(name) is not None
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _image(png: bytes) -> np.ndarray:
@@ -101,10 +96,14 @@ def server(tmp_path_factory):
     broken = bytearray(Path(stub).read_bytes())
     broken[-4:] = b"\x00\x00\xc0\x7f"           # the tensor bytes change, the header (and checksum) stay
     (models / "broken.mosmos").write_bytes(bytes(broken))
-    (data / CT.name).write_bytes(CT.read_bytes())
+    with zipfile.ZipFile(data / "example_ct_dicom.zip", "w") as archive:    # a zipped DICOM series
+        for f in sorted(DICOM.iterdir()):
+            archive.write(f, f"{DICOM.name}/{f.name}")
     (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(ROOT / 'Testing')!r})\n"
                                            "import inference_stub\n")
-    port = _free_port()
+    from mosmos.web.launcher import free_port
+
+    port = free_port("127.0.0.1")
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(site)]), OMP_NUM_THREADS="1")
     log = (tmp / "server.log").open("w")
     proc = subprocess.Popen(mosmos_cmd("web", "--port", str(port), "--models", str(models), "--data", str(data)),
@@ -235,16 +234,15 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
     with page.expect_download() as download:
         page.click("#download-attention")
     download.value.save_as(tmp_path / "attention.zip")
-    import zipfile
-
     assert sorted(zipfile.ZipFile(tmp_path / "attention.zip").namelist()) == [
         "liver_attention.nii.gz", "spleen_attention.nii.gz"]
 
-    # A second tab is a session of its own: it starts empty, opens from the data folder, and the first keeps
-    # its volume and results.
+    # A second tab is a session of its own: it starts empty, opens a zipped DICOM series from the data folder,
+    # and the first keeps its volume and results.
     other = _open_tab(browser, server)
     assert other.url != page.url and other.inner_text("#volume-name") == ""
-    other.select_option("#data", CT.name)
-    _wait_text(other, "#volume-name", lambda t: t == "example_ct_sm")
+    other.select_option("#data", "example_ct_dicom.zip")
+    _wait_text(other, "#volume-name", lambda t: t == "example_ct_dicom")
+    assert "512x512x20" in other.inner_text("#info")
     assert page.inner_text("#volume-name") == "example_ct_sm" and page.query_selector("#results")
     assert server["proc"].poll() is None

@@ -84,7 +84,8 @@ class Launcher:
     async def start_session(self) -> int:
         spare, self._spare = self._spare, None
         # A spare that waited too long is about to shut itself down (no client within its timeout).
-        if spare is None or spare[0].poll() is not None or time.monotonic() - spare[2] > SPARE_MAX_AGE * self.sessionTimeout:
+        stale = spare is not None and time.monotonic() - spare[2] > SPARE_MAX_AGE * self.sessionTimeout
+        if spare is None or spare[0].poll() is not None or stale:
             if spare is not None:
                 self.stop([spare[0]])
             spare = self._spawn()

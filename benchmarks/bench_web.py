@@ -1,0 +1,138 @@
+"""`mosmos web` latency in a real browser (Debian chromium, headless, Playwright), with a tiny MOSMOS-UNETR
+fine-tuned here on phantoms (mosmos.demo_models) and a real CT from Testing/Data:
+
+1. page load: the launcher's address -> the page's controls (a session process of its own is ready);
+2. open to first slice: choosing the CT from the data folder -> its axial slice rendered in the page;
+3. segment to overlay: clicking Segment -> the organs' colours in the axial view, against the baseline
+   `mosmos segment` on the command line for the same input and model (ratio: the web path's overhead).
+
+    python benchmarks/bench_web.py [--input Testing/Data/totalseg_example/example_ct.nii.gz]
+                                   [--tags "liver, spleen, kidneys"] [--screenshot PATH]
+
+--screenshot writes the page with the first organ's attention overlay switched on (the README's picture)."""
+
+from __future__ import annotations
+
+import argparse
+import io
+import json
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+AXIAL = 3   # Quad View in page order: coronal, sagittal, 3D, axial
+
+
+def image(png: bytes) -> np.ndarray:
+    from PIL import Image
+
+    return np.asarray(Image.open(io.BytesIO(png)).convert("RGB")).astype(int)
+
+
+def coloured(rgb: np.ndarray) -> int:
+    """Pixels far from grey: segment colours over a CT slice."""
+    return int(np.count_nonzero(rgb.max(axis=-1) - rgb.min(axis=-1) > 40))
+
+
+def wait_until(predicate, timeout: float = 300.0, poll: float = 0.1):
+    deadline = time.monotonic() + timeout
+    while True:
+        value = predicate()
+        if value:
+            return value
+        if time.monotonic() > deadline:
+            raise TimeoutError("timed out")
+        time.sleep(poll)
+
+
+def main() -> int:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--input", default=str(ROOT / "Testing/Data/totalseg_example/example_ct.nii.gz"))
+    parser.add_argument("--tags", default="liver, spleen, kidneys")
+    parser.add_argument("--steps", type=int, default=30, help="fine-tuning steps of the tiny model")
+    parser.add_argument("--screenshot", help="write a PNG of the page with an attention overlay on")
+    args = parser.parse_args()
+    chromium = shutil.which("chromium") or shutil.which("chromium-browser")
+    if chromium is None:
+        print(json.dumps({"bench": "web", "skipped": "no chromium on PATH (apt-get install chromium)"}))
+        return 0
+    from playwright.sync_api import sync_playwright
+
+    from mosmos.demo_models import make_tiny_segmentation_model
+    from mosmos.web.launcher import free_port, listening
+
+    with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
+        tmp = Path(tmp)
+        models, data = tmp / "models", tmp / "data"
+        models.mkdir()
+        data.mkdir()
+        model = make_tiny_segmentation_model(models / "tiny.mosmos", steps=args.steps)
+        volume = data / Path(args.input).name
+        shutil.copyfile(args.input, volume)
+
+        t = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "mosmos", "segment", str(volume), "--model", str(model), "--tags",
+                        args.tags, "--output", str(tmp / "cli.nii.gz"), "--attention", str(tmp / "att")],
+                       check=True, capture_output=True)
+        cli = time.perf_counter() - t
+
+        port = free_port("127.0.0.1")
+        server = subprocess.Popen([sys.executable, "-m", "mosmos", "web", "--port", str(port), "--models",
+                                   str(models), "--data", str(data)], stdout=subprocess.DEVNULL,
+                                  stderr=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ))
+        try:
+            with sync_playwright() as p:
+                browser = p.chromium.launch(executable_path=chromium, args=[
+                    "--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader"])
+                page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
+                url = f"http://127.0.0.1:{port}/"
+                wait_until(lambda: server.poll() is None and listening("127.0.0.1", port), timeout=120)
+                # The launcher starts a spare session at start-up; wait for it so that page load is a warm one.
+                time.sleep(1)
+                t = time.perf_counter()
+                page.goto(url, timeout=180000)
+                page.wait_for_selector("#segment", timeout=180000)
+                pageLoad = time.perf_counter() - t
+
+                axial = page.locator(".remote-controlled-area").nth(AXIAL)
+                t = time.perf_counter()
+                page.select_option("#data", volume.name)
+                wait_until(lambda: image(axial.screenshot()).std() > 20)
+                firstSlice = time.perf_counter() - t
+
+                page.fill("#organs", args.tags)
+                t = time.perf_counter()
+                page.click("#segment")
+                page.wait_for_selector("#results", timeout=600000)
+                wait_until(lambda: coloured(image(axial.screenshot())) > 200)
+                segmentToOverlay = time.perf_counter() - t
+
+                if args.screenshot:
+                    first = page.query_selector("#results input[type=checkbox]")
+                    before = image(axial.screenshot())
+                    first.check()
+                    wait_until(lambda: np.mean(np.abs(image(axial.screenshot()) - before).max(axis=-1) > 40) > 0.02)
+                    time.sleep(1)
+                    page.screenshot(path=args.screenshot)
+                browser.close()
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+
+    print(json.dumps({"bench": "web", "input": Path(args.input).name, "page_load_s": round(pageLoad, 2),
+                      "open_to_first_slice_s": round(firstSlice, 2),
+                      "segment_to_overlay_s": round(segmentToOverlay, 2),
+                      "baseline": "mosmos segment on the command line, same input and model",
+                      "baseline_s": round(cli, 2), "ratio": round(segmentToOverlay / cli, 2)}))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
