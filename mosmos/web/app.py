@@ -52,6 +52,7 @@ class MosmosWebApp(TrameApp):
         self.session = Session(self.slicer, models)
         self.dataFolder = Path(data) if data else None
         self._uploaded: list[dict] = []
+        self._watcher: asyncio.Task | None = None
         self._init_state()
         self._build_ui()
 
@@ -152,7 +153,7 @@ class MosmosWebApp(TrameApp):
             return
         self.state.running, self.state.progress = True, 0
         self.state.info = f"Segmenting {', '.join(tags)} ..."
-        asyncio.get_event_loop().create_task(self._watch())
+        self._watcher = asyncio.get_running_loop().create_task(self._watch())  # a reference keeps it alive
 
     async def _watch(self) -> None:
         while self.session.job is not None:
