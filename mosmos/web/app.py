@@ -22,7 +22,6 @@ from trame_slicer.rca_view import register_rca_factories
 
 from mosmos.errors import MosmosError
 from mosmos.mrml.process import Cancelled
-from mosmos.tags import color_for
 
 from .session import Session, data_files
 
@@ -196,7 +195,7 @@ class MosmosWebApp(TrameApp):
         volumesMl = {table.GetValue(r, 0).ToString(): table.GetValue(r, 2).ToDouble()
                      for r in range(table.GetNumberOfRows())}
         self.state.rows = [{"name": o["name"], "label": int(o["label"]),
-                            "color": _hex(o.get("color") or color_for(o["name"])),
+                            "color": _hex(o["color"]),
                             "ml": f"{volumesMl.get(o['name'], 0.0):.3f}",
                             "attention": o["name"] in out.attentionNodes} for o in out.organs]
         self.state.has_results = True
