@@ -170,6 +170,10 @@ class StagedWriter:
     def text(self, path, text: str) -> None:
         self._stage(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
+    def dataset(self, path, ds) -> None:
+        """A pydicom Dataset as a DICOM Part 10 file (preamble and file meta information)."""
+        self._stage(path, lambda tmp: ds.save_as(str(tmp), enforce_file_format=True))
+
     def _stage(self, path, write) -> None:
         path = Path(path)
         suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
