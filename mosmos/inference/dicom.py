@@ -3,7 +3,8 @@ headers, which a DICOM SEG written later must reference.
 
 Pixel data of every transfer syntax a PACS sends are decoded by pydicom's own decoders (little/big endian,
 deflate, RLE) and its plugins: Pillow (JPEG baseline/extended, JPEG 2000), pyjpegls (JPEG-LS) and python-gdcm
-(all of them, and the only permissively licensed decoder of JPEG Lossless process 14 / SV1).
+(all of them, and the only permissively licensed decoder of JPEG Lossless process 14 / SV1). 12-bit JPEG
+Extended (process 4) needs the optional, GPL-3.0 licensed pylibjpeg-libjpeg (extra ``jpeg12``).
 """
 
 from __future__ import annotations
@@ -177,7 +178,11 @@ def _pixels(f: Path):
     except Exception as e:  # pydicom and its plugins raise many types for truncated or undecodable data
         syntax = ds.file_meta.get("TransferSyntaxUID") if ds is not None else None
         name = syntax.name if syntax is not None else "unknown transfer syntax"
-        raise MosmosError(f"{f}: cannot decode the pixel data ({name}: {e})".splitlines()[0]) from None
+        reason = str(e).splitlines()[0] if str(e) else type(e).__name__
+        if syntax == pydicom.uid.JPEGExtended12Bit and int(ds.get("BitsStored", 8)) > 8:
+            # Only libjpeg decodes 12-bit JPEG; its Python wheel is GPL-3.0, so MOSMOS leaves it optional.
+            reason = "12-bit JPEG needs the optional decoder pylibjpeg-libjpeg (GPL-3.0): pip install 'mosmos[jpeg12]'"
+        raise MosmosError(f"{f}: cannot decode the pixel data ({name}: {reason})") from None
 
 
 def read_dicom(path, series_uid: str | None = None):
