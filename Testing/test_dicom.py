@@ -13,6 +13,7 @@ import pytest
 from pydicom import uid
 from pydicom.data import get_testdata_file
 
+from dicom_series import MR_SMALL, gdcm_encode, make_series
 from helpers import REAL_DATA
 from inference_stub import write_stub_model
 from mosmos.cli import main
@@ -21,46 +22,6 @@ from mosmos.inference.dicomseg import segmentation_dataset
 from mosmos.inference.io import read_volume
 
 CT3 = REAL_DATA / "dcmqi_ct3slice" / "ct-3slice"
-MR_SMALL = get_testdata_file("MR_small.dcm")   # 64 x 64 MR, explicit VR little endian: the reference pixels
-
-
-def _gdcm_encode(src, dst, syntax: str) -> None:
-    import gdcm
-
-    reader = gdcm.ImageReader()
-    reader.SetFileName(str(src))
-    assert reader.Read()
-    change = gdcm.ImageChangeTransferSyntax()
-    change.SetTransferSyntax(gdcm.TransferSyntax(getattr(gdcm.TransferSyntax, syntax)))
-    change.SetInput(reader.GetImage())
-    assert change.Change()
-    writer = gdcm.ImageWriter()
-    writer.SetFileName(str(dst))
-    writer.SetFile(reader.GetFile())
-    writer.SetImage(change.GetOutput())
-    assert writer.Write()
-
-
-def make_series(src, folder: Path, n: int = 3, series_uid: str | None = None, spacing: float = 2.5,
-                transfer_syntax=None) -> list[Path]:
-    """``n`` slices of one image stacked along its normal, keeping its encoded pixel data."""
-    folder.mkdir(parents=True, exist_ok=True)
-    series_uid = series_uid or uid.generate_uid()
-    files = []
-    for k in range(n):
-        ds = pydicom.dcmread(str(src))
-        if transfer_syntax is not None:
-            ds.file_meta.TransferSyntaxUID = transfer_syntax
-        ds.ImageOrientationPatient = [1, 0, 0, 0, 1, 0]
-        ds.ImagePositionPatient = [-10.0, -20.0, 5.0 + spacing * k]
-        if "PixelSpacing" not in ds:
-            ds.PixelSpacing = [0.5, 0.5]
-        ds.SeriesInstanceUID = series_uid
-        ds.SOPInstanceUID = uid.generate_uid()
-        ds.InstanceNumber = k + 1
-        files.append(folder / f"IM{k:04d}")
-        ds.save_as(str(files[-1]), enforce_file_format=True)
-    return files
 
 
 @pytest.fixture(scope="module")
@@ -68,14 +29,14 @@ def encoded(tmp_path_factory):
     """MR_small in the syntaxes pydicom does not bundle it in, encoded by python-gdcm."""
     root = tmp_path_factory.mktemp("encoded")
     for syntax in ("JPEGLosslessProcess14", "JPEGLosslessProcess14_1"):
-        _gdcm_encode(MR_SMALL, root / f"{syntax}.dcm", syntax)
+        gdcm_encode(MR_SMALL, root / f"{syntax}.dcm", syntax)
     # JPEG baseline holds 8-bit samples only.
     ds = pydicom.dcmread(MR_SMALL)
     ds.PixelData = (ds.pixel_array // 16).clip(0, 255).astype(np.uint8).tobytes()
     ds.BitsAllocated = ds.BitsStored = 8
     ds.HighBit, ds.PixelRepresentation = 7, 0
     ds.save_as(root / "8bit.dcm", enforce_file_format=True)
-    _gdcm_encode(root / "8bit.dcm", root / "JPEGBaselineProcess1.dcm", "JPEGBaselineProcess1")
+    gdcm_encode(root / "8bit.dcm", root / "JPEGBaselineProcess1.dcm", "JPEGBaselineProcess1")
     return root
 
 
@@ -316,3 +277,4 @@ def test_seg_into_a_folder_is_named_by_its_sop_instance_uid(ct3_seg, tmp_path, c
     (written,) = list(tmp_path.iterdir())
     assert written.name == pydicom.dcmread(written, stop_before_pixels=True).SOPInstanceUID + ".dcm"
     assert f"DICOM SEG: {written}" in capsys.readouterr().out
+
