@@ -258,6 +258,9 @@ def test_seg_output_refusals_exit_1_and_write_nothing(ct3_seg, tmp_path, capsys)
         ([str(REAL_DATA / "dcmqi_ct3slice" / "liver_seg.nrrd"), "--output", str(tmp_path / "o.dcm")],
          "DICOM SEG output needs a DICOM series as input"),
         ([str(tmp_path / "empty_in"), "--output", str(tmp_path / "o.dcm")], "no DICOM image files found"),
+        # A real anonymised export with its Study and Series Instance UIDs emptied: refused before inference.
+        ([str(REAL_DATA / "totalseg_example" / "example_ct_dicom"), "--output", str(tmp_path / "o.dcm")],
+         "no Study Instance UID, so a DICOM SEG cannot reference this series"),
     ]
     (tmp_path / "empty_in").mkdir()
     (tmp_path / "empty_in" / "x.txt").write_text("x")

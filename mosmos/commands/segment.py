@@ -49,7 +49,8 @@ def volumes_text(path: str, result, attention_files: dict) -> str:
 
 def run(args) -> int:
     from ..inference import Segmenter
-    from ..inference.dicomseg import check_outside_series, is_seg_output, seg_file, segmentation_dataset
+    from ..inference.dicomseg import (check_outside_series, check_referencable, is_seg_output, seg_file,
+                                      segmentation_dataset)
     from ..inference.io import StagedWriter, check_writable, output_format, read_volume
 
     source = Path(args.input)
@@ -78,6 +79,8 @@ def run(args) -> int:
     volume = read_volume(args.input, args.series)
     for note in getattr(volume.source, "notices", []):
         print(f"mosmos segment: note: {note}", file=sys.stderr)
+    if seg_out:
+        check_referencable(volume.source)   # before the inference, not after it
     segmenter = Segmenter(args.model, device=args.device)
     bar = progress_bar(0, "segment", enabled=None if not args.json_progress else False)
 

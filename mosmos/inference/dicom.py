@@ -84,6 +84,10 @@ def scan_series(folder: Path) -> dict[str, _Series]:
         for k in PIXEL_KEYWORDS:
             if k in ds:
                 del ds[k]
+        # Some exports empty the dataset's SOP UIDs but keep them in the file meta information.
+        for keyword, meta in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+            if not ds.get(keyword) and ds.file_meta.get(meta):
+                setattr(ds, keyword, ds.file_meta[meta].value)
         uid = str(ds.get("SeriesInstanceUID", ""))
         series.setdefault(uid, _Series(uid)).items.append((f, ds))
     if not series:

@@ -54,6 +54,18 @@ def _segment_description(number: int, organ: dict, algorithm):
     return desc
 
 
+def check_referencable(source) -> None:
+    """A SEG must name the study, series, frame of reference and each image it segments; anonymised exports
+    sometimes empty these, and a SEG that cannot be matched to its images is worse than none."""
+    for f, ds in zip(source.files, source.headers):
+        for keyword, name in (("StudyInstanceUID", "Study Instance UID"), ("SeriesInstanceUID", "Series Instance UID"),
+                              ("FrameOfReferenceUID", "Frame of Reference UID"), ("SOPInstanceUID", "SOP Instance UID"),
+                              ("SOPClassUID", "SOP Class UID")):
+            if not ds.get(keyword):
+                raise MosmosError(f"{f}: no {name}, so a DICOM SEG cannot reference this series; "
+                                  "write the label map as .nii.gz or .nrrd instead")
+
+
 def segmentation_dataset(source, labelmap: np.ndarray, organs: list[dict], model_path):
     """A DICOM SEG dataset for ``labelmap`` (X, Y, Z, on the grid of ``source``, a dicom.DicomSource) with one
     segment per entry of ``organs`` ({"name", "label", "color"}); organs with no voxel are left out (a SEG
@@ -61,6 +73,7 @@ def segmentation_dataset(source, labelmap: np.ndarray, organs: list[dict], model
     import highdicom as hd
     from pydicom.sr.codedict import codes
 
+    check_referencable(source)
     headers = source.headers
     rows, cols = int(headers[0].Rows), int(headers[0].Columns)
     if labelmap.shape != (cols, rows, len(headers)):
