@@ -171,10 +171,11 @@ def ct3_seg(tmp_path_factory):
     root = tmp_path_factory.mktemp("seg")
     model = write_stub_model(root / "stub.mosmos", roi=(16, 16, 16), spacing=(4, 4, 4))
     code = main(["segment", str(CT3), "--model", model, "--tags", "liver, spleen", "--output",
-                 str(root / "out" / "seg.dcm"), "--device", "cpu", "--volumes", str(root / "v.json")])
+                 str(root / "out" / "seg.dcm"), "--device", "cpu", "--volumes", str(root / "v.json"),
+                 "--attention", str(root / "maps")])
     assert code == 0
     labels = main(["segment", str(CT3), "--model", model, "--tags", "liver, spleen", "--output",
-                   str(root / "labels.nrrd"), "--device", "cpu"])
+                   str(root / "labels.nrrd"), "--device", "cpu", "--attention", str(root / "maps_nrrd")])
     assert labels == 0
     return root, model
 
@@ -237,13 +238,40 @@ def test_seg_laterality_modifier_and_open_set_codes(tmp_path):
     assert ds.NumberOfFrames == 4      # frames only where a segment has voxels
 
 
-def test_seg_passes_dciodvfy(ct3_seg):
+def test_attention_maps_as_parametric_maps_on_the_series_grid(ct3_seg):
+    import highdicom as hd
+
+    root, _ = ct3_seg
+    assert sorted(p.name for p in (root / "maps").iterdir()) == ["liver.dcm", "spleen.dcm"]
+    ct = read_volume(CT3)
+    series = set()
+    for tag in ("liver", "spleen"):
+        pm = hd.pm.ParametricMap.from_dataset(pydicom.dcmread(root / "maps" / f"{tag}.dcm"))
+        assert pm.SOPClassUID == uid.ParametricMapStorage and tag in pm.ContentDescription
+        assert pm.FrameOfReferenceUID == ct.source.headers[0].FrameOfReferenceUID
+        series.add(pm.SeriesInstanceUID)
+        mapping = pm.SharedFunctionalGroupsSequence[0].RealWorldValueMappingSequence[0]
+        # Each frame is placed by its position; find its source slice k by that position.
+        positions = [list(map(float, h.ImagePositionPatient)) for h in ct.source.headers]
+        frames = [positions.index(list(map(float, f.PlanePositionSequence[0].ImagePositionPatient)))
+                  for f in pm.PerFrameFunctionalGroupsSequence]
+        stored = np.empty((3, 512, 512))
+        stored[frames] = pm.pixel_array
+        values = stored.transpose(2, 1, 0) * mapping.RealWorldValueSlope + mapping.RealWorldValueIntercept
+        same = read_volume(root / "maps_nrrd" / f"{tag}.nrrd").array        # the maps of the NRRD run
+        assert same.std() > 0.01
+        np.testing.assert_allclose(values, same, atol=1 / 65535)
+    assert len(series) == 1
+
+
+def test_seg_and_maps_pass_dciodvfy(ct3_seg):
     if shutil.which("dciodvfy") is None:
         pytest.skip("dciodvfy not installed (Debian/Ubuntu: apt-get install dicom3tools)")
     root, _ = ct3_seg
-    out = subprocess.run(["dciodvfy", str(root / "out" / "seg.dcm")], capture_output=True, text=True, timeout=60)
-    errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
-    assert errors == [] and "Segmentation" in out.stdout + out.stderr
+    for path, iod in ((root / "out" / "seg.dcm", "Segmentation"), (root / "maps" / "liver.dcm", "ParametricMap")):
+        out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [] and iod in out.stdout + out.stderr, errors
 
 
 def test_seg_output_refusals_exit_1_and_write_nothing(ct3_seg, tmp_path, capsys):

@@ -31,7 +31,10 @@ def add_arguments(parser) -> None:
 
 
 def attention_file_name(tag: str, output: str) -> str:
-    ext = ".nrrd" if str(output).lower().endswith(".nrrd") else ".nii.gz"
+    from ..inference.dicomseg import is_seg_output
+
+    # Next to a DICOM SEG the maps are DICOM Parametric Maps; otherwise they follow the label map's format.
+    ext = ".dcm" if is_seg_output(output) else ".nrrd" if str(output).lower().endswith(".nrrd") else ".nii.gz"
     return tag.replace(" ", "_") + ext
 
 
@@ -48,9 +51,11 @@ def volumes_text(path: str, result, attention_files: dict) -> str:
 
 
 def run(args) -> int:
+    from pydicom.uid import generate_uid
+
     from ..inference import Segmenter
-    from ..inference.dicomseg import (check_outside_series, check_referencable, is_seg_output, seg_file,
-                                      segmentation_dataset)
+    from ..inference.dicomseg import (attention_dataset, check_outside_series, check_referencable, is_seg_output,
+                                      seg_file, segmentation_dataset)
     from ..inference.io import StagedWriter, check_writable, output_format, read_volume
 
     source = Path(args.input)
@@ -110,9 +115,14 @@ def run(args) -> int:
         else:
             writer.volume(args.output, result.labelmap, result.affine)
         if args.attention:
-            for tag in result.attention:
+            maps_series = generate_uid() if seg_out else None   # one series holds the run's maps
+            for number, tag in enumerate(result.attention, 1):
                 name = attention_file_name(tag, args.output)
-                writer.volume(Path(args.attention) / name, result.attention[tag], result.affine)
+                if seg_out:
+                    writer.dataset(Path(args.attention) / name, attention_dataset(
+                        volume.source, tag, result.attention[tag], args.model, maps_series, number))
+                else:
+                    writer.volume(Path(args.attention) / name, result.attention[tag], result.affine)
                 attention_files[tag] = name
         if args.volumes:
             writer.text(args.volumes, volumes_text(args.volumes, result, attention_files))

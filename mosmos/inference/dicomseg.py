@@ -138,3 +138,34 @@ def check_outside_series(series_folder, *outputs) -> None:
         if target == folder or folder in target.parents:
             raise MosmosError(f"{out}: inside the input DICOM folder {series_folder}; "
                               "write results elsewhere, never into the source series")
+
+
+def attention_dataset(source, tag: str, probability: np.ndarray, model_path, series_uid: str, number: int):
+    """An attention map (X, Y, Z, values in [0, 1]: the probability that ``tag`` wins at the voxel) as a DICOM
+    Parametric Map on the source grid: 16-bit integers (the IOD's smallest) with a real-world value mapping back
+    to [0, 1], JPEG-LS lossless (smooth maps compress well), as one instance of the run's map series."""
+    import highdicom as hd
+    from highdicom.sr import CodedConcept
+
+    check_referencable(source)
+    frames = np.round(np.clip(np.transpose(probability, (2, 1, 0)), 0, 1) * 65535).astype(np.uint16)
+    mapping = hd.pm.RealWorldValueMapping(
+        lut_label="probability", lut_explanation=f"MOSMOS pixel-tag attention: {tag}"[:64],
+        unit=CodedConcept(value="1", scheme_designator="UCUM", meaning="no units"), value_range=(0, 65535),
+        slope=1 / 65535, intercept=0)
+    first = source.headers[0]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)   # as for the SEG: remarks on the source's own attributes
+        pm = hd.pm.ParametricMap(
+            source_images=source.headers, pixel_array=frames, series_instance_uid=series_uid,
+            series_number=SEG_SERIES_NUMBER + 1, sop_instance_uid=hd.UID(), instance_number=number,
+            manufacturer="MOSMOS", manufacturer_model_name="MOSMOS", software_versions=__version__,
+            device_serial_number=Path(model_path).name[:64], contains_recognizable_visual_features=False,
+            real_world_value_mappings=[mapping], window_center=32767.5, window_width=65535,
+            transfer_syntax_uid="1.2.840.10008.1.2.4.80", content_label="ATTENTION",
+            content_description=f"MOSMOS attention map: {tag}"[:64],
+            series_description="MOSMOS attention maps", specific_character_set=first.get("SpecificCharacterSet")
+            or "ISO_IR 100")
+    # General Series Laterality (type 2C): the source's, else empty, i.e. unknown to MOSMOS.
+    pm.Laterality = first.get("Laterality") or None
+    return pm
