@@ -309,3 +309,12 @@ def test_seg_into_a_folder_is_named_by_its_sop_instance_uid(ct3_seg, tmp_path, c
     assert written.name == pydicom.dcmread(written, stop_before_pixels=True).SOPInstanceUID + ".dcm"
     assert f"DICOM SEG: {written}" in capsys.readouterr().out
 
+
+
+def test_results_copied_next_to_the_series_are_not_read_as_images(ct3_seg, tmp_path):
+    root, _ = ct3_seg
+    shutil.copytree(CT3, tmp_path / "study")
+    shutil.copy(root / "out" / "seg.dcm", tmp_path / "study" / "seg.dcm")
+    shutil.copytree(root / "maps", tmp_path / "study" / "maps")
+    vol = read_volume(tmp_path / "study")
+    assert vol.array.shape == (512, 512, 3) and vol.source.notices == []

@@ -20,6 +20,8 @@ from .io import LPS_TO_RAS, Volume
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"   # a DICOMDIR: an index of files, not an image
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")
+# Derived objects with pixel data that are not images to segment: DICOM SEG, parametric maps, RT dose.
+DERIVED_SOP_CLASSES = {"1.2.840.10008.5.1.4.1.1.66.4", "1.2.840.10008.5.1.4.1.1.30", "1.2.840.10008.5.1.4.1.1.481.2"}
 
 
 @dataclass
@@ -79,13 +81,15 @@ def scan_series(folder: Path) -> dict[str, _Series]:
                 or "DirectoryRecordSequence" in ds:
             dicomdir = f
             continue
-        if not any(k in ds for k in PIXEL_KEYWORDS):
-            continue   # structured reports, presentation states, existing segmentations' companions ...
+        sop_class = str(ds.get("SOPClassUID") or ds.file_meta.get("MediaStorageSOPClassUID", ""))
+        if not any(k in ds for k in PIXEL_KEYWORDS) or sop_class in DERIVED_SOP_CLASSES:
+            continue   # structured reports, presentation states, segmentations and maps made earlier ...
         for k in PIXEL_KEYWORDS:
             if k in ds:
                 del ds[k]
         # Some exports empty the dataset's SOP UIDs but keep them in the file meta information.
-        for keyword, meta in (("SOPClassUID", "MediaStorageSOPClassUID"), ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
+        for keyword, meta in (("SOPClassUID", "MediaStorageSOPClassUID"),
+                              ("SOPInstanceUID", "MediaStorageSOPInstanceUID")):
             if not ds.get(keyword) and ds.file_meta.get(meta):
                 setattr(ds, keyword, ds.file_meta[meta].value)
         uid = str(ds.get("SeriesInstanceUID", ""))
