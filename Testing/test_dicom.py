@@ -318,3 +318,21 @@ def test_results_copied_next_to_the_series_are_not_read_as_images(ct3_seg, tmp_p
     shutil.copytree(root / "maps", tmp_path / "study" / "maps")
     vol = read_volume(tmp_path / "study")
     assert vol.array.shape == (512, 512, 3) and vol.source.notices == []
+
+
+def test_gantry_tilt_is_kept_and_one_file_names_its_series(tmp_path):
+    files = make_series(MR_SMALL, tmp_path / "tilt")
+    for k, f in enumerate(files):
+        _edit(f, ImagePositionPatient=[-10.0, -20.0 + 0.5 * k, 5.0 + 2.5 * k])   # positions drift along y
+    make_series(MR_SMALL, tmp_path / "tilt" / "other", n=2)
+    vol = read_volume(files[1])      # one file: its own series, although another one is there too
+    assert vol.source.series_uid == pydicom.dcmread(files[0]).SeriesInstanceUID and vol.source.notices == []
+    np.testing.assert_allclose(vol.affine[:3, 2], [0.0, -0.5, 2.5])   # RAS of LPS (0, 0.5, 2.5): y flips sign
+    labels = np.zeros(vol.array.shape, np.uint8)
+    labels[10:20, 10:20, :] = 1
+    model = tmp_path / "m.bin"
+    model.write_bytes(b"m")
+    ds = segmentation_dataset(vol.source, labels, [{"name": "liver", "label": 1, "color": [1, 2, 3]}], model)
+    positions = [list(map(float, f.PlanePositionSequence[0].ImagePositionPatient))
+                 for f in ds.PerFrameFunctionalGroupsSequence]
+    assert sorted(positions) == [[-10.0, -20.0 + 0.5 * k, 5.0 + 2.5 * k] for k in range(3)]   # the tilted ones

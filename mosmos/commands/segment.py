@@ -54,12 +54,13 @@ def run(args) -> int:
     from pydicom.uid import generate_uid
 
     from ..inference import Segmenter
+    from ..inference.dicom import is_dicom_file
     from ..inference.dicomseg import (attention_dataset, check_outside_series, check_referencable, is_seg_output,
                                       seg_file, segmentation_dataset)
     from ..inference.io import StagedWriter, check_writable, output_format, read_volume
 
     source = Path(args.input)
-    dicom_in = source.is_dir() or source.suffix.lower() == ".dcm"
+    dicom_in = source.is_dir() or is_dicom_file(source)
     seg_out = is_seg_output(args.output)
     if seg_out and not dicom_in:
         raise MosmosError(f"{args.output}: DICOM SEG output needs a DICOM series as input, not {source.name}; "

@@ -31,7 +31,9 @@ def _kind(path: Path) -> str:
         return "nifti"
     if name.endswith((".nrrd", ".nhdr")):
         return "nrrd"
-    if name.endswith(".dcm"):
+    from .dicom import is_dicom_file
+
+    if is_dicom_file(path):   # a .dcm name, or the DICOM preamble (PACS files often have no extension)
         return "dicom"
     return "unknown"
 
