@@ -50,14 +50,11 @@ def volumes_text(path: str, result, attention_files: dict) -> str:
     return buf.getvalue()
 
 
-def run(args) -> int:
-    from pydicom.uid import generate_uid
-
-    from ..inference import Segmenter
+def check_outputs(args) -> bool:
+    """Refuse, before any work, outputs that cannot be written; True when --output is a DICOM SEG."""
     from ..inference.dicom import is_dicom_file
-    from ..inference.dicomseg import (attention_dataset, check_outside_series, check_referencable, is_seg_output,
-                                      seg_file, segmentation_dataset)
-    from ..inference.io import StagedWriter, check_writable, output_format, read_volume
+    from ..inference.dicomseg import check_outside_series, highdicom, is_seg_output
+    from ..inference.io import check_writable, output_format
 
     source = Path(args.input)
     dicom_in = source.is_dir() or is_dicom_file(source)
@@ -71,10 +68,22 @@ def run(args) -> int:
         check_outside_series(source if source.is_dir() else source.parent, args.output, args.attention,
                              args.volumes)
     if seg_out:
+        highdicom()   # a missing writer is found now, not after the inference
         check_writable(args.output if str(args.output).lower().endswith(".dcm") else Path(args.output) / "x.dcm")
     else:
         output_format(args.output)
         check_writable(args.output)
+    return seg_out
+
+
+def run(args) -> int:
+    from pydicom.uid import generate_uid
+
+    from ..inference import Segmenter
+    from ..inference.dicomseg import attention_dataset, check_referencable, seg_file, segmentation_dataset
+    from ..inference.io import StagedWriter, check_writable, read_volume
+
+    seg_out = check_outputs(args)
     if args.volumes:
         if not args.volumes.lower().endswith((".json", ".csv")):
             raise MosmosError(f"{args.volumes}: --volumes must end with .json or .csv")

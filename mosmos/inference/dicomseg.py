@@ -28,14 +28,12 @@ def file_sha256(path) -> str:
 
 
 def _concept(code):
-    from highdicom.sr import CodedConcept
-
     scheme, value, meaning = code
-    return CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+    return highdicom().sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
 
 
 def _segment_description(number: int, organ: dict, algorithm):
-    import highdicom as hd
+    hd = highdicom()
 
     codes = organ_codes(organ["name"])
     if codes is None:
@@ -54,6 +52,15 @@ def _segment_description(number: int, organ: dict, algorithm):
     return desc
 
 
+def highdicom():
+    try:
+        import highdicom as hd
+    except ImportError:   # e.g. in a Slicer whose Python has not got it yet
+        raise MosmosError("DICOM SEG and parametric map output need the highdicom package: "
+                          "pip install 'highdicom>=0.28'") from None
+    return hd
+
+
 def check_referencable(source) -> None:
     """A SEG must name the study, series, frame of reference and each image it segments; anonymised exports
     sometimes empty these, and a SEG that cannot be matched to its images is worse than none."""
@@ -70,8 +77,9 @@ def segmentation_dataset(source, labelmap: np.ndarray, organs: list[dict], model
     """A DICOM SEG dataset for ``labelmap`` (X, Y, Z, on the grid of ``source``, a dicom.DicomSource) with one
     segment per entry of ``organs`` ({"name", "label", "color"}); organs with no voxel are left out (a SEG
     segment needs at least one frame), and at least one organ must have voxels."""
-    import highdicom as hd
     from pydicom.sr.codedict import codes
+
+    hd = highdicom()
 
     check_referencable(source)
     headers = source.headers
@@ -144,14 +152,12 @@ def attention_dataset(source, tag: str, probability: np.ndarray, model_path, ser
     """An attention map (X, Y, Z, values in [0, 1]: the probability that ``tag`` wins at the voxel) as a DICOM
     Parametric Map on the source grid: 16-bit integers (the IOD's smallest) with a real-world value mapping back
     to [0, 1], JPEG-LS lossless (smooth maps compress well), as one instance of the run's map series."""
-    import highdicom as hd
-    from highdicom.sr import CodedConcept
-
+    hd = highdicom()
     check_referencable(source)
     frames = np.round(np.clip(np.transpose(probability, (2, 1, 0)), 0, 1) * 65535).astype(np.uint16)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="probability", lut_explanation=f"MOSMOS pixel-tag attention: {tag}"[:64],
-        unit=CodedConcept(value="1", scheme_designator="UCUM", meaning="no units"), value_range=(0, 65535),
+        unit=hd.sr.CodedConcept(value="1", scheme_designator="UCUM", meaning="no units"), value_range=(0, 65535),
         slope=1 / 65535, intercept=0)
     first = source.headers[0]
     with warnings.catch_warnings():
