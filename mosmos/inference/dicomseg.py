@@ -1,14 +1,16 @@
 """DICOM SEG out: a label map on a DICOM series' own grid -> a DICOM Segmentation (BINARY, highdicom) that
 references the source series and frames, with one SNOMED CT coded segment per organ and MOSMOS (version,
-model file SHA-256) as the segmentation algorithm."""
+model file SHA-256) as the segmentation algorithm; attention maps as DICOM Parametric Maps on the same grid."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import warnings
 from pathlib import Path
 
 import numpy as np
+from pydicom.uid import JPEGLSLossless
 
 from .. import __version__
 from ..errors import MosmosError
@@ -91,7 +93,7 @@ def segmentation_dataset(source, labelmap: np.ndarray, organs: list[dict], model
     if not present:
         raise MosmosError(f"{source.folder}: no organ found, so there is no segment to write as DICOM SEG")
     # Segment numbers run 1..N in the order of ``organs``; frame k, row r, column c = labelmap[c, r, k].
-    numbers = np.zeros(int(labelmap.max()) + 1, dtype=np.uint8)
+    numbers = np.zeros(int(labelmap.max()) + 1, dtype=np.uint8 if len(present) < 256 else np.uint16)
     for n, o in enumerate(present, 1):
         numbers[o["label"]] = n
     frames = numbers[np.transpose(labelmap, (2, 1, 0))]
@@ -100,27 +102,33 @@ def segmentation_dataset(source, labelmap: np.ndarray, organs: list[dict], model
         name="MOSMOS", family=codes.cid7162.ArtificialIntelligence, version=__version__,
         parameters={"model": model_path.name, "model SHA-256": file_sha256(model_path)})
     first = headers[0]
-    # An empty Specific Character Set means the default repertoire, which ISO_IR 100 extends.
-    charset = first.get("SpecificCharacterSet") or "ISO_IR 100"
+    with _quiet():
+        return hd.seg.Segmentation(
+            source_images=headers, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
+            segment_descriptions=[_segment_description(n, o, algorithm) for n, o in enumerate(present, 1)],
+            series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=hd.UID(),
+            instance_number=1, content_label="MOSMOS",
+            content_description=f"MOSMOS organ segmentation of {first.get('Modality', '')} "
+            f"series {first.get('SeriesNumber', '')}".strip()[:64],
+            series_description=f"MOSMOS {', '.join(o['name'] for o in present)}"[:64],
+            omit_empty_frames=True, **_equipment(first, model_path))
+
+
+def _equipment(first, model_path) -> dict:
+    """What SEG and parametric maps say about their maker, and the character set of the source they copy from
+    (an empty Specific Character Set means the default repertoire, which ISO_IR 100 extends)."""
+    return dict(manufacturer="MOSMOS", manufacturer_model_name="MOSMOS", software_versions=__version__,
+                device_serial_number=Path(model_path).name[:64],
+                specific_character_set=first.get("SpecificCharacterSet") or "ISO_IR 100")
+
+
+@contextlib.contextmanager
+def _quiet():
+    """highdicom warns about oddities of the source's own attributes (one-component patient names ...), which
+    the derived object copies unchanged and the user cannot act on here."""
     with warnings.catch_warnings():
-        # highdicom warns about oddities of the source's own attributes (one-component patient names ...),
-        # which the SEG copies unchanged and the user cannot act on here.
         warnings.simplefilter("ignore", UserWarning)
-        return _segmentation(hd, headers, frames, present, algorithm, model_path, first, charset)
-
-
-def _segmentation(hd, headers, frames, present, algorithm, model_path, first, charset):
-    return hd.seg.Segmentation(
-        source_images=headers, pixel_array=frames,
-        segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
-        segment_descriptions=[_segment_description(n, o, algorithm) for n, o in enumerate(present, 1)],
-        series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=hd.UID(),
-        instance_number=1, manufacturer="MOSMOS", manufacturer_model_name="MOSMOS",
-        software_versions=__version__, device_serial_number=model_path.name[:64],
-        content_label="MOSMOS", content_description=f"MOSMOS organ segmentation of {first.get('Modality', '')} "
-        f"series {first.get('SeriesNumber', '')}".strip()[:64],
-        series_description=f"MOSMOS {', '.join(o['name'] for o in present)}"[:64],
-        omit_empty_frames=True, specific_character_set=charset)
+        yield
 
 
 def is_seg_output(path) -> bool:
@@ -160,18 +168,15 @@ def attention_dataset(source, tag: str, probability: np.ndarray, model_path, ser
         unit=hd.sr.CodedConcept(value="1", scheme_designator="UCUM", meaning="no units"), value_range=(0, 65535),
         slope=1 / 65535, intercept=0)
     first = source.headers[0]
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)   # as for the SEG: remarks on the source's own attributes
+    with _quiet():
         pm = hd.pm.ParametricMap(
             source_images=source.headers, pixel_array=frames, series_instance_uid=series_uid,
             series_number=SEG_SERIES_NUMBER + 1, sop_instance_uid=hd.UID(), instance_number=number,
-            manufacturer="MOSMOS", manufacturer_model_name="MOSMOS", software_versions=__version__,
-            device_serial_number=Path(model_path).name[:64], contains_recognizable_visual_features=False,
+            contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping], window_center=32767.5, window_width=65535,
-            transfer_syntax_uid="1.2.840.10008.1.2.4.80", content_label="ATTENTION",
+            transfer_syntax_uid=JPEGLSLossless, content_label="ATTENTION",
             content_description=f"MOSMOS attention map: {tag}"[:64],
-            series_description="MOSMOS attention maps", specific_character_set=first.get("SpecificCharacterSet")
-            or "ISO_IR 100")
+            series_description="MOSMOS attention maps", **_equipment(first, model_path))
     # General Series Laterality (type 2C): the source's, else empty, i.e. unknown to MOSMOS.
     pm.Laterality = first.get("Laterality") or None
     return pm
