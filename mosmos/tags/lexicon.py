@@ -1,9 +1,10 @@
 """The rules of report text -> tags, as data: organ terms, look-alikes, side markers, contexts.
 
 Every entry is matched on tokens (mosmos.tags.report.tokenize): a term is a list of alternatives
-separated by " | ", each a sequence of space-separated token patterns matched against whole tokens, lower case and without accents (cased terms:
-against the token as written). A hyphenated word whose first part is a bound prefix (trans-, infra-,
-peri-, ...) is one token without its hyphen ("trans-oesophageal" -> "transoesophageal").
+separated by " | ", each a sequence of space-separated token patterns, each pattern matched against
+a whole token in lower case without accents (cased terms: against the token as written). A
+hyphenated word whose first part is a bound prefix (trans-, infra-, peri-, ...) is one token without
+its hyphen ("trans-oesophageal" -> "transoesophageal").
 Where several entries match at the same token, the longest wins, and a look-alike beats an organ
 term of the same length. The conventions are those of Testing/Data/roco_tags_labelling_rules.md.
 """
@@ -116,13 +117,15 @@ LOOKALIKES: tuple[Term, ...] = (
     Term(r"(?:lateral|third|3rd|fourth|4th|cerebral|brain|temporal|occipital|frontal|laryngeal) ventric\w*"
          r" | (?:lateral|third|3rd) and (?:third|3rd|fourth|4th) ventric\w*"
          r" | atri(?:um|a) of the lateral ventric\w* | atri(?:um|a) of the (?:right|left) lateral ventric\w*"
-         r" | horns? of the ventricles? | horns? of the (?:right|left) ventricles? | ventricles? of the (?:brain|larynx)",
+         r" | horns? of the ventricles? | horns? of the (?:right|left) ventricles?"
+         r" | ventricles? of the (?:brain|larynx)",
          None, why="brain ventricle"),
     # heart grooves, views, devices and rhythms named after a chamber
     Term(r"(?:inter|atrio)ventricular (?:grooves?|sulc\w*) | interatrial (?:grooves?|sulc\w*)", None,
          why="groove of the heart"),
     Term(r"(?:right|left) ventricular (?:inflow|outflow) (?:views?|planes?)"
-         r" | (?:right|left) ventricular (?:inflow|outflow) tract (?:views?|planes?) | (?:lvot|rvot) (?:views?|planes?)",
+         r" | (?:right|left) ventricular (?:inflow|outflow) tract (?:views?|planes?)"
+         r" | (?:lvot|rvot) (?:views?|planes?)",
          None, why="echo view"),
     Term(r"(?:right|left) (?:ventricular|atrial) (?:leads?|wires?|electrodes?|catheters?)"
          r" | (?:right|left) (?:ventricular|atrial) pacing (?:leads?|wires?|electrodes?)"
@@ -148,6 +151,8 @@ SIDES_BEFORE = {"right": "right", "left": "left", "rt": "right", "lt": "left",
 SIDES_BEFORE_CASED = {"R": "right", "L": "left"}
 SIDES_AFTER = {"droit": "right", "droite": "right", "droits": "right", "gauche": "left",
                "bilaterally": "both", "bilateral": "both"}
+# "bilaterally" reaches back to an organ over at most this many words of the same clause.
+CLAUSE_WORDS = 6
 # A side reaches its organ over at most this many other words, none of them a function word:
 # "left lower pole of the kidney" is no side, "left lung and kidney" neither.
 SIDE_GAP = 2
@@ -159,8 +164,8 @@ SIDE_JOINERS = frozenset({"and", "or", "&", "/", ",", "the"})  # "right and left
 CONTEXTS = {
     "cardiac": (r"hearts?|cardiac|cardio\w*|\w*cardi(?:um|al|tis|ography|ogram|ographic)|echocardio\w*|coronar\w*"
                 r"|mitral|tricuspid|\w*myocard\w*|valv\w*|chambers?|systol\w*|diastol\w*|cmr|parasternal|apical"
-                r"|subcostal|tte|tee|transo?esophageal|atri(?:um|a|al)|fallot|ventriculogra\w*|pacing|pacemakers?"
-                r"|lvef|ejection"),
+                r"|subcostal|tte|tee|transo?esophageal|(?:inter|bi)?atri(?:um|a|al)|(?:inter|bi)ventricular|fallot"
+                r"|ventriculogra\w*|pacing|pacemakers?|lvef|ejection"),
     # a ventricle here is the brain's, unless the caption is also cardiac
     "brain": (r"brain|cerebr\w*|cerebell\w*|intracranial|cranial|skull|hydroceph\w*|csf|choroid|pellucidum|monro"
               r"|aqueduct\w*|ventriculoperitoneal|ventriculomegal\w*|periventricular|paraventricular|thalam\w*"

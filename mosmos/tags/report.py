@@ -83,9 +83,16 @@ class Mention(NamedTuple):
     side_end: int = -1            # where they end, when after it
 
 
+# Most words start no entry: one alternation of all first words rules them out in a single test.
+_ANY_FIRST = re.compile("|".join(f"(?:{e.words[0].pattern})" for e in _ENTRIES if not e.term.cased))
+_ANY_FIRST_CASED = re.compile("|".join(f"(?:{e.words[0].pattern})" for e in _ENTRIES if e.term.cased))
+
+
 @functools.lru_cache(maxsize=1 << 16)
 def _entries_from(norm: str, cased: str) -> tuple[_Entry, ...]:
     """The entries whose first word matches this token (words repeat, so this is cached)."""
+    if not (_ANY_FIRST.fullmatch(norm) or _ANY_FIRST_CASED.fullmatch(cased)):
+        return ()
     return tuple(e for e in _ENTRIES if e.words[0].fullmatch(cased if e.term.cased else norm))
 
 
@@ -169,13 +176,15 @@ def _sides_before(tokens: list[Token], i: int) -> tuple[set[str], int]:
 
 
 def _sides_after(tokens: list[Token], j: int) -> tuple[set[str], int]:
-    """Side words after the organ ("kidneys bilaterally", French "rein gauche"), and where they end."""
+    """Side words after the organ, and where they end: French "rein gauche" right after it, and
+    "bilaterally" anywhere up to the end of the clause ("renal cysts are seen bilaterally")."""
     gap = 0
-    for tok in tokens[j:]:
-        if tok.norm in lx.SIDES_AFTER:
-            return {lx.SIDES_AFTER[tok.norm]}, tok.end
-        if not tok.word or tok.norm in lx.FUNCTION_WORDS or gap == lx.SIDE_GAP:
+    for tok in tokens[j:j + lx.CLAUSE_WORDS]:
+        if not tok.word:
             break
+        side = lx.SIDES_AFTER.get(tok.norm)
+        if side and (side == "both" or gap <= lx.SIDE_GAP):
+            return {side}, tok.end
         gap += 1
     return set(), -1
 
