@@ -215,6 +215,20 @@ def _words(text: str, m: Mention) -> str:
     return text[start:max(m.end, m.side_end)]
 
 
+def _context_veto(m: Mention, contexts: set[str]) -> str:
+    """Why a mention does not count in this caption's contexts ('' when it counts)."""
+    present, unless = lx.RULED_OUT_BY.get(m.term.organ, ("", ""))
+    if present in contexts and unless not in contexts:
+        return f"{present} text"
+    need = lx.UNSIDED_NEEDS.get(m.term.organ)
+    if need and not m.sides and need not in contexts:
+        return f"no side and no {need} text"
+    return ""
+
+
+_ORDER = {tag: k for k, tag in enumerate(PRETRAIN_TAGS)}
+
+
 def explain_tags(text: str) -> list[Reason]:
     """Each tag named in the text with the words that gave it, in PRETRAIN_TAGS order, then the
     look-alikes that were not taken for organs."""
@@ -222,31 +236,26 @@ def explain_tags(text: str) -> list[Reason]:
     mentions, lookalikes, contexts = find_mentions(text)
     reasons: list[Reason] = []
     unsided: dict[str, list[Mention]] = {}
-    sided_organs = set()
     for m in mentions:
-        organ = m.term.organ
-        rule = lx.RULED_OUT_BY.get(organ)
-        if rule and rule[0] in contexts and rule[1] not in contexts:
-            lookalikes.append(m._replace(term=m.term._replace(organ=None, why=f"{rule[0]} text")))
+        organ, veto = m.term.organ, _context_veto(m, contexts)
+        if veto:
+            lookalikes.append(m._replace(term=m.term._replace(organ=None, why=veto)))
         elif organ not in lx.PAIRED:
             reasons.append(Reason(organ, _words(text, m)))
         elif m.sides:
-            sided_organs.add(organ)
             reasons += [Reason(f"{side} {organ}", _words(text, m)) for side in sorted(m.sides)]
-        elif lx.UNSIDED_NEEDS.get(organ, "") in contexts | {""}:
-            unsided.setdefault(organ, []).append(m)
         else:
-            lookalikes.append(m._replace(term=m.term._replace(organ=None, why=f"no {lx.UNSIDED_NEEDS[organ]} text")))
+            unsided.setdefault(organ, []).append(m)
     # An organ without a side means both, unless the caption gives that organ a side elsewhere.
+    sided = {r.tag.split(" ", 1)[1] for r in reasons if r.tag.startswith(("right ", "left "))}
     for organ, ms in unsided.items():
-        if organ not in sided_organs:
+        if organ not in sided:
             reasons += [Reason(f"{side} {organ}", _words(text, m), "no side named: both")
                         for m in ms for side in sorted(lx.BOTH)]
-    if any(r.tag == "ascending aorta" for r in reasons) and not any(r.tag == "aorta" for r in reasons):
-        reasons.append(Reason("aorta", next(r.words for r in reasons if r.tag == "ascending aorta"),
-                              "implied by the ascending aorta"))
-    order = {tag: k for k, tag in enumerate(PRETRAIN_TAGS)}
-    reasons.sort(key=lambda r: order[r.tag])
+    ascending = [r for r in reasons if r.tag == "ascending aorta"]
+    if ascending and not any(r.tag == "aorta" for r in reasons):
+        reasons.append(Reason("aorta", ascending[0].words, "implied by the ascending aorta"))
+    reasons.sort(key=lambda r: _ORDER[r.tag])
     reasons += [Reason(None, text[m.start:m.end], m.term.why) for m in lookalikes]
     return list(dict.fromkeys(reasons))
 
