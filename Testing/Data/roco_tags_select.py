@@ -22,7 +22,8 @@ TOPIC = re.compile(r"liver|hepat|kidney|renal|nephr|spleen|splen|gall|cholecyst|
 N_TOPIC, N_OTHER, SEED = 250, 70, 15
 
 
-def main() -> None:
+def select() -> list[tuple[str, str, str]]:
+    """(roco_id, caption, split) of the chosen captions, in ROCO id order."""
     with (DATA / "roco_tags_sample.tsv").open(encoding="utf-8") as f:
         seen = {row["roco_id"] for row in csv.DictReader(f, delimiter="\t", quoting=csv.QUOTE_NONE)}
     rows = []
@@ -38,11 +39,15 @@ def main() -> None:
     order = list(range(len(chosen)))
     rng.shuffle(order)
     split = {i: ("dev" if k < len(chosen) // 2 else "test") for k, i in enumerate(order)}
+    by_id = sorted(enumerate(chosen), key=lambda e: e[1][0])
+    return [(roco_id, caption, split[i]) for i, (roco_id, caption) in by_id]
+
+
+def main() -> None:
     out = csv.writer(sys.stdout, delimiter="\t", quoting=csv.QUOTE_NONE, escapechar="\\", lineterminator="\n")
     out.writerow(["roco_id", "caption", "tags", "split"])
-    for i, (roco_id, caption) in sorted(enumerate(chosen), key=lambda e: e[1][0]):
-        out.writerow([roco_id, caption, "", split[i]])
-    print(f"topic pool {len(topic)}, other pool {len(other)}", file=sys.stderr)
+    for roco_id, caption, split in select():
+        out.writerow([roco_id, caption, "", split])
 
 
 if __name__ == "__main__":
