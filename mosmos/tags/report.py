@@ -71,6 +71,9 @@ class _Entry(NamedTuple):
 
 _ENTRIES = [_Entry(tuple(re.compile(w) for w in alternative.split()), term)
             for term in (*lx.ORGAN_TERMS, *lx.LOOKALIKES) for alternative in term.words.split(" | ")]
+# Most words start no entry: one alternation of all first words rules them out in a single test.
+_ANY_FIRST = re.compile("|".join(f"(?:{e.words[0].pattern})" for e in _ENTRIES if not e.term.cased))
+_ANY_FIRST_CASED = re.compile("|".join(f"(?:{e.words[0].pattern})" for e in _ENTRIES if e.term.cased))
 _CONTEXTS = {name: re.compile(rf"(?<![\w-])(?:{pattern})(?![\w-])") for name, pattern in lx.CONTEXTS.items()}
 
 
@@ -81,11 +84,6 @@ class Mention(NamedTuple):
     sides: frozenset = frozenset()  # right/left, from the term or the side words around it
     side_start: int = -1          # where the side words begin, when before the organ
     side_end: int = -1            # where they end, when after it
-
-
-# Most words start no entry: one alternation of all first words rules them out in a single test.
-_ANY_FIRST = re.compile("|".join(f"(?:{e.words[0].pattern})" for e in _ENTRIES if not e.term.cased))
-_ANY_FIRST_CASED = re.compile("|".join(f"(?:{e.words[0].pattern})" for e in _ENTRIES if e.term.cased))
 
 
 @functools.lru_cache(maxsize=1 << 16)
@@ -247,11 +245,14 @@ def explain_tags(text: str) -> list[Reason]:
         else:
             unsided.setdefault(organ, []).append(m)
     # An organ without a side means both, unless the caption gives that organ a side elsewhere.
-    sided = {r.tag.split(" ", 1)[1] for r in reasons if r.tag.startswith(("right ", "left "))}
+    sided: dict[str, set[str]] = {}
+    for r in reasons:
+        side, _, organ = r.tag.partition(" ")
+        if organ in lx.PAIRED:
+            sided.setdefault(organ, set()).add(side)
     for organ, ms in unsided.items():
-        if organ not in sided:
-            reasons += [Reason(f"{side} {organ}", _words(text, m), "no side named: both")
-                        for m in ms for side in sorted(lx.BOTH)]
+        sides, note = (sided[organ], "side named elsewhere") if organ in sided else (lx.BOTH, "no side named: both")
+        reasons += [Reason(f"{side} {organ}", _words(text, m), note) for m in ms for side in sorted(sides)]
     ascending = [r for r in reasons if r.tag == "ascending aorta"]
     if ascending and not any(r.tag == "aorta" for r in reasons):
         reasons.append(Reason("aorta", ascending[0].words, "implied by the ascending aorta"))
