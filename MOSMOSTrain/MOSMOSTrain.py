@@ -257,7 +257,7 @@ class MOSMOSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         # Returns at once: the process tree is stopped in a thread and the timer sees its exit.
         with slicer.util.tryWithErrorDisplay("Cannot stop."):
             if self._check is not None:
-                self._check.cancel()
+                self._check.cancel(wait=False)
             elif self._job is not None:
                 self._job.stop(wait=False)
             self.ui.statusLabel.text = "Stopping..."

@@ -63,3 +63,16 @@ def load_context(terminologiesLogic) -> str:
         if terminologiesLogic.LoadTerminologyFromFile(CONTEXT_FILE) != name:
             raise MosmosError(f"{CONTEXT_FILE}: Slicer could not load this terminology context")
     return name
+
+
+def resolved_label(terminologiesLogic, entry: str) -> str | None:
+    """The organ a serialised entry names in the loaded terminologies (the 3dSlicerLabel of its type or type
+    modifier), None when they do not hold it: what Slicer's terminology selector can show for a segment."""
+    import slicer
+
+    parsed = slicer.vtkSlicerTerminologyEntry()
+    if not terminologiesLogic.DeserializeTerminologyEntry(entry, parsed):
+        return None
+    terminologiesLogic.UpdateEntryFromLoadedTerminologies(parsed, [parsed.GetTerminologyContextName()], [])
+    modifier = parsed.GetTypeModifierObject()
+    return (modifier.GetSlicerLabel() if modifier.GetCodeValue() else None) or parsed.GetTypeObject().GetSlicerLabel()

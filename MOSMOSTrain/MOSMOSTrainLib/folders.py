@@ -240,9 +240,9 @@ class FolderCheck:
                     self.error = f"folder check failed: {self.process.error_message()}"
         return events
 
-    def cancel(self) -> None:
+    def cancel(self, wait: bool = True) -> None:
         if self.process is not None:
-            self.process.cancel(wait=False)
+            self.process.cancel(wait=wait)
 
 
 def _emit(event: dict) -> None:
