@@ -345,3 +345,38 @@ def test_module_files_leave_the_dependencies_to_the_lib(module):
     top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
     top |= {(node.module or "").split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
     assert not top & {"torch", "safetensors", "nibabel", "monai", "open_clip", "mosmos"}, top
+
+
+# ---- extension packaging ------------------------------------------------------------------------------------------
+
+def test_extension_descriptions_agree_and_state_the_minimum_slicer():
+    """The catalog reads MOSMOS.json since Slicer 5.4 (Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json:
+    required $schema, category, scm_url; no other keys than its properties); MOSMOS.s4ext stays for older
+    tooling. Both agree with CMakeLists.txt, and the minimum Slicer (5.10, Python 3.12) is stated everywhere
+    a person or CMake reads it (the JSON schema has no field for it)."""
+    import json
+
+    entry = json.loads((ROOT / "MOSMOS.json").read_text())
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+               "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
+    assert {"$schema", "category", "scm_url"} <= set(entry) <= allowed
+    assert entry["$schema"].endswith("/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json#")
+    s4ext = dict(line.split(" ", 1) for line in (ROOT / "MOSMOS.s4ext").read_text().splitlines()
+                 if line.strip() and not line.startswith("#") and " " in line)
+    assert entry["scm_url"] == s4ext["scmurl"] and entry["scm_revision"] == s4ext["scmrevision"]
+    assert entry["category"] == s4ext["category"] == "Segmentation"
+    assert entry["build_dependencies"] == s4ext["depends"].split() == ["PyTorch"]
+    top = (ROOT / "CMakeLists.txt").read_text()
+    assert 'EXTENSION_DEPENDS "PyTorch"' in top and f'EXTENSION_HOMEPAGE "{s4ext["homepage"]}"' in top
+    assert re.search(r"find_package\(Slicer 5\.10 REQUIRED\)", top)
+    for text in (s4ext["description"], re.search(r'EXTENSION_DESCRIPTION "([^"]*)"', top).group(1),
+                 (ROOT / "README.md").read_text()):
+        assert "Slicer 5.10 or later" in text
+
+
+def test_batch_script_is_installed_with_the_extension():
+    top = (ROOT / "CMakeLists.txt").read_text()
+    script = "Resources/Scripts/MOSMOSSegmentBatch.py"
+    assert (ROOT / script).is_file()
+    assert re.search(r"list\(APPEND MOSMOS_CORE_RESOURCES [^)]*" + re.escape(script), top)
+    assert "RESOURCES ${MOSMOS_CORE_RESOURCES}" in top
