@@ -251,7 +251,7 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path:
             return
         with slicer.util.tryWithErrorDisplay("Cannot add this model file.", waitCursor=True):
-            info = models.add_model_file(path, self._parameterNode.modelsFolder)
+            info = models.add_model_file(path, self._parameterNode.modelsFolder, force=True)
             qt.QSettings().setValue(self.MODEL_SETTINGS_KEY, str(info.path))
             self.refreshModels()
             self.ui.statusLabel.text = f"Added {info.name}: {', '.join(info.organs)}"
