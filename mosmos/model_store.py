@@ -26,7 +26,7 @@ from .modelfile import PRETRAIN_KIND, SEGMENTATION_KIND
 ENV_MODELS_DIR = "MOSMOS_MODELS_DIR"
 DOWNLOADS = ".downloads"
 INDEX_FORMAT = "mosmos-model-index"
-CHUNK = 1 << 20
+CHUNK = 1 << 16  # what an interrupted read keeps: whole chunks reach the partial file
 TIMEOUT_S = (10, 60)  # connect, and silence while reading
 
 Progress = Callable[[int, int], None]  # (bytes done, total bytes or 0 when unknown)
