@@ -46,7 +46,8 @@ def run(args) -> int:
         found = store.list_models(folder, kind=None)
         if args.json:
             print(json.dumps([m.as_json() for m in found], indent=2))
-        elif not found:
+            return 0
+        if not found:
             print(f"no models in {folder or store.default_models_dir()}")
         for m in found:
             dice = f"{m.mean_dice:.3f}" if m.mean_dice is not None else "-"
