@@ -9,6 +9,7 @@ import http.server
 import json
 import socket
 import threading
+import time
 
 import numpy as np
 import pytest
@@ -392,3 +393,28 @@ def test_unwritable_folder_and_full_disk(server, tmp_path, capsys, monkeypatch):
 def test_remove_refuses_paths(tmp_path):
     with pytest.raises(MosmosError, match="not a model name"):
         store.remove_model("../abdomen.safetensors", tmp_path)
+
+
+def test_slicer_download_runs_the_same_pull_in_a_background_process(server, tmp_path):
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MOSMOSSegment"))
+    from MOSMOSSegmentLib import models
+
+    source = _publish(server, tmp_path, "abdomen.safetensors")
+    folder = tmp_path / "models"
+    download = models.ModelDownload(f"{server.url}/models/abdomen.safetensors", folder).start()
+    events = []
+    while not events or events[-1]["event"] != "exit":  # as the widget's timer polls
+        events += download.poll()
+        time.sleep(0.05)
+    info = download.result()
+    assert info.path == folder / "abdomen.safetensors" and info.path.read_bytes() == source.read_bytes()
+    assert any(e["event"] == "progress" and e["done"] == e["total"] == source.stat().st_size for e in events)
+    tip = models.tooltip(info)
+    assert "mean Dice 0.812" in tip and "spleen = 1 (Dice 0.900)" in tip and "btcv (24 cases" in tip
+
+    again = models.ModelDownload(f"{server.url}/models/abdomen.safetensors", folder).start()
+    with pytest.raises(MosmosError, match="already installed"):
+        again.process.wait()

@@ -31,3 +31,37 @@ def pull_command(source: str, folder: str | os.PathLike, name: str | None = None
         raise MosmosError(f"{source!r}: give a model URL, or an index URL and a model name")
     return ([python or interpreter(), "-m", "mosmos", "models"] + argv
             + ["--folder", os.fspath(folder), "--json-progress"] + (["--force"] if force else []))
+
+
+class ModelDownload:
+    """`mosmos models pull` in a background process, for the GUI: ``poll()`` gives its events (progress with
+    done/total bytes, log lines, exit) without blocking; ``cancel()`` stops it and keeps the partial file, so
+    the next download of the same model resumes; ``result()`` after the exit is the installed model or the
+    child's one-line error."""
+
+    def __init__(self, source: str, folder: str | os.PathLike, force: bool = False):
+        from .process import BackgroundProcess, child_environment
+
+        self.process = BackgroundProcess(pull_command(source, folder, force=force), env=child_environment())
+        self.path: str | None = None
+
+    def start(self) -> "ModelDownload":
+        self.process.start()
+        return self
+
+    def poll(self) -> list[dict]:
+        events = self.process.poll()
+        for event in events:
+            if event.get("event") == "done":
+                self.path = event.get("path")
+        return events
+
+    def cancel(self) -> None:
+        self.process.cancel()
+
+    def result(self) -> ModelInfo:
+        """Raises process.Cancelled or MosmosError (why the pull failed)."""
+        self.process.check()
+        if not self.path:
+            raise MosmosError("the download ended without installing a model")
+        return model_info(self.path)
