@@ -288,14 +288,12 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 self._downloadTimer.stop()
                 self._download = None
                 self.ui.downloadModelButton.text = "Download model..."
-                try:
+                self.ui.statusLabel.text = "Download failed."
+                with slicer.util.tryWithErrorDisplay("The model could not be downloaded."):
                     info = download.result()
-                except Cancelled:
-                    self.ui.statusLabel.text = "Download cancelled (a later download of it resumes)."
-                except Exception as e:
-                    self.ui.statusLabel.text = "Download failed."
-                    slicer.util.errorDisplay(f"The model could not be downloaded: {e}")
-                else:
+                    if info is None:
+                        self.ui.statusLabel.text = "Download cancelled (downloading it again resumes)."
+                        return
                     qt.QSettings().setValue(self.MODEL_SETTINGS_KEY, str(info.path))
                     self.refreshModels()
                     self.ui.statusLabel.text = f"Downloaded {info.name}: {', '.join(info.organs)}"

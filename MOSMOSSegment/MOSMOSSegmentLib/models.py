@@ -37,7 +37,7 @@ class ModelDownload:
     """`mosmos models pull` in a background process, for the GUI: ``poll()`` gives its events (progress with
     done/total bytes, log lines, exit) without blocking; ``cancel()`` stops it and keeps the partial file, so
     the next download of the same model resumes; ``result()`` after the exit is the installed model or the
-    child's one-line error."""
+    child's one-line error (None when cancelled)."""
 
     def __init__(self, source: str, folder: str | os.PathLike, force: bool = False):
         from .process import BackgroundProcess, child_environment
@@ -59,8 +59,10 @@ class ModelDownload:
     def cancel(self) -> None:
         self.process.cancel()
 
-    def result(self) -> ModelInfo:
-        """Raises process.Cancelled or MosmosError (why the pull failed)."""
+    def result(self) -> ModelInfo | None:
+        """The installed model; None when cancelled. Raises MosmosError (why the pull failed)."""
+        if self.process.cancelled:
+            return None
         self.process.check()
         if not self.path:
             raise MosmosError("the download ended without installing a model")
