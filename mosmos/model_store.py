@@ -172,6 +172,7 @@ def add_model_file(source: str | os.PathLike, folder: str | os.PathLike | None =
         raise MosmosError(f"{target}: cannot copy the model ({e.strerror or e})") from None
     finally:
         staged.unlink(missing_ok=True)
+        _tidy(staged.parent)
 
 
 def remove_model(name: str, folder: str | os.PathLike | None = None) -> Path:
@@ -223,7 +224,9 @@ def pull_model(url: str, folder: str | os.PathLike | None = None, sha256: str | 
         _discard(part, meta)
         raise
     meta.unlink(missing_ok=True)
-    return _install(part, _target(folder, target.name, force))
+    info = _install(part, _target(folder, target.name, force))
+    _tidy(part.parent)
+    return info
 
 
 def _check_sha256(value: str) -> str:
@@ -236,6 +239,15 @@ def _check_sha256(value: str) -> str:
 def _discard(*paths: Path) -> None:
     for p in paths:
         p.unlink(missing_ok=True)
+    _tidy(paths[0].parent)
+
+
+def _tidy(staging: Path) -> None:
+    """Remove the hidden download folder once nothing in it waits to be resumed."""
+    try:
+        staging.rmdir()
+    except OSError:  # not empty (a partial download to resume) or already gone
+        pass
 
 
 def _download(url: str, part: Path, meta: Path, progress: Progress | None) -> None:
@@ -251,7 +263,7 @@ def _download(url: str, part: Path, meta: Path, progress: Progress | None) -> No
     try:
         with requests.get(url, headers=headers, stream=True, timeout=TIMEOUT_S) as r:
             if r.status_code == 416 and start:  # the partial is no prefix of what the server has: start over
-                _discard(part, meta)
+                part.unlink()
                 return _download(url, part, meta, progress)
             if r.status_code >= 400:
                 raise MosmosError(f"{url}: HTTP {r.status_code} {r.reason or ''}".rstrip())

@@ -80,9 +80,9 @@ def card_lines(header: dict[str, Any]) -> list[str]:
     found = organs(header)
     if found:
         dice = (card.get("validation") or {}).get("dice") or {}
-        lines.append("organs: " + ", ".join(
-            f"{name} = {value}" + (f" (Dice {dice[name]:.3f})" if isinstance(dice.get(name), (int, float)) else "")
-            for value, name in found))
+        lines.append("organs (label value = organ, validation Dice):")
+        lines += [f"  {value} = {name}" + (f" (Dice {dice[name]:.3f})" if isinstance(dice.get(name), (int, float))
+                                           else "") for value, name in found]
     elif config.get("tags"):
         lines.append("tags: " + ", ".join(config["tags"]))
     if mean_dice(header) is not None:
