@@ -5,10 +5,21 @@ from __future__ import annotations
 
 import os
 
+from mosmos import model_store
 from mosmos.errors import MosmosError
 from mosmos.model_store import (  # noqa: F401  (the names the modules use)
-    ENV_MODELS_DIR, ModelInfo, add_model_file, default_models_dir, list_models, model_info, model_kind,
+    ENV_MODELS_DIR, ModelInfo, default_models_dir, list_models, model_info, model_kind,
 )
+
+from . import deps
+
+
+def add_model_file(source: str | os.PathLike, folder: str | os.PathLike | None = None, name: str | None = None,
+                   force: bool = False) -> ModelInfo:
+    """model_store.add_model_file once the core's dependencies are there: its full check reads the tensors
+    (safetensors, torch), which a fresh Slicer has neither of."""
+    deps.ensure_dependencies()
+    return model_store.add_model_file(source, folder, name, force)
 
 
 def tooltip(info: ModelInfo) -> str:
@@ -56,8 +67,9 @@ class ModelDownload:
                 self.path = event.get("path")
         return events
 
-    def cancel(self) -> None:
-        self.process.cancel()
+    def cancel(self, wait: bool = True) -> None:
+        """``wait=False`` returns at once (a GUI button); the exit event follows."""
+        self.process.cancel(wait=wait)
 
     def result(self) -> ModelInfo | None:
         """The installed model; None when cancelled. Raises MosmosError (why the pull failed)."""
