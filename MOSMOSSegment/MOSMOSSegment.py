@@ -292,7 +292,6 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not source.strip():
             return
         with slicer.util.tryWithErrorDisplay("Cannot download this model.", waitCursor=True):
-            deps.ensure_dependencies()
             self._download = models.ModelDownload(source.strip(), self._parameterNode.modelsFolder).start()
             self.ui.downloadModelButton.text = "Cancel download"
             self.ui.statusLabel.text = "Downloading..."

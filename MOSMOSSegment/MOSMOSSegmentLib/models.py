@@ -57,6 +57,7 @@ class ModelDownload:
         self.path: str | None = None
 
     def start(self) -> "ModelDownload":
+        deps.ensure_dependencies()  # the pull verifies the file with the core (safetensors, torch)
         self.process.start()
         return self
 
