@@ -168,6 +168,8 @@ class Server:
         self.files: dict[str, bytes] = {}
         self.requests: list[tuple[str, int, int]] = []
         self.cut_after: int | None = None
+        self.stall_after: int | None = None  # the next transfer waits there until ``release`` is set
+        self.release = threading.Event()
         self.tamper = False
         self.status: int | None = None
         server = self
@@ -204,6 +206,16 @@ class Server:
                 if server.cut_after is not None:
                     body, server.cut_after = body[:server.cut_after], None
                     self.close_connection = True
+                if server.stall_after is not None:
+                    head, body, server.stall_after = body[:server.stall_after], body[server.stall_after:], None
+                    self.wfile.write(head)
+                    self.wfile.flush()
+                    server.release.wait(60)
+                    try:
+                        self.wfile.write(body)
+                    except OSError:  # the client went away meanwhile
+                        pass
+                    return
                 self.wfile.write(body)
                 self.wfile.flush()
                 server.requests.append((self.path, start, len(body)))
@@ -395,26 +407,46 @@ def test_remove_refuses_paths(tmp_path):
         store.remove_model("../abdomen.safetensors", tmp_path)
 
 
-def test_slicer_download_runs_the_same_pull_in_a_background_process(server, tmp_path):
+def test_slicer_download_runs_the_same_pull_in_a_background_process_cancel_then_resume(server, tmp_path):
     import sys
     from pathlib import Path
 
     sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "MOSMOSSegment"))
     from MOSMOSSegmentLib import models
 
+    def until_exit(download):
+        events = []
+        while not events or events[-1]["event"] != "exit":  # as the widget's timer polls
+            events += download.poll()
+            time.sleep(0.05)
+        return events
+
     source = _publish(server, tmp_path, "abdomen.safetensors")
+    size = source.stat().st_size
     folder = tmp_path / "models"
-    download = models.ModelDownload(f"{server.url}/models/abdomen.safetensors", folder).start()
-    events = []
-    while not events or events[-1]["event"] != "exit":  # as the widget's timer polls
-        events += download.poll()
+    url = f"{server.url}/models/abdomen.safetensors"
+    server.stall_after = size // 2
+    download = models.ModelDownload(url, folder).start()
+    deadline = time.monotonic() + 120
+    while not any(p.stat().st_size >= size // 2 - store.CHUNK for p in (folder / store.DOWNLOADS).glob("*.part")):
+        assert time.monotonic() < deadline and download.process.running
         time.sleep(0.05)
+    download.cancel()  # the Cancel button
+    until_exit(download)
+    server.release.set()
+    assert download.result() is None and _visible(folder) == []
+    (partial,) = (folder / store.DOWNLOADS).glob("*.part")
+    kept = partial.stat().st_size
+
+    download = models.ModelDownload(url, folder).start()  # downloading it again resumes
+    events = until_exit(download)
     info = download.result()
+    assert server.requests[-1][1] == kept > 0
     assert info.path == folder / "abdomen.safetensors" and info.path.read_bytes() == source.read_bytes()
     assert any(e["event"] == "progress" and e["done"] == e["total"] == source.stat().st_size for e in events)
     tip = models.tooltip(info)
     assert "mean Dice 0.812" in tip and "1 = spleen (Dice 0.900)" in tip and "btcv (24 cases" in tip
 
-    again = models.ModelDownload(f"{server.url}/models/abdomen.safetensors", folder).start()
+    again = models.ModelDownload(url, folder).start()
     with pytest.raises(MosmosError, match="already installed"):
         again.process.wait()
