@@ -134,8 +134,10 @@ def _parse_header(path: Path, meta: dict) -> dict[str, Any]:
 
 class ModelTensors(Mapping):
     """The tensors of a model file, read one group at a time on first use and verified against the group's
-    digest before any of it is returned; floating-point tensors come back as fp32. ``groups_read`` tells which
-    groups were read (a segmentation with known organs never reads the ``text`` group)."""
+    digest before any of it is returned; floating-point tensors come back as fp32. Each tensor is handed out
+    once and then forgotten (asked for again, its group is read again): a model that keeps this mapping to
+    read its text tower later does not also keep a second copy of the weights it already loaded.
+    ``groups_read`` tells which groups were read (a segmentation with known organs never reads ``text``)."""
 
     def __init__(self, path: Path, header: dict[str, Any]):
         from safetensors import safe_open
@@ -158,7 +160,10 @@ class ModelTensors(Mapping):
             if name not in self._names:
                 raise KeyError(name)
             self.read_groups([tensor_group(name)])
-        return self._cache[name]
+        return self._cache.pop(name)
+
+    def __contains__(self, name: object) -> bool:
+        return name in self._names
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._names)
@@ -169,9 +174,7 @@ class ModelTensors(Mapping):
     def read_groups(self, groups: Iterable[str]) -> None:
         from safetensors import safe_open
 
-        todo = [g for g in groups if g not in self.groups_read]
-        if not todo:
-            return
+        todo = list(groups)
         try:
             with safe_open(str(self.path), framework="pt") as f:
                 read = {g: {n: f.get_tensor(n) for n in self._names if tensor_group(n) == g} for g in todo}
