@@ -13,7 +13,7 @@ import torch
 from torch import nn
 
 from ..errors import MosmosError
-from ..modelfile import SEGMENTATION_KIND
+from ..modelfile import SEGMENTATION_KIND, ModelTensors
 from .backbones import canonical_backbone, create_clip
 from .segbase import build_network
 from .text import TagPromptLearner, TextEncoder, get_tokenizer
@@ -98,7 +98,7 @@ def _under(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.
 
 def segmentation_model_from_file_state(header: dict, tensors: Mapping[str, torch.Tensor]) -> SegmentationModel:
     """The model of a file; the text tower (``text.`` tensors) is read from ``tensors`` only when an organ name
-    the model was not fine-tuned on is first asked for."""
+    the model was not fine-tuned on is first asked for (format 2: a group is read on its own)."""
     network = build_network(header["config"])
     network.load_state_dict(_under(tensors, "network."), strict=True)
     load_embedder = None
@@ -109,4 +109,7 @@ def segmentation_model_from_file_state(header: dict, tensors: Mapping[str, torch
             embedder = TagEmbedder(c["backbone"], c["quick_gelu"], c["n_ctx"], c["n_tag_tokens"])
             embedder.load_state_dict(_under(tensors, "text."), strict=True)
             return embedder
+
+        if not isinstance(tensors, ModelTensors):  # all in memory already (a format-1 file): keep no second copy
+            load_embedder = load_embedder()
     return SegmentationModel(network, load_embedder, header["preprocessing"]["roi_size"])
