@@ -211,7 +211,10 @@ def pull_model(url: str, folder: str | os.PathLike | None = None, sha256: str | 
     expected = _check_sha256(sha256) if sha256 else None
     target = _target(folder, name or _name_from_url(url), force)
     part, meta = _partial_paths(_staging(folder), url, target.name)
-    _download(url, part, meta, progress)
+    try:
+        _download(url, part, meta, progress)
+    finally:
+        _tidy(part.parent)  # nothing fetched (a 404, a refused connection): no hidden folder left behind
     if expected:
         got = modelcard.file_sha256(part)
         if got != expected:
@@ -232,7 +235,7 @@ def pull_model(url: str, folder: str | os.PathLike | None = None, sha256: str | 
 def _check_sha256(value: str) -> str:
     value = value.strip().lower()
     if len(value) != 64 or any(c not in "0123456789abcdef" for c in value):
-        raise MosmosError(f"--sha256 {value}: not a SHA-256 (64 hexadecimal digits)")
+        raise MosmosError(f"SHA-256 {value!r}: not 64 hexadecimal digits")
     return value
 
 
