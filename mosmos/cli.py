@@ -9,7 +9,7 @@ import sys
 
 from .errors import MosmosError
 
-COMMANDS = ("tags", "pretrain", "finetune", "segment", "evaluate", "demo", "web")
+COMMANDS = ("tags", "pretrain", "finetune", "segment", "evaluate", "info", "models", "demo", "web")
 
 
 def build_parser() -> argparse.ArgumentParser:

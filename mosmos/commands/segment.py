@@ -19,7 +19,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--model", required=True, help="MOSMOS segmentation model file")
     parser.add_argument("--tags", default=None, help='organ names, e.g. "liver, spleen, kidneys" (default: every '
                         "organ the model labels); names the model was not fine-tuned on give attention maps only")
-    parser.add_argument("--output", required=True, help="label map to write: .nii.gz, .nii or .nrrd")
+    parser.add_argument("--output", required=True, help="label map to write: .nii.gz, .nii or .nrrd; for a DICOM "
+                        "input also a DICOM SEG: a .dcm file, or a folder (the file is named by its SOP Instance UID)")
+    parser.add_argument("--series", metavar="UID", help="Series Instance UID to segment when the DICOM folder holds "
+                        "several series (default: the largest)")
     parser.add_argument("--attention", metavar="DIR", help="write one attention map per tag into DIR")
     parser.add_argument("--volumes", metavar="FILE", help="organ volumes (mL) as .json or .csv")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
@@ -28,7 +31,10 @@ def add_arguments(parser) -> None:
 
 
 def attention_file_name(tag: str, output: str) -> str:
-    ext = ".nrrd" if str(output).lower().endswith(".nrrd") else ".nii.gz"
+    from ..inference.dicomseg import is_seg_output
+
+    # Next to a DICOM SEG the maps are DICOM Parametric Maps; otherwise they follow the label map's format.
+    ext = ".dcm" if is_seg_output(output) else ".nrrd" if str(output).lower().endswith(".nrrd") else ".nii.gz"
     return tag.replace(" ", "_") + ext
 
 
@@ -44,12 +50,40 @@ def volumes_text(path: str, result, attention_files: dict) -> str:
     return buf.getvalue()
 
 
-def run(args) -> int:
-    from ..inference import Segmenter
-    from ..inference.io import StagedWriter, check_writable, output_format, read_volume
+def check_outputs(args) -> bool:
+    """Refuse, before any work, outputs that cannot be written; True when --output is a DICOM SEG."""
+    from ..inference.dicom import is_dicom_file
+    from ..inference.dicomseg import check_outside_series, highdicom, is_seg_output
+    from ..inference.io import check_writable, output_format
 
-    output_format(args.output)
-    check_writable(args.output)
+    source = Path(args.input)
+    dicom_in = source.is_dir() or is_dicom_file(source)
+    seg_out = is_seg_output(args.output)
+    if seg_out and not dicom_in:
+        raise MosmosError(f"{args.output}: DICOM SEG output needs a DICOM series as input, not {source.name}; "
+                          "write .nii.gz or .nrrd")
+    if args.series and not dicom_in:
+        raise MosmosError(f"{source}: --series applies to a DICOM folder only")
+    if dicom_in and source.exists():
+        check_outside_series(source if source.is_dir() else source.parent, args.output, args.attention,
+                             args.volumes)
+    if seg_out:
+        highdicom()   # a missing writer is found now, not after the inference
+        check_writable(args.output if str(args.output).lower().endswith(".dcm") else Path(args.output) / "x.dcm")
+    else:
+        output_format(args.output)
+        check_writable(args.output)
+    return seg_out
+
+
+def run(args) -> int:
+    from pydicom.uid import generate_uid
+
+    from ..inference import Segmenter
+    from ..inference.dicomseg import attention_dataset, check_referencable, seg_file, segmentation_dataset
+    from ..inference.io import StagedWriter, check_writable, read_volume
+
+    seg_out = check_outputs(args)
     if args.volumes:
         if not args.volumes.lower().endswith((".json", ".csv")):
             raise MosmosError(f"{args.volumes}: --volumes must end with .json or .csv")
@@ -57,7 +91,11 @@ def run(args) -> int:
     if args.attention:
         check_writable(Path(args.attention) / "x")
     events = EventLog("-" if args.json_progress else None)
-    volume = read_volume(args.input)
+    volume = read_volume(args.input, args.series)
+    for note in getattr(volume.source, "notices", []):
+        print(f"mosmos segment: note: {note}", file=sys.stderr)
+    if seg_out:
+        check_referencable(volume.source)   # before the inference, not after it
     segmenter = Segmenter(args.model, device=args.device)
     bar = progress_bar(0, "segment", enabled=None if not args.json_progress else False)
 
@@ -78,12 +116,23 @@ def run(args) -> int:
         events.emit("notice", message=note)
 
     attention_files = {}
+    output = args.output
     with StagedWriter() as writer:
-        writer.volume(args.output, result.labelmap, result.affine)
+        if seg_out:
+            dataset = segmentation_dataset(volume.source, result.labelmap, result.organs, args.model)
+            output = seg_file(args.output, dataset)
+            writer.dataset(output, dataset)
+        else:
+            writer.volume(args.output, result.labelmap, result.affine)
         if args.attention:
-            for tag in result.attention:
+            maps_series = generate_uid() if seg_out else None   # one series holds the run's maps
+            for number, tag in enumerate(result.attention, 1):
                 name = attention_file_name(tag, args.output)
-                writer.volume(Path(args.attention) / name, result.attention[tag], result.affine)
+                if seg_out:
+                    writer.dataset(Path(args.attention) / name, attention_dataset(
+                        volume.source, tag, result.attention[tag], args.model, maps_series, number))
+                else:
+                    writer.volume(Path(args.attention) / name, result.attention[tag], result.affine)
                 attention_files[tag] = name
         if args.volumes:
             writer.text(args.volumes, volumes_text(args.volumes, result, attention_files))
@@ -91,6 +140,8 @@ def run(args) -> int:
     if not args.json_progress:
         for o in result.organs:
             print(f"{o['name']}: {o['volume_ml']:.1f} mL (label {o['label']})")
-    events.emit("done", output=str(args.output), organs=result.organs, attention=attention_files,
+        if seg_out:
+            print(f"DICOM SEG: {output}")
+    events.emit("done", output=str(output), organs=result.organs, attention=attention_files,
                 notices=result.notices)
     return 0

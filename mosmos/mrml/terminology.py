@@ -1,37 +1,47 @@
-"""Standard (SNOMED CT) terminology for segments, serialised the way Slicer's Terminologies module
-stores it in a segment (vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry)."""
+"""Standard (SNOMED CT) terminology for segments. The MOSMOS terminology context (a Slicer terminology JSON
+holding the 20 organs MOSMOS segments) is the one source: segments carry entries into it, serialised the way
+Slicer's Terminologies module stores them (vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry), and
+Slicer's terminologies logic loads it (load_context) so that its terminology selector resolves every segment.
+The context file and its codes live in the core (mosmos.terminology), which DICOM SEG output reads too."""
 
 from __future__ import annotations
 
-import csv
-import functools
-import os
+from mosmos.errors import MosmosError
+from mosmos.terminology import CONTEXT_FILE, context_name, known_tags, organ_codes  # noqa: F401 (re-exported)
 
-# A context that ships with Slicer and holds these anatomical structures.
-CONTEXT = "Segmentation category and type - 3D Slicer General Anatomy list"
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
-_DATA = os.path.join(os.path.dirname(__file__), "terminology.csv")
 
 
-@functools.lru_cache(maxsize=1)
-def _table() -> dict[str, dict[str, str]]:
-    with open(_DATA, encoding="utf-8", newline="") as f:
-        rows = csv.DictReader(line for line in f if not line.startswith("#"))
-        return {row["tag"]: row for row in rows}
-
-
-def _code(row, prefix) -> str:
-    return f"{row[prefix + '_scheme']}^{row[prefix + '_code']}^{row[prefix + '_meaning']}"
+def _serialise(code) -> str:
+    return "^".join(code) if code is not None else "^^"
 
 
 def terminology_entry(tag: str) -> str | None:
     """Serialised terminology entry for a canonical tag, None for tags without a standard code."""
-    row = _table().get(tag)
-    if row is None:
+    codes = organ_codes(tag)
+    if codes is None:
         return None
-    return "~".join([CONTEXT, _code(row, "category"), _code(row, "type"), _code(row, "modifier"),
+    return "~".join([context_name(), _serialise(codes.category), _serialise(codes.type), _serialise(codes.modifier),
                      ANATOMIC_CONTEXT, "^^", "^^"])
 
 
-def known_tags() -> list[str]:
-    return list(_table())
+def load_context(terminologiesLogic) -> str:
+    """Load the MOSMOS context into Slicer's terminologies logic (once); returns its name."""
+    name = context_name()
+    if not terminologiesLogic.IsTerminologyContextLoaded(name):
+        if terminologiesLogic.LoadTerminologyFromFile(CONTEXT_FILE) != name:
+            raise MosmosError(f"{CONTEXT_FILE}: Slicer could not load this terminology context")
+    return name
+
+
+def resolved_label(terminologiesLogic, entry: str) -> str | None:
+    """The organ a serialised entry names in the loaded terminologies (the 3dSlicerLabel of its type or type
+    modifier), None when they do not hold it: what Slicer's terminology selector can show for a segment."""
+    import slicer
+
+    parsed = slicer.vtkSlicerTerminologyEntry()
+    if not terminologiesLogic.DeserializeTerminologyEntry(entry, parsed):
+        return None
+    terminologiesLogic.UpdateEntryFromLoadedTerminologies(parsed, [parsed.GetTerminologyContextName()], [])
+    modifier = parsed.GetTypeModifierObject()
+    return (modifier.GetSlicerLabel() if modifier.GetCodeValue() else None) or parsed.GetTypeObject().GetSlicerLabel()

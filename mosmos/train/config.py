@@ -26,6 +26,7 @@ class PretrainConfig:
     log_every: int = 10
     val_fraction: float = 0.05
     max_steps: int | None = None
+    description: str = ""  # the model card's free text
 
 
 @dataclass
@@ -56,3 +57,4 @@ class FinetuneConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     max_steps: int | None = None
+    description: str = ""  # the model card's free text
