@@ -94,7 +94,7 @@ def server(tmp_path_factory):
         folder.mkdir()
     stub = inference_stub.write_stub_model(models / "stub.mosmos", spacing=(3.0, 3.0, 3.0))
     broken = bytearray(Path(stub).read_bytes())
-    broken[-4:] = b"\x00\x00\xc0\x7f"           # the tensor bytes change, the header (and checksum) stay
+    broken[8 + int.from_bytes(broken[:8], "little")] ^= 0xFF   # a tensor byte changes; header and checksum stay
     (models / "broken.mosmos").write_bytes(bytes(broken))
     with zipfile.ZipFile(data / "example_ct_dicom.zip", "w") as archive:    # a zipped DICOM series
         for f in sorted(DICOM.iterdir()):
