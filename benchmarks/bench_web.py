@@ -1,7 +1,8 @@
 """`mosmos web` latency in a real browser (Debian chromium, headless, Playwright), with a tiny MOSMOS-UNETR
 fine-tuned here on phantoms (mosmos.demo_models) and a real CT from Testing/Data:
 
-1. page load: the launcher's address -> the page's controls (a session process of its own is ready);
+1. page load: the launcher's address -> the page's controls, for the first tab (its session starts then) and
+   for a later one (the spare session the launcher keeps started);
 2. open to first slice: choosing the CT from the data folder -> its axial slice rendered in the page;
 3. segment to overlay: clicking Segment -> the organs' colours in the axial view, against the baseline
    `mosmos segment` on the command line for the same input and model (ratio: the web path's overhead).
@@ -94,12 +95,18 @@ def main() -> int:
                 page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
                 url = f"http://127.0.0.1:{port}/"
                 wait_until(lambda: server.poll() is None and listening("127.0.0.1", port), timeout=120)
-                # The launcher starts a spare session at start-up; wait for it so that page load is a warm one.
-                time.sleep(1)
                 t = time.perf_counter()
                 page.goto(url, timeout=180000)
                 page.wait_for_selector("#segment", timeout=180000)
+                pageLoadCold = time.perf_counter() - t   # the first tab waits for its session to start
+
+                time.sleep(20)  # the launcher starts the next tab's spare session meanwhile
+                t = time.perf_counter()
+                second = browser.new_page(viewport={"width": 1400, "height": 900})
+                second.goto(url, timeout=180000)
+                second.wait_for_selector("#segment", timeout=180000)
                 pageLoad = time.perf_counter() - t
+                second.close()
 
                 axial = page.locator(".remote-controlled-area").nth(AXIAL)
                 t = time.perf_counter()
@@ -126,7 +133,8 @@ def main() -> int:
             server.terminate()
             server.wait(timeout=30)
 
-    print(json.dumps({"bench": "web", "input": Path(args.input).name, "page_load_s": round(pageLoad, 2),
+    print(json.dumps({"bench": "web", "input": Path(args.input).name, "page_load_first_tab_s": round(pageLoadCold, 2),
+                      "page_load_s": round(pageLoad, 2),
                       "open_to_first_slice_s": round(firstSlice, 2),
                       "segment_to_overlay_s": round(segmentToOverlay, 2),
                       "baseline": "mosmos segment on the command line, same input and model",
