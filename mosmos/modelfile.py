@@ -2,6 +2,8 @@
 
 One self-describing file per model. The header (safetensors metadata key ``mosmos``) holds the
 format version, the model config, tags with label values, modality, preprocessing and provenance.
+A segmentation model's header also holds ``pixel_tag_maps: {"epsilon": e}``, the temperature L_pta
+learnt, which inference needs to read the maps as class probabilities (``map_epsilon``).
 Loading never unpickles and never runs code from the file; a SHA-256 of the tensors, stored in the
 header, detects truncation and tampering.
 """
@@ -25,6 +27,8 @@ FORMAT_VERSION = 1
 PRETRAIN_KIND = "mosmos-pretrain"
 SEGMENTATION_KIND = "mosmos-segmentation"
 HEADER_KEY = "mosmos"
+# epsilon's initial value (the paper's): what files written before epsilon was stored are read with.
+EPSILON_FALLBACK = 0.07
 
 
 def tensors_digest(tensors: dict[str, "torch.Tensor"]) -> str:
@@ -113,3 +117,19 @@ def load_model(path: str | os.PathLike) -> tuple[dict[str, "torch.Tensor"], dict
     if tensors_digest(tensors) != header.get("sha256"):
         raise MosmosError(f"{path}: checksum mismatch: the model file was modified or damaged")
     return tensors, header
+
+
+def map_epsilon(header: dict[str, Any], source: str) -> tuple[float, str | None]:
+    """(epsilon, notice) of a segmentation model's pixel–tag maps. A file written before epsilon was
+    stored gives EPSILON_FALLBACK and a notice saying so: its overlays keep their shape (the winning
+    class does not depend on epsilon) but their probabilities may be sharper or flatter than the ones L_pta trained."""
+    maps = header.get("pixel_tag_maps")
+    if maps is None:
+        return EPSILON_FALLBACK, (f"{source} does not store epsilon (the temperature of the pixel–tag maps; "
+                                  f"written by an older mosmos): attention overlays use its initial value "
+                                  f"{EPSILON_FALLBACK}, so their probabilities are approximate")
+    epsilon = maps.get("epsilon") if isinstance(maps, dict) else None
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < float("inf"):
+        raise MosmosError(f"{source}: invalid pixel_tag_maps.epsilon {epsilon!r} in the model header "
+                          "(need a positive number)")
+    return float(epsilon), None

@@ -49,11 +49,14 @@ class SegmentationModel(nn.Module):
     """``forward(x) -> (logits, pixel_tag_maps)``; ``open_set_maps(x, names)`` gives the maps of
     other organ names through the same tag decoder (no labels: the image decoder never saw them)."""
 
-    def __init__(self, network: nn.Module, embedder: TagEmbedder | None, roi_size: Sequence[int]):
+    def __init__(self, network: nn.Module, embedder: TagEmbedder | None, roi_size: Sequence[int],
+                 epsilon: float | None = None):
         super().__init__()
         self.network = network
         self.roi_size = tuple(int(r) for r in roi_size)
         self.embedder = embedder
+        # L_pta's learnt temperature: maps / epsilon are the class logits it trained (seg_losses.pta_logits).
+        self.epsilon = None if epsilon is None else float(epsilon)
         self._embedding_cache: dict[tuple[str, ...], torch.Tensor] = {}
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
@@ -71,6 +74,8 @@ class SegmentationModel(nn.Module):
     def to_file_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"network.{k}": v for k, v in self.network.state_dict().items()}
         header: dict[str, Any] = {"kind": SEGMENTATION_KIND, "config": dict(self.network.config)}
+        if self.epsilon is not None:
+            header["pixel_tag_maps"] = {"epsilon": self.epsilon}
         if self.embedder is not None:
             tensors.update({f"text.{k}": v for k, v in self.embedder.state_dict().items()})
             header["text_config"] = dict(self.embedder.config)
