@@ -20,7 +20,11 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tags", default=None, help='organ names, e.g. "liver, spleen, kidneys" (default: every '
                         "organ the model labels); names the model was not fine-tuned on give attention maps only")
     parser.add_argument("--output", required=True, help="label map to write: .nii.gz, .nii or .nrrd")
-    parser.add_argument("--attention", metavar="DIR", help="write one attention map per tag into DIR")
+    parser.add_argument("--attention", metavar="DIR",
+                        help="write one attention map per tag into DIR: the probability that the organ wins at "
+                             "each voxel (open-set tags: that the tag rather than background does), in [0, 1]")
+    parser.add_argument("--attention-raw", action="store_true",
+                        help="with --attention: write the raw up-sampled pixel–tag scores instead of probabilities")
     parser.add_argument("--volumes", metavar="FILE", help="organ volumes (mL) as .json or .csv")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
@@ -56,6 +60,8 @@ def run(args) -> int:
         check_writable(args.volumes)
     if args.attention:
         check_writable(Path(args.attention) / "x")
+    elif args.attention_raw:
+        raise MosmosError("--attention-raw needs --attention DIR (where the maps go)")
     events = EventLog("-" if args.json_progress else None)
     volume = read_volume(args.input)
     segmenter = Segmenter(args.model, device=args.device)
@@ -70,7 +76,8 @@ def run(args) -> int:
 
     try:
         result = segmenter.segment(volume.array, volume.affine, tags=args.tags, progress=progress,
-                                   overlap=args.overlap, modality=volume.modality, source=str(args.input))
+                                   overlap=args.overlap, modality=volume.modality, source=str(args.input),
+                                   attention_raw=args.attention_raw)
     finally:
         bar.close()
     for note in result.notices:
