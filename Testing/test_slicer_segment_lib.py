@@ -157,6 +157,9 @@ def test_attention_volume_and_colour_map(scene):
     color.GetColor(0, dark)
     color.GetColor(255, bright)
     assert sum(dark[:3]) < 0.1 and sum(bright[:3]) > 2.5
+    legend = node.GetNthDisplayNode(1)  # the colour legend says what the colours mean, over the same 0..1
+    assert legend.IsA("vtkMRMLColorLegendDisplayNode") and legend.GetPrimaryDisplayNode() is display
+    assert legend.GetTitleText() == "P(liver wins)"
     other = attention.attention_volume_node(scene, att, ijkToRAS, "spleen")
     assert other.GetDisplayNode().GetColorNodeID() == color.GetID()
 
