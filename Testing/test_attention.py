@@ -1,0 +1,116 @@
+"""Attention overlays read as L_pta trains the pixel–tag maps: epsilon in the model file, P(organ wins) per
+labelled organ, P(tag rather than background) for open-set tags, raw scores on request, and the maps' own
+Dice in ``mosmos evaluate``.
+
+The exact-formula tests use an untrained tiny MOSMOS-UNETR on a volume that is exactly one window on the
+model grid (so the Segmenter's output can be recomputed from one forward pass); the overlay test uses a
+model fine-tuned inside the test on phantoms with the config the map test of test_finetune.py uses."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from mosmos.cli import main
+from mosmos.data.phantoms import make_phantom, phantom_affine, write_decathlon_dataset
+from mosmos.data.transforms import preprocessing_config
+from mosmos.errors import MosmosError
+from mosmos.inference import Segmenter
+from mosmos.metrics import read_results_csv
+from mosmos.modelfile import load_model, save_model
+from mosmos.models.segmentation import SegmentationModel, TagEmbedder
+from mosmos.models.unetr import MosmosUNETR
+from mosmos.seg_losses import pta_logits, upsample_maps
+
+LABELS = {"0": "background", "1": "spleen", "6": "liver"}
+ROI, SPACING = 32, (6.0, 6.0, 6.0)
+
+
+def tiny_model_file(path, epsilon: float | None, embedder: bool = False) -> tuple[str, MosmosUNETR]:
+    """A random tiny MOSMOS-UNETR segmentation model file (distinct tag embeddings, so the maps differ)."""
+    torch.manual_seed(0)
+    net = MosmosUNETR(num_classes=len(LABELS), backbone="tiny-vit-8", img_size=ROI, feature_size=4,
+                      decoder_heads=4).eval()
+    net.set_tag_embeddings(torch.randn(len(LABELS) - 1, net.queries.dim))
+    text = TagEmbedder(net.config["backbone"], net.config["quick_gelu"]) if embedder else None
+    tensors, header = SegmentationModel(net, text, [ROI] * 3, epsilon=epsilon).to_file_state()
+    header.update(labels=LABELS, modality="CT",
+                  preprocessing=preprocessing_config(roi_size=[ROI] * 3, spacing=list(SPACING)))
+    save_model(path, tensors, header)
+    return str(path), net
+
+
+def one_window_volume() -> tuple[np.ndarray, np.ndarray]:
+    """A phantom CT on exactly the model grid (RAS, the model's spacing, one window): no resampling."""
+    p = make_phantom(3, shape=(ROI,) * 3, spacing=SPACING, organs=("liver", "spleen"))
+    return p.image, phantom_affine((ROI,) * 3, SPACING)
+
+
+def network_view(seg: Segmenter, image: np.ndarray) -> torch.Tensor:
+    """The volume as the network sees it: intensity-scaled, batch and channel axes."""
+    return seg.preprocessing.scale_intensity(torch.from_numpy(image.astype(np.float32))[None])[None]
+
+
+def test_epsilon_round_trips_and_older_files_fall_back_to_its_initial_value(tmp_path):
+    path, _ = tiny_model_file(tmp_path / "new.safetensors", epsilon=0.0613)
+    assert load_model(path)[1]["pixel_tag_maps"] == {"epsilon": 0.0613}
+    seg = Segmenter(path, device="cpu")
+    image, affine = one_window_volume()
+    assert seg.epsilon == 0.0613 and not seg.model_notices
+    new = seg.segment(image, affine, tags="liver")
+    assert not any("epsilon" in n for n in new.notices)
+
+    old, _ = tiny_model_file(tmp_path / "old.safetensors", epsilon=None)  # as written before epsilon was stored
+    assert "pixel_tag_maps" not in load_model(old)[1]
+    seg_old = Segmenter(old, device="cpu")
+    assert seg_old.epsilon == 0.07
+    res = seg_old.segment(image, affine, tags="liver")
+    assert any("old.safetensors does not store epsilon" in n and "0.07" in n for n in res.notices)
+    # the fallback is the initial value itself: same overlay as a file that stores 0.07
+    same = Segmenter(tiny_model_file(tmp_path / "007.safetensors", epsilon=0.07)[0], device="cpu")
+    np.testing.assert_array_equal(res.attention["liver"], same.segment(image, affine, tags="liver").attention["liver"])
+
+    _, header = load_model(path)
+    tensors, _ = load_model(path)
+    save_model(tmp_path / "bad.safetensors", tensors, {**header, "pixel_tag_maps": {"epsilon": -1}})
+    with pytest.raises(MosmosError, match=r"bad.safetensors: invalid pixel_tag_maps.epsilon -1"):
+        Segmenter(tmp_path / "bad.safetensors", device="cpu")
+
+
+def test_overlays_are_the_softmax_l_pta_trains_and_open_set_scores_are_against_background(tmp_path):
+    epsilon = 0.05
+    path, net = tiny_model_file(tmp_path / "m.safetensors", epsilon=epsilon, embedder=True)
+    seg = Segmenter(path, device="cpu")
+    image, affine = one_window_volume()
+    res = seg.segment(image, affine, tags=["liver", "spleen", "duodenum"], map_labels=True)
+
+    with torch.no_grad():
+        x = network_view(seg, image)
+        _, maps = net(x)
+        logits = pta_logits(maps, x.shape[2:], epsilon)  # L_pta's class logits (background = channel 0)
+        wins = logits.softmax(1)[0].numpy()
+        duodenum = seg.network.open_set_maps(x, ["duodenum"])
+        open_set = torch.sigmoid(pta_logits(duodenum, x.shape[2:], epsilon) - logits[:, :1])[0, 0].numpy()
+    np.testing.assert_allclose(res.attention["spleen"], wins[1], atol=1e-5)
+    np.testing.assert_allclose(res.attention["liver"], wins[2], atol=1e-5)
+    np.testing.assert_allclose(res.attention["duodenum"], open_set, atol=1e-5)
+    assert 0.0 <= res.attention["duodenum"].min() and res.attention["duodenum"].max() <= 1.0
+    assert res.attention["duodenum"].std() > 0  # a score that varies, not a constant
+    # the maps' own label map is their argmax over every labelled class, in label values
+    np.testing.assert_array_equal(res.map_labelmap, np.array([0, 1, 6])[wins.argmax(0)])
+
+    raw = seg.segment(image, affine, tags=["liver", "duodenum"], attention_raw=True)
+    with torch.no_grad():
+        np.testing.assert_allclose(raw.attention["liver"], upsample_maps(maps, x.shape[2:])[0, 2].numpy(), atol=1e-5)
+        np.testing.assert_allclose(raw.attention["duodenum"], upsample_maps(duodenum, x.shape[2:])[0, 0].numpy(),
+                                   atol=1e-5)
+
+
+def test_segment_command_attention_raw_needs_attention_dir(tmp_path, capsys):
+    path, _ = tiny_model_file(tmp_path / "m.safetensors", epsilon=0.07)
+    assert main(["segment", "ct.nii.gz", "--model", path, "--output", str(tmp_path / "s.nii.gz"),
+                 "--attention-raw"]) == 1
+    assert "--attention-raw needs --attention DIR" in capsys.readouterr().err
