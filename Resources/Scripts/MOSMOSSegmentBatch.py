@@ -1,10 +1,13 @@
 """Segment one volume file or a folder of them, headless.
 
   Slicer --no-splash --no-main-window --python-script MOSMOSSegmentBatch.py \\
-      --input CT.nii.gz|FOLDER --model MODEL --tags "liver, spleen" --output OUT.seg.nrrd|OUT.nii.gz|FOLDER
+      --input CT.nii.gz|FOLDER --model MODEL --tags "liver, spleen" --output OUT.seg.nrrd|OUT.nii.gz|FOLDER \
+      [--attention DIR]
 
 Also runs with plain Python where slicer-core is installed. Writes .seg.nrrd (named, coloured, coded segments)
-or a NIfTI/NRRD label map; exits non-zero with a one-line message on failure."""
+or a NIfTI/NRRD label map, and with --attention, per input and organ, the map that the MOSMOSSegment overlay
+shows: the probability that the organ wins at each voxel, in [0, 1]. Exits non-zero with a one-line message
+on failure."""
 
 from __future__ import annotations
 
@@ -32,6 +35,8 @@ def parse_args(argv):
     p.add_argument("--format", choices=("seg.nrrd", "nii.gz", "nrrd"), default="seg.nrrd",
                    help="output format when --output is a folder (default seg.nrrd)")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--attention", metavar="DIR", help="also write DIR/<input name>/<organ>.nii.gz: per organ the "
+                   "probability that it wins at each voxel (the attention overlay of MOSMOSSegment)")
     return p.parse_args(argv)
 
 
@@ -80,6 +85,14 @@ def write_output(outputs, volumeNode, path: Path) -> None:
         scene.RemoveNode(labelNode)
 
 
+def write_attention(outputs, folder: Path) -> None:
+    from MOSMOSSegmentLib import volumes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for tag, node in outputs.attentionNodes.items():
+        volumes.write_volume(node, folder / f"{tag.replace(' ', '_')}.nii.gz")
+
+
 def run(args) -> None:
     import slicer
     from MOSMOSSegmentLib import pipeline, volumes
@@ -97,8 +110,11 @@ def run(args) -> None:
     for i, (source, target) in enumerate(jobs, 1):
         print(f"[{i}/{len(jobs)}] {source} -> {target}", flush=True)
         volumeNode = volumes.read_volume(source, scene)
-        outputs = pipeline.segment_volume_node(volumeNode, args.tags, model, args.device)
+        outputs = pipeline.segment_volume_node(volumeNode, args.tags, model, args.device,
+                                               attention=bool(args.attention))
         write_output(outputs, volumeNode, target)
+        if args.attention:
+            write_attention(outputs, Path(args.attention) / stem(source))
         for organ in outputs.organs:
             print(f"    {organ['name']}: label {organ['label']}", flush=True)
         for notice in outputs.notices:
