@@ -77,8 +77,9 @@ def test_epsilon_round_trips_and_older_files_fall_back_to_its_initial_value(tmp_
     same = Segmenter(tiny_model_file(tmp_path / "007.safetensors", epsilon=0.07)[0], device="cpu")
     np.testing.assert_array_equal(res.attention["liver"], same.segment(image, affine, tags="liver").attention["liver"])
 
-    _, header = load_model(path)
-    tensors, _ = load_model(path)
+    tensors, header = load_model(path)
+    save_model(tmp_path / "control.safetensors", tensors, {**header, "provenance": {"lambda_pta": 0.0}})
+    assert any("without L_pta" in n for n in Segmenter(tmp_path / "control.safetensors", device="cpu").model_notices)
     save_model(tmp_path / "bad.safetensors", tensors, {**header, "pixel_tag_maps": {"epsilon": -1}})
     with pytest.raises(MosmosError, match=r"bad.safetensors: invalid pixel_tag_maps.epsilon -1"):
         Segmenter(tmp_path / "bad.safetensors", device="cpu")
