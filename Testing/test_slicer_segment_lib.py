@@ -160,8 +160,9 @@ def test_attention_volume_and_colour_map(scene):
     legend = node.GetNthDisplayNode(1)  # the colour legend says what the colours mean, over the same 0..1
     assert legend.IsA("vtkMRMLColorLegendDisplayNode") and legend.GetPrimaryDisplayNode() is display
     assert legend.GetTitleText() == "P(liver wins)"
-    other = attention.attention_volume_node(scene, att, ijkToRAS, "spleen")
+    other = attention.attention_volume_node(scene, att, ijkToRAS, "duodenum", labelled=False)
     assert other.GetDisplayNode().GetColorNodeID() == color.GetID()
+    assert other.GetNthDisplayNode(1).GetTitleText() == "P(duodenum vs background)"  # an open-set tag
 
 
 def test_volume_table_is_voxel_count_times_voxel_volume(scene):

@@ -188,15 +188,17 @@ def draw_figure(path: Path, image, reference, labelmap, attention: dict, organs:
         if lab is not None:
             ax.imshow(axial(lab), cmap=cmap, vmin=0, vmax=len(palette) - 1, interpolation="nearest")
         ax.set_title(title, fontsize=8)
-    shown = None
+    shown, labelled = None, {o["name"] for o in organs}
     for ax, (tag, amap) in zip(axes[3:], attention.items()):
         ax.imshow(ct, cmap="gray")
-        shown = ax.imshow(axial(amap), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-        ax.set_title(f"P({tag} wins)", fontsize=8)
+        # below 5 % left transparent, as the Slicer overlay does (MOSMOSSegmentLib.attention)
+        shown = ax.imshow(np.ma.masked_less(axial(amap), 0.05), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+        ax.set_title(f"P({tag} wins)" if tag in labelled else f"P({tag} vs background)", fontsize=8)
     for ax in axes:
         ax.axis("off")
     fig.suptitle("pixel–tag attention: probability that the organ wins at the pixel (softmax of the maps / "
-                 "epsilon over the labelled classes, as L_pta trains them)", fontsize=7, y=0.02, va="bottom")
+                 "epsilon over the labelled classes, as L_pta trains them); below 0.05 not drawn",
+                 fontsize=7, y=0.02, va="bottom")
     fig.tight_layout(rect=(0, 0.06, 0.95, 1))
     if shown is not None:
         bar = fig.colorbar(shown, cax=fig.add_axes((0.955, 0.2, 0.006, 0.65)))
