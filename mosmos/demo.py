@@ -191,7 +191,7 @@ def draw_figure(path: Path, image, reference, labelmap, attention: dict, organs:
     shown, labelled = None, {o["name"] for o in organs}
     for ax, (tag, amap) in zip(axes[3:], attention.items()):
         ax.imshow(ct, cmap="gray")
-        # below 5 % left transparent, as the Slicer overlay does (MOSMOSSegmentLib.attention)
+        # below 5 % left transparent, as the Slicer overlay does (mosmos.mrml.attention)
         shown = ax.imshow(np.ma.masked_less(axial(amap), 0.05), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
         ax.set_title(f"P({tag} wins)" if tag in labelled else f"P({tag} vs background)", fontsize=8)
     for ax in axes:

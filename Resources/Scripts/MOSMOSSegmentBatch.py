@@ -131,7 +131,7 @@ def write_output(outputs, volumeNode, path: Path, dicomSource, model) -> None:
 
 
 def write_attention(outputs, folder: Path) -> None:
-    from MOSMOSSegmentLib import volumes
+    from mosmos.mrml import volumes
 
     folder.mkdir(parents=True, exist_ok=True)
     for tag, node in outputs.attentionNodes.items():
