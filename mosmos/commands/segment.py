@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import MosmosError
 from ..events import EventLog, progress_bar
+from ..outputs import check_output, check_output_folder
 
 HELP = "segment organs named by tags in a CT/MR volume (NIfTI, NRRD or DICOM folder) with a fine-tuned model"
 
@@ -45,17 +46,21 @@ def volumes_text(path: str, result, attention_files: dict) -> str:
 
 
 def run(args) -> int:
-    from ..inference import Segmenter
-    from ..inference.io import StagedWriter, check_writable, output_format, read_volume
+    from ..train.config import check_number
 
+    check_number("overlap", args.overlap)
+    from ..inference import Segmenter  # torch: only once the options are known to be valid
+    from ..inference.io import StagedWriter, output_format, read_volume
+
+    inputs = (args.input, args.model)
     output_format(args.output)
-    check_writable(args.output)
+    check_output(args.output, "label map", inputs)
     if args.volumes:
         if not args.volumes.lower().endswith((".json", ".csv")):
             raise MosmosError(f"{args.volumes}: --volumes must end with .json or .csv")
-        check_writable(args.volumes)
+        check_output(args.volumes, "organ volumes", inputs, others=[args.output])
     if args.attention:
-        check_writable(Path(args.attention) / "x")
+        check_output_folder(args.attention, inputs)
     events = EventLog("-" if args.json_progress else None)
     volume = read_volume(args.input)
     segmenter = Segmenter(args.model, device=args.device)
@@ -78,13 +83,15 @@ def run(args) -> int:
         events.emit("notice", message=note)
 
     attention_files = {}
+    if args.attention:  # their names follow from the tags, known only now; still nothing is written yet
+        for tag in result.attention:
+            attention_files[tag] = attention_file_name(tag, args.output)
+            check_output(Path(args.attention) / attention_files[tag], "attention map", inputs,
+                         others=[args.output, args.volumes])
     with StagedWriter() as writer:
-        writer.volume(args.output, result.labelmap, result.affine)
-        if args.attention:
-            for tag in result.attention:
-                name = attention_file_name(tag, args.output)
-                writer.volume(Path(args.attention) / name, result.attention[tag], result.affine)
-                attention_files[tag] = name
+        writer.volume(args.output, result.labelmap, result.affine, "label map")
+        for tag, name in attention_files.items():
+            writer.volume(Path(args.attention) / name, result.attention[tag], result.affine, "attention map")
         if args.volumes:
             writer.text(args.volumes, volumes_text(args.volumes, result, attention_files))
         writer.commit()

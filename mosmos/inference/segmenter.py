@@ -22,6 +22,7 @@ import torch.nn.functional as F
 
 from ..errors import MosmosError
 from ..tags import color_for
+from ..train.config import check_number
 from .geometry import (ModelGrid, from_oriented, model_grid, nearest_model_indices, resample_to_input,
                        resample_to_model, to_oriented)
 from .network import load_segmentation_model, roi_size_of
@@ -118,8 +119,7 @@ class Segmenter:
         """
         if array_order not in ("xyz", "kji"):
             raise MosmosError(f"array_order: expected 'xyz' or 'kji', got {array_order!r}")
-        if not 0 <= overlap < 1:
-            raise MosmosError(f"overlap: must be in [0, 1), got {overlap}")
+        check_number("overlap", overlap)
         array = np.asarray(array)
         kji = array_order == "kji"
         arr = array.T if kji else array
