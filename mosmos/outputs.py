@@ -41,7 +41,7 @@ def check_output(path, kind: str, inputs=(), others=()) -> Path:
     if path.is_dir():
         raise MosmosError(f"{path}: is a folder, not a file name")
     if path.exists() and not is_output_of(path, kind):
-        raise MosmosError(f"{path}: exists and is not a {kind} written by mosmos; remove it or choose another name")
+        raise MosmosError(f"{path}: exists and is not mosmos output ({kind}); remove it or choose another name")
     check_writable(path)
     return path
 
@@ -59,14 +59,19 @@ def check_output_folder(folder, inputs=()) -> Path:
 
 
 def check_writable(path) -> None:
-    """Fail before any work if ``path`` cannot be created (its folder is made if missing)."""
+    """Fail before any work if ``path`` could not be created; creates nothing (the writer makes missing folders)."""
     path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MosmosError(f"{path.parent}: cannot create the folder ({e.strerror or e})") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise MosmosError(f"{path}: not writable")
+    if path.exists():
+        if not os.access(path, os.W_OK):
+            raise MosmosError(f"{path}: not writable")
+        return
+    folder = path.parent
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    if not folder.is_dir():
+        raise MosmosError(f"{path}: cannot be created: {folder} is a file, not a folder")
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise MosmosError(f"{path}: cannot be created: {folder} is not writable")
 
 
 def is_output_of(path: Path, kind: str) -> bool:

@@ -56,12 +56,27 @@ def plan(args) -> list[tuple[Path, Path]]:
         inputs = sorted(p for p in source.iterdir() if is_volume_file(p))
         if not inputs:
             raise MosmosError(f"{source}: no volume files ({', '.join(VOLUME_SUFFIXES)})")
-        return [(p, target / f"{stem(p)}.{args.format}") for p in inputs]
-    if not source.is_file():
+        jobs = [(p, target / f"{stem(p)}.{args.format}") for p in inputs]
+    elif not source.is_file():
         raise MosmosError(f"{source}: no such file or folder")
-    if target.is_dir() or not target.name.lower().endswith(VOLUME_SUFFIXES + (SEGMENTATION_SUFFIX,)):
-        target = target / f"{stem(source)}.{args.format}"
-    return [(source, target)]
+    else:
+        if target.is_dir() or not target.name.lower().endswith(VOLUME_SUFFIXES + (SEGMENTATION_SUFFIX,)):
+            target = target / f"{stem(source)}.{args.format}"
+        jobs = [(source, target)]
+    refuse_overwriting_inputs(jobs, args.model)
+    return jobs
+
+
+def refuse_overwriting_inputs(jobs, model) -> None:
+    """Before any work: no output may be an input volume (--output beside the inputs with their format) or the model."""
+    from mosmos.errors import MosmosError
+    from mosmos.outputs import same_file
+
+    inputs = [source for source, _ in jobs] + ([Path(model)] if model else [])
+    for _, target in jobs:
+        clash = next((p for p in inputs if same_file(target, p)), None)
+        if clash is not None:
+            raise MosmosError(f"{target}: is an input of this run ({clash}); choose another output")
 
 
 def write_output(outputs, volumeNode, path: Path) -> None:
