@@ -147,7 +147,7 @@ CLI_CASES = [
      "device"),
     ("segment-single-slice", "segment {slice} --model {stub} --output {root}/x.nii.gz", "single 2D slice"),
     ("segment-constant-volume", "segment {flat} --model {stub} --output {root}/x.nii.gz", "constant"),
-    ("segment-all-nan", "segment {nan} --model {stub} --output {root}/x.nii.gz", "no voxel has a finite value"),
+    ("segment-all-nan", "segment {nan} --model {stub} --output {root}/x.nii.gz", "every voxel is NaN or infinite"),
     ("segment-huge-grid", "segment {huge} --model {stub} --output {root}/x.nii.gz", "would become"),
     ("segment-empty-tags", "segment {small} --model {stub} --output {root}/x.nii.gz --tags ,", "no organ names"),
     ("finetune-lr-negative", "finetune --data {dataset} --out {root}/run --lr -1", "--lr: must be > 0"),

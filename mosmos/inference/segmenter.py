@@ -178,7 +178,7 @@ class Segmenter:
             finite = np.isfinite(arr)
             bad = arr.size - int(np.count_nonzero(finite))
             if bad == arr.size:
-                raise MosmosError(f"{source}: no voxel has a finite value (all NaN or infinite); nothing to segment")
+                raise MosmosError(f"{source}: every voxel is NaN or infinite; nothing to segment")
             lo, hi = arr[finite].min(), arr[finite].max()
             notices.append(f"{source}: {bad} of {arr.size} voxels are not finite (NaN or infinite); they are treated "
                            "as NaN: filled with the lowest finite value")
