@@ -180,6 +180,14 @@ CLI_CASES = [
      "--backbone tiny-vit", "is not mosmos output (model file)"),
     ("finetune-events-onto-the-data", "finetune --data {dataset} --out {root}/run --init random "
      "--backbone tiny-vit --events {dataset_json}", "is not mosmos output (event log)"),
+    ("finetune-mosmos-init-without-model", "finetune --data {dataset} --out {root}/run --init mosmos",
+     "needs --pretrained"),
+    ("finetune-missing-pretrained", "finetune --data {dataset} --out {root}/run --init mosmos "
+     "--pretrained {root}/absent.safetensors", "absent.safetensors"),
+    ("finetune-roi-not-whole-patches", "finetune --data {dataset} --out {root}/run --init random "
+     "--backbone tiny-vit --roi-size 20 20 20", "multiple of the patch size"),
+    ("pretrain-missing-weights", "pretrain --roco {roco} --out {root}/pre --backbone tiny-vit "
+     "--weights {root}/absent.pt", "absent.pt"),
     ("finetune-missing-data", "finetune --data {root}/absent --out {root}/run --init random", "does not exist"),
     ("pretrain-lr-negative", "pretrain --roco {roco} --out {root}/pre --lr=-1e-5", "--lr: must be > 0"),
     # argparse takes "-1e-5" for an option: still one clean line, naming the option

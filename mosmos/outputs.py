@@ -131,6 +131,13 @@ def staging_file(path: Path, suffix: str = ".part") -> Path:
 
 
 def current_umask() -> int:
-    mask = os.umask(0o022)  # reading the umask means setting it: put it straight back
+    try:  # Linux says it without changing it (other threads may be creating files meanwhile)
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)  # elsewhere reading the umask means setting it: put it straight back
     os.umask(mask)
     return mask
