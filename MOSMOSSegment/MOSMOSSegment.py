@@ -1,5 +1,4 @@
 import logging
-import os
 from pathlib import Path
 from typing import Annotated
 
@@ -15,7 +14,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MOSMOSSegmentLib import deps, models, pipeline
+from MOSMOSSegmentLib import models, pipeline, terminology
 from MOSMOSSegmentLib.process import Cancelled
 
 #
@@ -42,6 +41,16 @@ Models live in a models folder (default ~/MOSMOS/models, or $MOSMOS_MODELS_DIR);
 Method: Tian et al., "MOSMOS: Multi-organ segmentation facilitated by medical report supervision"
 (arXiv 2409.02418). Segment terminology codes from TotalSegmentator (Wasserthal et al., Apache-2.0).
 """
+        # Slicer's terminology selector resolves MOSMOS segments (also ones loaded from files) once the MOSMOS
+        # context is loaded: at start-up, when the Terminologies module exists.
+        slicer.app.connect("startupCompleted()", registerTerminology)
+
+
+def registerTerminology() -> None:
+    try:
+        terminology.load_context(slicer.modules.terminologies.logic())
+    except Exception:  # start-up goes on; segments keep their codes, only the selector cannot show them
+        logging.exception("MOSMOS terminology context could not be loaded")
 
 
 #
@@ -78,6 +87,8 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer = None
         self._organCheckBoxes = {}
         self._attentionNodes = {}
+        self._listedFolder = None  # the models folder refreshModels() listed
+        self._shownOpacity = None  # the attention opacity showAttention() used
 
     def setup(self) -> None:
         ScriptedLoadableModuleWidget.setup(self)
@@ -102,13 +113,12 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
-        self.ui.modelsFolderPathLineEdit.connect("currentPathChanged(QString)", self.refreshModels)
         self.ui.tagsLineEdit.connect("textEdited(QString)", self.onTagsEdited)
         self.ui.attentionTagComboBox.connect("currentIndexChanged(int)", self.showAttention)
-        self.ui.attentionOpacitySliderWidget.connect("valueChanged(double)", self.onOpacityChanged)
+        # The models folder and the opacity are followed on the parameter node (onParameterNodeModified): a slot
+        # on their widgets' signals would run before the GUI connectors update the node, and read the old value.
 
-        self.initializeParameterNode()
-        self.refreshModels()
+        self.initializeParameterNode()  # lists the models folder's models
 
     def cleanup(self) -> None:
         if self._job is not None:
@@ -127,7 +137,7 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
             self._parameterNodeGuiTag = None
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
 
     def onSceneStartClose(self, caller, event) -> None:
         self.setParameterNode(None)
@@ -146,12 +156,20 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def setParameterNode(self, inputParameterNode) -> None:
         if self._parameterNode:
             self._parameterNode.disconnectGui(self._parameterNodeGuiTag)
-            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
+            self.removeObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
         self._parameterNode = inputParameterNode
         if self._parameterNode:
             # Widgets carry a "SlicerParameterName" property in the .ui file.
             self._parameterNodeGuiTag = self._parameterNode.connectGui(self.ui)
-            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self._updateApplyButton)
+            self.addObserver(self._parameterNode, vtk.vtkCommand.ModifiedEvent, self.onParameterNodeModified)
+        self.onParameterNodeModified()
+
+    def onParameterNodeModified(self, caller=None, event=None) -> None:
+        p = self._parameterNode
+        if p and p.modelsFolder != self._listedFolder:
+            self.refreshModels()
+        if p and p.attentionOpacity != self._shownOpacity:
+            self.showAttention()
         self._updateApplyButton()
 
     def _updateApplyButton(self, caller=None, event=None) -> None:
@@ -171,17 +189,17 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         path = self.ui.modelComboBox.currentData
         return Path(path) if path else None
 
-    def refreshModels(self, *unused) -> None:
+    def refreshModels(self) -> None:
         folder = self._parameterNode.modelsFolder if self._parameterNode else models.default_models_dir()
+        self._listedFolder = folder
         wanted = str(self._selectedModel() or qt.QSettings().value(self.MODEL_SETTINGS_KEY, ""))
         combo = self.ui.modelComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        try:
+        installed = []
+        # Header-only reads: listing needs none of the packages installed at first use.
+        with slicer.util.tryWithErrorDisplay(f"Cannot list the models in {folder}."):
             installed = models.list_models(folder)
-        except ImportError as e:  # core dependencies not installed yet: they are installed at first Apply
-            installed = []
-            self.ui.statusLabel.text = f"Dependencies are installed at first use ({e.name} missing)."
         for info in installed:
             combo.addItem(info.display_name, str(info.path))
             combo.setItemData(combo.count - 1, f"{info.path}\nOrgans: {', '.join(info.organs)}", qt.Qt.ToolTipRole)
@@ -197,7 +215,8 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         organs = ()
         if path:
             qt.QSettings().setValue(self.MODEL_SETTINGS_KEY, str(path))
-            organs = models.model_info(path).organs
+            with slicer.util.tryWithErrorDisplay("Cannot read this model file."):
+                organs = models.model_info(path).organs
         self._completer.setModel(qt.QStringListModel(list(organs)))
         layout = self.ui.organsCheckBoxArea.layout()
         for box in self._organCheckBoxes.values():
@@ -260,13 +279,15 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onApplyButton(self) -> None:
         if self._job is not None:
-            self._job.cancel()
+            # Returns at once: the process tree is stopped in a thread and the timer sees its exit.
+            with slicer.util.tryWithErrorDisplay("Cannot cancel."):
+                self._job.cancel(wait=False)
             self.ui.statusLabel.text = "Cancelling..."
             return
         p = self._parameterNode
         try:
             with slicer.util.WaitCursor():
-                deps.ensure_dependencies()
+                # SegmentationJob.start() runs the dependency guard (a fresh Slicer installs torch etc. here).
                 self._job = pipeline.SegmentationJob(p.inputVolume, p.tags, self._selectedModel(), p.device,
                                                      p.computeAttention, p.outputSegmentation)
                 self._job.start()
@@ -284,18 +305,28 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.start()
 
     def onPoll(self) -> None:
+        # A timer slot: an error stops the timer (one dialog, not one every 200 ms).
         job = self._job
-        for event in job.process.poll():
-            kind = event.get("event")
-            if kind == "progress" and event.get("total"):
-                self.ui.progressBar.setRange(0, int(event["total"]))
-                self.ui.progressBar.setValue(int(event["done"]))
-            elif kind == "log":
-                logging.info(f"mosmos segment: {event.get('line', '')}")
-            elif kind == "exit":
-                self._timer.stop()
-                self._finish(job)
-                return
+        try:
+            for event in job.process.poll():
+                kind = event.get("event")
+                if kind == "progress" and event.get("total"):
+                    self.ui.progressBar.setRange(0, int(event["total"]))
+                    self.ui.progressBar.setValue(int(event["done"]))
+                elif kind == "log":
+                    logging.info(f"mosmos segment: {event.get('line', '')}")
+                elif kind == "exit":
+                    self._timer.stop()
+                    self._finish(job)
+                    return
+        except Exception as e:
+            self._timer.stop()
+            job.cleanup()
+            self._job = None
+            self.ui.progressBar.hide()
+            self._updateApplyButton()
+            logging.exception("MOSMOS segmentation")
+            slicer.util.errorDisplay(f"Segmentation failed: {e}")
 
     def _finish(self, job) -> None:
         try:
@@ -316,7 +347,8 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _showResults(self, outputs) -> None:
         segNode = outputs.segmentationNode
-        self._parameterNode.outputSegmentation = segNode
+        # Through the logic: the widget's parameter node is None after a scene close while the module was hidden.
+        self.logic.getParameterNode().outputSegmentation = segNode
         segNode.CreateClosedSurfaceRepresentation()
         self.ui.volumesTableView.setMRMLTableNode(outputs.tableNode)
         self._attentionNodes = outputs.attentionNodes
@@ -333,15 +365,15 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.showAttention()
 
     def showAttention(self, *unused) -> None:
+        p = self.logic.getParameterNode()
+        self._shownOpacity = p.attentionOpacity
         if slicer.app.commandOptions().noMainWindow or slicer.app.layoutManager() is None:
             return
+        if not self._attentionNodes:
+            return  # no maps yet: leave the views as they are
         node = self._attentionNodes.get(self.ui.attentionTagComboBox.currentText)
-        slicer.util.setSliceViewerLayers(background=self._parameterNode.inputVolume, foreground=node,
-                                         foregroundOpacity=self._parameterNode.attentionOpacity if node else 0.0)
-
-    def onOpacityChanged(self, value) -> None:
-        if self.ui.attentionTagComboBox.currentText in self._attentionNodes:
-            self.showAttention()
+        slicer.util.setSliceViewerLayers(background=p.inputVolume, foreground=node,
+                                         foregroundOpacity=p.attentionOpacity if node else 0.0)
 
 
 #
@@ -358,6 +390,8 @@ class MOSMOSSegmentLogic(ScriptedLoadableModuleLogic):
     def __init__(self) -> None:
         ScriptedLoadableModuleLogic.__init__(self)
         self.lastOutputs = None
+        if hasattr(slicer.modules, "terminologies"):  # also when the module was loaded after start-up
+            registerTerminology()
 
     def getParameterNode(self):
         return MOSMOSSegmentParameterNode(super().getParameterNode())
@@ -368,7 +402,6 @@ class MOSMOSSegmentLogic(ScriptedLoadableModuleLogic):
         model's name in the models folder (None: the only one installed). Returns the segmentation node, or
         (segmentation node, {tag: attention volume node}) with ``returnAttention``. The organ volume table is
         ``self.lastOutputs.tableNode``."""
-        deps.ensure_dependencies(askConfirmation=not slicer.app.commandOptions().testingEnabled)
         self.lastOutputs = pipeline.segment_volume_node(volumeNode, tags, model, device, returnAttention,
                                                         progress, segmentationNode)
         if returnAttention:
@@ -391,17 +424,11 @@ class MOSMOSSegmentTest(ScriptedLoadableModuleTest):
 
     def test_SegmentPhantom(self):
         import numpy as np
-        from mosmos.data.phantoms import make_phantom
-        from mosmos.demo_models import make_tiny_segmentation_model
         from mosmos.tags import color_for
-        from MOSMOSSegmentLib import segmentation, volumes
+        from MOSMOSSegmentLib import segmentation, selftest, volumes
 
-        self.delayDisplay("Making a phantom CT and a tiny model")
-        phantom = make_phantom(0, shape=(48, 48, 32), spacing=(3.0, 3.0, 4.0))
-        volumeNode = slicer.util.addVolumeFromArray(phantom.image.transpose(2, 1, 0).copy(), phantom.affine,
-                                                    "phantom CT")
-        modelPath = os.path.join(slicer.app.temporaryPath, "MOSMOSSegmentTest.mosmos")
-        make_tiny_segmentation_model(modelPath)
+        self.delayDisplay("Making a phantom CT and a tiny model (the dependencies are installed first)")
+        volumeNode, modelPath = selftest.segmentation_inputs(slicer.mrmlScene, slicer.app.temporaryPath)
 
         self.delayDisplay("Segmenting")
         logic = MOSMOSSegmentLogic()
@@ -412,6 +439,9 @@ class MOSMOSSegmentTest(ScriptedLoadableModuleTest):
         for name in names:
             segment = segNode.GetSegmentation().GetSegment(segmentation.segment_id(segNode, name))
             np.testing.assert_allclose(segment.GetColor(), np.array(color_for(name)) / 255.0, atol=1e-6)
+            entry = vtk.mutable("")
+            self.assertTrue(segment.GetTag(segment.GetTerminologyEntryTagName(), entry))
+            self.assertEqual(terminology.resolved_label(slicer.modules.terminologies.logic(), entry.get()), name)
             mask = segmentation.export_segment_array(segNode, name, volumeNode)
             self.assertEqual(mask.shape, tuple(reversed(volumeNode.GetImageData().GetDimensions())))
         self.assertEqual(sorted(attention), ["liver", "spleen"])

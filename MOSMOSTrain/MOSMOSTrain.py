@@ -14,7 +14,7 @@ from slicer.ScriptedLoadableModule import (
 )
 from slicer.util import VTKObservationMixin
 
-from MOSMOSSegmentLib import deps, models
+from MOSMOSSegmentLib import models
 from MOSMOSTrainLib import folders, job
 from MOSMOSTrainLib.settings import ARCHITECTURES, BACKBONES, INITIALIZATIONS, STAGES, TrainingSettings
 
@@ -91,6 +91,8 @@ class MOSMOSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._parameterNode = None
         self._parameterNodeGuiTag = None
         self._job = None
+        self._check = None  # the folder check running in the background, if any
+        self._afterCheck = None  # what follows the check: None (report only), or (settings, resume)
         self._timer = None
 
     def setup(self) -> None:
@@ -117,6 +119,8 @@ class MOSMOSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def cleanup(self) -> None:
         # A run must not outlive Slicer: nothing would read its output any more.
+        if self._check is not None:
+            self._check.cancel()
         if self._job is not None:
             self._job.stop()
         if self._timer is not None:
@@ -159,71 +163,89 @@ class MOSMOSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.pretrainGroupBox.visible = pretraining
         self.ui.finetuneGroupBox.visible = not pretraining
         running = self._job is not None and self._job.running
+        busy = running or self._check is not None
         ready = bool(p and folders.given(p.outputFolder))
-        self.ui.startButton.enabled = ready and not running
-        self.ui.checkFoldersButton.enabled = bool(p) and not running
-        self.ui.stopButton.enabled = running
-        self.ui.resumeButton.enabled = (ready and not running
+        self.ui.startButton.enabled = ready and not busy
+        self.ui.checkFoldersButton.enabled = bool(p) and not busy
+        self.ui.stopButton.enabled = busy
+        self.ui.resumeButton.enabled = (ready and not busy
                                         and (folders.given(p.outputFolder) / folders.CHECKPOINT_NAME).is_file())
         self.ui.showCurvesButton.enabled = self._job is not None
 
     def _log(self, text) -> None:
         self.ui.logTextEdit.appendPlainText(text)
 
-    # Folder checks
+    # Folder checks: in a background process (a real ROCO folder or dataset takes minutes to read)
 
     def onCheckFolders(self) -> None:
         with slicer.util.tryWithErrorDisplay("Cannot check the folders.", waitCursor=True):
-            reports = self.logic.checkFolders(self._parameterNode)
-            for report in reports:
-                self._log(report.text)
-            problems = sum(len(r.problems) for r in reports)
-            self.ui.statusLabel.text = ("Folders ready." if not problems
-                                        else f"{problems} problem(s) found: see the log below.")
+            self._startCheck(None)
 
-    def _checkBeforeStart(self, resume: bool) -> bool:
-        with slicer.util.WaitCursor():
-            reports = self.logic.checkFolders(self._parameterNode)
-        for report in reports:
+    def _startCheck(self, afterCheck) -> None:
+        self._check = self.logic.folderCheck(self._parameterNode).start()
+        self._afterCheck = afterCheck
+        self.ui.progressBar.setRange(0, 0)
+        self.ui.statusLabel.text = "Checking the folders..."
+        self._updateGui()
+        self._timer.start()
+
+    def _pollCheck(self) -> None:
+        check = self._check
+        for event in check.poll():
+            if event.get("event") == "progress" and event.get("total"):
+                self.ui.progressBar.setRange(0, int(event["total"]))
+                self.ui.progressBar.setValue(int(event["done"]))
+        if not check.done:
+            return
+        self._check, afterCheck, self._afterCheck = None, self._afterCheck, None
+        self._timer.stop()
+        self.ui.progressBar.setRange(0, 1)
+        self.ui.progressBar.setValue(0)
+        for report in check.reports:
             self._log(report.text)
-        blocking = [p for r in reports for p in r.problems]
-        if blocking:
-            slicer.util.errorDisplay("Training cannot start:\n" + "\n".join(blocking))
-            return False
-        output = next(r for r in reports if r.kind == "output")
-        if not resume and output.summary.get("checkpoint"):
-            return slicer.util.confirmOkCancelDisplay(
-                f"{output.folder} holds a run that can be resumed. Start a new run and replace it?")
-        return True
+        problems = [p for r in check.reports for p in r.problems]
+        if check.error:
+            self.ui.statusLabel.text = check.error
+            if afterCheck is not None and not check.process.cancelled:
+                slicer.util.errorDisplay(f"Training cannot start: {check.error}")
+            return
+        if afterCheck is None:
+            self.ui.statusLabel.text = ("Folders ready." if not problems
+                                        else f"{len(problems)} problem(s) found: see the log below.")
+            return
+        if problems:
+            self.ui.statusLabel.text = "Training cannot start: see the log below."
+            slicer.util.errorDisplay("Training cannot start:\n" + "\n".join(problems))
+            return
+        settings, resume = afterCheck
+        output = next(r for r in check.reports if r.kind == "output")
+        if not resume and output.summary.get("checkpoint") and not slicer.util.confirmOkCancelDisplay(
+                f"{output.folder} holds a run that can be resumed. Start a new run and replace it?"):
+            self.ui.statusLabel.text = "Not started."
+            return
+        self._launch(settings, resume)
 
     # Running
 
     def onStart(self) -> None:
-        self._launch(resume=False)
+        with slicer.util.tryWithErrorDisplay("Training cannot start.", waitCursor=True):
+            self._startCheck((self._validSettings(), False))
 
     def onResume(self) -> None:
-        self._launch(resume=True)
+        with slicer.util.tryWithErrorDisplay("Training cannot resume.", waitCursor=True):
+            self._startCheck((self._validSettings(), True))
 
-    def _launch(self, resume: bool) -> None:
-        try:
-            settings = self.logic.settings(self._parameterNode)
-            settings.validate()
-        except Exception as e:
-            slicer.util.errorDisplay(f"Training cannot start: {e}")
-            return
-        if not self._checkBeforeStart(resume):
-            return
-        try:
-            with slicer.util.WaitCursor():
-                deps.ensure_dependencies()
-                sameRun = self._job is not None and resume and self._job.settings.out == settings.out
-                if not sameRun:
-                    self._job = job.TrainingJob(settings, modelsFolder=self.logic.modelsFolder())
-                self._job.start(resume=resume)
-        except Exception as e:
-            slicer.util.errorDisplay(f"Training could not start: {e}")
-            logging.exception("MOSMOS training could not start")
-            return
+    def _validSettings(self) -> TrainingSettings:
+        settings = self.logic.settings(self._parameterNode)
+        settings.validate()
+        return settings
+
+    def _launch(self, settings: TrainingSettings, resume: bool) -> None:
+        with slicer.util.WaitCursor():
+            sameRun = self._job is not None and resume and self._job.settings.out == settings.out
+            if not sameRun:
+                self._job = job.TrainingJob(settings, modelsFolder=self.logic.modelsFolder())
+            self._job.start(resume=resume)
         self._log(" ".join(self._job.process.argv))
         self.ui.progressBar.setRange(0, 0)
         self.ui.statusLabel.text = self._job.statusText()
@@ -232,13 +254,29 @@ class MOSMOSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._timer.start()
 
     def onStop(self) -> None:
-        if self._job is None:
-            return
-        with slicer.util.WaitCursor():
-            self._job.stop()
-        self.onPoll()
+        # Returns at once: the process tree is stopped in a thread and the timer sees its exit.
+        with slicer.util.tryWithErrorDisplay("Cannot stop."):
+            if self._check is not None:
+                self._check.cancel(wait=False)
+            elif self._job is not None:
+                self._job.stop(wait=False)
+            self.ui.statusLabel.text = "Stopping..."
 
     def onPoll(self) -> None:
+        # A timer slot: an error stops the timer (one dialog, not one every half second).
+        try:
+            if self._check is not None:
+                self._pollCheck()
+            elif self._job is not None:
+                self._pollJob()
+        except Exception as e:
+            self._timer.stop()
+            self._check = None
+            logging.exception("MOSMOS training")
+            slicer.util.errorDisplay(f"Training: {e}")
+        self._updateGui()
+
+    def _pollJob(self) -> None:
         run = self._job
         for event in run.poll():
             line = job.describe(event)
@@ -251,12 +289,12 @@ class MOSMOSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not run.running:
             self._timer.stop()
             self._finish(run)
-        self._updateGui()
 
     def _finish(self, run) -> None:
         if run.state == job.FINISHED and run.settings.stage == "pretrain":
-            # The next stage starts from this model.
-            self._parameterNode.pretrainedModel = run.modelPath
+            # The next stage starts from this model. Through the logic: the widget's parameter node is None
+            # after a scene close while the module was hidden.
+            self.logic.getParameterNode().pretrainedModel = run.modelPath
             self._log(f"Pre-trained model set as the fine-tuning stage's starting point: {run.modelPath}")
         elif run.state == job.FAILED:
             slicer.util.errorDisplay(f"Training failed: {run.error}")
@@ -299,14 +337,18 @@ class MOSMOSTrainLogic(ScriptedLoadableModuleLogic):
             max_steps=p.maxSteps or None)
 
     @staticmethod
-    def checkFolders(p) -> list:
-        """Reports on the output folder and the stage's input folder."""
-        reports = [folders.check_output(p.outputFolder, p.stage)]
-        if p.stage == "pretrain":
-            reports.append(folders.check_roco(p.rocoFolder, batch_size=p.pretrainBatchSize))
-        else:
-            reports.append(folders.check_dataset(p.datasetFolder, p.labelRatio, p.architecture))
-        return reports
+    def _checkArguments(p) -> dict:
+        return {"stage": p.stage, "output": p.outputFolder, "roco": p.rocoFolder, "batch_size": p.pretrainBatchSize,
+                "dataset": p.datasetFolder, "label_ratio": p.labelRatio, "architecture": p.architecture}
+
+    def checkFolders(self, p) -> list:
+        """Reports on the output folder and the stage's input folder. Blocking (minutes on a real ROCO folder):
+        a GUI uses folderCheck()."""
+        return folders.check_stage(**self._checkArguments(p))
+
+    def folderCheck(self, p) -> folders.FolderCheck:
+        """The same check for a background process: call start(), then poll()."""
+        return folders.FolderCheck(**self._checkArguments(p))
 
     @staticmethod
     def modelsFolder() -> Path:
@@ -322,7 +364,6 @@ class MOSMOSTrainLogic(ScriptedLoadableModuleLogic):
         ``registered``). Raises MosmosError with the command's message when the run fails."""
         from mosmos.errors import MosmosError
 
-        deps.ensure_dependencies(askConfirmation=not slicer.app.commandOptions().testingEnabled)
         run = job.TrainingJob(settings, modelsFolder=self.modelsFolder()).start(resume=resume)
         run.wait(timeout=timeout, onEvent=onEvent)
         if run.running:
@@ -349,13 +390,12 @@ class MOSMOSTrainTest(ScriptedLoadableModuleTest):
     def test_PretrainStopResumeFinetune(self):
         import shutil
 
-        from mosmos.data.phantoms import write_decathlon_dataset, write_roco_folder
+        from MOSMOSSegmentLib import selftest
 
         base = Path(slicer.app.temporaryPath) / "MOSMOSTrainTest"
         shutil.rmtree(base, ignore_errors=True)
         self.delayDisplay("Writing a phantom ROCO folder and a phantom dataset")
-        roco = write_roco_folder(base / "roco", 64, seed=0)
-        write_decathlon_dataset(base / "dataset", 2, 1, seed=0, shape=(32, 32, 16))
+        roco, dataset = selftest.training_folders(base)
 
         logic = MOSMOSTrainLogic()
         p = logic.getParameterNode()
@@ -368,7 +408,6 @@ class MOSMOSTrainTest(ScriptedLoadableModuleTest):
         settings = logic.settings(p)
         settings.backbone, settings.weights, settings.epochs, settings.workers = "tiny-vit", "", 2, 0
         settings.checkpoint_every, settings.log_every, settings.device = 2, 1, "cpu"
-        deps.ensure_dependencies(askConfirmation=False)
         run = job.TrainingJob(settings, modelsFolder=logic.modelsFolder()).start()
 
         def stopAtCheckpoint(event):
@@ -388,7 +427,7 @@ class MOSMOSTrainTest(ScriptedLoadableModuleTest):
         self.assertTrue(run.modelPath.is_file())
 
         self.delayDisplay("Fine-tuning from the pre-trained model (one step)")
-        p.stage, p.datasetFolder, p.pretrainedModel = "finetune", base / "dataset", run.modelPath
+        p.stage, p.datasetFolder, p.pretrainedModel = "finetune", dataset, run.modelPath
         p.outputFolder = base / "MOSMOSTrainTest-phantom"
         self.assertTrue(all(r.ok for r in logic.checkFolders(p)))
         settings = logic.settings(p)

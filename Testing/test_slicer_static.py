@@ -1,6 +1,7 @@
 """Static checks of the Slicer modules: every widget the code uses exists in the .ui file, every parameter-node
-field is bound to a widget that Slicer's GUI connectors accept for its type, and every Lib file is listed in the
-module's CMakeLists.txt."""
+field is bound to a widget that Slicer's GUI connectors accept for its type, every Lib file is listed in the
+module's CMakeLists.txt, and the widget's Qt slots keep the rules a fresh Slicer needs (errors reach the GUI,
+no slow check on the GUI thread, no stale parameter values, nothing that a scene close breaks)."""
 
 from __future__ import annotations
 
@@ -116,7 +117,7 @@ def test_cmake_lists_every_lib_file_and_resource(module):
     name = module.name
     cmake = (module.folder / "CMakeLists.txt").read_text().replace("${MODULE_NAME}", name)
     for path in sorted((module.folder / f"{name}Lib").iterdir()):
-        if path.suffix in (".py", ".csv"):
+        if path.suffix in (".py", ".csv", ".json"):
             assert f"{name}Lib/{path.name}" in cmake, path.name
     for resource in (f"Resources/Icons/{name}.png", f"Resources/UI/{name}.ui"):
         assert resource in cmake and (module.folder / resource).is_file()
@@ -159,3 +160,224 @@ def test_training_gui_defaults_are_the_libs():
         (FINETUNE_DEFAULTS["epochs"], FINETUNE_DEFAULTS["batch_size"], FINETUNE_DEFAULTS["lr"])
     assert (defaults["lambdaPta"], defaults["labelRatio"]) == (FINETUNE_DEFAULTS["lambda_pta"],
                                                               FINETUNE_DEFAULTS["label_ratio"])
+
+
+# ---- Qt slots -----------------------------------------------------------------------------------------------------
+
+# Lib calls that cannot fail in a way worth a dialog: path and text helpers, the parameter node, and the jobs'
+# best-effort cleanup (error handlers call it; it never raises).
+PURE = {"given", "describe", "default_models_dir", "getParameterNode", "statusText", "cleanup"}
+# Blocking for seconds to minutes on real data: never on the GUI thread from a slot.
+SLOW = {"checkFolders", "check_stage", "check_roco", "check_dataset", "summarize_roco", "segment",
+        "segment_volume_node", "train", "wait"}
+LIB_ATTRIBUTES = {"logic", "_job", "_check"}  # the widget's attributes that hold Lib objects
+
+
+def _chain(node):
+    """["self", "_job", "cancel"] for self._job.cancel; None when the chain does not start at a name."""
+    names = []
+    while isinstance(node, ast.Attribute):
+        names.append(node.attr)
+        node = node.value
+    return [node.id] + names[::-1] if isinstance(node, ast.Name) else None
+
+
+def _is_parameter_node(node) -> bool:
+    return _chain(node) == ["self", "_parameterNode"]
+
+
+class Slots:
+    """The widget class of a module file: its slots (Qt connections, VTK observers) and what they reach."""
+
+    def __init__(self, module: Module):
+        tree = ast.parse(module.source)
+        self.lib_names = {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)
+                          and (node.module or "").split(".")[0] in ("mosmos", "MOSMOSSegmentLib", "MOSMOSTrainLib")
+                          for alias in node.names}
+        self.lib_names |= {alias.asname or alias.name for node in ast.walk(tree) if isinstance(node, ast.Import)
+                           for alias in node.names if alias.name.split(".")[0] == "mosmos"}
+        widget = next(n for n in tree.body if isinstance(n, ast.ClassDef) and n.name.endswith("Widget"))
+        self.methods = {f.name: f for f in widget.body if isinstance(f, ast.FunctionDef)}
+        self.bound = set(module.parameter_names().values())
+        self.slots = {}  # slot name -> ("qt", widget or attribute name, signal) | ("vtk", None, None)
+        for call in ast.walk(widget):
+            if not isinstance(call, ast.Call):
+                continue
+            chain = _chain(call.func)
+            if chain and chain[-1] == "connect" and len(call.args) == 2:
+                target = _chain(call.args[1])
+                if target and target[:1] == ["self"] and len(target) == 2:
+                    sender = chain[-2] if len(chain) >= 3 else None
+                    self.slots[target[1]] = ("qt", sender, ast.literal_eval(call.args[0]))
+            if chain == ["self", "addObserver"] and len(call.args) == 3:
+                target = _chain(call.args[2])
+                if target and len(target) == 2:
+                    self.slots[target[1]] = ("vtk", None, None)
+
+    def lib_call(self, call: ast.Call, local_lib: set) -> str | None:
+        """The called name when ``call`` goes into Lib code (or a Lib object the widget holds), else None."""
+        chain = _chain(call.func)
+        if not chain or len(chain) < 2:
+            return chain[0] if chain and chain[0] in self.lib_names | local_lib else None
+        if chain[0] in self.lib_names | local_lib or (chain[0] == "self" and chain[1] in LIB_ATTRIBUTES):
+            return chain[-1]
+        return None
+
+    def walk(self, name: str, wrapped: bool = False, seen=None):
+        """Yield (method, node, wrapped) for every call reachable from ``name`` through self.method() calls;
+        ``wrapped``: inside the module's error display (tryWithErrorDisplay, or try/except Exception)."""
+        seen = set() if seen is None else seen
+        if (name, wrapped) in seen or name not in self.methods:
+            return
+        seen.add((name, wrapped))
+        function = self.methods[name]
+        local_lib = set()
+        for node in ast.walk(function):  # names bound to Lib objects: run = self._job, check = self._check
+            if isinstance(node, ast.Assign) and any(_chain(n) and (_chain(n)[0] in self.lib_names or _chain(n)[:2] in
+                                                    (["self", a] for a in LIB_ATTRIBUTES)) for n in ast.walk(node.value)):
+                local_lib |= {t.id for t in node.targets if isinstance(t, ast.Name)}
+        yield from self._visit(function, function.body, wrapped, local_lib, seen)
+
+    def _visit(self, function, statements, wrapped, local_lib, seen):
+        for statement in statements:
+            inner = wrapped
+            if isinstance(statement, ast.With) and any(
+                    (_chain(item.context_expr.func) or [""])[-1] == "tryWithErrorDisplay"
+                    for item in statement.items if isinstance(item.context_expr, ast.Call)):
+                inner = True
+            if isinstance(statement, ast.Try) and any(
+                    h.type is None or (isinstance(h.type, ast.Name) and h.type.id in ("Exception", "BaseException"))
+                    for h in statement.handlers):
+                yield from self._visit(function, statement.body, True, local_lib, seen)
+                for block in (statement.handlers, statement.orelse, statement.finalbody):
+                    for part in block:
+                        yield from self._visit(function, part.body if isinstance(part, ast.ExceptHandler)
+                                               else [part], wrapped, local_lib, seen)
+                continue
+            children = [n for n in ast.iter_child_nodes(statement) if isinstance(n, ast.stmt)]
+            for node in ast.walk(statement) if not children else self._expressions(statement):
+                yield function.name, node, inner, local_lib
+                if isinstance(node, ast.Call) and _chain(node.func) and _chain(node.func)[0] == "self" \
+                        and len(_chain(node.func)) == 2:
+                    yield from self.walk(_chain(node.func)[1], inner, seen)
+            if children:
+                yield from self._visit(function, children, inner, local_lib, seen)
+
+    @staticmethod
+    def _expressions(statement):
+        """The nodes of a compound statement outside its nested statements (an if's test, a with's items)."""
+        for child in ast.iter_child_nodes(statement):
+            if not isinstance(child, ast.stmt):
+                yield from ast.walk(child)
+
+
+@pytest.fixture(params=MODULES)
+def slots(request) -> Slots:
+    return Slots(Module(request.param))
+
+
+def test_slots_are_found(slots):
+    kinds = {kind for kind, _, _ in slots.slots.values()}
+    assert kinds == {"qt", "vtk"} and len(slots.slots) >= 6, slots.slots
+
+
+def test_every_slot_that_reaches_lib_code_shows_its_errors(slots):
+    """An exception escaping a Qt slot is a console traceback and nothing in the GUI (issue 17, defect 2)."""
+    bare = set()
+    for slot in slots.slots:
+        for method, node, wrapped, local_lib in slots.walk(slot):
+            called = isinstance(node, ast.Call) and slots.lib_call(node, local_lib)
+            if called and called not in PURE and not wrapped:
+                bare.add(f"{slot} -> {method}: {ast.unparse(node)}")
+    assert not bare, "Lib calls outside slicer.util.tryWithErrorDisplay / except Exception:\n" + "\n".join(sorted(bare))
+
+
+def test_no_slot_runs_a_slow_check_or_a_blocking_stop(slots):
+    """Folder checks take minutes on real data, a blocking cancel seconds: the GUI thread must not wait (defect 3)."""
+    blocking = set()
+    for slot in slots.slots:
+        for method, node, _, local_lib in slots.walk(slot):
+            called = isinstance(node, ast.Call) and slots.lib_call(node, local_lib)
+            if called in SLOW or (called in ("cancel", "stop") and not any(
+                    k.arg == "wait" and isinstance(k.value, ast.Constant) and k.value.value is False
+                    for k in node.keywords)):
+                blocking.add(f"{slot} -> {method}: {ast.unparse(node)}")
+    assert not blocking, "\n".join(sorted(blocking))
+
+
+def test_slots_of_parameter_bound_widgets_do_not_read_the_parameter_node(slots):
+    """PythonQt calls slots in connection order; a slot connected in setup() runs before the GUI connectors
+    update the parameter node, so reading the node there gives the previous value (defect 4)."""
+    stale = set()
+    for slot, (kind, sender, signal) in slots.slots.items():
+        if kind == "qt" and sender in slots.bound:
+            stale |= {f"{sender}.{signal} -> {slot} -> {method}" for method, node, _, _ in slots.walk(slot)
+                      if _is_parameter_node(node)}
+    assert not stale, "\n".join(sorted(stale))
+
+
+def test_timer_slots_survive_a_scene_close(slots):
+    """A scene close while the module is hidden leaves the widget's parameter node None; a running job's timer
+    goes on (defect 7). Timer slots use the parameter node only behind a None check, and never set it."""
+    broken = set()
+    timers = [slot for slot, (kind, _, signal) in slots.slots.items() if signal == "timeout()"]
+    assert timers
+    for slot in timers:
+        checked = {}
+        for method, node, _, _ in slots.walk(slot):
+            function = slots.methods[method]
+            if method not in checked:
+                checked[method] = any(
+                    isinstance(n, (ast.BoolOp, ast.UnaryOp, ast.If, ast.IfExp)) and any(
+                        _is_parameter_node(v) or (isinstance(v, ast.Name) and v.id == "p") for v in
+                        ([n.operand] if isinstance(n, ast.UnaryOp) else n.values if isinstance(n, ast.BoolOp)
+                         else [n.test]))
+                    for n in ast.walk(function))
+            if isinstance(node, ast.Attribute) and _is_parameter_node(node.value):
+                if isinstance(node.ctx, ast.Store) or not checked[method]:
+                    broken.add(f"{slot} -> {method}: self._parameterNode.{node.attr}")
+    assert not broken, "\n".join(sorted(broken))
+
+
+def test_module_files_leave_the_dependencies_to_the_lib(module):
+    """The one dependency guard lives in MOSMOSSegmentLib.deps and runs inside the Lib entry points; module files
+    import no core package at their top (Slicer loads them before anything is installed)."""
+    tree = ast.parse(module.source)
+    top = {alias.name.split(".")[0] for node in tree.body if isinstance(node, ast.Import) for alias in node.names}
+    top |= {(node.module or "").split(".")[0] for node in tree.body if isinstance(node, ast.ImportFrom)}
+    assert not top & {"torch", "safetensors", "nibabel", "monai", "open_clip", "mosmos"}, top
+
+
+# ---- extension packaging ------------------------------------------------------------------------------------------
+
+def test_extension_descriptions_agree_and_state_the_minimum_slicer():
+    """The catalog reads MOSMOS.json since Slicer 5.4 (Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json:
+    required $schema, category, scm_url; no other keys than its properties); MOSMOS.s4ext stays for older
+    tooling. Both agree with CMakeLists.txt, and the minimum Slicer (5.10, Python 3.12) is stated everywhere
+    a person or CMake reads it (the JSON schema has no field for it)."""
+    import json
+
+    entry = json.loads((ROOT / "MOSMOS.json").read_text())
+    allowed = {"$schema", "category", "scm_url", "scm_revision", "scm_type", "build_dependencies",
+               "dicom_support_rule", "build_subdirectory", "enabled", "tier"}
+    assert {"$schema", "category", "scm_url"} <= set(entry) <= allowed
+    assert entry["$schema"].endswith("/Schemas/slicer-extension-catalog-entry-schema-v1.0.2.json#")
+    s4ext = dict(line.split(" ", 1) for line in (ROOT / "MOSMOS.s4ext").read_text().splitlines()
+                 if line.strip() and not line.startswith("#") and " " in line)
+    assert entry["scm_url"] == s4ext["scmurl"] and entry["scm_revision"] == s4ext["scmrevision"]
+    assert entry["category"] == s4ext["category"] == "Segmentation"
+    assert entry["build_dependencies"] == s4ext["depends"].split() == ["PyTorch"]
+    top = (ROOT / "CMakeLists.txt").read_text()
+    assert 'EXTENSION_DEPENDS "PyTorch"' in top and f'EXTENSION_HOMEPAGE "{s4ext["homepage"]}"' in top
+    assert re.search(r"find_package\(Slicer 5\.10 REQUIRED\)", top)
+    for text in (s4ext["description"], re.search(r'EXTENSION_DESCRIPTION "([^"]*)"', top).group(1),
+                 (ROOT / "README.md").read_text()):
+        assert "Slicer 5.10 or later" in text
+
+
+def test_batch_script_is_installed_with_the_extension():
+    top = (ROOT / "CMakeLists.txt").read_text()
+    script = "Resources/Scripts/MOSMOSSegmentBatch.py"
+    assert (ROOT / script).is_file()
+    assert re.search(r"list\(APPEND MOSMOS_CORE_RESOURCES [^)]*" + re.escape(script), top)
+    assert "RESOURCES ${MOSMOS_CORE_RESOURCES}" in top

@@ -8,6 +8,7 @@ import json
 import stat
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import numpy as np
@@ -120,6 +121,34 @@ def test_dataset_check_reports_errors(tmp_path):
     report = folders.check_dataset(tmp_path / "ds")
     assert not report.ok and len(report.problems) == 3
     assert all("not defined in 'labels'" in p for p in report.problems)
+
+
+def _drain(check, seconds=120):
+    events, deadline = [], time.monotonic() + seconds
+    while not check.done:
+        assert time.monotonic() < deadline, "folder check did not end"
+        events += check.poll()
+        time.sleep(0.05)
+    return events
+
+
+def test_folder_check_in_a_background_process_reports_progress_and_the_same_reports(tmp_path):
+    """What the GUI runs instead of the blocking checks: the same reports, with per-case progress."""
+    write_decathlon_dataset(tmp_path / "ds", 2, 1, seed=0, shape=(16, 16, 8))
+    arguments = {"output": tmp_path / "out", "dataset": tmp_path / "ds", "label_ratio": 0.5}
+    check = folders.FolderCheck("finetune", **arguments).start()
+    events = _drain(check)
+    assert check.error is None, check.error
+    assert [(e["done"], e["total"]) for e in events if e["event"] == "progress"] == [(0, 3), (1, 3), (2, 3)]
+    expected = folders.check_stage("finetune", **arguments)
+    assert [(r.kind, r.folder, r.ok, r.text) for r in check.reports] == \
+        [(r.kind, r.folder, r.ok, r.text) for r in expected]
+    assert check.reports[1].summary["training_used"] == 1
+
+    stopped = folders.FolderCheck("pretrain", output=tmp_path / "out", roco=tmp_path / "ds").start()
+    stopped.cancel(wait=False)
+    _drain(stopped)
+    assert stopped.error == "folder check stopped" and stopped.reports == []
 
 
 def test_output_check(tmp_path):

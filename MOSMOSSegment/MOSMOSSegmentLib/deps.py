@@ -1,5 +1,9 @@
 """Python dependencies of the mosmos core, installed into Slicer's Python at first use.
 
+ensure_dependencies() is the one guard: every Lib entry point that needs torch, safetensors, nibabel, monai or
+open_clip (in this process or in the background process it starts) calls it first, so a fresh Slicer installs
+them (or says why it cannot) instead of failing with an ImportError.
+
 PyTorch comes from the PyTorch extension (it picks the CUDA build that fits the driver); the rest via
 slicer.util.pip_install with a constraints file that pins what Slicer already ships, so installing
 never replaces Slicer's numpy, SimpleITK, requests (or the PyTorch just installed)."""
@@ -42,7 +46,17 @@ def constraints_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def ensure_torch(askConfirmation: bool = True) -> None:
+def _ask_confirmation(askConfirmation: bool | None) -> bool:
+    """None: ask, except in Slicer's --testing mode, where no one answers a dialog."""
+    if askConfirmation is not None:
+        return askConfirmation
+    import slicer
+
+    app = getattr(slicer, "app", None)
+    return not (app is not None and app.commandOptions().testingEnabled)
+
+
+def ensure_torch(askConfirmation: bool | None = None) -> None:
     if importlib.util.find_spec("torch") is not None:
         return
     try:
@@ -52,12 +66,12 @@ def ensure_torch(askConfirmation: bool = True) -> None:
                           "install the PyTorch extension from the Extensions Manager") from None
     logic = PyTorchUtils.PyTorchUtilsLogic()
     if not logic.torchInstalled():
-        torch = logic.installTorch(askConfirmation)
+        torch = logic.installTorch(_ask_confirmation(askConfirmation))
         if torch is None:
             raise MosmosError("PyTorch: installation was cancelled or failed")
 
 
-def ensure_dependencies(askConfirmation: bool = True) -> list[str]:
+def ensure_dependencies(askConfirmation: bool | None = None) -> list[str]:
     """Install whatever is missing; returns the pip requirements that were installed."""
     ensure_torch(askConfirmation)
     wanted = [req for name, req in REQUIREMENTS.items() if importlib.util.find_spec(name) is None]

@@ -11,6 +11,8 @@ from pathlib import Path
 from mosmos.errors import MosmosError
 from mosmos.modelfile import PRETRAIN_KIND, SEGMENTATION_KIND
 
+from . import deps
+
 ENV_MODELS_DIR = "MOSMOS_MODELS_DIR"
 
 
@@ -75,6 +77,7 @@ def add_model_file(source: str | os.PathLike, folder: str | os.PathLike | None =
     """Verify ``source`` fully (header, tensors, checksum) and copy it into ``folder`` atomically, as ``name``
     (default: the source's file name; training runs all write "model.safetensors", so they pass their own).
     A file of the same name is replaced. Raises MosmosError naming the file when it is not a usable model."""
+    deps.ensure_dependencies()  # the full check reads the tensors (safetensors, torch): a fresh Slicer has neither
     from mosmos.modelfile import load_model
 
     source = Path(source)

@@ -11,6 +11,7 @@ from pathlib import Path
 
 from mosmos.errors import MosmosError
 
+from . import deps
 from . import models as modelsLib
 from .attention import attention_volume_node
 from .process import BackgroundProcess, child_environment, normalize_device, segment_command
@@ -77,6 +78,7 @@ class SegmentationJob:
         self.process: BackgroundProcess | None = None
 
     def start(self) -> BackgroundProcess:
+        deps.ensure_dependencies()  # the child runs the core: torch, monai, open_clip, nibabel
         # Uncompressed NIfTI: fastest to write and read; nibabel and Slicer agree on its RAS geometry.
         write_volume(self.volumeNode, self.inputPath)
         argv = segment_command(self.inputPath, self.modelPath, self.tags, self.outputPath, self.attentionDir,
@@ -128,9 +130,9 @@ class SegmentationJob:
             raise MosmosError(f"{path}: output grid {array.shape} differs from the input volume grid {shape}")
         return array
 
-    def cancel(self) -> None:
+    def cancel(self, wait: bool = True) -> None:
         if self.process is not None:
-            self.process.cancel()
+            self.process.cancel(wait=wait)
 
     def cleanup(self) -> None:
         if self.process is not None and self.process.running:

@@ -159,11 +159,18 @@ class BackgroundProcess:
             return self._stderr[-1]
         return f"exited with code {self.returncode}"
 
-    def cancel(self, timeout: float = 3.0) -> None:
-        """Stop the process and everything it started; returns once they are gone."""
+    def cancel(self, timeout: float = 3.0, wait: bool = True) -> None:
+        """Stop the process and everything it started; returns once they are gone. ``wait=False`` returns at
+        once (a GUI button): the stopping goes on in a thread and ends with the usual "exit" event."""
         if self._proc is None or self._proc.poll() is not None:
             return
         self.cancelled = True
+        if wait:
+            self._stop(timeout)
+        else:
+            threading.Thread(target=self._stop, args=(timeout,), daemon=True).start()
+
+    def _stop(self, timeout: float) -> None:
         _kill_tree(self._proc.pid, timeout)
         try:
             self._proc.wait(timeout=timeout)

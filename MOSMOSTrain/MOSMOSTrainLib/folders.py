@@ -1,12 +1,18 @@
 """What the training folders hold, checked before a run starts, through the same core readers the run uses:
 a ROCO folder (usable pairs, images missing or unreadable per split), a segmentation dataset (organs, label
 values, cases, per-case problems) and an output folder (a run to resume?). Each check returns a FolderReport
-(structured fields for code, ``text`` for people) and never raises for a bad folder."""
+(structured fields for code, ``text`` for people) and never raises for a bad folder.
+
+Opening every ROCO image header or decompressing every label map takes minutes on real data, so a GUI runs the
+checks in a background process (FolderCheck: ``python -m MOSMOSTrainLib.folders``) that reports progress as
+JSON lines and the reports at the end."""
 
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
+import sys
 from pathlib import Path
 
 from mosmos.errors import MosmosError
@@ -90,9 +96,10 @@ def check_roco(folder, batch_size: int | None = None) -> FolderReport:
     return report
 
 
-def check_dataset(folder, label_ratio: float = 1.0, architecture: str = "unetr") -> FolderReport:
+def check_dataset(folder, label_ratio: float = 1.0, architecture: str = "unetr", progress=None) -> FolderReport:
     """Organs and label values of a Decathlon-layout dataset, its cases, and every case's problems
-    (unreadable file, image and label on different grids, undeclared label values, 2D image for a 3D model)."""
+    (unreadable file, image and label on different grids, undeclared label values, 2D image for a 3D model).
+    ``progress(done, total)`` is called after each case."""
     from mosmos.data.decathlon import check_case, label_subset, load_decathlon
     from mosmos.tags import normalize_tag
 
@@ -129,7 +136,10 @@ def check_dataset(folder, label_ratio: float = 1.0, architecture: str = "unetr")
         report.notes.append("no validation cases listed in the dataset")
     spatial_dims = 2 if architecture == "unet2d" else 3
     seen, shapes = set(), set()
-    for case in spec.training + spec.validation:
+    cases = spec.training + spec.validation
+    for done, case in enumerate(cases, 1):
+        if progress is not None:
+            progress(done - 1, len(cases))
         try:
             info = check_case(case, spec.labels, spatial_dims, spec.in_channels)
         except MosmosError as e:
@@ -169,3 +179,84 @@ def check_output(folder, stage: str) -> FolderReport:
         report.lines.append("no earlier run")
     report.ok = not report.problems
     return report
+
+
+def check_stage(stage: str, output, roco=None, batch_size: int | None = None, dataset=None,
+                label_ratio: float = 1.0, architecture: str = "unetr", progress=None) -> list[FolderReport]:
+    """Reports on the output folder and the stage's input folder (blocking: see FolderCheck)."""
+    from MOSMOSSegmentLib import deps
+
+    deps.ensure_dependencies()  # the checks read images and label maps (PIL, nibabel)
+    reports = [check_output(output, stage)]
+    if stage == "pretrain":
+        reports.append(check_roco(roco, batch_size=batch_size))
+    else:
+        reports.append(check_dataset(dataset, label_ratio, architecture, progress=progress))
+    return reports
+
+
+def report_from_dict(d: dict) -> FolderReport:
+    d = dict(d)
+    d["folder"] = Path(d["folder"]) if d.get("folder") else None
+    return FolderReport(**d)
+
+
+class FolderCheck:
+    """check_stage() in a background process: ``start()``, then ``poll()`` from a GUI timer until ``done``;
+    ``reports`` holds the FolderReports, ``error`` a one-line message if the check itself failed."""
+
+    def __init__(self, stage: str, **arguments):
+        self.arguments = {"stage": stage, **{k: (os.fspath(v) if isinstance(v, Path) else v)
+                                             for k, v in arguments.items()}}
+        self.process = None
+        self.reports: list[FolderReport] = []
+        self.error: str | None = None
+        self.done = False
+
+    def start(self) -> "FolderCheck":
+        from MOSMOSSegmentLib import deps
+        from MOSMOSSegmentLib.process import BackgroundProcess, child_environment, interpreter
+
+        deps.ensure_dependencies()  # here, where a dialog can ask: the child cannot install anything
+        env = child_environment("cpu")
+        # The two Lib packages' folders (one folder in Slicer, two in the source tree).
+        libs = {str(Path(m.__file__).resolve().parent.parent) for m in (deps, sys.modules[__name__])}
+        env["PYTHONPATH"] = os.pathsep.join(sorted(libs) + [env["PYTHONPATH"]])
+        argv = [interpreter(), "-m", "MOSMOSTrainLib.folders", json.dumps(self.arguments)]
+        self.process = BackgroundProcess(argv, env=env).start()
+        return self
+
+    def poll(self) -> list[dict]:
+        """Events since the last call (progress, report, exit); never blocks."""
+        events = self.process.poll() if self.process is not None else []
+        for event in events:
+            if event.get("event") == "report":
+                self.reports.append(report_from_dict(event["report"]))
+            elif event.get("event") == "exit":
+                self.done = True
+                if self.process.cancelled:
+                    self.error = "folder check stopped"
+                elif self.process.returncode or not self.reports:
+                    self.error = f"folder check failed: {self.process.error_message()}"
+        return events
+
+    def cancel(self, wait: bool = True) -> None:
+        if self.process is not None:
+            self.process.cancel(wait=wait)
+
+
+def _emit(event: dict) -> None:
+    print(json.dumps(event), flush=True)
+
+
+def main(argv: list[str]) -> int:
+    arguments = json.loads(argv[0])
+    reports = check_stage(progress=lambda done, total: _emit({"event": "progress", "done": done, "total": total}),
+                          **arguments)
+    for report in reports:
+        _emit({"event": "report", "report": json.loads(json.dumps(dataclasses.asdict(report), default=str))})
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 
 from mosmos.errors import MosmosError
-from MOSMOSSegmentLib import models
+from MOSMOSSegmentLib import deps, models
 from MOSMOSSegmentLib.process import BackgroundProcess, child_environment
 
 from .curves import TrainingCurves
@@ -101,6 +101,7 @@ class TrainingJob:
             raise MosmosError("training: already running")
         if resume and not self.settings.checkpoint.is_file():
             raise MosmosError(f"{self.settings.checkpoint}: no checkpoint to resume from")
+        deps.ensure_dependencies()  # the run needs torch, monai, open_clip, nibabel
         argv = self.settings.command(resume=resume, python=self.python)
         self.settings.out.mkdir(parents=True, exist_ok=True)
         self.error = None
@@ -111,11 +112,11 @@ class TrainingJob:
     def resume(self) -> "TrainingJob":
         return self.start(resume=True)
 
-    def stop(self) -> None:
-        """Terminate the run and everything it started; returns once they are gone. The checkpoint written last
-        stays for Resume."""
+    def stop(self, wait: bool = True) -> None:
+        """Terminate the run and everything it started; returns once they are gone (``wait=False``: at once, and
+        the exit event follows). The checkpoint written last stays for Resume."""
         if self.process is not None and self.running:
-            self.process.cancel()
+            self.process.cancel(wait=wait)
 
     def poll(self) -> list[dict]:
         """Events that arrived since the last call (never blocks), already applied to curves and progress."""

@@ -1,0 +1,142 @@
+"""A fresh Slicer has none of torch, safetensors, nibabel, monai or open_clip. Every Lib entry point that a
+module's widget slot (or self-test) calls is run in a subprocess where they cannot be imported: each either
+needs none of them, or calls the one dependency guard (MOSMOSSegmentLib.deps.ensure_dependencies) before
+anything tries to import them. Never a bare ImportError."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Runs in the subprocess. The blocker hides the packages from every finder, so the import machinery behaves as
+# if they were not installed (find_spec returns None, import raises ModuleNotFoundError).
+SCRIPT = textwrap.dedent(r'''
+    import importlib.abc, json, sys, traceback
+    from pathlib import Path
+
+    BLOCKED = {"torch", "safetensors", "nibabel", "monai", "open_clip"}
+    attempts = []
+
+    class Hide(importlib.abc.MetaPathFinder):
+        def __init__(self, finder):
+            self.finder = finder
+
+        def find_spec(self, name, path=None, target=None):
+            if name.partition(".")[0] in BLOCKED:
+                attempts.append(name)
+                return None
+            find = getattr(self.finder, "find_spec", None)
+            return find(name, path, target) if find else None
+
+        def invalidate_caches(self):
+            getattr(self.finder, "invalidate_caches", lambda: None)()
+
+    sys.meta_path[:] = [Hide(f) for f in sys.meta_path]
+    ROOT, WORK, MODEL = Path(sys.argv[1]), Path(sys.argv[2]), Path(sys.argv[3])
+    sys.path[:0] = [str(ROOT), str(ROOT / "MOSMOSSegment"), str(ROOT / "MOSMOSTrain")]
+
+    import numpy as np
+    import slicer
+    from MOSMOSSegmentLib import deps, models, pipeline, selftest, terminology, volumes
+    from MOSMOSTrainLib import folders, job, settings
+    assert not BLOCKED & set(sys.modules), "imported before the blocker"
+    import_attempts = list(attempts)
+
+    guard_calls = []
+    real_guard = deps.ensure_dependencies
+
+    def recording_guard(*args, **kwargs):
+        guard_calls.append(len(attempts))
+        return real_guard(*args, **kwargs)
+
+    deps.ensure_dependencies = recording_guard
+    slicer.mrmlScene = slicer.vtkMRMLScene()
+    volume = volumes.volume_from_array(slicer.mrmlScene, np.zeros((4, 5, 6), np.int16), np.eye(4), "CT")
+    (WORK / "dataset").mkdir()
+    (WORK / "roco").mkdir()
+
+    entries = {
+        "list models": lambda: [m.name for m in models.list_models(MODEL.parent)],
+        "model info": lambda: models.model_info(MODEL).organs,
+        "add model": lambda: models.add_model_file(MODEL, WORK / "models"),
+        "output folder check": lambda: folders.check_output(WORK / "out", "pretrain").ok,
+        "folder check (blocking)": lambda: folders.check_stage("finetune", WORK / "out", dataset=WORK / "dataset"),
+        "folder check (background)": lambda: folders.FolderCheck("pretrain", output=WORK / "out",
+                                                                  roco=WORK / "roco").start(),
+        "start training": lambda: job.TrainingJob(settings.TrainingSettings(
+            "pretrain", out=WORK / "run", roco=WORK / "roco")).start(),
+        "segmentation job (built)": lambda: pipeline.SegmentationJob(volume, "liver", MODEL).modelPath.name,
+        "segment (GUI)": lambda: pipeline.SegmentationJob(volume, "liver", MODEL).start(),
+        "segment (blocking)": lambda: pipeline.segment_volume_node(volume, ["liver"], MODEL),
+        "self-test: segmentation inputs": lambda: selftest.segmentation_inputs(slicer.mrmlScene, WORK),
+        "self-test: training folders": lambda: selftest.training_folders(WORK / "selftest"),
+        "terminology at start-up": lambda: terminology.load_context(slicer.vtkSlicerTerminologiesModuleLogic()),
+    }
+    results = {"import_attempts": import_attempts}
+    for name, call in entries.items():
+        del guard_calls[:]
+        before = len(attempts)
+        try:
+            value = call()
+            outcome, message = "ok", repr(value)[:200]
+        except ImportError as e:
+            outcome, message = "ImportError", "".join(traceback.format_exception(e))[-1500:]
+        except Exception as e:
+            outcome, message = type(e).__name__, str(e)
+        results[name] = {"outcome": outcome, "message": message, "guard": guard_calls[:1] and guard_calls[0] - before,
+                         "blocked": attempts[before:]}
+    print(json.dumps(results))
+''')
+
+NEEDS_NONE = ("list models", "model info", "output folder check", "segmentation job (built)",
+              "terminology at start-up")
+GUARDED = ("add model", "folder check (blocking)", "folder check (background)", "start training", "segment (GUI)",
+           "segment (blocking)", "self-test: segmentation inputs", "self-test: training folders")
+
+
+@pytest.fixture(scope="module")
+def results(tmp_path_factory):
+    import torch
+    from mosmos.modelfile import save_model
+
+    work = tmp_path_factory.mktemp("nodeps")
+    model = work / "models" / "abdomen.mosmos"
+    model.parent.mkdir()
+    save_model(model, {"w": torch.zeros(3)}, {"kind": "mosmos-segmentation", "modality": "CT", "config": {},
+                                              "labels": {"0": "background", "1": "liver"}})
+    script = work / "nodeps.py"
+    script.write_text(SCRIPT)
+    env = dict(os.environ, TMPDIR=str(work))  # the segmentation jobs' work folders
+    done = subprocess.run([sys.executable, str(script), str(ROOT), str(work), str(model)], capture_output=True,
+                          text=True, timeout=300, cwd=work, env=env)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def test_importing_the_libs_needs_none_of_the_core_packages(results):
+    assert results["import_attempts"] == []
+
+
+@pytest.mark.parametrize("entry", NEEDS_NONE)
+def test_entry_points_that_need_no_core_package(results, entry):
+    assert results[entry]["outcome"] == "ok", results[entry]
+    assert results["list models"]["message"] == "['abdomen.mosmos']"
+    assert results["terminology at start-up"]["message"] == repr("Segmentation category and type - MOSMOS organs")
+
+
+@pytest.mark.parametrize("entry", GUARDED)
+def test_entry_points_go_through_the_dependency_guard_first(results, entry):
+    result = results[entry]
+    assert result["outcome"] != "ImportError", result["message"]
+    # The guard ran before any of the packages was looked for, and its own message reached the caller: without
+    # the PyTorch extension (as here, in plain Python) it says what to install.
+    assert result["guard"] == 0, result
+    assert result["outcome"] == "MosmosError" and "PyTorch extension" in result["message"], result
