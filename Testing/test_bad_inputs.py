@@ -239,6 +239,11 @@ def test_output_that_is_the_input_is_refused_by_the_real_command(w):
         assert proc.returncode == 1, proc.stderr
         assert one_line(proc.stderr).startswith(f"mosmos {args[0]}: error: ")
     assert snapshot(w.root) == before
+    # a report piped in that is not UTF-8, read where the terminal's encoding is strict
+    proc = subprocess.run(mosmos_cmd("tags", "-"), input=b"\xffliver\xfe", capture_output=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(ROOT), PYTHONIOENCODING="utf-8:strict"))
+    assert proc.returncode == 1
+    assert one_line(proc.stderr.decode()) == "mosmos tags: error: stdin: not UTF-8 text (byte 0xff at position 0)"
 
 
 def test_huge_model_grid_says_how_large_and_why(w, capfd):
