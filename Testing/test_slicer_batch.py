@@ -74,3 +74,30 @@ def test_batch_fails_with_one_line(tmp_path):
 
     result = run_batch("--input", tmp_path / "missing.nii.gz", "--output", tmp_path / "y.seg.nrrd", timeout=120)
     assert result.returncode == 1 and "missing.nii.gz" in result.stderr
+
+
+def test_batch_writes_a_dicom_seg_of_a_dicom_folder_never_into_it(tiny_model, tmp_path, scene, capsys):
+    """In-process (the script's main) on a real scene: only the segmentation itself runs in a child process."""
+    import importlib.util
+
+    import highdicom as hd
+    from dicom_series import MR_SMALL, make_series
+
+    from mosmos.inference.io import read_volume
+
+    spec = importlib.util.spec_from_file_location("MOSMOSSegmentBatch", SCRIPT)
+    batch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(batch)
+    series = tmp_path / "series"
+    make_series(MR_SMALL, series)   # 64 x 64 x 3: one sliding window, so the run takes seconds
+    args = ["--input", str(series), "--model", str(tiny_model), "--tags", "liver, spleen", "--device", "cpu",
+            "--output"]
+    assert batch.main(args + [str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    seg = hd.seg.segread(tmp_path / "out" / "series.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == read_volume(series).source.series_uid
+    assert {s.SegmentLabel for s in seg.SegmentSequence} <= {"liver", "spleen"}
+
+    capsys.readouterr()
+    assert batch.main(args + [str(series / "seg.dcm")]) == 1
+    assert "inside the input DICOM folder" in capsys.readouterr().err
+    assert sorted(p.name for p in series.iterdir()) == ["IM0000", "IM0001", "IM0002"]

@@ -112,6 +112,13 @@ def volume_mark(path: Path) -> str | None:
         import nrrd
 
         return nrrd.read_header(str(path)).get(NRRD_MARK_FIELD)
+    if name.endswith(".dcm"):  # a DICOM SEG stands for the label map, a parametric map for an attention map
+        import pydicom
+
+        ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+        if str(ds.get("Manufacturer", "")) != "MOSMOS":
+            return None
+        return VOLUME_MARKS["label map" if ds.get("Modality") == "SEG" else "attention map"]
     return None
 
 
