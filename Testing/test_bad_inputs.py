@@ -58,6 +58,10 @@ def w(tmp_path_factory) -> SimpleNamespace:
     ns.foreign = save(root / "foreign.nii.gz", cube())  # someone else's volume where an output would go
     ns.corrupt = root / "corrupt.nii.gz"
     ns.corrupt.write_bytes(np.random.default_rng(0).bytes(4000))
+    ns.dicom = root / "dicom"
+    shutil.copytree(real_data("dcmqi_ct3slice/ct-3slice"), ns.dicom)
+    ns.foreign_dcm = root / "foreign.dcm"
+    ns.foreign_dcm.write_text("a report saved with the wrong extension\n")
     ns.notes = root / "notes.txt"
     ns.notes.write_text("a text file\n")
     ns.flat = save(root / "flat.nii.gz", np.zeros((20, 20, 20), np.float32))
@@ -120,7 +124,12 @@ CLI_CASES = [
      "is not mosmos output (label map)"),
     ("segment-volumes-is-someone-elses-json", "segment {small} --model {stub} --output {root}/x.nii.gz "
      "--volumes {dataset_json}", "is not mosmos output (organ volumes)"),
-    ("segment-output-is-a-folder", "segment {small} --model {stub} --output {dataset}", "output must end with"),
+    ("segment-output-is-a-folder", "segment {small} --model {stub} --output {dataset}",
+     "DICOM SEG output needs a DICOM series"),
+    ("segment-seg-onto-someone-elses-dcm", "segment {dicom} --model {stub} --output {foreign_dcm}",
+     "is not mosmos output (label map)"),
+    ("segment-series-for-nifti", "segment {small} --model {stub} --output {root}/x.nii.gz --series 1.2.3",
+     "--series applies to a DICOM folder only"),
     ("segment-output-under-a-file", "segment {small} --model {stub} --output {notes}/seg.nii.gz",
      "is a file, not a folder"),
     ("segment-output-type", "segment {small} --model {stub} --output {root}/seg.png", "output must end with"),
