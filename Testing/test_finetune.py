@@ -19,6 +19,7 @@ from helpers import events, kill_after_checkpoint, real_data, run_cli, run_torch
 from mosmos.cli import main
 from mosmos.data.phantoms import write_decathlon_dataset
 from mosmos.metrics import dice_scores, read_results_csv
+from mosmos.modelcard import file_sha256
 from mosmos.modelfile import load_model
 from mosmos.train.config import FinetuneConfig
 
@@ -212,6 +213,10 @@ def test_init_from_mosmos_and_clip_files_loads_their_weights(tmp_path):
             assert torch.equal(embedder.tag_prompt.ctx, tensors["tag_prompt.ctx"])
         model = finetune(cfg, progress=False)
         assert load_model(model)[1]["provenance"]["init"] == init
+        card = load_model(model)[1]["card"]  # the model card names the pre-trained file by its SHA-256
+        assert card["init"] == {"kind": init, "file": path.name, "sha256": file_sha256(path)}
+        assert card["data"] == {"folder": "data", "cases": 1, "label_ratio": 1.0} and card["training"]["steps"] == 1
+        assert set(card["validation"]["dice"]) <= set(spec.tags) and "mean_dice" in card["validation"]
 
 
 def _safetensors(path: Path) -> dict:

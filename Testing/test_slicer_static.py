@@ -166,7 +166,7 @@ def test_training_gui_defaults_are_the_libs():
 
 # Lib calls that cannot fail in a way worth a dialog: path and text helpers, the parameter node, and the jobs'
 # best-effort cleanup (error handlers call it; it never raises).
-PURE = {"given", "describe", "default_models_dir", "getParameterNode", "statusText", "cleanup"}
+PURE = {"given", "describe", "default_models_dir", "getParameterNode", "statusText", "cleanup", "tooltip"}
 # Blocking for seconds to minutes on real data: never on the GUI thread from a slot.
 SLOW = {"checkFolders", "check_stage", "check_roco", "check_dataset", "summarize_roco", "segment",
         "segment_volume_node", "train", "wait"}

@@ -9,7 +9,7 @@ import sys
 
 from .errors import MosmosError, shorten
 
-COMMANDS = ("tags", "pretrain", "finetune", "segment", "evaluate", "demo")
+COMMANDS = ("tags", "pretrain", "finetune", "segment", "evaluate", "info", "models", "demo")
 
 
 class Parser(argparse.ArgumentParser):

@@ -92,6 +92,7 @@ class PretrainConfig:
     log_every: int = 10
     val_fraction: float = 0.05
     max_steps: int | None = None
+    description: str = ""  # the model card's free text
 
     def __post_init__(self):
         check_values(self)
@@ -125,6 +126,7 @@ class FinetuneConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     max_steps: int | None = None
+    description: str = ""  # the model card's free text
 
     def __post_init__(self):
         check_values(self)
