@@ -54,12 +54,16 @@ def test_batch_segments_a_real_ct_to_seg_nrrd_and_nifti(tiny_model, tmp_path):
     (inputs / "a.nii.gz").write_bytes(CT.read_bytes())
     (inputs / "notes.txt").write_text("skipped")
     result = run_batch("--input", inputs, "--model", tiny_model, "--tags", "liver", "--output", folder,
-                       "--format", "nii.gz", "--device", "cpu")
+                       "--format", "nii.gz", "--device", "cpu", "--attention", tmp_path / "att")
     assert result.returncode == 0, result.stderr
     labels = nib.load(folder / "a.nii.gz")
     ct = nib.load(CT)
     assert labels.shape == ct.shape
     np.testing.assert_allclose(labels.affine, ct.affine, atol=1e-4)
+    liver = nib.load(tmp_path / "att" / "a" / "liver.nii.gz")  # P(liver wins), as the Slicer overlay shows it
+    values = np.asarray(liver.dataobj)
+    assert liver.shape == ct.shape and 0.0 <= values.min() and values.max() <= 1.0 and values.max() > values.min()
+    np.testing.assert_allclose(liver.affine, ct.affine, atol=1e-4)
     assert set(np.unique(np.asarray(labels.dataobj)).tolist()) <= {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}
 
 

@@ -158,8 +158,12 @@ def test_attention_volume_and_colour_map(scene):
     color.GetColor(0, dark)
     color.GetColor(255, bright)
     assert sum(dark[:3]) < 0.1 and sum(bright[:3]) > 2.5
-    other = attention.attention_volume_node(scene, att, ijkToRAS, "spleen")
+    legend = node.GetNthDisplayNode(1)  # the colour legend says what the colours mean, over the same 0..1
+    assert legend.IsA("vtkMRMLColorLegendDisplayNode") and legend.GetPrimaryDisplayNode() is display
+    assert legend.GetTitleText() == "P(liver wins)"
+    other = attention.attention_volume_node(scene, att, ijkToRAS, "duodenum", labelled=False)
     assert other.GetDisplayNode().GetColorNodeID() == color.GetID()
+    assert other.GetNthDisplayNode(1).GetTitleText() == "P(duodenum vs background)"  # an open-set tag
 
 
 def test_terminology_context_holds_every_organ_and_slicer_resolves_it():

@@ -9,6 +9,9 @@ when read) and one SHA-256 per tensor group (the first component of a tensor's n
 ``text`` ...). A group is verified when it is read, so a reader may read only the groups it needs
 (safetensors reads tensors lazily) and still never use an unverified byte. Format 1 (fp32, one SHA-256
 over all tensors) is still read.
+
+A segmentation model's header also holds ``pixel_tag_maps: {"epsilon": e}``, the temperature L_pta
+learnt, which inference needs to read the maps as class probabilities (``map_epsilon``).
 """
 
 from __future__ import annotations
@@ -32,6 +35,8 @@ SEGMENTATION_KIND = "mosmos-segmentation"
 HEADER_KEY = "mosmos"
 STORAGE_DTYPE = "float16"
 FP16_MAX = 65504.0
+# epsilon's initial value (the paper's): what files written before epsilon was stored are read with.
+EPSILON_FALLBACK = 0.07
 
 
 def tensor_group(name: str) -> str:
@@ -226,3 +231,19 @@ def _load_v1(path: Path, header: dict[str, Any]) -> dict[str, "torch.Tensor"]:
     if tensors_digest(tensors) != header.get("sha256"):
         raise MosmosError(f"{path}: checksum mismatch: the model file was modified or damaged")
     return tensors
+
+
+def map_epsilon(header: dict[str, Any], source: str) -> tuple[float, str | None]:
+    """(epsilon, notice) of a segmentation model's pixel–tag maps. A file written before epsilon was
+    stored gives EPSILON_FALLBACK and a notice saying so: its overlays keep their shape (the winning
+    class does not depend on epsilon) but their probabilities may be sharper or flatter than the ones L_pta trained."""
+    maps = header.get("pixel_tag_maps")
+    if maps is None:
+        return EPSILON_FALLBACK, (f"{source} does not store epsilon (the temperature of the pixel–tag maps; "
+                                  f"written by an older mosmos): attention overlays use its initial value "
+                                  f"{EPSILON_FALLBACK}, so their probabilities are approximate")
+    epsilon = maps.get("epsilon") if isinstance(maps, dict) else None
+    if isinstance(epsilon, bool) or not isinstance(epsilon, (int, float)) or not 0 < epsilon < float("inf"):
+        raise MosmosError(f"{source}: invalid pixel_tag_maps.epsilon {epsilon!r} in the model header "
+                          "(need a positive number)")
+    return float(epsilon), None

@@ -115,7 +115,8 @@ class SegmentationJob:
         if self.attentionDir is not None:
             for tag, fileName in (summary.get("attention") or {}).items():
                 att = self._readArray(self.attentionDir / fileName, inputShape, ijkToRAS)
-                attentionNodes[tag] = attention_volume_node(scene, att, ijkToRAS, tag, self.volumeNode)
+                attentionNodes[tag] = attention_volume_node(scene, att, ijkToRAS, tag, self.volumeNode,
+                                                            labelled=tag in {o["name"] for o in organs})
         return SegmentationOutputs(segNode, tableNode, attentionNodes, organs, list(summary.get("notices", [])),
                                    labelmap)
 

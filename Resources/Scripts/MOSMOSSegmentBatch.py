@@ -2,11 +2,12 @@
 
   Slicer --no-splash --no-main-window --python-script MOSMOSSegmentBatch.py \\
       --input CT.nii.gz|FOLDER|DICOM_FOLDER --model MODEL --tags "liver, spleen" \\
-      --output OUT.seg.nrrd|OUT.nii.gz|OUT.dcm|FOLDER [--series UID]
+      --output OUT.seg.nrrd|OUT.nii.gz|OUT.dcm|FOLDER [--series UID] [--attention DIR]
 
 Also runs with plain Python where slicer-core is installed. Writes .seg.nrrd (named, coloured, coded segments),
-a NIfTI/NRRD label map, or for a DICOM series folder a DICOM SEG (.dcm) that references it; exits non-zero with
-a one-line message on failure."""
+a NIfTI/NRRD label map, or for a DICOM series folder a DICOM SEG (.dcm) that references it; with --attention,
+per input and organ, the map that the MOSMOSSegment overlay shows: the probability that the organ wins at each
+voxel, in [0, 1]. Exits non-zero with a one-line message on failure."""
 
 from __future__ import annotations
 
@@ -38,6 +39,8 @@ def parse_args(argv):
     p.add_argument("--series", metavar="UID", help="the series to segment when the DICOM folder holds several "
                    "(default: the largest)")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--attention", metavar="DIR", help="also write DIR/<input name>/<organ>.nii.gz: per organ the "
+                   "probability that it wins at each voxel (the attention overlay of MOSMOSSegment)")
     return p.parse_args(argv)
 
 
@@ -147,6 +150,14 @@ def write_output(outputs, volumeNode, path: Path, dicomSource, model) -> None:
         scene.RemoveNode(labelNode)
 
 
+def write_attention(outputs, folder: Path) -> None:
+    from MOSMOSSegmentLib import volumes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for tag, node in outputs.attentionNodes.items():
+        volumes.write_volume(node, folder / f"{tag.replace(' ', '_')}.nii.gz")
+
+
 def run(args) -> None:
     import slicer
     from MOSMOSSegmentLib import pipeline
@@ -168,8 +179,11 @@ def run(args) -> None:
         volumeNode, dicomSource = read_input(source, scene, args.series)
         if dicomSource is None and args.series:
             raise MosmosError(f"{source}: --series applies to a DICOM folder only")
-        outputs = pipeline.segment_volume_node(volumeNode, args.tags, model, args.device)
+        outputs = pipeline.segment_volume_node(volumeNode, args.tags, model, args.device,
+                                               attention=bool(args.attention))
         write_output(outputs, volumeNode, target, dicomSource, model)
+        if args.attention:
+            write_attention(outputs, Path(args.attention) / stem(source))
         for organ in outputs.organs:
             print(f"    {organ['name']}: label {organ['label']}", flush=True)
         for notice in outputs.notices:

@@ -24,7 +24,11 @@ def add_arguments(parser) -> None:
                         "input also a DICOM SEG: a .dcm file, or a folder (the file is named by its SOP Instance UID)")
     parser.add_argument("--series", metavar="UID", help="Series Instance UID to segment when the DICOM folder holds "
                         "several series (default: the largest)")
-    parser.add_argument("--attention", metavar="DIR", help="write one attention map per tag into DIR")
+    parser.add_argument("--attention", metavar="DIR",
+                        help="write one attention map per tag into DIR: the probability that the organ wins at "
+                             "each voxel (open-set tags: that the tag rather than background does), in [0, 1]")
+    parser.add_argument("--attention-raw", action="store_true",
+                        help="with --attention: write the raw up-sampled pixel–tag scores instead of probabilities")
     parser.add_argument("--volumes", metavar="FILE", help="organ volumes (mL) as .json or .csv")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
@@ -99,6 +103,11 @@ def run(args) -> int:
     from ..inference.io import StagedWriter, read_volume
 
     seg_out = check_outputs(args)
+    if args.attention_raw and not args.attention:
+        raise MosmosError("--attention-raw needs --attention DIR (where the maps go)")
+    if seg_out and args.attention_raw:
+        raise MosmosError("--attention-raw: DICOM parametric maps hold probabilities in [0, 1]; "
+                          "write raw scores with a .nii.gz or .nrrd --output")
     events = EventLog("-" if args.json_progress else None)
     volume = read_volume(args.input, args.series)
     for note in getattr(volume.source, "notices", []):
@@ -117,7 +126,8 @@ def run(args) -> int:
 
     try:
         result = segmenter.segment(volume.array, volume.affine, tags=args.tags, progress=progress,
-                                   overlap=args.overlap, modality=volume.modality, source=str(args.input))
+                                   overlap=args.overlap, modality=volume.modality, source=str(args.input),
+                                   attention_raw=args.attention_raw)
     finally:
         bar.close()
     for note in result.notices:

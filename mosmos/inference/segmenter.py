@@ -4,10 +4,17 @@ Post-processing never holds per-class scores on the input grid: argmax happens o
 and each input voxel takes the label of its nearest model voxel (exact voxel-centre mapping; as
 monai's Invertd does for discrete labels). Interpolating the logits slab by slab before the argmax
 (smoother borders by a fraction of a model voxel) was measured at 319 s against 24 s for the whole
-run on a 512x512x300 CT on 2 CPU cores (benchmarks/bench_segment_memory.py). Attention maps are the
-network's pixel–tag scores, blended over windows, min-max normalised per tag over the whole volume
-(1 = where the tag attends most; not a probability), and resampled linearly to the input grid only
-when read from ``SegmentationResult.attention``.
+run on a 512x512x300 CT on 2 CPU cores (benchmarks/bench_segment_memory.py).
+
+Attention maps are read the way L_pta trained them (seg_losses.pta_probabilities): in each window the
+pixel–tag maps of every class the model labels (background included) are up-sampled to the window,
+divided by the model's epsilon and soft-maxed over the classes; per organ that is the probability
+that this organ wins at the voxel, in [0, 1]. An open-set tag (a name the model was not fine-tuned
+on) has no place in that softmax; its score is the two-class softmax of its map against the
+background query's, P(tag rather than background), on the same 0..1 scale. With ``attention_raw``
+the up-sampled scores themselves are kept instead (order 1, unnormalised, for research). Either is
+blended over windows like the logits and resampled linearly to the input grid only when read from
+``SegmentationResult.attention``.
 """
 
 from __future__ import annotations
@@ -18,9 +25,10 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import MosmosError
+from ..modelfile import map_epsilon
+from ..seg_losses import pta_logits, pta_probabilities, upsample_maps
 from ..tags import color_for
 from ..train.config import check_number
 from .geometry import (ModelGrid, check_grid_memory, from_oriented, model_grid, nearest_model_indices,
@@ -34,21 +42,25 @@ Progress = Callable[[int, int], "bool | None"]
 
 
 class AttentionMaps(Mapping):
-    """tag -> float32 array in [0, 1] on the input grid (input shape and order).
+    """tag -> float32 array on the input grid (input shape and order): a probability in [0, 1]
+    (see the module docstring), or the raw up-sampled scores when ``probabilities`` is False.
 
     Each read resamples from the model grid: keep the array you get rather than reading twice, and
     read one map at a time so only one full-size map exists at once.
     """
 
-    def __init__(self, names: list[str], maps: torch.Tensor | None, grid: ModelGrid, kji: bool):
+    def __init__(self, names: list[str], maps: torch.Tensor | None, grid: ModelGrid, kji: bool,
+                 probabilities: bool = True):
         self._index = {n: i for i, n in enumerate(names)}
         self._maps, self._grid, self._kji = maps, grid, kji
+        self.probabilities = probabilities
 
     def __getitem__(self, name: str) -> np.ndarray:
         i = self._index[name]
         with torch.inference_mode():
             full = resample_to_input(self._maps[i:i + 1], self._grid)[0].cpu().numpy()
-        np.clip(full, 0.0, 1.0, out=full)  # trilinear rounding can overshoot by an ulp
+        if self.probabilities:
+            np.clip(full, 0.0, 1.0, out=full)  # trilinear rounding can overshoot by an ulp
         out = from_oriented(full, self._grid)
         return np.ascontiguousarray(out.T if self._kji else out, dtype=np.float32)
 
@@ -66,6 +78,8 @@ class SegmentationResult:
     organs: list[dict] = field(default_factory=list)
     attention: Mapping[str, np.ndarray] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
+    # with map_labels: the pixel–tag maps' own label map (argmax over the classes), like ``labelmap``
+    map_labelmap: np.ndarray | None = None
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -103,19 +117,30 @@ class Segmenter:
             raise MosmosError(f"{model_file}: invalid 'labels' in the model header") from None
         self.label_values = [v for v, _ in labels]
         self.label_names = [n for _, n in labels]
+        if not self.label_values or self.label_values[0] != 0:
+            raise MosmosError(f"{model_file}: the model's labels have no background (label 0)")
         self.organ_names = [n for v, n in labels if v != 0]
         self.preprocessing = Preprocessing.from_header(self.header, str(model_file))
         self.roi_size = roi_size_of(self.network, self.header)
         self.modality = str(self.header.get("modality") or "").upper() or None
+        self.epsilon, note = map_epsilon(self.header, str(model_file))
+        self.model_notices = [note] if note else []
+        if (self.header.get("provenance") or {}).get("lambda_pta") == 0:
+            self.model_notices.append(f"{model_file} was fine-tuned without L_pta (lambda_pta 0): its pixel–tag "
+                                      "maps were never trained to find organs, so attention overlays mean little")
 
     # ---------------------------------------------------------------------------------------
     def segment(self, array: np.ndarray, affine: np.ndarray, tags=None, progress: Progress | None = None,
                 overlap: float = 0.5, array_order: str = "xyz", modality: str | None = None,
-                source: str = "volume", sw_batch_size: int | None = None) -> SegmentationResult:
+                source: str = "volume", sw_batch_size: int | None = None, attention_raw: bool = False,
+                map_labels: bool = False) -> SegmentationResult:
         """Segment ``array`` (3D, (X, Y, Z) or with array_order="kji" (K, J, I)) whose voxel->RAS
         matrix is ``affine``. ``tags``: None for every organ the model labels, or names (a list or a
         "liver, spleen" string). ``modality`` ("CT"/"MR"), when known, is checked against the model.
         ``source`` names the volume in error messages. Raises Cancelled when progress returns False.
+        ``attention_raw``: attention maps are the raw up-sampled pixel–tag scores instead of
+        probabilities. ``map_labels``: also give ``map_labelmap``, the argmax of the maps over every
+        class the model labels (background included), with the selected organs' label values.
         """
         if array_order not in ("xyz", "kji"):
             raise MosmosError(f"array_order: expected 'xyz' or 'kji', got {array_order!r}")
@@ -124,7 +149,7 @@ class Segmenter:
         kji = array_order == "kji"
         arr = array.T if kji else array
         affine = self._check_affine(affine, source)
-        notices = self._check_volume(arr, source, modality)
+        notices = self._check_volume(arr, source, modality) + self.model_notices
         selection = select_tags(tags, self.organ_names, hasattr(self.network, "open_set_maps"))
         notices += selection.notices
         grid = model_grid(arr.shape, affine, self.preprocessing.spacing)
@@ -137,13 +162,18 @@ class Segmenter:
             torch.set_num_threads(cpu_count())
         try:
             with torch.inference_mode():
-                labels_oriented, maps, more = self._run(arr, grid, selection, progress, overlap, sw_batch_size)
+                labels_oriented, map_labels_oriented, maps, more = self._run(
+                    arr, grid, selection, progress, overlap, sw_batch_size, attention_raw, map_labels)
         finally:
             torch.set_num_threads(threads)
         notices += more
 
-        labelmap = from_oriented(labels_oriented, grid)
-        labelmap = np.ascontiguousarray(labelmap.T if kji else labelmap)
+        def on_input(oriented: np.ndarray) -> np.ndarray:
+            out = from_oriented(oriented, grid)
+            return np.ascontiguousarray(out.T if kji else out)
+
+        labelmap = on_input(labels_oriented)
+        map_labelmap = None if map_labels_oriented is None else on_input(map_labels_oriented)
         voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
         counts = np.bincount(labelmap.reshape(-1), minlength=max(self.label_values) + 1)
         organs = []
@@ -154,8 +184,8 @@ class Segmenter:
             if counts[value] == 0:
                 notices.append(f"{name}: not found in this volume (no voxels labelled)")
         map_names = selection.labelled + (selection.open_set if hasattr(self.network, "open_set_maps") else [])
-        attention = AttentionMaps(map_names, maps, grid, kji) if maps is not None else {}
-        return SegmentationResult(labelmap, np.array(affine), organs, attention, notices)
+        attention = AttentionMaps(map_names, maps, grid, kji, not attention_raw) if maps is not None else {}
+        return SegmentationResult(labelmap, np.array(affine), organs, attention, notices, map_labelmap)
 
     # ---------------------------------------------------------------------------------------
     @staticmethod
@@ -210,8 +240,10 @@ class Segmenter:
         del t
         return self.preprocessing.scale_intensity(image)
 
-    def _predictor(self, selection, map_channels: list[int]):
-        net, roi, device = self.network, self.roi_size, self.device
+    def _predictor(self, selection, stitched: list[int], raw: bool):
+        """predict(windows) -> (logits, attention) for sliding_window; attention holds the classes in
+        ``stitched`` (channel positions), then the open-set tags, up-sampled to the window."""
+        net, roi, device, epsilon = self.network, self.roi_size, self.device, self.epsilon
         two_d = len(roi) == 2
         open_set = selection.open_set if hasattr(net, "open_set_maps") else []
 
@@ -221,40 +253,52 @@ class Segmenter:
                 logits, maps = net(x)
                 extra = net.open_set_maps(x, open_set) if open_set else None
             if two_d:
-                logits, maps = logits[..., None], (None if maps is None else maps[..., None])
-                extra = None if extra is None else extra[..., None]
-            parts = ([maps[:, map_channels]] if map_channels and maps is not None else []) + \
-                    ([extra] if extra is not None else [])
-            if not parts:
+                logits = logits[..., None]
+            if maps is None or not (stitched or open_set):
                 return logits, None
-            sel = torch.cat([p.float() for p in parts], dim=1)
-            if sel.dim() == 4:  # 2D maps of a 2D net
-                sel = sel[..., None]
-            return logits, F.interpolate(sel, size=windows.shape[2:], mode="trilinear", align_corners=False)
+            maps, size, parts = maps.float(), x.shape[2:], []
+            if raw:
+                parts += [upsample_maps(maps[:, stitched], size)] if stitched else []
+                parts += [upsample_maps(extra.float(), size)] if open_set else []
+            else:
+                parts += [pta_probabilities(maps, size, epsilon)[:, stitched]] if stitched else []
+                if open_set:  # two-class softmax (background, tag) = sigmoid of the logit difference
+                    background = pta_logits(maps[:, :1], size, epsilon)
+                    parts.append(torch.sigmoid(pta_logits(extra.float(), size, epsilon) - background))
+            attention = torch.cat(parts, dim=1)
+            return logits, attention[..., None] if two_d else attention
 
         return predict
 
-    def _run(self, arr, grid, selection, progress, overlap, sw_batch_size):
+    def _run(self, arr, grid, selection, progress, overlap, sw_batch_size, raw: bool, map_labels: bool):
         notices: list[str] = []
-        map_channels = [self.label_names.index(n) for n in selection.labelled]
-        n_maps = len(map_channels) + (len(selection.open_set) if hasattr(self.network, "open_set_maps") else 0)
+        selected = [self.label_names.index(n) for n in selection.labelled]
+        # The maps' own label map needs every class; otherwise only the selected ones are stitched.
+        stitched = list(range(len(self.label_values))) if map_labels else selected
+        n_open = len(selection.open_set) if hasattr(self.network, "open_set_maps") else 0
+        attention_channels = [stitched.index(k) for k in selected] + [len(stitched) + j for j in range(n_open)]
         roi = tuple(self.roi_size) + ((1,) if len(self.roi_size) == 2 else ())
         batch = sw_batch_size or (4 if self.device.type == "cuda" else 1)
         lut = torch.zeros(len(self.label_values), dtype=torch.int64)
-        for name in selection.labelled:
-            k = self.label_names.index(name)
+        for k in selected:
             lut[k] = self.label_values[k]
         stitch_devices = [self.device] + ([torch.device("cpu")] if self.device.type == "cuda" else [])
         for attempt, stitch in enumerate(stitch_devices):
             try:
                 image = self._model_image(arr, grid, self.device)
-                logits, maps = sliding_window(image, roi, self._predictor(selection, map_channels),
-                                              len(self.label_values), n_maps, overlap, batch, stitch, progress)
+                logits, maps = sliding_window(image, roi, self._predictor(selection, stitched, raw),
+                                              len(self.label_values), len(stitched) + n_open, overlap, batch,
+                                              stitch, progress)
                 del image
-                if maps is not None:
-                    maps = _minmax_per_channel(maps).cpu()
                 labels = self._labels_on_input(logits, grid, lut.to(logits.device))
-                return labels, maps, notices
+                map_labelmap = None
+                if map_labels and maps is not None:
+                    map_labelmap = self._labels_on_input(maps[:len(stitched)], grid, lut.to(maps.device))
+                if maps is not None and attention_channels != list(range(len(maps))):
+                    maps = maps[attention_channels]
+                if maps is not None:
+                    maps = maps.cpu()
+                return labels, map_labelmap, maps, notices
             except torch.cuda.OutOfMemoryError:
                 image = logits = maps = None
                 torch.cuda.empty_cache()
@@ -268,9 +312,3 @@ class Segmenter:
         labels = lut[logits.argmax(0)].cpu().numpy().astype(out_dtype)
         return labels[np.ix_(*nearest_model_indices(grid))]
 
-
-def _minmax_per_channel(maps: torch.Tensor) -> torch.Tensor:
-    flat = maps.reshape(maps.shape[0], -1)
-    lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
-    span = (flat.max(dim=1).values.view(-1, 1, 1, 1) - lo)
-    return maps.sub_(lo).div_(torch.where(span > 0, span, torch.ones_like(span)))

@@ -51,7 +51,7 @@ class SegmentationModel(nn.Module):
     other organ names through the same tag decoder (no labels: the image decoder never saw them)."""
 
     def __init__(self, network: nn.Module, embedder: TagEmbedder | Callable[[], TagEmbedder] | None,
-                 roi_size: Sequence[int]):
+                 roi_size: Sequence[int], epsilon: float | None = None):
         """``embedder``: the text side, or a function that builds it from the model file on first use (the
         network holds the embeddings of its own organs, so only open-set names need the text tower)."""
         super().__init__()
@@ -62,6 +62,8 @@ class SegmentationModel(nn.Module):
             self.embedder = embedder
         else:
             self.embedder, self._load_embedder = None, embedder
+        # L_pta's learnt temperature: maps / epsilon are the class logits it trained (seg_losses.pta_logits).
+        self.epsilon = None if epsilon is None else float(epsilon)
         self._embedding_cache: dict[tuple[str, ...], torch.Tensor] = {}
 
     def _text_side(self) -> TagEmbedder | None:
@@ -85,6 +87,8 @@ class SegmentationModel(nn.Module):
     def to_file_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"network.{k}": v for k, v in self.network.state_dict().items()}
         header: dict[str, Any] = {"kind": SEGMENTATION_KIND, "config": dict(self.network.config)}
+        if self.epsilon is not None:
+            header["pixel_tag_maps"] = {"epsilon": self.epsilon}
         if self._text_side() is not None:
             tensors.update({f"text.{k}": v for k, v in self.embedder.state_dict().items()})
             header["text_config"] = dict(self.embedder.config)

@@ -142,7 +142,8 @@ class FinetuneRun(TrainingRun):
 
         network, self.embedder = build_networks(cfg, spec, self.prep["roi_size"])
         self.network = network.to(self.device)
-        objective = SegmentationObjective(self.network, MosmosSegLoss(lambda_pta=cfg.lambda_pta), self.amp_dtype)
+        self.seg_loss = MosmosSegLoss(lambda_pta=cfg.lambda_pta)
+        objective = SegmentationObjective(self.network, self.seg_loss, self.amp_dtype)
         objective.to(self.device)
 
         def as_dicts(cases):
@@ -218,7 +219,8 @@ class FinetuneRun(TrainingRun):
     def save_model(self, epoch: int, val: dict) -> None:
         from ..models.segmentation import SegmentationModel
 
-        tensors, header = SegmentationModel(self.network, self.embedder, self.prep["roi_size"]).to_file_state()
+        tensors, header = SegmentationModel(self.network, self.embedder, self.prep["roi_size"],
+                                            epsilon=self.seg_loss.epsilon.item()).to_file_state()
         spec = self.spec
         header.update({
             "labels": {str(v): t for v, t in spec.labels.items()},
