@@ -48,11 +48,11 @@ register_architecture("test-threshold", _build)
 
 
 def write_stub_model(path, labels=None, roi=(32, 32, 32), spacing=(1.5, 1.5, 2.0), modality="CT",
-                     intensity=WINDOW) -> str:
+                     intensity=WINDOW, epsilon=0.07) -> str:
     labels = labels or {"0": "background", "1": "liver", "2": "spleen"}
     save_model(path, {"threshold": torch.tensor(0.5)}, {
         "kind": SEGMENTATION_KIND, "config": {"arch": "test-threshold", "roi_size": list(roi)},
-        "labels": labels, "modality": modality, "pixel_tag_maps": {"epsilon": 0.07},
+        "labels": labels, "modality": modality, "pixel_tag_maps": {"epsilon": epsilon},
         "preprocessing": {"orientation": "RAS", "spacing": list(spacing), "intensity": dict(intensity)},
     })
     return str(path)

@@ -87,14 +87,14 @@ def test_epsilon_round_trips_and_older_files_fall_back_to_its_initial_value(tmp_
 
 def test_overlays_are_the_softmax_l_pta_trains_and_open_set_scores_are_against_background(tmp_path):
     epsilon = 0.05
-    path, net = tiny_model_file(tmp_path / "m.safetensors", epsilon=epsilon, embedder=True)
+    path, _ = tiny_model_file(tmp_path / "m.safetensors", epsilon=epsilon, embedder=True)
     seg = Segmenter(path, device="cpu")
     image, affine = one_window_volume()
     res = seg.segment(image, affine, tags=["liver", "spleen", "duodenum"], map_labels=True)
 
     with torch.no_grad():
         x = network_view(seg, image)
-        _, maps = net(x)
+        _, maps = seg.network(x)  # the weights as read from the file (fp16-stored)
         logits = pta_logits(maps, x.shape[2:], epsilon)  # L_pta's class logits (background = channel 0)
         wins = logits.softmax(1)[0].numpy()
         duodenum = seg.network.open_set_maps(x, ["duodenum"])

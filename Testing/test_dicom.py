@@ -169,7 +169,8 @@ def test_not_dicom_and_dicomdir_alone(tmp_path):
 def ct3_seg(tmp_path_factory):
     """`mosmos segment` of the real 3-slice CT to a DICOM SEG, through the command line."""
     root = tmp_path_factory.mktemp("seg")
-    model = write_stub_model(root / "stub.mosmos", roi=(16, 16, 16), spacing=(4, 4, 4))
+    # epsilon 0.5: the stub's maps (pooled intensities) then give probabilities that vary over the 3 thin slices
+    model = write_stub_model(root / "stub.mosmos", roi=(16, 16, 16), spacing=(4, 4, 4), epsilon=0.5)
     code = main(["segment", str(CT3), "--model", model, "--tags", "liver, spleen", "--output",
                  str(root / "out" / "seg.dcm"), "--device", "cpu", "--volumes", str(root / "v.json"),
                  "--attention", str(root / "maps")])
@@ -259,7 +260,7 @@ def test_attention_maps_as_parametric_maps_on_the_series_grid(ct3_seg):
         stored[frames] = pm.pixel_array
         values = stored.transpose(2, 1, 0) * mapping.RealWorldValueSlope + mapping.RealWorldValueIntercept
         same = read_volume(root / "maps_nrrd" / f"{tag}.nrrd").array        # the maps of the NRRD run
-        assert same.std() > 0.01
+        assert same.std() > 100 / 65535      # the maps vary far more than the 16-bit step the comparison allows
         np.testing.assert_allclose(values, same, atol=1 / 65535)
     assert len(series) == 1
 

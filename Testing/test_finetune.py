@@ -15,7 +15,7 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REAL_DATA, events, kill_after_checkpoint, run_cli, run_torchrun
+from helpers import events, kill_after_checkpoint, real_data, run_cli, run_torchrun
 from mosmos.cli import main
 from mosmos.data.phantoms import write_decathlon_dataset
 from mosmos.metrics import dice_scores, read_results_csv
@@ -28,7 +28,7 @@ SHAPE, SPACING = (32, 32, 32), (6.0, 6.0, 6.0)
 UNETR = dict(arch="unetr", backbone="tiny-vit", roi_size=[32, 32, 32], feature_size=8, num_samples=2, lr=1e-2)
 UNET = dict(arch="unet2d", backbone="tiny-rn", roi_size=[64, 64], feature_size=8, num_samples=8, lr=3e-3)
 SHAPE_2D, SPACING_2D = (64, 64, 16), (3.0, 3.0, 6.0)  # the 2D network needs 64 x 64 slices (stride 32)
-TOTALSEG = REAL_DATA / "totalseg_example"
+TOTALSEG = real_data("totalseg_example")
 
 
 def config(data, out, steps: int, val_every: int, **kw) -> FinetuneConfig:

@@ -10,14 +10,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import slicer
 
-from helpers import REAL_DATA
-
-slicer = pytest.importorskip("slicer")
+from helpers import real_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "Resources" / "Scripts" / "MOSMOSSegmentBatch.py"
-CT = REAL_DATA / "totalseg_example" / "example_ct_sm.nii.gz"
+CT = real_data("totalseg_example/example_ct_sm.nii.gz")
 
 
 def run_batch(*args, timeout=300):

@@ -13,17 +13,17 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-slicer = pytest.importorskip("slicer")
-import vtk  # noqa: E402
+import slicer
+import vtk
 
 ROOT = Path(__file__).resolve().parents[1]
 
 from mosmos.mrml import attention, models, pipeline, process, segmentation, tables, terminology, volumes  # noqa: E402
-from helpers import REAL_DATA  # noqa: E402
+from helpers import real_data  # noqa: E402
 from mosmos.errors import MosmosError  # noqa: E402
 from mosmos.tags import color_for, normalize_tag  # noqa: E402
 
-DATA = REAL_DATA / "totalseg_example"
+DATA = real_data("totalseg_example")
 
 
 def real_organs():
@@ -61,7 +61,8 @@ def test_volume_arrays_and_geometry_match_nibabel(scene, tmp_path):
     np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(img.dataobj))
     np.testing.assert_allclose(written.affine, img.affine, atol=1e-4)
 
-    nrrd = pytest.importorskip("nrrd")
+    import nrrd
+
     volumes.write_volume(node, tmp_path / "mr.nrrd")
     data, header = nrrd.read(str(tmp_path / "mr.nrrd"))
     assert header["space"] == "left-posterior-superior"

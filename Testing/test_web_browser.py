@@ -21,11 +21,11 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import REAL_DATA, mosmos_cmd
+from helpers import mosmos_cmd, real_data
 
 ROOT = Path(__file__).resolve().parents[1]
-CT = REAL_DATA / "totalseg_example" / "example_ct_sm.nii.gz"
-DICOM = REAL_DATA / "totalseg_example" / "example_ct_dicom"
+CT = real_data("totalseg_example/example_ct_sm.nii.gz")
+DICOM = real_data("totalseg_example/example_ct_dicom")
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Quad View, in page order: coronal, sagittal (left column), 3D, axial (right column).
 AXIAL, THREE_D = 3, 2

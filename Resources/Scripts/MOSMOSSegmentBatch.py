@@ -64,6 +64,13 @@ def is_dicom_folder(folder: Path) -> bool:
 
 
 def plan(args) -> list[tuple[Path, Path]]:
+    """(input, output) pairs, checked before any work."""
+    jobs = volume_jobs(args)
+    refuse_overwriting_inputs(jobs, args.model)
+    return jobs
+
+
+def volume_jobs(args) -> list[tuple[Path, Path]]:
     from mosmos.errors import MosmosError
     from mosmos.inference.dicomseg import check_outside_series
 
@@ -87,6 +94,18 @@ def plan(args) -> list[tuple[Path, Path]]:
     if target.is_dir() or not target.name.lower().endswith(VOLUME_SUFFIXES + (SEGMENTATION_SUFFIX,)):
         target = target / f"{stem(source)}.{fmt}"
     return [(source, target)]
+
+
+def refuse_overwriting_inputs(jobs, model) -> None:
+    """Before any work: no output may be an input volume (--output beside the inputs with their format) or the model."""
+    from mosmos.errors import MosmosError
+    from mosmos.outputs import same_file
+
+    inputs = [source for source, _ in jobs] + ([Path(model)] if model else [])
+    for _, target in jobs:
+        clash = next((p for p in inputs if same_file(target, p)), None)
+        if clash is not None:
+            raise MosmosError(f"{target}: is an input of this run ({clash}); choose another output")
 
 
 def read_input(source: Path, scene, series):

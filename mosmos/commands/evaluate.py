@@ -36,7 +36,15 @@ def run(args) -> int:
         return compare(*args.compare)
     if not args.model or not args.data:
         raise MosmosError("--model and --data are required (or --compare A.csv B.csv)")
+    from ..outputs import check_output, check_output_folder
+    from ..train.config import check_number
+
+    check_number("overlap", args.overlap)
     out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.split}"
+    inputs = (args.model, args.data)
+    check_output_folder(out, inputs)
+    check_output(out / CSV_NAME, "metrics table", inputs)
+    check_output(out / MD_NAME, "metrics table", inputs)
     results = evaluate(args.model, args.data, args.split, args.device, args.overlap)
 
     from ..metrics import markdown_table, write_tables

@@ -47,8 +47,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..train.config import FinetuneConfig
-    from ..train.distributed import is_main_process
-    from ..train.finetune import finetune
 
     cfg = FinetuneConfig(
         data=args.data, out=args.out, arch=args.arch, backbone=args.backbone, init=args.init,
@@ -58,6 +56,9 @@ def run(args) -> int:
         feature_size=args.feature_size, augment=not args.no_augment, val_every=args.val_every, seed=args.seed,
         workers=args.workers, precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, max_steps=args.max_steps, description=args.description)
+    from ..train.distributed import is_main_process  # torch: only once the options are known to be valid
+    from ..train.finetune import finetune
+
     path = finetune(cfg, resume=args.resume, events=args.events, progress=False if args.no_progress else None)
     if is_main_process():  # under torchrun, once
         print(f"segmentation model: {path}")

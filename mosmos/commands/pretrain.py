@@ -35,8 +35,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..train.config import PretrainConfig
-    from ..train.distributed import is_main_process
-    from ..train.pretrain import pretrain
 
     cfg = PretrainConfig(roco=args.roco, out=args.out, backbone=args.backbone, weights=args.weights,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
@@ -44,6 +42,9 @@ def run(args) -> int:
                          workers=args.workers, precision=args.precision, device=args.device,
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
                          val_fraction=args.val_fraction, max_steps=args.max_steps, description=args.description)
+    from ..train.distributed import is_main_process  # torch: only once the options are known to be valid
+    from ..train.pretrain import pretrain
+
     path = pretrain(cfg, resume=args.resume, events=args.events, progress=False if args.no_progress else None)
     if is_main_process():  # under torchrun, once
         print(f"pre-trained model: {path}")

@@ -10,6 +10,7 @@ from pathlib import Path
 
 from ..errors import MosmosError
 from ..events import EventLog, progress_bar
+from ..outputs import check_output, check_output_folder
 
 HELP = "segment organs named by tags in a CT/MR volume (NIfTI, NRRD or DICOM folder) with a fine-tuned model"
 
@@ -55,12 +56,14 @@ def volumes_text(path: str, result, attention_files: dict) -> str:
 
 
 def check_outputs(args) -> bool:
-    """Refuse, before any work, outputs that cannot be written; True when --output is a DICOM SEG."""
+    """Refuse, before any work, outputs that cannot be written or that would replace an input of the run or a
+    file mosmos did not write (mosmos.outputs); True when --output is a DICOM SEG."""
     from ..inference.dicom import is_dicom_file
     from ..inference.dicomseg import check_outside_series, highdicom, is_seg_output
-    from ..inference.io import check_writable, output_format
+    from ..inference.io import output_format
 
     source = Path(args.input)
+    inputs = (args.input, args.model)
     dicom_in = source.is_dir() or is_dicom_file(source)
     seg_out = is_seg_output(args.output)
     if seg_out and not dicom_in:
@@ -73,28 +76,34 @@ def check_outputs(args) -> bool:
                              args.volumes)
     if seg_out:
         highdicom()   # a missing writer is found now, not after the inference
-        check_writable(args.output if str(args.output).lower().endswith(".dcm") else Path(args.output) / "x.dcm")
+        if str(args.output).lower().endswith(".dcm"):
+            check_output(args.output, "label map", inputs)
+        else:
+            check_output_folder(args.output, inputs)   # the file is named by its new SOP Instance UID
     else:
         output_format(args.output)
-        check_writable(args.output)
+        check_output(args.output, "label map", inputs)
+    if args.volumes:
+        if not args.volumes.lower().endswith((".json", ".csv")):
+            raise MosmosError(f"{args.volumes}: --volumes must end with .json or .csv")
+        check_output(args.volumes, "organ volumes", inputs, others=[args.output])
+    if args.attention:
+        check_output_folder(args.attention, inputs)
     return seg_out
 
 
 def run(args) -> int:
+    from ..train.config import check_number
+
+    check_number("overlap", args.overlap)
     from pydicom.uid import generate_uid
 
-    from ..inference import Segmenter
+    from ..inference import Segmenter  # torch: only once the options are known to be valid
     from ..inference.dicomseg import attention_dataset, check_referencable, seg_file, segmentation_dataset
-    from ..inference.io import StagedWriter, check_writable, read_volume
+    from ..inference.io import StagedWriter, read_volume
 
     seg_out = check_outputs(args)
-    if args.volumes:
-        if not args.volumes.lower().endswith((".json", ".csv")):
-            raise MosmosError(f"{args.volumes}: --volumes must end with .json or .csv")
-        check_writable(args.volumes)
-    if args.attention:
-        check_writable(Path(args.attention) / "x")
-    elif args.attention_raw:
+    if args.attention_raw and not args.attention:
         raise MosmosError("--attention-raw needs --attention DIR (where the maps go)")
     if seg_out and args.attention_raw:
         raise MosmosError("--attention-raw: DICOM parametric maps hold probabilities in [0, 1]; "
@@ -126,6 +135,11 @@ def run(args) -> int:
         events.emit("notice", message=note)
 
     attention_files = {}
+    if args.attention:  # their names follow from the tags, known only now; still nothing is written yet
+        for tag in result.attention:
+            attention_files[tag] = attention_file_name(tag, args.output)
+            check_output(Path(args.attention) / attention_files[tag], "attention map", (args.input, args.model),
+                         others=[args.output, args.volumes])
     output = args.output
     with StagedWriter() as writer:
         if seg_out:
@@ -133,17 +147,14 @@ def run(args) -> int:
             output = seg_file(args.output, dataset)
             writer.dataset(output, dataset)
         else:
-            writer.volume(args.output, result.labelmap, result.affine)
-        if args.attention:
-            maps_series = generate_uid() if seg_out else None   # one series holds the run's maps
-            for number, tag in enumerate(result.attention, 1):
-                name = attention_file_name(tag, args.output)
-                if seg_out:
-                    writer.dataset(Path(args.attention) / name, attention_dataset(
-                        volume.source, tag, result.attention[tag], args.model, maps_series, number))
-                else:
-                    writer.volume(Path(args.attention) / name, result.attention[tag], result.affine)
-                attention_files[tag] = name
+            writer.volume(args.output, result.labelmap, result.affine, "label map")
+        maps_series = generate_uid() if seg_out else None   # one series holds the run's maps
+        for number, (tag, name) in enumerate(attention_files.items(), 1):
+            if seg_out:
+                writer.dataset(Path(args.attention) / name, attention_dataset(
+                    volume.source, tag, result.attention[tag], args.model, maps_series, number))
+            else:
+                writer.volume(Path(args.attention) / name, result.attention[tag], result.affine, "attention map")
         if args.volumes:
             writer.text(args.volumes, volumes_text(args.volumes, result, attention_files))
         writer.commit()

@@ -4,13 +4,13 @@ and atomic NIfTI/NRRD writers (a temporary file in the target folder, then os.re
 from __future__ import annotations
 
 import os
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import MosmosError
+from ..outputs import NRRD_MARK_FIELD, VOLUME_MARKS, staging_file
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -127,20 +127,10 @@ def output_format(path) -> str:
     raise MosmosError(f"{path}: output must end with .nii.gz, .nii or .nrrd")
 
 
-def check_writable(path) -> None:
-    """Fail before any work if ``path`` cannot be created (its folder is made if missing)."""
-    path = Path(path)
-    if path.is_dir():
-        raise MosmosError(f"{path}: is a folder, not a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MosmosError(f"{path}: cannot create its folder ({e.strerror or e})") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise MosmosError(f"{path}: not writable")
-
-
-def _write_now(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+def _write_now(path: Path, array: np.ndarray, affine: np.ndarray, kind: str | None) -> None:
+    """``kind`` ("label map", "attention map") marks the file as that output of mosmos, which a later run
+    may replace (mosmos.outputs.check_output)."""
+    mark = VOLUME_MARKS[kind] if kind else None
     if output_format(path) == "nifti":
         import nibabel as nib
 
@@ -149,6 +139,8 @@ def _write_now(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
         img.set_sform(affine, code=1)
         if array.dtype.kind in "iub":
             img.header.set_intent("label")
+        if mark:
+            img.header["descrip"] = mark.encode("ascii")
         nib.save(img, str(path))
     else:
         import nrrd
@@ -156,6 +148,8 @@ def _write_now(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
         lps = LPS_TO_RAS @ np.asarray(affine, dtype=float)
         header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T,
                   "space origin": lps[:3, 3], "kinds": ["domain"] * 3, "encoding": "gzip"}
+        if mark:
+            header[NRRD_MARK_FIELD] = mark
         nrrd.write(str(path), np.asarray(array), header)
 
 
@@ -166,8 +160,8 @@ class StagedWriter:
     def __init__(self):
         self._staged: list[tuple[Path, Path]] = []
 
-    def volume(self, path, array: np.ndarray, affine: np.ndarray) -> None:
-        self._stage(path, lambda tmp: _write_now(tmp, array, affine))
+    def volume(self, path, array: np.ndarray, affine: np.ndarray, kind: str | None = None) -> None:
+        self._stage(path, lambda tmp: _write_now(tmp, array, affine, kind))
 
     def text(self, path, text: str) -> None:
         self._stage(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -179,13 +173,7 @@ class StagedWriter:
     def _stage(self, path, write) -> None:
         path = Path(path)
         suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-            os.close(fd)
-        except OSError as e:
-            raise MosmosError(f"{path}: cannot write ({e.strerror or e})") from None
-        tmp = Path(tmp)
+        tmp = staging_file(path, suffix=f".part{suffix}")
         self._staged.append((tmp, path))
         try:
             write(tmp)
@@ -213,8 +201,8 @@ class StagedWriter:
         self.discard()  # commit() empties the list, so this only removes what an error left
 
 
-def write_volume(path, array: np.ndarray, affine: np.ndarray) -> None:
+def write_volume(path, array: np.ndarray, affine: np.ndarray, kind: str | None = None) -> None:
     """One volume, atomically."""
     with StagedWriter() as w:
-        w.volume(path, array, affine)
+        w.volume(path, array, affine, kind)
         w.commit()

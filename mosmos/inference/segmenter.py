@@ -30,8 +30,9 @@ from ..errors import MosmosError
 from ..modelfile import map_epsilon
 from ..seg_losses import pta_logits, pta_probabilities, upsample_maps
 from ..tags import color_for
-from .geometry import (ModelGrid, from_oriented, model_grid, nearest_model_indices, resample_to_input,
-                       resample_to_model, to_oriented)
+from ..train.config import check_number
+from .geometry import (ModelGrid, check_grid_memory, from_oriented, model_grid, nearest_model_indices,
+                       resample_to_input, resample_to_model, to_oriented)
 from .network import load_segmentation_model, roi_size_of
 from .preprocess import Preprocessing
 from .sliding import sliding_window
@@ -143,8 +144,7 @@ class Segmenter:
         """
         if array_order not in ("xyz", "kji"):
             raise MosmosError(f"array_order: expected 'xyz' or 'kji', got {array_order!r}")
-        if not 0 <= overlap < 1:
-            raise MosmosError(f"overlap: must be in [0, 1), got {overlap}")
+        check_number("overlap", overlap)
         array = np.asarray(array)
         kji = array_order == "kji"
         arr = array.T if kji else array
@@ -153,6 +153,9 @@ class Segmenter:
         selection = select_tags(tags, self.organ_names, hasattr(self.network, "open_set_maps"))
         notices += selection.notices
         grid = model_grid(arr.shape, affine, self.preprocessing.spacing)
+        n_maps = len(selection.labelled) + len(selection.open_set)
+        # the model-grid image, class scores, stitching weights and maps; the argmax's int64 counts as 2
+        check_grid_memory(grid, 1 + len(self.label_values) + 1 + n_maps + 2, source)
 
         threads = torch.get_num_threads()
         if self.device.type == "cpu":
@@ -200,13 +203,17 @@ class Segmenter:
         if arr.dtype.kind not in "biuf":
             raise MosmosError(f"{source}: unsupported voxel type {arr.dtype}")
         lo, hi = arr.min(), arr.max()
-        if arr.dtype.kind == "f" and (np.isnan(lo) or np.isnan(hi)):
-            if np.isnan(arr).all():
-                raise MosmosError(f"{source}: every voxel is NaN; nothing to segment")
-            lo, hi = np.nanmin(arr), np.nanmax(arr)
+        notices = []
+        if arr.dtype.kind == "f" and not (np.isfinite(lo) and np.isfinite(hi)):
+            finite = np.isfinite(arr)
+            bad = arr.size - int(np.count_nonzero(finite))
+            if bad == arr.size:
+                raise MosmosError(f"{source}: every voxel is NaN or infinite; nothing to segment")
+            lo, hi = arr[finite].min(), arr[finite].max()
+            notices.append(f"{source}: {bad} of {arr.size} voxels are not finite (NaN or infinite); they are treated "
+                           "as NaN: filled with the lowest finite value")
         if lo == hi:
             raise MosmosError(f"{source}: the volume is constant (every voxel is {lo}); nothing to segment")
-        notices = []
         modality = (modality or "").upper() or None
         if modality in ("MRI",):
             modality = "MR"
@@ -224,8 +231,11 @@ class Segmenter:
         if any(s < 0 for s in arr.strides):
             arr = np.ascontiguousarray(arr)
         t = torch.from_numpy(arr).to(device)
-        if t.is_floating_point() and torch.isnan(t).any():
-            t = torch.nan_to_num(t.float(), nan=float(t[~torch.isnan(t)].min()))
+        if t.is_floating_point():
+            finite = torch.isfinite(t)
+            if not finite.all():  # NaN and infinities alike (_check_volume has counted them)
+                t = torch.where(finite, t.float(), t[finite].min().float())
+            del finite
         image = resample_to_model(to_oriented(t, grid)[None], grid)
         del t
         return self.preprocessing.scale_intensity(image)
