@@ -9,7 +9,7 @@ import sys
 
 from .errors import MosmosError
 
-COMMANDS = ("tags", "pretrain", "finetune", "segment", "evaluate", "demo")
+COMMANDS = ("tags", "pretrain", "finetune", "segment", "evaluate", "demo", "study")
 
 
 def build_parser() -> argparse.ArgumentParser:
