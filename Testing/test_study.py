@@ -45,3 +45,9 @@ def test_summary_pairs_inits_by_seed_and_counts_wins():
     assert abs(first["mosmos"]["mean"] - 0.55) < 1e-9 and abs(first["random"]["sd"] - 0.1186592) < 1e-6
     as_results = [{f"seed{s}": {"mean": {"dice": d}} for s, d in enumerate(v)} for v in (mosmos, random_)]
     assert first["wilcoxon_p"] == wilcoxon_p(*as_results)[0]
+
+
+def test_a_study_of_zero_seeds_is_an_error_line(tmp_path, capsys):
+    assert main(["study", "--out", str(tmp_path / "s"), "--seeds", "0", "--no-progress"]) == 1
+    assert not (tmp_path / "s").exists()
+    assert capsys.readouterr().err.startswith("mosmos study: error: study: budgets, seeds")

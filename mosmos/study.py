@@ -37,33 +37,33 @@ class StudyPlan:
     pretrain_epochs: int
 
     @classmethod
-    def of(cls, quick: bool, budgets=None, seeds=None, steps=None) -> "StudyPlan":
+    def of(cls, quick: bool, **changes) -> "StudyPlan":
+        """The default (or ``quick``) plan with the ``changes`` that are not None."""
         plan = (cls(budgets=(1,), seeds=1, held_out=1, steps=2, roco_pairs=64, pretrain_epochs=1) if quick else
                 cls(budgets=(1, 2, 4), seeds=5, held_out=4, steps=200, roco_pairs=800, pretrain_epochs=8))
-        changes = {k: v for k, v in (("budgets", tuple(budgets) if budgets else None), ("seeds", seeds),
-                                     ("steps", steps)) if v is not None}
+        changes = {k: tuple(v) if k == "budgets" else int(v) for k, v in changes.items() if v is not None}
         plan = cls(**{**asdict(plan), **changes})
-        if min(plan.budgets) < 1 or plan.seeds < 1 or plan.steps < 1:
-            raise MosmosError(f"study: budgets, seeds and steps must be at least 1 (got {plan.budgets}, "
-                              f"{plan.seeds}, {plan.steps})")
+        if min(plan.budgets) < 1 or min(plan.seeds, plan.steps, plan.roco_pairs, plan.pretrain_epochs) < 1:
+            raise MosmosError(f"study: budgets, seeds, steps, report pairs and pre-training epochs must be at "
+                              f"least 1 (got {asdict(plan)})")
         return plan
 
 
-def run_study(out: str | Path, quick: bool = False, budgets=None, seeds: int | None = None,
-              steps: int | None = None, progress: bool | None = None) -> dict:
-    """Run the study into ``out``: ``runs.csv`` (one row per run), ``study.md`` (mean ± sd Dice per
-    budget and initialisation, wins, Wilcoxon p), ``study.png`` and ``study.json``; returns the summary."""
+def run_study(out: str | Path, quick: bool = False, progress: bool | None = None, **changes) -> dict:
+    """Run the study into ``out`` (``changes``: StudyPlan fields to change): ``runs.csv`` (one row per run),
+    ``study.md`` (mean ± sd Dice per budget and initialisation, wins, Wilcoxon p), ``study.png`` and
+    ``study.json``; returns the summary."""
     from .data.phantoms import write_decathlon_dataset, write_roco_folder
     from .demo_models import MAP_BACKBONE, map_recipe_config
     from .train.config import PretrainConfig
     from .train.finetune import finetune
     from .train.pretrain import pretrain
 
+    plan = StudyPlan.of(quick, **changes)
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "study.json").exists():
         raise MosmosError(f"{out}: folder exists and is not an earlier study output; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
-    plan = StudyPlan.of(quick, budgets, seeds, steps)
     t0 = time.perf_counter()
     n_train = max(plan.budgets)
     print(f"study: {len(plan.budgets)} label budgets x {plan.seeds} seeds x {len(INITS)} inits, "
