@@ -38,7 +38,7 @@ class DemoBudget:
     def of(cls, quick: bool) -> "DemoBudget":
         if quick:
             return cls(roco_pairs=160, pretrain_epochs=2, train_volumes=2, val_volumes=1, finetune_steps=10)
-        return cls(roco_pairs=800, pretrain_epochs=8, train_volumes=6, val_volumes=2, finetune_steps=450)
+        return cls(roco_pairs=480, pretrain_epochs=5, train_volumes=6, val_volumes=2, finetune_steps=400)
 
 
 class Stages:
