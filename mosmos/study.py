@@ -14,6 +14,7 @@ the 3D phantoms, so what pre-training learns about these organs can transfer to 
 from __future__ import annotations
 
 import csv
+import io
 import json
 import time
 from dataclasses import asdict, dataclass
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 
 from .errors import MosmosError
+from .modelfile import atomic_write_bytes
 
 INITS = ("mosmos", "random")
 STUDY_TAGS = ("liver", "spleen", "right kidney", "left kidney", "stomach")
@@ -91,13 +93,13 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
                 rows.append({"budget": budget, "seed": seed, "init": init, "dice": dice,
                              "seconds": round(time.perf_counter() - t, 1)})
                 print(f"study: budget {budget}, seed {seed}, {init} init: held-out mean Dice {dice:.3f}", flush=True)
+                _write_runs_csv(out / "runs.csv", rows)  # after every run: a stopped study keeps what it measured
 
     summary = summarize(rows, plan)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
-    _write_runs_csv(out / "runs.csv", rows)
-    (out / "study.md").write_text(study_table(summary), encoding="utf-8")
+    atomic_write_bytes(out / "study.md", study_table(summary).encode())
     draw_study(out / "study.png", summary)
-    (out / "study.json").write_text(json.dumps(summary, indent=2), encoding="utf-8")
+    atomic_write_bytes(out / "study.json", json.dumps(summary, indent=2).encode())
     print()
     print(study_table(summary))
     print(f"total time: {summary['seconds']:.0f} s; table {out / 'study.md'}, plot {out / 'study.png'}")
@@ -157,11 +159,12 @@ def study_table(summary: dict) -> str:
 
 
 def _write_runs_csv(path: Path, rows: list[dict]) -> None:
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        writer = csv.DictWriter(f, fieldnames=["budget", "seed", "init", "dice", "seconds"])
-        writer.writeheader()
-        for r in rows:
-            writer.writerow({**r, "dice": f"{r['dice']:.4f}"})
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=["budget", "seed", "init", "dice", "seconds"])
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, "dice": f"{r['dice']:.4f}"})
+    atomic_write_bytes(path, text.getvalue().encode())
 
 
 def draw_study(path: Path, summary: dict) -> None:
@@ -184,5 +187,7 @@ def draw_study(path: Path, summary: dict) -> None:
     ax.set_title(f"{summary['plan']['seeds']} seeds, {summary['plan']['steps']} steps", fontsize=9)
     ax.legend(fontsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
     plt.close(fig)
+    atomic_write_bytes(path, image.getvalue())
