@@ -37,4 +37,4 @@ bench: venv
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) demo-out
+	rm -rf $(VENV) demo-out study-out

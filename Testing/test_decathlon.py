@@ -155,6 +155,31 @@ def test_train_and_val_pipelines(phantom_dir):
     assert len(slices) == 3 and slices[0]["image"].shape == (1, 32, 32) and slices[0]["label"].shape == (1, 32, 32)
 
 
+def test_augmentation_keeps_the_patient_left_and_right_organs_apart(phantom_dir):
+    """Flips and quarter turns (certain here) never move the left-right axis (RAS axis 0) unless asked to: a
+    right kidney stays on the patient's right of a left kidney, so lateral tags keep meaning what they say."""
+    spec = load_decathlon(phantom_dir)
+    right, left = (spec.label_values.index(v) for v in (2, 3))  # network classes of the two kidneys
+
+    def left_of_right(flip_axes) -> set[bool]:
+        cfg = preprocessing_config(roi_size=32, num_samples=4, label_values=spec.label_values, flip_prob=1.0,
+                                   rot90_prob=1.0, flip_axes=flip_axes)
+        out = set()
+        for seed in range(4):
+            pipeline = build_train_transforms(cfg)
+            pipeline.set_random_state(seed=seed)
+            for crop in pipeline(spec.training[0]):
+                label = np.asarray(crop["label"])[0]
+                xs = {c: np.nonzero(label == c)[0].mean() for c in (right, left) if (label == c).any()}
+                if len(xs) == 2:
+                    out.add(bool(xs[left] > xs[right]))
+        return out
+
+    assert preprocessing_config()["flip_axes"] == []  # the default recipe: no flips, no quarter turns
+    assert left_of_right([1, 2]) == {True}
+    assert left_of_right([0, 1, 2]) == {False}  # what a left-right flip does to lateral labels
+
+
 def test_mr_percentile_normalisation(phantom_dir):
     spec = load_decathlon(phantom_dir)
     out = build_val_transforms(dict(modality="MR"), with_label=False)({"image": spec.training[0]["image"]})

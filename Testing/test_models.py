@@ -126,7 +126,7 @@ def test_unknown_backbone_lists_choices_and_names_are_case_insensitive():
     with pytest.raises(MosmosError, match=r"unknown backbone 'vit-huge' \(choose from: RN50, ViT-B-16"):
         create_clip("vit-huge")
     assert canonical_backbone("vit-b-16") == "ViT-B-16" and canonical_backbone("TINY-RN") == "tiny-rn"
-    assert set(BACKBONES) == {"RN50", "ViT-B-16", "ViT-B-32", "tiny-vit", "tiny-vit-8", "tiny-rn"}
+    assert set(BACKBONES) == {"RN50", "ViT-B-16", "ViT-B-32", "tiny-vit", "tiny-vit-8", "tiny-vit-4", "tiny-rn"}
 
 
 @pytest.mark.parametrize("backbone, dim, grid", [("RN50", 1024, (7, 7)), ("ViT-B-16", 512, (14, 14))])

@@ -9,7 +9,7 @@ import sys
 
 from .errors import MosmosError, shorten
 
-COMMANDS = ("tags", "pretrain", "finetune", "segment", "evaluate", "info", "models", "demo", "web")
+COMMANDS = ("tags", "pretrain", "finetune", "segment", "evaluate", "info", "models", "demo", "study", "web")
 
 
 class Parser(argparse.ArgumentParser):

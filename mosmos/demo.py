@@ -18,11 +18,13 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo_models import tiny_finetune_config
+from .demo_models import MAP_BACKBONE, MAP_ROI, MAP_SPACING, map_recipe_config
 from .errors import MosmosError
 
 DEMO_TAGS = ["liver", "spleen", "right kidney", "left kidney", "stomach", "aorta"]
 HELD_OUT_SEED = 10_000
+# The held-out phantom at a finer grid than training's, with the same field of view (the body's size in mm).
+HELD_OUT_SHAPE, HELD_OUT_SPACING = (96, 96, 96), tuple(m * r / 96 for m, r in zip(MAP_SPACING, MAP_ROI))
 
 
 @dataclass(frozen=True)
@@ -37,7 +39,7 @@ class DemoBudget:
     def of(cls, quick: bool) -> "DemoBudget":
         if quick:
             return cls(roco_pairs=160, pretrain_epochs=2, train_volumes=2, val_volumes=1, finetune_steps=10)
-        return cls(roco_pairs=800, pretrain_epochs=8, train_volumes=6, val_volumes=2, finetune_steps=450)
+        return cls(roco_pairs=480, pretrain_epochs=5, train_volumes=6, val_volumes=2, finetune_steps=400)
 
 
 class Stages:
@@ -85,22 +87,22 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
         roco = write_roco_folder(out / "roco", budget.roco_pairs, seed=seed)
     with stage("pre-training a tiny MOSMOS model on image-report pairs (L_irc + L_mlr)"):
         pretrained = pretrain(PretrainConfig(
-            roco=str(roco), out=str(out / "pretrain"), backbone="tiny-vit", epochs=budget.pretrain_epochs,
+            roco=str(roco), out=str(out / "pretrain"), backbone=MAP_BACKBONE, epochs=budget.pretrain_epochs,
             batch_size=32, lr=1e-3, warmup_steps=10, workers=0, seed=seed, log_every=5),
             events=str(out / "pretrain" / "events.jsonl"), progress=progress)
     with stage(f"generating a labelled 3D phantom dataset ({budget.train_volumes} train, "
                f"{budget.val_volumes} validation volumes)"):
         data = write_decathlon_dataset(out / "dataset", budget.train_volumes, budget.val_volumes,
-                                       seed=seed + 1).parent
+                                       seed=seed + 1, shape=MAP_ROI, spacing=MAP_SPACING).parent
     models = {}
     with stage(f"fine-tuning MOSMOS-UNETR for {budget.finetune_steps} steps from the pre-trained model, "
                "then from random weights"):
         for init in ("mosmos", "random"):
-            cfg = tiny_finetune_config(data, out / f"finetune-{init}", budget.finetune_steps, seed,
-                                       pretrained=str(pretrained) if init == "mosmos" else None)
+            cfg = map_recipe_config(data, out / f"finetune-{init}", budget.finetune_steps, seed,
+                                    pretrained=str(pretrained) if init == "mosmos" else None)
             models[init] = finetune(cfg, events=str(out / f"finetune-{init}" / "events.jsonl"), progress=progress)
     with stage(f"segmenting a held-out phantom from typed organ names: {', '.join(DEMO_TAGS)}"):
-        held = make_phantom(HELD_OUT_SEED + seed)
+        held = make_phantom(HELD_OUT_SEED + seed, HELD_OUT_SHAPE, HELD_OUT_SPACING)
         write_volume(out / "held_out_ct.nii.gz", held.image, held.affine)
         write_volume(out / "held_out_reference.nii.gz", held.label, held.affine)
         spacing = spacing_from_affine(held.affine)

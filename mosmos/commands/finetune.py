@@ -12,7 +12,7 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output folder: model file, checkpoint")
     p.add_argument("--arch", choices=["unetr", "unet2d"], default=C.arch)
     p.add_argument("--backbone", default=C.backbone,
-                   help="ViT-B-16, ViT-B-32, tiny-vit, tiny-vit-8 (unetr); RN50, tiny-rn (unet2d); taken from the "
+                   help="ViT-B-16, ViT-B-32, tiny-vit, tiny-vit-8, tiny-vit-4 (unetr); RN50, tiny-rn (unet2d); taken from the "
                         "pre-trained file with --init mosmos (default %(default)s)")
     p.add_argument("--init", choices=["mosmos", "clip", "random"], default=C.init)
     p.add_argument("--pretrained", default=None,

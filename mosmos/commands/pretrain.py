@@ -10,7 +10,7 @@ def add_arguments(p) -> None:
 
     p.add_argument("--roco", required=True, help="ROCO folder (GitHub layout or CSV variant)")
     p.add_argument("--out", required=True, help="output folder: model file, checkpoint")
-    p.add_argument("--backbone", default=C.backbone, help="RN50, ViT-B-16, ViT-B-32, tiny-vit, tiny-vit-8, tiny-rn (default %(default)s)")
+    p.add_argument("--backbone", default=C.backbone, help="RN50, ViT-B-16, ViT-B-32, tiny-vit, tiny-vit-8, tiny-vit-4, tiny-rn (default %(default)s)")
     p.add_argument("--weights", default=None, help="CLIP weights: a local file (open_clip or OpenAI .pt) or an open_clip tag such as 'openai'")
     p.add_argument("--epochs", type=int, default=C.epochs)
     p.add_argument("--batch-size", type=int, default=C.batch_size, help="per process (default %(default)s)")

@@ -37,6 +37,9 @@ DEFAULTS = {
     "pos": 1.0,
     "neg": 1.0,
     "flip_prob": 0.1,
+    # Axes that flips and 90° rotations may move. Axis 0 (RAS: the patient's left-right) is left out:
+    # a left-right flip swaps the left and right organs without swapping their labels ("left kidney").
+    "flip_axes": [],
     "rot90_prob": 0.1,
     "shift_offset": 0.1,
     "shift_prob": 0.5,
@@ -140,9 +143,11 @@ def build_train_transforms(cfg: dict | None = None) -> mt.Compose:
     ]
     if dims == 2:
         steps.append(mt.SqueezeDimd(keys=keys, dim=3))
-    steps += [mt.RandFlipd(keys=keys, prob=cfg["flip_prob"], spatial_axis=axis) for axis in range(dims)]
+    axes = [a for a in cfg["flip_axes"] if a < dims]
+    steps += [mt.RandFlipd(keys=keys, prob=cfg["flip_prob"], spatial_axis=axis) for axis in axes]
+    if len(axes) == 2 and crop[axes[0]] == crop[axes[1]]:  # a quarter turn within the plane of two movable axes
+        steps.append(mt.RandRotate90d(keys=keys, prob=cfg["rot90_prob"], max_k=3, spatial_axes=tuple(axes)))
     steps += [
-        mt.RandRotate90d(keys=keys, prob=cfg["rot90_prob"], max_k=3),
         mt.RandShiftIntensityd(keys=["image"], offsets=cfg["shift_offset"], prob=cfg["shift_prob"]),
         mt.EnsureTyped(keys=keys, track_meta=False),
     ]

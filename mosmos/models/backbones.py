@@ -24,7 +24,7 @@ from torch import nn
 
 from ..errors import MosmosError
 
-BACKBONES = ("RN50", "ViT-B-16", "ViT-B-32", "tiny-vit", "tiny-vit-8", "tiny-rn")
+BACKBONES = ("RN50", "ViT-B-16", "ViT-B-32", "tiny-vit", "tiny-vit-8", "tiny-vit-4", "tiny-rn")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
 # TorchScript archives carry these non-weight entries in their state dicts (OpenAI's the first

@@ -1,0 +1,53 @@
+"""`mosmos study --quick`: the pre-training study command end to end on its smallest setting."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+from PIL import Image
+
+from mosmos.cli import main
+from mosmos.metrics import wilcoxon_p
+from mosmos.study import StudyPlan, study_table, summarize
+
+
+def test_quick_study_writes_its_table_runs_and_plot(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["study", "--out", str(out), "--quick", "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| labelled volumes |" in printed and "total time:" in printed
+
+    summary = json.loads((out / "study.json").read_text())
+    [entry] = summary["table"]
+    assert entry["budget"] == 1 and entry["pairs"] == 1 and entry["wilcoxon_p"] is None
+    assert all(0.0 <= entry[init]["mean"] <= 1.0 for init in ("mosmos", "random"))
+    with open(out / "runs.csv", newline="") as f:
+        rows = list(csv.DictReader(f))
+    assert [(r["budget"], r["seed"], r["init"]) for r in rows] == [("1", "0", "mosmos"), ("1", "0", "random")]
+    for init in ("mosmos", "random"):  # each run fine-tuned from its own initialisation on one labelled volume
+        header = json.loads((out / "runs" / f"b1-s0-{init}" / "events.jsonl").read_text().splitlines()[0])
+        assert header["event"] == "start" and header["train_cases"] == 1
+    assert (out / "study.md").read_text() == study_table(summary)
+    with Image.open(out / "study.png") as fig:
+        assert fig.size[0] > 200
+
+
+def test_summary_pairs_inits_by_seed_and_counts_wins():
+    plan = StudyPlan.of(False, budgets=[1, 4], seeds=5)
+    mosmos = [0.5, 0.6, 0.4, 0.7, 0.55]
+    random_ = [0.4, 0.62, 0.3, 0.5, 0.45]
+    rows = [{"budget": b, "seed": s, "init": init, "dice": d + (b == 4) * 0.2}
+            for b in (1, 4) for init, values in (("mosmos", mosmos), ("random", random_))
+            for s, d in enumerate(values)]
+    first = summarize(rows, plan)["table"][0]
+    assert first["mosmos_wins"] == 4 and first["pairs"] == 5
+    assert abs(first["mosmos"]["mean"] - 0.55) < 1e-9 and abs(first["random"]["sd"] - 0.1186592) < 1e-6
+    as_results = [{f"seed{s}": {"mean": {"dice": d}} for s, d in enumerate(v)} for v in (mosmos, random_)]
+    assert first["wilcoxon_p"] == wilcoxon_p(*as_results)[0]
+
+
+def test_a_study_of_zero_seeds_is_an_error_line(tmp_path, capsys):
+    assert main(["study", "--out", str(tmp_path / "s"), "--seeds", "0", "--no-progress"]) == 1
+    assert not (tmp_path / "s").exists()
+    assert capsys.readouterr().err.startswith("mosmos study: error: study: budgets, seeds")

@@ -1,0 +1,193 @@
+"""The pre-training study (MOSMOS §4, the claim of its Table 2 and Fig. 5 at phantom scale): does
+report-supervised pre-training help segmentation, and most when labels are few?
+
+One MOSMOS model is pre-trained once on phantom slices with reports (ROCO layout). Then, for each
+label budget (number of labelled training volumes) and each seed, MOSMOS-UNETR is fine-tuned from the
+pre-trained model and from random weights with the same recipe and the same number of steps, on the
+same seeded subset of training volumes, and both are evaluated on the same held-out phantoms. Nothing
+is selected on the held-out set: each run keeps its last model.
+
+The 2D report images are axial (and some coronal) slices of subjects drawn by the same generator as
+the 3D phantoms, so what pre-training learns about these organs can transfer to them.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import MosmosError
+from .modelfile import atomic_write_bytes
+
+INITS = ("mosmos", "random")
+STUDY_TAGS = ("liver", "spleen", "right kidney", "left kidney", "stomach")
+
+
+@dataclass(frozen=True)
+class StudyPlan:
+    budgets: tuple[int, ...]  # labelled training volumes per run; the largest is all of them
+    seeds: int
+    held_out: int  # phantoms every run is scored on
+    steps: int  # fine-tuning steps, equal for both initialisations
+    roco_pairs: int
+    pretrain_epochs: int
+
+    @classmethod
+    def of(cls, quick: bool, **changes) -> "StudyPlan":
+        """The default (or ``quick``) plan with the ``changes`` that are not None."""
+        plan = (cls(budgets=(1,), seeds=1, held_out=1, steps=2, roco_pairs=64, pretrain_epochs=1) if quick else
+                cls(budgets=(1, 2, 4), seeds=5, held_out=4, steps=200, roco_pairs=800, pretrain_epochs=8))
+        changes = {k: tuple(v) if k == "budgets" else int(v) for k, v in changes.items() if v is not None}
+        plan = cls(**{**asdict(plan), **changes})
+        if min(plan.budgets) < 1 or min(plan.seeds, plan.steps, plan.roco_pairs, plan.pretrain_epochs) < 1:
+            raise MosmosError(f"study: budgets, seeds, steps, report pairs and pre-training epochs must be at "
+                              f"least 1 (got {asdict(plan)})")
+        return plan
+
+
+def run_study(out: str | Path, quick: bool = False, progress: bool | None = None, **changes) -> dict:
+    """Run the study into ``out`` (``changes``: StudyPlan fields to change): ``runs.csv`` (one row per run),
+    ``study.md`` (mean ± sd Dice per budget and initialisation, wins, Wilcoxon p), ``study.png`` and
+    ``study.json``; returns the summary."""
+    from .data.phantoms import write_decathlon_dataset, write_roco_folder
+    from .demo_models import MAP_BACKBONE, map_recipe_config
+    from .train.config import PretrainConfig
+    from .train.finetune import finetune
+    from .train.pretrain import pretrain
+
+    plan = StudyPlan.of(quick, **changes)
+    out = Path(out)
+    if out.exists() and any(out.iterdir()) and not (out / "study.json").exists():
+        raise MosmosError(f"{out}: folder exists and is not an earlier study output; choose another --out")
+    out.mkdir(parents=True, exist_ok=True)
+    t0 = time.perf_counter()
+    n_train = max(plan.budgets)
+    print(f"study: {len(plan.budgets)} label budgets x {plan.seeds} seeds x {len(INITS)} inits, "
+          f"{plan.steps} fine-tuning steps each", flush=True)
+    roco = write_roco_folder(out / "roco", plan.roco_pairs, seed=0)
+    pretrained = pretrain(PretrainConfig(
+        roco=str(roco), out=str(out / "pretrain"), backbone=MAP_BACKBONE, epochs=plan.pretrain_epochs,
+        batch_size=32, lr=1e-3, warmup_steps=10, workers=0, seed=0, log_every=10),
+        events=str(out / "pretrain" / "events.jsonl"), progress=progress)
+    print(f"study: pre-trained once in {time.perf_counter() - t0:.0f} s", flush=True)
+    data = write_decathlon_dataset(out / "dataset", n_train, plan.held_out, seed=1, organs=STUDY_TAGS,
+                                   **_phantom_grid()).parent
+
+    rows = []
+    for budget in plan.budgets:
+        for seed in range(plan.seeds):
+            for init in INITS:
+                run_dir = out / "runs" / f"b{budget}-s{seed}-{init}"
+                cfg = map_recipe_config(data, run_dir, plan.steps, seed=seed,
+                                        pretrained=str(pretrained) if init == "mosmos" else None,
+                                        label_ratio=budget / n_train)
+                t = time.perf_counter()
+                model = finetune(cfg, events=str(run_dir / "events.jsonl"), progress=progress)
+                dice = held_out_dice(model, data)
+                rows.append({"budget": budget, "seed": seed, "init": init, "dice": dice,
+                             "seconds": round(time.perf_counter() - t, 1)})
+                print(f"study: budget {budget}, seed {seed}, {init} init: held-out mean Dice {dice:.3f}", flush=True)
+                _write_runs_csv(out / "runs.csv", rows)  # after every run: a stopped study keeps what it measured
+
+    summary = summarize(rows, plan)
+    summary["seconds"] = round(time.perf_counter() - t0, 1)
+    atomic_write_bytes(out / "study.md", study_table(summary).encode())
+    draw_study(out / "study.png", summary)
+    atomic_write_bytes(out / "study.json", json.dumps(summary, indent=2).encode())
+    print()
+    print(study_table(summary))
+    print(f"total time: {summary['seconds']:.0f} s; table {out / 'study.md'}, plot {out / 'study.png'}")
+    return summary
+
+
+def _phantom_grid() -> dict:
+    from .demo_models import MAP_ROI, MAP_SPACING
+
+    return {"shape": tuple(MAP_ROI), "spacing": tuple(MAP_SPACING)}
+
+
+def held_out_dice(model: Path, data: Path) -> float:
+    """Mean over held-out cases of the case's mean organ Dice (the network's segmentation)."""
+    import contextlib
+    import io
+
+    from .commands.evaluate import evaluate
+    from .metrics import case_mean_dice
+
+    with contextlib.redirect_stderr(io.StringIO()):  # evaluate's per-case lines
+        results = evaluate(str(model), str(data), "validation", device="cpu")
+    return float(np.nanmean(list(case_mean_dice(results).values())))
+
+
+def summarize(rows: list[dict], plan: StudyPlan) -> dict:
+    """Mean ± sd per budget and init, the seeds where MOSMOS init wins, and the paired Wilcoxon p."""
+    from .metrics import wilcoxon_p
+
+    table = []
+    for budget in plan.budgets:
+        by_init = {init: {r["seed"]: r["dice"] for r in rows if r["budget"] == budget and r["init"] == init}
+                   for init in INITS}
+        entry = {"budget": budget}
+        for init, values in by_init.items():
+            v = np.array(list(values.values()))
+            entry[init] = {"mean": float(v.mean()), "sd": float(v.std(ddof=1)) if len(v) > 1 else 0.0}
+        # Paired by seed (same training subset and crops); the "case" of wilcoxon_p is the seed.
+        as_results = {init: {f"seed{s}": {"mean": {"dice": d}} for s, d in values.items()}
+                      for init, values in by_init.items()}
+        seeds = sorted(by_init["mosmos"])
+        entry["mosmos_wins"] = sum(by_init["mosmos"][s] > by_init["random"][s] for s in seeds)
+        entry["pairs"] = len(seeds)
+        entry["wilcoxon_p"] = wilcoxon_p(as_results["mosmos"], as_results["random"])[0] if len(seeds) > 1 else None
+        table.append(entry)
+    return {"plan": asdict(plan), "tags": list(STUDY_TAGS), "table": table}
+
+
+def study_table(summary: dict) -> str:
+    lines = ["| labelled volumes | MOSMOS init Dice | random init Dice | MOSMOS ahead (seeds) | Wilcoxon p |",
+             "|---|---|---|---|---|"]
+    for e in summary["table"]:
+        p = "n/a" if e["wilcoxon_p"] is None else f"{e['wilcoxon_p']:.3f}"
+        lines.append(f"| {e['budget']} | {e['mosmos']['mean']:.3f} ± {e['mosmos']['sd']:.3f} | "
+                     f"{e['random']['mean']:.3f} ± {e['random']['sd']:.3f} | {e['mosmos_wins']}/{e['pairs']} | {p} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_runs_csv(path: Path, rows: list[dict]) -> None:
+    text = io.StringIO(newline="")
+    writer = csv.DictWriter(text, fieldnames=["budget", "seed", "init", "dice", "seconds"])
+    writer.writeheader()
+    for r in rows:
+        writer.writerow({**r, "dice": f"{r['dice']:.4f}"})
+    atomic_write_bytes(path, text.getvalue().encode())
+
+
+def draw_study(path: Path, summary: dict) -> None:
+    """Held-out Dice against the label budget, one line per initialisation (mean ± sd over seeds)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(4.2, 3.2))
+    budgets = [e["budget"] for e in summary["table"]]
+    for init, colour in zip(INITS, ("tab:red", "tab:gray")):
+        mean = [e[init]["mean"] for e in summary["table"]]
+        sd = [e[init]["sd"] for e in summary["table"]]
+        ax.errorbar(budgets, mean, yerr=sd, marker="o", capsize=3, color=colour, label=f"{init} init")
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(budgets, [str(b) for b in budgets])
+    ax.set_xlabel("labelled training volumes")
+    ax.set_ylabel("held-out mean Dice")
+    ax.set_title(f"{summary['plan']['seeds']} seeds, {summary['plan']['steps']} steps", fontsize=9)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    image = io.BytesIO()
+    fig.savefig(image, format="png", dpi=110)
+    plt.close(fig)
+    atomic_write_bytes(path, image.getvalue())
