@@ -13,7 +13,7 @@ from mosmos.mrml.process import interpreter, normalize_device
 from .folders import CHECKPOINT_NAME, given
 
 STAGES = ("pretrain", "finetune")
-BACKBONES = ("ViT-B-16", "RN50", "ViT-B-32", "tiny-vit", "tiny-vit-8", "tiny-rn")
+BACKBONES = ("ViT-B-16", "RN50", "ViT-B-32", "tiny-vit", "tiny-vit-8", "tiny-vit-4", "tiny-rn")
 ARCHITECTURES = ("unetr", "unet2d")
 INITIALIZATIONS = ("mosmos", "clip", "random")
 
