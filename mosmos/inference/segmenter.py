@@ -25,11 +25,16 @@ from ..tags import color_for
 from .geometry import (ModelGrid, from_oriented, model_grid, nearest_model_indices, resample_to_input,
                        resample_to_model, to_oriented)
 from .network import load_segmentation_model, roi_size_of
+from .precision import resolve_precision
 from .preprocess import Preprocessing
-from .sliding import sliding_window
+from .sliding import body_blocks, plan_windows, sliding_window
 from .tagselect import select_tags
 
 Progress = Callable[[int, int], "bool | None"]
+
+# The default overlap, and the one of a quick first look (--fast): 0.25 runs about half the windows.
+OVERLAP, FAST_OVERLAP = 0.5, 0.25
+BODY_BLOCK = 4  # model voxels a side of the blocks the body mask is judged on
 
 
 class AttentionMaps(Mapping):
@@ -65,6 +70,8 @@ class SegmentationResult:
     organs: list[dict] = field(default_factory=list)
     attention: Mapping[str, np.ndarray] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
+    # how the windows ran: precision ("fp32" | "bf16"), overlap, windows (run), windows_skipped
+    run: dict = field(default_factory=dict)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -109,13 +116,19 @@ class Segmenter:
 
     # ---------------------------------------------------------------------------------------
     def segment(self, array: np.ndarray, affine: np.ndarray, tags=None, progress: Progress | None = None,
-                overlap: float = 0.5, array_order: str = "xyz", modality: str | None = None,
-                source: str = "volume", sw_batch_size: int | None = None) -> SegmentationResult:
+                overlap: float | None = None, array_order: str = "xyz", modality: str | None = None,
+                source: str = "volume", sw_batch_size: int | None = None, fast: bool = False,
+                precision: str = "auto", skip_outside_body: bool = True) -> SegmentationResult:
         """Segment ``array`` (3D, (X, Y, Z) or with array_order="kji" (K, J, I)) whose voxel->RAS
         matrix is ``affine``. ``tags``: None for every organ the model labels, or names (a list or a
         "liver, spleen" string). ``modality`` ("CT"/"MR"), when known, is checked against the model.
         ``source`` names the volume in error messages. Raises Cancelled when progress returns False.
+        ``overlap`` defaults to OVERLAP, or FAST_OVERLAP when ``fast``. ``precision``: "auto" (bf16
+        where native, else fp32), "fp32" or "bf16". ``skip_outside_body``: windows holding no body
+        voxel are not run (no label inside the body changes).
         """
+        if overlap is None:
+            overlap = FAST_OVERLAP if fast else OVERLAP
         if array_order not in ("xyz", "kji"):
             raise MosmosError(f"array_order: expected 'xyz' or 'kji', got {array_order!r}")
         if not 0 <= overlap < 1:
@@ -124,17 +137,26 @@ class Segmenter:
         kji = array_order == "kji"
         arr = array.T if kji else array
         affine = self._check_affine(affine, source)
-        notices = self._check_volume(arr, source, modality)
+        notices, constant = self._check_volume(arr, source, modality)
         selection = select_tags(tags, self.organ_names, hasattr(self.network, "open_set_maps"))
         notices += selection.notices
         grid = model_grid(arr.shape, affine, self.preprocessing.spacing)
+        precision, more = resolve_precision(precision, self.device)
+        notices += more
+        run = {"precision": precision, "overlap": overlap, "windows": 0, "windows_skipped": 0}
+        if constant:
+            empty = np.zeros(array.shape, np.uint8 if max(self.label_values) < 256 else np.uint16)
+            return SegmentationResult(empty, np.array(affine), self._organs(selection, np.bincount([0]), 0.0),
+                                      {}, notices + [f"{source}: the volume is constant ({constant}); "
+                                                     "nothing to segment: the label map is empty"], run)
 
         threads = torch.get_num_threads()
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_count())
         try:
             with torch.inference_mode():
-                labels_oriented, maps, more = self._run(arr, grid, selection, progress, overlap, sw_batch_size)
+                labels_oriented, maps, more = self._run(arr, grid, selection, progress, overlap, sw_batch_size,
+                                                        precision, skip_outside_body, run, source)
         finally:
             torch.set_num_threads(threads)
         notices += more
@@ -143,16 +165,18 @@ class Segmenter:
         labelmap = np.ascontiguousarray(labelmap.T if kji else labelmap)
         voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
         counts = np.bincount(labelmap.reshape(-1), minlength=max(self.label_values) + 1)
-        organs = []
-        for name in selection.labelled:
-            value = self.label_values[self.label_names.index(name)]
-            organs.append({"name": name, "label": value, "color": list(color_for(name)),
-                           "volume_ml": round(float(counts[value]) * voxel_ml, 3)})
-            if counts[value] == 0:
-                notices.append(f"{name}: not found in this volume (no voxels labelled)")
+        organs = self._organs(selection, counts, voxel_ml)
+        notices += [f"{o['name']}: not found in this volume (no voxels labelled)" for o in organs
+                    if counts[o["label"]] == 0 and run["windows"]]
         map_names = selection.labelled + (selection.open_set if hasattr(self.network, "open_set_maps") else [])
         attention = AttentionMaps(map_names, maps, grid, kji) if maps is not None else {}
-        return SegmentationResult(labelmap, np.array(affine), organs, attention, notices)
+        return SegmentationResult(labelmap, np.array(affine), organs, attention, notices, run)
+
+    def _organs(self, selection, counts: np.ndarray, voxel_ml: float) -> list[dict]:
+        counts = np.pad(counts, (0, max(0, max(self.label_values) + 1 - len(counts))))
+        return [{"name": name, "label": value, "color": list(color_for(name)),
+                 "volume_ml": round(float(counts[value]) * voxel_ml, 3)}
+                for name in selection.labelled for value in [self.label_values[self.label_names.index(name)]]]
 
     # ---------------------------------------------------------------------------------------
     @staticmethod
@@ -162,7 +186,8 @@ class Segmenter:
             raise MosmosError(f"{source}: invalid voxel-to-RAS matrix (need a finite, invertible 4x4 affine)")
         return a
 
-    def _check_volume(self, arr: np.ndarray, source: str, modality: str | None) -> list[str]:
+    def _check_volume(self, arr: np.ndarray, source: str, modality: str | None) -> tuple[list[str], str]:
+        """(notices, "" or "every voxel is <value>" for a constant volume)."""
         if arr.ndim != 3:
             raise MosmosError(f"{source}: expected a 3D volume, got {arr.ndim}D data of shape {arr.shape}")
         if len(self.roi_size) == 3 and min(arr.shape) < 2:
@@ -175,7 +200,7 @@ class Segmenter:
                 raise MosmosError(f"{source}: every voxel is NaN; nothing to segment")
             lo, hi = np.nanmin(arr), np.nanmax(arr)
         if lo == hi:
-            raise MosmosError(f"{source}: the volume is constant (every voxel is {lo}); nothing to segment")
+            return [], f"every voxel is {lo}"
         notices = []
         modality = (modality or "").upper() or None
         if modality in ("MRI",):
@@ -185,10 +210,12 @@ class Segmenter:
         elif self.modality == "CT" and modality is None and lo >= 0 and hi > 0:
             notices.append(f"{source} has no negative values, unlike CT in Hounsfield units; this is a CT model: "
                            "results may be poor")
-        return notices
+        return notices, ""
 
     # ---------------------------------------------------------------------------------------
-    def _model_image(self, arr: np.ndarray, grid: ModelGrid, device: torch.device) -> torch.Tensor:
+    def _model_image(self, arr: np.ndarray, grid: ModelGrid, device: torch.device,
+                     body: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The scaled image on the model grid; with ``body``, also its body_blocks (BODY_BLOCK)."""
         if arr.dtype.kind == "b" or arr.dtype == np.uint16 or arr.dtype == np.uint32:
             arr = arr.astype(np.float32)
         if any(s < 0 for s in arr.strides):
@@ -198,16 +225,19 @@ class Segmenter:
             t = torch.nan_to_num(t.float(), nan=float(t[~torch.isnan(t)].min()))
         image = resample_to_model(to_oriented(t, grid)[None], grid)
         del t
-        return self.preprocessing.scale_intensity(image)
+        if not body:
+            return self.preprocessing.scale_intensity(image)
+        blocks = body_blocks(image, self.preprocessing.body_threshold(image), BODY_BLOCK)
+        return self.preprocessing.scale_intensity(image), blocks
 
-    def _predictor(self, selection, map_channels: list[int]):
+    def _predictor(self, selection, map_channels: list[int], precision: str):
         net, roi, device = self.network, self.roi_size, self.device
         two_d = len(roi) == 2
         open_set = selection.open_set if hasattr(net, "open_set_maps") else []
 
         def predict(windows: torch.Tensor):
             x = windows[..., 0] if two_d else windows
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits, maps = net(x)
                 extra = net.open_set_maps(x, open_set) if open_set else None
             if two_d:
@@ -224,7 +254,8 @@ class Segmenter:
 
         return predict
 
-    def _run(self, arr, grid, selection, progress, overlap, sw_batch_size):
+    def _run(self, arr, grid, selection, progress, overlap, sw_batch_size, precision, skip_outside_body, run,
+             source):
         notices: list[str] = []
         map_channels = [self.label_names.index(n) for n in selection.labelled]
         n_maps = len(map_channels) + (len(selection.open_set) if hasattr(self.network, "open_set_maps") else 0)
@@ -237,9 +268,16 @@ class Segmenter:
         stitch_devices = [self.device] + ([torch.device("cpu")] if self.device.type == "cuda" else [])
         for attempt, stitch in enumerate(stitch_devices):
             try:
-                image = self._model_image(arr, grid, self.device)
-                logits, maps = sliding_window(image, roi, self._predictor(selection, map_channels),
-                                              len(self.label_values), n_maps, overlap, batch, stitch, progress)
+                image, body = self._model_image(arr, grid, self.device, body=True)
+                shape = image.shape[1:]
+                every = plan_windows(shape, roi, overlap)
+                starts = plan_windows(shape, roi, overlap, body, BODY_BLOCK) if skip_outside_body else every
+                run.update(windows=len(starts), windows_skipped=len(every) - len(starts))
+                if not starts:
+                    notices.append(f"{source}: no body found (nothing above the air around it): the label map is empty")
+                logits, maps = sliding_window(image, roi, self._predictor(selection, map_channels, precision),
+                                              len(self.label_values), n_maps, overlap, batch, stitch, progress,
+                                              starts)
                 del image
                 if maps is not None:
                     maps = _minmax_per_channel(maps).cpu()
