@@ -23,7 +23,12 @@ def add_arguments(parser) -> None:
     parser.add_argument("--attention", metavar="DIR", help="write one attention map per tag into DIR")
     parser.add_argument("--volumes", metavar="FILE", help="organ volumes (mL) as .json or .csv")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    parser.add_argument("--overlap", type=float, default=None,
+                        help="sliding-window overlap in [0, 1) (default 0.5; 0.25 with --fast)")
+    parser.add_argument("--fast", action="store_true", help="quick preview: fewer, less overlapping windows")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="network number format: auto (default) is bf16 where the GPU or CPU computes it "
+                        "natively (AMX, AVX512-BF16), fp32 elsewhere")
     parser.add_argument("--json-progress", action="store_true", help="JSON-lines progress events on stdout")
 
 
@@ -70,9 +75,14 @@ def run(args) -> int:
 
     try:
         result = segmenter.segment(volume.array, volume.affine, tags=args.tags, progress=progress,
-                                   overlap=args.overlap, modality=volume.modality, source=str(args.input))
+                                   overlap=args.overlap, modality=volume.modality, source=str(args.input),
+                                   fast=args.fast, precision=args.precision)
     finally:
         bar.close()
+    events.emit("run", **result.run)
+    run = result.run
+    print(f"mosmos segment: {run['windows']} windows in {run['precision']} (overlap {run['overlap']}), "
+          f"{run['windows_skipped']} outside the body skipped", file=sys.stderr)
     for note in result.notices:
         print(f"mosmos segment: warning: {note}", file=sys.stderr)
         events.emit("notice", message=note)
