@@ -4,7 +4,8 @@ windows that hold no body voxel.
 
 Skipping changes no voxel inside the body mask: every window covering a body voxel contains it and
 so is run. Outside the body a voxel blends only the windows that were run, and a voxel no run
-window covers is background (logit 1 for class 0, 0 elsewhere; maps 0)."""
+window covers is background (logit 1 for class 0, 0 elsewhere) and has the lowest map score of
+the voxels that were run (0 when nothing was)."""
 
 from __future__ import annotations
 
@@ -108,6 +109,9 @@ def sliding_window(
     logits[0].masked_fill_(uncovered, 1.0)
     if maps is not None:
         maps = maps[(slice(None), *crop)].div_(weight)
+        if uncovered.any() and not uncovered.all():  # outside every window run: attends least
+            for channel in maps:
+                channel.masked_fill_(uncovered, float(channel[~uncovered].min()))
     return logits, maps
 
 

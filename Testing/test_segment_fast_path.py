@@ -1,0 +1,115 @@
+"""The fast CPU path of `mosmos segment` gives the labels of the plain path: windows outside the
+body skipped, bf16 where the CPU computes it natively, against fp32 with every window run, on a
+tiny MOSMOS-UNETR fine-tuned on phantoms with air beside the body (so that it has seen air).
+
+Speed: the tiny recipe of mosmos.demo_models (4.5 mm, 32^3 windows); each phantom is padded with
+air to three times its width, so that three of the five windows along x hold air only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mosmos.cli import main
+from mosmos.data.phantoms import make_phantom, write_decathlon_dataset
+from mosmos.demo_models import tiny_finetune_config
+from mosmos.inference import Segmenter
+from mosmos.inference import precision as precision_mod
+from mosmos.metrics import dice_scores
+
+AIR_WIDTH = 3  # the padded volume is this many body widths along x
+
+
+def with_air(image: np.ndarray, fill) -> np.ndarray:
+    out = np.full((image.shape[0] * AIR_WIDTH, *image.shape[1:]), fill, image.dtype)
+    out[:image.shape[0]] = image
+    return out
+
+
+def train_with_air(root: Path) -> Path:
+    """The tiny recipe on two phantoms with air beside the body; returns the model file."""
+    from mosmos.train.finetune import finetune
+
+    data = root / "data"
+    write_decathlon_dataset(data, 2, 0, seed=0)
+    rng = np.random.default_rng(0)
+    for sub, fill in (("imagesTr", None), ("labelsTr", 0)):
+        for path in sorted((data / sub).glob("*.nii.gz")):
+            img = nib.load(path)
+            arr = np.asarray(img.dataobj)
+            padded = with_air(arr, -1000 if fill is None else fill)
+            if fill is None:  # scanner noise in the air
+                padded[arr.shape[0]:] += rng.normal(0, 15, padded[arr.shape[0]:].shape).astype(arr.dtype)
+            nib.save(nib.Nifti1Image(padded, img.affine, img.header), path)
+    return finetune(tiny_finetune_config(data, root / "out", 30), progress=False)
+
+
+def phantom_with_air(seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    case = make_phantom([seed, 0])
+    image = with_air(np.round(case.image).astype(np.int16), -1000)
+    width = case.image.shape[0]
+    image[width:] += np.random.default_rng(seed).normal(0, 15, image[width:].shape).astype(np.int16)
+    return image, case.affine
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fast")
+    image, affine = phantom_with_air()
+    return Segmenter(train_with_air(root), device="cpu"), image, affine, root
+
+
+def agreement(a: np.ndarray, b: np.ndarray, organs: int) -> tuple[float, np.ndarray]:
+    dice = dice_scores(a, b, organs)
+    return float((a == b).mean()), dice[~np.isnan(dice)]
+
+
+def test_skipping_and_bf16_keep_the_labels_of_the_fp32_full_run(trained, monkeypatch):
+    seg, image, affine, _ = trained
+    tags = "liver, spleen, right kidney, left kidney"
+    plain = seg.segment(image, affine, tags=tags, precision="fp32", skip_outside_body=False)
+    assert plain.run == {"precision": "fp32", "overlap": 0.5, "windows": 5, "windows_skipped": 0}
+    n = max(seg.label_values) + 1
+    assert len(np.unique(plain.labelmap)) > 2, "the tiny model should label organs"
+
+    skipped = seg.segment(image, affine, tags=tags, precision="fp32")
+    assert skipped.run["windows"] == 2 and skipped.run["windows_skipped"] == 3
+    # Every window covering a body voxel ran: the body is labelled exactly as without skipping.
+    body = slice(0, image.shape[0] // AIR_WIDTH)
+    np.testing.assert_array_equal(skipped.labelmap[body], plain.labelmap[body])
+
+    fast = seg.segment(image, affine, tags=tags, precision="auto")
+    assert fast.run["precision"] == ("bf16" if precision_mod.cpu_has_native_bf16() else "fp32")
+    same, dice = agreement(fast.labelmap, plain.labelmap, n)
+    assert same >= 0.995 and dice.min() >= 0.99, (same, dice)
+    for tag in ("liver", "spleen"):
+        assert np.abs(fast.attention[tag] - plain.attention[tag]).max() <= 1e-2, tag
+
+    # bf16 asked for on a CPU without native bf16: fp32, said so
+    monkeypatch.setattr(precision_mod, "cpu_has_native_bf16", lambda: False)
+    assert precision_mod.resolve_precision("auto", seg.device) == ("fp32", [])
+    chosen, notes = precision_mod.resolve_precision("bf16", seg.device)
+    assert chosen == "fp32" and "no native bf16" in notes[0]
+
+
+def test_all_air_and_constant_volumes_give_an_empty_label_map_and_one_notice(trained, capsys):
+    seg, image, affine, root = trained
+    air = np.full((60, 50, 40), -1000, np.int16)
+    air += np.random.default_rng(2).normal(0, 15, air.shape).astype(np.int16)
+    res = seg.segment(air, affine, tags="liver")
+    assert res.run["windows"] == 0 and not res.labelmap.any() and res.labelmap.shape == air.shape
+    assert any("no body found" in n for n in res.notices)
+    constant = root / "constant.nii.gz"
+    nib.save(nib.Nifti1Image(np.full((20, 20, 10), 7, np.int16), affine), constant)
+    out = root / "constant_seg.nii.gz"
+    code = main(["segment", str(constant), "--model", seg.model_file, "--output", str(out), "--json-progress"])
+    captured = capsys.readouterr()
+    assert code == 0 and not np.asarray(nib.load(out).dataobj).any()
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "constant" in warnings[0]
+    run = [json.loads(line) for line in captured.out.splitlines() if '"run"' in line]
+    assert run and run[0]["windows"] == 0 and run[0]["precision"] in ("fp32", "bf16")
