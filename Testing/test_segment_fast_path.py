@@ -75,13 +75,14 @@ def test_skipping_and_bf16_keep_the_labels_of_the_fp32_full_run(trained, monkeyp
     plain = seg.segment(image, affine, tags=tags, precision="fp32", skip_outside_body=False)
     assert plain.run["windows_skipped"] == 0 and len(np.unique(plain.labelmap)) > 1
 
-    # Every window covering a body voxel runs: the body is labelled exactly as without skipping.
-    # (Outside it, a 30-step tiny model still labels some air as organ; skipping leaves that air
-    # background, so whole-volume agreement measures the model, not the skipping.)
+    # Windows tile the body's box only: the body is labelled as with every window run. (Outside
+    # it, a 30-step tiny model still labels some air as organ; skipping leaves that air background,
+    # so whole-volume agreement measures the model, not the skipping.)
     skipped = seg.segment(image, affine, tags=tags, precision="fp32")
     assert skipped.run["windows_skipped"] >= skipped.run["windows"] > 0
     body = image > -500
-    np.testing.assert_array_equal(skipped.labelmap[body], plain.labelmap[body])
+    same, dice = agreement(skipped.labelmap[body], plain.labelmap[body], n)
+    assert same >= 0.995 and dice.min() >= 0.99, (same, dice)
 
     # bf16 (where native) against fp32, every window run. Labels only: this model's maps are nearly
     # flat, so min-max normalisation magnifies bf16's rounding (see the issue-18 note).

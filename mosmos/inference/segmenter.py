@@ -27,7 +27,7 @@ from .geometry import (ModelGrid, from_oriented, model_grid, nearest_model_indic
 from .network import load_segmentation_model, roi_size_of
 from .precision import resolve_precision
 from .preprocess import Preprocessing
-from .sliding import body_blocks, plan_windows, sliding_window
+from .sliding import body_blocks, body_box, plan_windows, sliding_window
 from .tagselect import select_tags
 
 Progress = Callable[[int, int], "bool | None"]
@@ -269,19 +269,31 @@ class Segmenter:
         for attempt, stitch in enumerate(stitch_devices):
             try:
                 image, body = self._model_image(arr, grid, self.device, body=True)
-                shape = image.shape[1:]
-                every = plan_windows(shape, roi, overlap)
-                starts = plan_windows(shape, roi, overlap, body, BODY_BLOCK) if skip_outside_body else every
-                run.update(windows=len(starts), windows_skipped=len(every) - len(starts))
-                if not starts:
-                    notices.append(f"{source}: no body found (nothing above the air around it): the label map is empty")
-                logits, maps = sliding_window(image, roi, self._predictor(selection, map_channels, precision),
-                                              len(self.label_values), n_maps, overlap, batch, stitch, progress,
-                                              starts)
-                del image
-                if maps is not None:
-                    maps = _minmax_per_channel(maps).cpu()
-                labels = self._labels_on_input(logits, grid, lut.to(logits.device))
+                shape = tuple(image.shape[1:])
+                # Windows tile the body's bounding box (as nnU-Net and TotalSegmentator crop to the
+                # body), and those in it that hold no body voxel (lungs, bowel gas are body) are skipped.
+                box = tuple(slice(0, n) for n in shape)
+                starts = None
+                if skip_outside_body:
+                    box = body_box(body, BODY_BLOCK, shape, roi)
+                    if box is None:
+                        notices.append(f"{source}: no body found (nothing above the air around it): "
+                                       "the label map is empty")
+                        box = tuple(slice(0, 0) for _ in shape)
+                        starts = []
+                    else:
+                        sub = body[tuple(slice(b.start // BODY_BLOCK, -(-b.stop // BODY_BLOCK)) for b in box)]
+                        starts = plan_windows([b.stop - b.start for b in box], roi, overlap, sub, BODY_BLOCK)
+                every = len(plan_windows(shape, roi, overlap))
+                ran = every if starts is None else len(starts)
+                run.update(windows=ran, windows_skipped=every - ran)
+                crop = image[(slice(None), *box)]
+                logits, maps = (sliding_window(crop, roi, self._predictor(selection, map_channels, precision),
+                                               len(self.label_values), n_maps, overlap, batch, stitch, progress,
+                                               starts) if ran else (None, None))
+                del image, crop
+                maps = self._maps_on_model_grid(maps, box, shape, n_maps)
+                labels = self._labels_on_input(logits, box, grid, shape, lut)
                 return labels, maps, notices
             except torch.cuda.OutOfMemoryError:
                 image = logits = maps = None
@@ -291,10 +303,30 @@ class Segmenter:
                 notices.append("GPU memory was short: outputs were stitched on the CPU")
         raise AssertionError("unreachable")
 
-    def _labels_on_input(self, logits: torch.Tensor, grid: ModelGrid, lut: torch.Tensor) -> np.ndarray:
+    def _labels_on_input(self, logits: torch.Tensor | None, box, grid: ModelGrid, shape,
+                         lut: torch.Tensor) -> np.ndarray:
+        """Labels on the input grid from the logits of the ``box`` of the model grid (background
+        outside it, and everywhere when there are no logits)."""
         out_dtype = np.uint8 if max(self.label_values) < 256 else np.uint16
-        labels = lut[logits.argmax(0)].cpu().numpy().astype(out_dtype)
+        labels = np.zeros(shape, out_dtype)
+        if logits is not None:
+            labels[box] = lut.to(logits.device)[logits.argmax(0)].cpu().numpy()
         return labels[np.ix_(*nearest_model_indices(grid))]
+
+    @staticmethod
+    def _maps_on_model_grid(maps: torch.Tensor | None, box, shape, n_maps: int) -> torch.Tensor | None:
+        """Min-max normalised maps on the whole model grid (CPU); outside ``box`` each map takes its
+        lowest score (the air around the body attends least)."""
+        if not n_maps:
+            return None
+        if maps is None:
+            return torch.zeros((n_maps, *shape), dtype=torch.float32)
+        maps = maps.cpu()
+        lowest = maps.reshape(n_maps, -1).min(dim=1).values
+        full = lowest.view(-1, 1, 1, 1).expand(n_maps, *shape).clone()
+        full[(slice(None), *box)] = maps
+        del maps
+        return _minmax_per_channel(full)
 
 
 def _minmax_per_channel(maps: torch.Tensor) -> torch.Tensor:

@@ -1,11 +1,9 @@
 """Sliding-window inference with gaussian blending, a progress/cancel callback, a choice of
-where the stitched outputs live (the GPU, or the CPU when GPU memory is short) and skipping of
-windows that hold no body voxel.
+where the stitched outputs live (the GPU, or the CPU when GPU memory is short), and the body mask
+that lets the caller tile only the body's bounding box and skip windows holding no body voxel.
 
-Skipping changes no voxel inside the body mask: every window covering a body voxel contains it and
-so is run. Outside the body a voxel blends only the windows that were run, and a voxel no run
-window covers is background (logit 1 for class 0, 0 elsewhere) and has the lowest map score of
-the voxels that were run (0 when nothing was)."""
+A voxel blends only the windows that were run; one that no run window covers is background (logit
+1 for class 0, 0 elsewhere) and has the lowest map score of the voxels that were run."""
 
 from __future__ import annotations
 
@@ -57,8 +55,9 @@ def sliding_window(
     predict(windows (B, C, *roi)) -> (logits (B, num_classes, *roi), maps (B, num_maps, *roi) or None).
     Returns (logits (num_classes, X, Y, Z), maps (num_maps, X, Y, Z) or None) float32 on
     stitch_device. ``starts``: the windows to run (from plan_windows; default all). The image is
-    zero-padded (symmetrically) up to the roi where smaller, and the outputs are cropped back. progress(done, total) is called before the first window batch and
-    after each one (over the windows run); a False return raises Cancelled.
+    zero-padded (symmetrically) up to the roi where smaller, and the outputs are cropped back.
+    progress(done, total) is called before the first window batch and after each one (over the
+    windows run); a False return raises Cancelled.
     """
     stitch_device = torch.device(stitch_device or image.device)
     shape = tuple(image.shape[1:])
@@ -145,3 +144,20 @@ def body_blocks(raw: torch.Tensor, threshold: float, block: int = 4) -> torch.Te
         behind = above.flip(dim).to(torch.uint8).cummax(dim).values.flip(dim).bool()
         inside &= ahead & behind
     return above | inside
+
+
+def body_box(body: torch.Tensor, block: int, shape: Sequence[int], roi: Sequence[int]) -> tuple[slice, ...] | None:
+    """The bounding box of ``body`` (from body_blocks) in voxels of ``shape``, on block boundaries,
+    grown to the roi where the volume allows (so that no window needs padding that the full volume
+    does not); None when there is no body."""
+    box = []
+    for dim, (n, r) in enumerate(zip(shape, roi)):
+        other = [d for d in range(body.dim()) if d != dim]
+        hits = torch.nonzero(body.any(dim=other[1]).any(dim=other[0]) if other else body).flatten()
+        if hits.numel() == 0:
+            return None
+        lo, hi = int(hits[0]) * block, min(n, (int(hits[-1]) + 1) * block)
+        while hi - lo < min(r, n):  # grow by whole blocks to keep the body-block alignment
+            lo, hi = max(0, lo - block), min(n, hi + block)
+        box.append(slice(lo, hi))
+    return tuple(box)
