@@ -1,6 +1,6 @@
-"""The fast CPU path of `mosmos segment` gives the labels of the plain path: windows outside the
-body skipped, bf16 where the CPU computes it natively, against fp32 with every window run, on a
-tiny MOSMOS-UNETR fine-tuned on phantoms with air beside the body (so that it has seen air).
+"""The fast CPU path of `mosmos segment` against fp32 with every window run: bf16 where the CPU
+computes it natively, windows tiling only the body's box, on a tiny MOSMOS-UNETR fine-tuned on
+phantoms with air beside the body (so that it has seen air).
 
 Speed: the tiny recipe of mosmos.demo_models (4.5 mm, 32^3 windows); each phantom is padded with
 air to twice its width, so that about half the windows hold air only."""
@@ -68,34 +68,44 @@ def agreement(a: np.ndarray, b: np.ndarray, organs: int) -> tuple[float, np.ndar
     return float((a == b).mean()), dice[~np.isnan(dice)]
 
 
-def test_skipping_and_bf16_keep_the_labels_of_the_fp32_full_run(trained, monkeypatch):
+def test_bf16_keeps_the_fp32_labels_and_the_body_box_drops_air_windows(trained, monkeypatch):
     seg, image, affine, _ = trained
     tags = "liver, spleen, right kidney, left kidney"
     n = max(seg.label_values) + 1
     plain = seg.segment(image, affine, tags=tags, precision="fp32", skip_outside_body=False)
     assert plain.run["windows_skipped"] == 0 and len(np.unique(plain.labelmap)) > 1
 
-    # Windows tile the body's box only: the body is labelled as with every window run. (Outside
-    # it, a 30-step tiny model still labels some air as organ; skipping leaves that air background,
-    # so whole-volume agreement measures the model, not the skipping.)
-    skipped = seg.segment(image, affine, tags=tags, precision="fp32")
-    assert skipped.run["windows_skipped"] >= skipped.run["windows"] > 0
-    body = image > -500
-    same, dice = agreement(skipped.labelmap[body], plain.labelmap[body], n)
-    assert same >= 0.995 and dice.min() >= 0.99, (same, dice)
-
     # bf16 (where native) against fp32, every window run. Labels only: this model's maps are nearly
-    # flat, so min-max normalisation magnifies bf16's rounding (see the issue-18 note).
+    # flat, so min-max normalisation magnifies bf16's rounding (measured up to 0.25; issue-18 note).
     bf16 = seg.segment(image, affine, tags=tags, precision="auto", skip_outside_body=False)
     assert bf16.run["precision"] == ("bf16" if precision_mod.cpu_has_native_bf16() else "fp32")
     same, dice = agreement(bf16.labelmap, plain.labelmap, n)
     assert same >= 0.995 and dice.min() >= 0.99, (same, dice)
+
+    # The default path tiles the body's box only: the air half's windows are not run and it is
+    # background. (Inside the box the windows sit elsewhere than in the full tiling; this 30-step
+    # model, trained with the whole body at one place in its window, is not translation-invariant,
+    # so its labels there are not compared: see the issue-18 note.)
+    default = seg.segment(image, affine, tags=tags)
+    assert default.run["windows_skipped"] >= default.run["windows"] > 0
+    air = image.shape[0] // AIR_WIDTH + 8  # beyond the body, its box and a block's rounding
+    assert not default.labelmap[air:].any() and default.labelmap[:air].any()
 
     # bf16 asked for on a CPU without native bf16: fp32, said so
     monkeypatch.setattr(precision_mod, "cpu_has_native_bf16", lambda: False)
     assert precision_mod.resolve_precision("auto", seg.device) == ("fp32", [])
     chosen, notes = precision_mod.resolve_precision("bf16", seg.device)
     assert chosen == "fp32" and "no native bf16" in notes[0]
+
+
+def test_a_body_filling_the_volume_is_segmented_exactly_as_with_every_window(trained):
+    seg, image, affine, _ = trained
+    body = image[: image.shape[0] // AIR_WIDTH]  # the phantom without the air beside it
+    plain = seg.segment(body, affine, tags="liver", precision="fp32", skip_outside_body=False)
+    boxed = seg.segment(body, affine, tags="liver", precision="fp32")
+    assert boxed.run == plain.run
+    np.testing.assert_array_equal(boxed.labelmap, plain.labelmap)
+    np.testing.assert_allclose(boxed.attention["liver"], plain.attention["liver"], atol=1e-6)
 
 
 def test_all_air_and_constant_volumes_give_an_empty_label_map_and_one_notice(trained, capsys):
