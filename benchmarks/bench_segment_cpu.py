@@ -9,7 +9,8 @@ with the same ViT-B-16 MOSMOS-UNETR (random weights; timing does not depend on t
   map back, write; tags "liver, spleen, kidneys" with attention maps), per stage;
 - plain MONAI ``sliding_window_inference`` (gaussian, fp32, every window) of the same network on the
   same model-grid image: target exact <= 0.35 x this;
-- peak RSS of each mode as a child process (`python -m mosmos segment`, os.wait4's rusage).
+- peak RSS and minor page faults of each mode as a child process (`python -m mosmos segment`,
+  os.wait4's rusage).
 
     python benchmarks/bench_segment_cpu.py [--size 512 512 300] [--threads N] [--no-rss] [--profile]
 """
@@ -114,12 +115,13 @@ def segment_argv(volume, model, out: Path, mode: str) -> list[str]:
             "--attention", str(out / f"att_{mode}"), "--device", "cpu"] + (["--fast"] if mode == "fast" else [])
 
 
-def child_peak_rss_gib(argv: list[str]) -> float:
+def child_usage(argv: list[str]) -> tuple[float, int]:
+    """(peak RSS in GiB, minor page faults) of `python -m mosmos *argv` run as a child."""
     proc = subprocess.Popen([sys.executable, "-m", "mosmos", *argv], stdout=subprocess.DEVNULL)
     _, status, usage = os.wait4(proc.pid, 0)
     if status:
         raise SystemExit(f"child {' '.join(argv)} failed ({status})")
-    return usage.ru_maxrss / 2**20  # Linux: KiB
+    return usage.ru_maxrss / 2**20, usage.ru_minflt  # Linux: ru_maxrss in KiB
 
 
 def main() -> None:
@@ -186,7 +188,8 @@ def main() -> None:
 
         if not args.no_rss:
             for mode in ("exact", "fast"):
-                result[f"{mode}_peak_rss_gib"] = round(child_peak_rss_gib(segment_argv(volume, model, tmp, mode)), 2)
+                rss, faults = child_usage(segment_argv(volume, model, tmp, mode))
+                result[f"{mode}_peak_rss_gib"], result[f"{mode}_minor_faults"] = round(rss, 2), faults
         print(json.dumps(result), flush=True)
 
         if args.profile:
