@@ -9,8 +9,8 @@ with the same ViT-B-16 MOSMOS-UNETR (random weights; timing does not depend on t
   map back, write; tags "liver, spleen, kidneys" with attention maps), per stage;
 - plain MONAI ``sliding_window_inference`` (gaussian, fp32, every window) of the same network on the
   same model-grid image: target exact <= 0.35 x this;
-- peak RSS and minor page faults of each mode as a child process (`python -m mosmos segment`,
-  os.wait4's rusage).
+- peak RSS, minor page faults and CPU seconds of each mode as a child process (`python -m mosmos
+  segment`, through a small launcher's RUSAGE_CHILDREN).
 
     python benchmarks/bench_segment_cpu.py [--size 512 512 300] [--threads N] [--no-rss] [--profile]
 """
@@ -115,13 +115,20 @@ def segment_argv(volume, model, out: Path, mode: str) -> list[str]:
             "--attention", str(out / f"att_{mode}"), "--device", "cpu"] + (["--fast"] if mode == "fast" else [])
 
 
-def child_usage(argv: list[str]) -> tuple[float, int]:
-    """(peak RSS in GiB, minor page faults) of `python -m mosmos *argv` run as a child."""
-    proc = subprocess.Popen([sys.executable, "-m", "mosmos", *argv], stdout=subprocess.DEVNULL)
-    _, status, usage = os.wait4(proc.pid, 0)
-    if status:
-        raise SystemExit(f"child {' '.join(argv)} failed ({status})")
-    return usage.ru_maxrss / 2**20, usage.ru_minflt  # Linux: ru_maxrss in KiB
+# A small launcher between this process and the measured one: Linux carries a process's peak RSS
+# across fork and exec, so a child forked from this (GB-sized) process would report this one's.
+LAUNCHER = ("import resource, subprocess, sys; code = subprocess.call(sys.argv[1:], stdout=subprocess.DEVNULL); "
+            "u = resource.getrusage(resource.RUSAGE_CHILDREN); print(code, u.ru_maxrss, u.ru_minflt, "
+            "u.ru_utime + u.ru_stime)")
+
+
+def child_usage(argv: list[str]) -> tuple[float, int, float]:
+    """(peak RSS in GiB, minor page faults, CPU seconds) of `python -m mosmos *argv` as a child."""
+    out = subprocess.run([sys.executable, "-c", LAUNCHER, sys.executable, "-m", "mosmos", *argv],
+                         capture_output=True, text=True, check=True).stdout.split()
+    if out[0] != "0":
+        raise SystemExit(f"child {' '.join(argv)} failed ({out[0]})")
+    return int(out[1]) / 2**20, int(out[2]), float(out[3])  # Linux: ru_maxrss in KiB
 
 
 def main() -> None:
@@ -188,8 +195,9 @@ def main() -> None:
 
         if not args.no_rss:
             for mode in ("exact", "fast"):
-                rss, faults = child_usage(segment_argv(volume, model, tmp, mode))
+                rss, faults, cpu = child_usage(segment_argv(volume, model, tmp, mode))
                 result[f"{mode}_peak_rss_gib"], result[f"{mode}_minor_faults"] = round(rss, 2), faults
+                result[f"{mode}_child_cpu_s"] = round(cpu, 1)
         print(json.dumps(result), flush=True)
 
         if args.profile:
