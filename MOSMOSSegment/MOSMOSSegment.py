@@ -113,6 +113,11 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.addObserver(slicer.mrmlScene, slicer.mrmlScene.EndCloseEvent, self.onSceneEndClose)
         self.ui.applyButton.connect("clicked(bool)", self.onApplyButton)
         self.ui.addModelButton.connect("clicked(bool)", self.onAddModel)
+        self.ui.downloadModelButton.connect("clicked(bool)", self.onDownloadModel)
+        self._download = None
+        self._downloadTimer = qt.QTimer()
+        self._downloadTimer.setInterval(200)
+        self._downloadTimer.connect("timeout()", self.onDownloadPoll)
         self.ui.modelComboBox.connect("currentIndexChanged(int)", self.onModelChanged)
         self.ui.tagsLineEdit.connect("textEdited(QString)", self.onTagsEdited)
         self.ui.attentionTagComboBox.connect("currentIndexChanged(int)", self.showAttention)
@@ -127,6 +132,9 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._job = None
         if self._timer is not None:
             self._timer.stop()
+        if self._download is not None:
+            self._download.cancel()
+            self._downloadTimer.stop()
         self.removeObservers()
 
     def enter(self) -> None:
@@ -203,7 +211,7 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             installed = models.list_models(folder)
         for info in installed:
             combo.addItem(info.display_name, str(info.path))
-            combo.setItemData(combo.count - 1, f"{info.path}\nOrgans: {', '.join(info.organs)}", qt.Qt.ToolTipRole)
+            combo.setItemData(combo.count - 1, models.tooltip(info), qt.Qt.ToolTipRole)
         if not installed:
             combo.addItem("(no model in the models folder: add one)", "")
         index = combo.findData(wanted)
@@ -271,10 +279,44 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if not path:
             return
         with slicer.util.tryWithErrorDisplay("Cannot add this model file.", waitCursor=True):
-            info = models.add_model_file(path, self._parameterNode.modelsFolder)
+            info = models.add_model_file(path, self._parameterNode.modelsFolder, force=True)
             qt.QSettings().setValue(self.MODEL_SETTINGS_KEY, str(info.path))
             self.refreshModels()
             self.ui.statusLabel.text = f"Added {info.name}: {', '.join(info.organs)}"
+
+    def onDownloadModel(self) -> None:
+        if self._download is not None:
+            self._download.cancel(wait=False)
+            return
+        source = qt.QInputDialog.getText(slicer.util.mainWindow(), "Download model",
+                                         "Model URL, or a model index URL and a model name:")
+        if not source.strip():
+            return
+        with slicer.util.tryWithErrorDisplay("Cannot download this model.", waitCursor=True):
+            self._download = models.ModelDownload(source.strip(), self._parameterNode.modelsFolder).start()
+            self.ui.downloadModelButton.text = "Cancel download"
+            self.ui.statusLabel.text = "Downloading..."
+            self._downloadTimer.start()
+
+    def onDownloadPoll(self) -> None:
+        download = self._download
+        for event in download.poll():
+            if event.get("event") == "progress" and event.get("total"):
+                self.ui.statusLabel.text = f"Downloading: {100 * event['done'] // event['total']} %"
+            elif event.get("event") == "exit":
+                self._downloadTimer.stop()
+                self._download = None
+                self.ui.downloadModelButton.text = "Download model..."
+                self.ui.statusLabel.text = "Download failed."
+                with slicer.util.tryWithErrorDisplay("The model could not be downloaded."):
+                    info = download.result()
+                    if info is None:
+                        self.ui.statusLabel.text = "Download cancelled (downloading it again resumes)."
+                        return
+                    qt.QSettings().setValue(self.MODEL_SETTINGS_KEY, str(info.path))
+                    self.refreshModels()
+                    self.ui.statusLabel.text = f"Downloaded {info.name}: {', '.join(info.organs)}"
+                return
 
     # Running
 

@@ -16,6 +16,14 @@ from pathlib import Path
 REAL_DATA = Path(__file__).resolve().parent / "Data"
 
 
+def real_data(relative: str) -> Path:
+    """``Testing/Data/<relative>``, failing (not skipping) with the path when a checkout lacks it."""
+    path = REAL_DATA / relative
+    assert path.exists(), (f"{path} is missing: the real test data ships with the repository in Testing/Data "
+                           "(use a full git clone)")
+    return path
+
+
 def events(path: Path) -> list[dict]:
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
 

@@ -15,10 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from helpers import REAL_DATA, events, kill_after_checkpoint, run_cli, run_torchrun
+from helpers import events, kill_after_checkpoint, real_data, run_cli, run_torchrun
 from mosmos.cli import main
 from mosmos.data.phantoms import write_decathlon_dataset
 from mosmos.metrics import dice_scores, read_results_csv
+from mosmos.modelcard import file_sha256
 from mosmos.modelfile import load_model
 from mosmos.train.config import FinetuneConfig
 
@@ -27,7 +28,7 @@ SHAPE, SPACING = (32, 32, 32), (6.0, 6.0, 6.0)
 UNETR = dict(arch="unetr", backbone="tiny-vit", roi_size=[32, 32, 32], feature_size=8, num_samples=2, lr=1e-2)
 UNET = dict(arch="unet2d", backbone="tiny-rn", roi_size=[64, 64], feature_size=8, num_samples=8, lr=3e-3)
 SHAPE_2D, SPACING_2D = (64, 64, 16), (3.0, 3.0, 6.0)  # the 2D network needs 64 x 64 slices (stride 32)
-TOTALSEG = REAL_DATA / "totalseg_example"
+TOTALSEG = real_data("totalseg_example")
 
 
 def config(data, out, steps: int, val_every: int, **kw) -> FinetuneConfig:
@@ -212,6 +213,10 @@ def test_init_from_mosmos_and_clip_files_loads_their_weights(tmp_path):
             assert torch.equal(embedder.tag_prompt.ctx, tensors["tag_prompt.ctx"])
         model = finetune(cfg, progress=False)
         assert load_model(model)[1]["provenance"]["init"] == init
+        card = load_model(model)[1]["card"]  # the model card names the pre-trained file by its SHA-256
+        assert card["init"] == {"kind": init, "file": path.name, "sha256": file_sha256(path)}
+        assert card["data"] == {"folder": "data", "cases": 1, "label_ratio": 1.0} and card["training"]["steps"] == 1
+        assert set(card["validation"]["dice"]) <= set(spec.tags) and "mean_dice" in card["validation"]
 
 
 def _safetensors(path: Path) -> dict:

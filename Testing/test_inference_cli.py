@@ -116,8 +116,7 @@ def test_cancel_stops_within_one_window_batch(files):
 
     seg.network.calls = 0
     with pytest.raises(Cancelled):
-        seg.segment(_cube_volume(), AFFINE, tags="liver", progress=progress, sw_batch_size=2,
-                    skip_outside_body=False)
+        seg.segment(_cube_volume(), AFFINE, tags="liver", progress=progress, sw_batch_size=2)
     assert calls[-1][0] == 2 and calls[0] == (0, calls[0][1]) and calls[0][1] > 2
     assert seg.network.calls == 2  # batches done before the cancel, none after
 
@@ -158,6 +157,8 @@ def _bad_inputs(root, image):
     cases["slice.nii.gz"] = "single 2D slice"
     nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), AFFINE), root / "nan.nii.gz")
     cases["nan.nii.gz"] = "every voxel is NaN"
+    nib.save(nib.Nifti1Image(np.full((8, 8, 8), 7, np.int16), AFFINE), root / "constant.nii.gz")
+    cases["constant.nii.gz"] = "constant"
     (root / "notes.txt").write_text("hello")
     cases["notes.txt"] = "unknown file type"
     return cases

@@ -14,10 +14,10 @@ from scipy.spatial.transform import Rotation
 from inference_stub import write_stub_model
 from mosmos.inference import Segmenter
 from mosmos.inference.geometry import model_grid
-from helpers import REAL_DATA
+from helpers import real_data
 from mosmos.inference.io import read_volume, write_volume
 
-DATA = REAL_DATA
+DATA = real_data(".")
 
 
 @pytest.fixture(scope="module")

@@ -90,7 +90,8 @@ def test_decathlon_dataset(tmp_path):
 
 
 def test_slices_reports_name_the_visible_organs():
-    tags = pytest.importorskip("mosmos.tags")
+    from mosmos import tags
+
     items = phantom_slices(120, seed=1, image_size=48)
     assert len(items) == 120 and items[0].image.shape == (48, 48) and items[0].image.dtype == np.uint8
     agree = np.mean([set(tags.extract_tags(s.report)) == set(s.organs) for s in items])
@@ -101,7 +102,8 @@ def test_slices_reports_name_the_visible_organs():
 
 
 def test_roco_folder_round_trip(tmp_path):
-    tags = pytest.importorskip("mosmos.tags")
+    from mosmos import tags
+
     from mosmos.data.roco import RocoDataset, scan_roco
 
     root = write_roco_folder(tmp_path / "roco", n_pairs=50, seed=3, image_size=32)

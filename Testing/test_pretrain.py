@@ -60,6 +60,10 @@ def test_tiny_pretraining_learns_tags_and_report_matching(tmp_path):
     tensors, header = load_model(model_path)
     assert header["kind"] == "mosmos-pretrain" and header["config"]["backbone"] == "tiny-rn"
     assert header["provenance"]["stage"] == "pretrain" and len(header["config"]["tags"]) == 20
+    card = header["card"]
+    assert card["stage"] == "pretrain" and card["backbone"] == "tiny-rn" and card["init"] == {"kind": "random"}
+    assert card["validation"]["val_loss"] == pytest.approx(min(e["val_loss"] for e in epochs), abs=1e-5)
+    assert card["data"] == {"folder": "roco", "cases": ev[0]["train_pairs"], "label_ratio": None}
     done = ev[-1]
     assert done["event"] == "done" and done["step"] == steps[-1]["total_steps"] == 8 * ev[0]["steps_per_epoch"]
 

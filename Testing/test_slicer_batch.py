@@ -10,14 +10,13 @@ from pathlib import Path
 import nibabel as nib
 import numpy as np
 import pytest
+import slicer
 
-from helpers import REAL_DATA
-
-slicer = pytest.importorskip("slicer")
+from helpers import real_data
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "Resources" / "Scripts" / "MOSMOSSegmentBatch.py"
-CT = REAL_DATA / "totalseg_example" / "example_ct_sm.nii.gz"
+CT = real_data("totalseg_example/example_ct_sm.nii.gz")
 
 
 def run_batch(*args, timeout=300):
@@ -55,12 +54,16 @@ def test_batch_segments_a_real_ct_to_seg_nrrd_and_nifti(tiny_model, tmp_path):
     (inputs / "a.nii.gz").write_bytes(CT.read_bytes())
     (inputs / "notes.txt").write_text("skipped")
     result = run_batch("--input", inputs, "--model", tiny_model, "--tags", "liver", "--output", folder,
-                       "--format", "nii.gz", "--device", "cpu")
+                       "--format", "nii.gz", "--device", "cpu", "--attention", tmp_path / "att")
     assert result.returncode == 0, result.stderr
     labels = nib.load(folder / "a.nii.gz")
     ct = nib.load(CT)
     assert labels.shape == ct.shape
     np.testing.assert_allclose(labels.affine, ct.affine, atol=1e-4)
+    liver = nib.load(tmp_path / "att" / "a" / "liver.nii.gz")  # P(liver wins), as the Slicer overlay shows it
+    values = np.asarray(liver.dataobj)
+    assert liver.shape == ct.shape and 0.0 <= values.min() and values.max() <= 1.0 and values.max() > values.min()
+    np.testing.assert_allclose(liver.affine, ct.affine, atol=1e-4)
     assert set(np.unique(np.asarray(labels.dataobj)).tolist()) <= {0, 1, 2, 3, 4, 5, 6, 7, 8, 9, 10, 11, 12, 13}
 
 
@@ -75,3 +78,30 @@ def test_batch_fails_with_one_line(tmp_path):
 
     result = run_batch("--input", tmp_path / "missing.nii.gz", "--output", tmp_path / "y.seg.nrrd", timeout=120)
     assert result.returncode == 1 and "missing.nii.gz" in result.stderr
+
+
+def test_batch_writes_a_dicom_seg_of_a_dicom_folder_never_into_it(tiny_model, tmp_path, scene, capsys):
+    """In-process (the script's main) on a real scene: only the segmentation itself runs in a child process."""
+    import importlib.util
+
+    import highdicom as hd
+    from dicom_series import MR_SMALL, make_series
+
+    from mosmos.inference.io import read_volume
+
+    spec = importlib.util.spec_from_file_location("MOSMOSSegmentBatch", SCRIPT)
+    batch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(batch)
+    series = tmp_path / "series"
+    make_series(MR_SMALL, series)   # 64 x 64 x 3: one sliding window, so the run takes seconds
+    args = ["--input", str(series), "--model", str(tiny_model), "--tags", "liver, spleen", "--device", "cpu",
+            "--output"]
+    assert batch.main(args + [str(tmp_path / "out")]) == 0, capsys.readouterr().err
+    seg = hd.seg.segread(tmp_path / "out" / "series.dcm")
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == read_volume(series).source.series_uid
+    assert {s.SegmentLabel for s in seg.SegmentSequence} <= {"liver", "spleen"}
+
+    capsys.readouterr()
+    assert batch.main(args + [str(series / "seg.dcm")]) == 1
+    assert "inside the input DICOM folder" in capsys.readouterr().err
+    assert sorted(p.name for p in series.iterdir()) == ["IM0000", "IM0001", "IM0002"]

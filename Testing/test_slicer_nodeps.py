@@ -67,6 +67,7 @@ SCRIPT = textwrap.dedent(r'''
         "list models": lambda: [m.name for m in models.list_models(MODEL.parent)],
         "model info": lambda: models.model_info(MODEL).organs,
         "add model": lambda: models.add_model_file(MODEL, WORK / "models"),
+        "download model": lambda: models.ModelDownload("http://127.0.0.1:9/abdomen.mosmos", WORK / "models").start(),
         "output folder check": lambda: folders.check_output(WORK / "out", "pretrain").ok,
         "folder check (blocking)": lambda: folders.check_stage("finetune", WORK / "out", dataset=WORK / "dataset"),
         "folder check (background)": lambda: folders.FolderCheck("pretrain", output=WORK / "out",
@@ -98,7 +99,7 @@ SCRIPT = textwrap.dedent(r'''
 
 NEEDS_NONE = ("list models", "model info", "output folder check", "segmentation job (built)",
               "terminology at start-up")
-GUARDED = ("add model", "folder check (blocking)", "folder check (background)", "start training", "segment (GUI)",
+GUARDED = ("add model", "download model", "folder check (blocking)", "folder check (background)", "start training", "segment (GUI)",
            "segment (blocking)", "self-test: segmentation inputs", "self-test: training folders")
 
 

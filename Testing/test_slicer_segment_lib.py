@@ -13,18 +13,18 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-slicer = pytest.importorskip("slicer")
-import vtk  # noqa: E402
+import slicer
+import vtk
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT / "MOSMOSSegment"))
 
 from MOSMOSSegmentLib import attention, models, pipeline, process, segmentation, tables, terminology, volumes  # noqa: E402
-from helpers import REAL_DATA  # noqa: E402
+from helpers import real_data  # noqa: E402
 from mosmos.errors import MosmosError  # noqa: E402
 from mosmos.tags import color_for, normalize_tag  # noqa: E402
 
-DATA = REAL_DATA / "totalseg_example"
+DATA = real_data("totalseg_example")
 
 
 def real_organs():
@@ -62,7 +62,8 @@ def test_volume_arrays_and_geometry_match_nibabel(scene, tmp_path):
     np.testing.assert_array_equal(np.asarray(written.dataobj), np.asarray(img.dataobj))
     np.testing.assert_allclose(written.affine, img.affine, atol=1e-4)
 
-    nrrd = pytest.importorskip("nrrd")
+    import nrrd
+
     volumes.write_volume(node, tmp_path / "mr.nrrd")
     data, header = nrrd.read(str(tmp_path / "mr.nrrd"))
     assert header["space"] == "left-posterior-superior"
@@ -157,8 +158,12 @@ def test_attention_volume_and_colour_map(scene):
     color.GetColor(0, dark)
     color.GetColor(255, bright)
     assert sum(dark[:3]) < 0.1 and sum(bright[:3]) > 2.5
-    other = attention.attention_volume_node(scene, att, ijkToRAS, "spleen")
+    legend = node.GetNthDisplayNode(1)  # the colour legend says what the colours mean, over the same 0..1
+    assert legend.IsA("vtkMRMLColorLegendDisplayNode") and legend.GetPrimaryDisplayNode() is display
+    assert legend.GetTitleText() == "P(liver wins)"
+    other = attention.attention_volume_node(scene, att, ijkToRAS, "duodenum", labelled=False)
     assert other.GetDisplayNode().GetColorNodeID() == color.GetID()
+    assert other.GetNthDisplayNode(1).GetTitleText() == "P(duodenum vs background)"  # an open-set tag
 
 
 def test_terminology_context_holds_every_organ_and_slicer_resolves_it():

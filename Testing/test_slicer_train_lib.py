@@ -14,19 +14,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-slicer = pytest.importorskip("slicer")
+import slicer
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(ROOT / "MOSMOSSegment"), str(ROOT / "MOSMOSTrain")]
 
 from MOSMOSSegmentLib import models  # noqa: E402
 from MOSMOSTrainLib import curves, folders, job, settings  # noqa: E402
-from helpers import REAL_DATA  # noqa: E402
+from helpers import real_data  # noqa: E402
 from mosmos.data.phantoms import write_decathlon_dataset, write_roco_folder  # noqa: E402
 from mosmos.errors import MosmosError  # noqa: E402
 
-SHARED = REAL_DATA
-ROCO_CAPTIONS = SHARED / "roco_captions_ccby"
+ROCO_CAPTIONS = real_data("roco_captions_ccby")
 
 
 @pytest.fixture

@@ -7,15 +7,22 @@ import argparse
 import importlib
 import sys
 
-from .errors import MosmosError
+from .errors import MosmosError, shorten
 
-COMMANDS = ("tags", "pretrain", "finetune", "segment", "evaluate", "demo")
+COMMANDS = ("tags", "pretrain", "finetune", "segment", "evaluate", "info", "models", "demo")
+
+
+class Parser(argparse.ArgumentParser):
+    """A usage error is one line and exit code 1, like every other error of the command."""
+
+    def error(self, message: str):
+        self.exit(1, f"{self.prog}: error: {shorten(message, 300)} (see {self.prog} --help)\n")
 
 
 def build_parser() -> argparse.ArgumentParser:
     from . import __version__
 
-    parser = argparse.ArgumentParser(prog="mosmos", description="MOSMOS: multi-organ segmentation "
+    parser = Parser(prog="mosmos", description="MOSMOS: multi-organ segmentation "
                                      "prompted by organ names, with report-supervised pre-training.")
     parser.add_argument("--version", action="version", version=f"mosmos {__version__}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")

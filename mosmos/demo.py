@@ -4,8 +4,9 @@
 2. report-supervised pre-training of a tiny MOSMOS model on it,
 3. a labelled 3D phantom dataset (Decathlon layout), fine-tuned with MOSMOS-UNETR from the
    pre-trained model and, on the same budget, from random weights,
-4. a held-out phantom segmented from typed organ names: label map and attention maps (NIfTI),
-   a figure, a Dice table for both initialisations and a summary.
+4. a held-out phantom segmented from typed organ names: label map and attention maps (NIfTI; per
+   organ the probability that it wins at the voxel), a figure, a Dice table for both initialisations
+   (the network's and the pixel–tag maps' own) and a summary.
 """
 
 from __future__ import annotations
@@ -67,7 +68,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
     from .data.phantoms import make_phantom, write_decathlon_dataset, write_roco_folder
     from .inference.io import write_volume
     from .inference.segmenter import Segmenter
-    from .metrics import evaluate_case, spacing_from_affine
+    from .metrics import binary_dice, evaluate_case, spacing_from_affine
     from .train.config import PretrainConfig
     from .train.finetune import finetune
     from .train.pretrain import pretrain
@@ -103,13 +104,15 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
         write_volume(out / "held_out_ct.nii.gz", held.image, held.affine)
         write_volume(out / "held_out_reference.nii.gz", held.label, held.affine)
         spacing = spacing_from_affine(held.affine)
-        results, dice = {}, {}
+        results, dice, map_dice = {}, {}, {}
         for init, model in models.items():
-            res = Segmenter(model, device="cpu").segment(held.image, held.affine, tags=DEMO_TAGS)
+            res = Segmenter(model, device="cpu").segment(held.image, held.affine, tags=DEMO_TAGS, map_labels=True)
             results[init] = res
             labels = {o["label"]: o["name"] for o in res.organs}
             per_organ = evaluate_case(res.labelmap, held.label, labels, spacing)
             dice[init] = {name: round(m["dice"], 4) for name, m in per_organ.items()}
+            map_dice[init] = {name: round(binary_dice(res.map_labelmap == value, held.label == value), 4)
+                              for value, name in labels.items()}
         best = results["mosmos"]
         write_volume(out / "segmentation.nii.gz", best.labelmap, held.affine)
         attention_dir = out / "attention"
@@ -122,32 +125,37 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
         draw_figure(figure, held.image, held.label, best.labelmap, attention, best.organs)
 
     mean = {init: round(float(np.mean(list(d.values()))), 4) for init, d in dice.items()}
+    map_mean = {init: round(float(np.nanmean(list(d.values()))), 4) for init, d in map_dice.items()}
     summary = {"seed": seed, "quick": quick, "budget": budget.__dict__, "tags": DEMO_TAGS, "dice": dice,
-               "mean_dice": mean, "organ_volumes_ml": {o["name"]: round(o["volume_ml"], 1) for o in best.organs},
+               "mean_dice": mean, "map_dice": map_dice, "mean_map_dice": map_mean, "organ_volumes_ml": {o["name"]: round(o["volume_ml"], 1) for o in best.organs},
                "seconds": round(time.perf_counter() - t_start, 1), "figure": str(figure),
                "models": {k: str(v) for k, v in models.items()}, "pretrained": str(pretrained)}
     (out / "summary.json").write_text(json.dumps(summary, indent=2))
-    (out / "dice.md").write_text(dice_table(dice))
+    table = dice_table(dice, map_dice)
+    (out / "dice.md").write_text(table)
     print()
-    print(dice_table(dice))
+    print(table)
     print(f"figure: {figure}\nsummary: {out / 'summary.json'}\ntotal time: {summary['seconds']:.0f} s")
     return summary
 
 
-def dice_table(dice: dict[str, dict[str, float]]) -> str:
-    inits = list(dice)
+def dice_table(dice: dict[str, dict[str, float]], map_dice: dict[str, dict[str, float]]) -> str:
+    """Dice per organ of each initialisation: the network's, then its pixel–tag maps' own (argmax of
+    the up-sampled maps over the model's classes, background included)."""
+    columns = [(f"{i} init", dice[i]) for i in dice] + [(f"{i} init, maps", map_dice[i]) for i in map_dice]
     organs = list(next(iter(dice.values())))
-    lines = ["| organ | " + " | ".join(f"{i} init" for i in inits) + " |",
-             "|---|" + "---|" * len(inits)]
+    lines = ["| organ | " + " | ".join(name for name, _ in columns) + " |", "|---|" + "---|" * len(columns)]
     for organ in organs:
-        lines.append(f"| {organ} | " + " | ".join(f"{dice[i][organ]:.3f}" for i in inits) + " |")
-    lines.append("| **mean** | " + " | ".join(f"**{np.nanmean(list(dice[i].values())):.3f}**" for i in inits) + " |")
+        lines.append(f"| {organ} | " + " | ".join(f"{col[organ]:.3f}" for _, col in columns) + " |")
+    lines.append("| **mean** | " + " | ".join(f"**{np.nanmean(list(col.values())):.3f}**" for _, col in columns)
+                 + " |")
     return "\n".join(lines) + "\n"
 
 
 def draw_figure(path: Path, image, reference, labelmap, attention: dict, organs: list[dict]) -> None:
     """One axial slice: CT, reference, MOSMOS segmentation, and one pixel–tag attention map per tag
-    (as in the paper's Fig. 1 and Fig. 7)."""
+    (as in the paper's Fig. 1 and Fig. 7), each shown as P(organ wins) on a fixed 0..1 scale with a
+    colour bar."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -180,12 +188,21 @@ def draw_figure(path: Path, image, reference, labelmap, attention: dict, organs:
         if lab is not None:
             ax.imshow(axial(lab), cmap=cmap, vmin=0, vmax=len(palette) - 1, interpolation="nearest")
         ax.set_title(title, fontsize=8)
+    shown, labelled = None, {o["name"] for o in organs}
     for ax, (tag, amap) in zip(axes[3:], attention.items()):
         ax.imshow(ct, cmap="gray")
-        ax.imshow(axial(amap), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-        ax.set_title(f"attention: {tag}", fontsize=8)
+        # below 5 % left transparent, as the Slicer overlay does (MOSMOSSegmentLib.attention)
+        shown = ax.imshow(np.ma.masked_less(axial(amap), 0.05), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
+        ax.set_title(f"P({tag} wins)" if tag in labelled else f"P({tag} vs background)", fontsize=8)
     for ax in axes:
         ax.axis("off")
-    fig.tight_layout()
+    fig.suptitle("pixel–tag attention: probability that the organ wins at the pixel (softmax of the maps / "
+                 "epsilon over the labelled classes, as L_pta trains them); below 0.05 not drawn",
+                 fontsize=7, y=0.02, va="bottom")
+    fig.tight_layout(rect=(0, 0.06, 0.95, 1))
+    if shown is not None:
+        bar = fig.colorbar(shown, cax=fig.add_axes((0.955, 0.2, 0.006, 0.65)))
+        bar.set_label("P(organ wins)", fontsize=7)
+        bar.ax.tick_params(labelsize=6)
     fig.savefig(path, dpi=110)
     plt.close(fig)

@@ -8,6 +8,10 @@ Conventions, per case and organ:
 - otherwise monai's Dice and symmetric 95th-percentile Hausdorff distance between the surface
   voxels, with the true voxel spacing in mm (anisotropic spacing honoured per axis).
 
+Evaluating a MOSMOS model also gives, per case and organ, ``map_dice``: the Dice of the pixel–tag
+maps' own label map (argmax of the up-sampled maps over the model's classes, background included),
+so that the maps can be checked beside the network on any labelled data.
+
 The significance test (``wilcoxon_p``) pairs the two result files by case and compares per-case
 mean Dice (mean over the organs defined in that case): cases are the independent units, whereas
 the organs of one case are not independent of each other.
@@ -23,17 +27,26 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from monai.metrics import compute_dice, compute_hausdorff_distance
+from monai.metrics import compute_hausdorff_distance
 
 from .errors import MosmosError
 
 FIELDS = ("case", "organ", "dice", "hd95")
+MAP_DICE = "map_dice"  # optional column: present when the results have the maps' Dice
+METRICS = ("dice", "hd95", MAP_DICE)
 
 
 def spacing_from_affine(affine: np.ndarray) -> tuple[float, ...]:
     """Voxel spacing in mm of each array axis from a 4x4 voxel->world affine."""
     affine = np.asarray(affine, dtype=float)
     return tuple(float(s) for s in np.sqrt((affine[:3, :3] ** 2).sum(axis=0)))
+
+
+def binary_dice(pred: np.ndarray, ref: np.ndarray) -> float:
+    """Dice of two binary masks on the same grid; NaN when both are empty."""
+    pred, ref = np.asarray(pred, dtype=bool), np.asarray(ref, dtype=bool)
+    size = int(pred.sum()) + int(ref.sum())
+    return 2.0 * int((pred & ref).sum()) / size if size else math.nan
 
 
 def organ_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -> tuple[float, float]:
@@ -51,12 +64,11 @@ def organ_metrics(pred: np.ndarray, ref: np.ndarray, spacing: Sequence[float]) -
         return 0.0, float(math.sqrt(sum((n * s) ** 2 for n, s in zip(pred.shape, spacing))))
     yp = torch.from_numpy(pred)[None, None].float()
     yt = torch.from_numpy(ref)[None, None].float()
-    dice = compute_dice(yp, yt, include_background=True, ignore_empty=False)
     with warnings.catch_warnings():
         # monai 1.5 passes its own deprecated get_mask_edges argument internally; not ours to act on.
         warnings.filterwarnings("ignore", message=".*always_return_as_numpy", category=FutureWarning)
         hd95 = compute_hausdorff_distance(yp, yt, include_background=True, percentile=95, spacing=spacing)
-    return float(dice[0, 0]), float(hd95[0, 0])
+    return binary_dice(pred, ref), float(hd95[0, 0])
 
 
 def dice_scores(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarray:
@@ -103,7 +115,7 @@ def evaluate_files(pred_path: str | Path, ref_path: str | Path, labels: Mapping[
 
 # --- tables -----------------------------------------------------------------------------------
 
-Results = dict  # case -> organ -> {"dice": float, "hd95": float}
+Results = dict  # case -> organ -> {"dice": float, "hd95": float[, "map_dice": float]}
 
 
 def _nanmean_std(values: list[float]) -> tuple[float, float, int]:
@@ -113,24 +125,35 @@ def _nanmean_std(values: list[float]) -> tuple[float, float, int]:
     return float(vals.mean()), float(vals.std()), int(vals.size)
 
 
-def _row(dice: list[float], hd95: list[float]) -> dict[str, float]:
-    d_mean, d_std, n = _nanmean_std(dice)
-    h_mean, h_std, _ = _nanmean_std(hd95)
-    return {"dice_mean": d_mean, "dice_std": d_std, "hd95_mean": h_mean, "hd95_std": h_std, "n": n}
+def _metrics_of(results: Results) -> tuple[str, ...]:
+    """The metrics the results hold: Dice and HD95, and the maps' Dice where any case has it."""
+    has_maps = any(MAP_DICE in m for per_case in results.values() for m in per_case.values())
+    return METRICS if has_maps else METRICS[:2]
+
+
+def _row(values: dict[str, list[float]]) -> dict[str, float]:
+    row: dict[str, float] = {}
+    for key, vals in values.items():
+        row[f"{key}_mean"], row[f"{key}_std"], n = _nanmean_std(vals)
+        if key == "dice":
+            row["n"] = n
+    return row
 
 
 def summarize(results: Results) -> dict[str, dict[str, float]]:
-    """Per organ (first-seen order) mean/std of Dice and HD95 over the cases where it is defined, with
-    n = that number of cases; then "mean": over cases of each case's mean over its organs."""
+    """Per organ (first-seen order) mean/std of Dice and HD95 (and the maps' Dice, when present) over
+    the cases where it is defined, with n = that number of cases (by Dice); then "mean": over cases of
+    each case's mean over its organs."""
+    keys = _metrics_of(results)
     organs: list[str] = []
     for per_case in results.values():
         organs += [o for o in per_case if o not in organs]
     table = {}
     for organ in organs:
         cases = [c[organ] for c in results.values() if organ in c]
-        table[organ] = _row([m["dice"] for m in cases], [m["hd95"] for m in cases])
-    table["mean"] = _row(*[[_nanmean_std([m[k] for m in c.values()])[0] for c in results.values()]
-                           for k in ("dice", "hd95")])
+        table[organ] = _row({k: [m.get(k, math.nan) for m in cases] for k in keys})
+    table["mean"] = _row({k: [_nanmean_std([m.get(k, math.nan) for m in c.values()])[0] for c in results.values()]
+                          for k in keys})
     return table
 
 
@@ -139,13 +162,14 @@ def _fmt(x: float, digits: int) -> str:
 
 
 def write_results_csv(results: Results, path: str | Path) -> None:
-    """Long format: one row per case and organ (case, organ, dice, hd95); NaN as an empty cell."""
+    """Long format: one row per case and organ (case, organ, dice, hd95[, map_dice]); NaN as an empty cell."""
+    keys = _metrics_of(results)
     with open(path, "w", newline="", encoding="utf-8") as f:
         w = csv.writer(f)
-        w.writerow(FIELDS)
+        w.writerow(FIELDS[:2] + keys)
         for case, per_case in results.items():
             for organ, m in per_case.items():
-                w.writerow([case, organ, _fmt(m["dice"], 6), _fmt(m["hd95"], 4)])
+                w.writerow([case, organ] + [_fmt(m.get(k, math.nan), 4 if k == "hd95" else 6) for k in keys])
 
 
 def read_results_csv(path: str | Path) -> Results:
@@ -155,10 +179,11 @@ def read_results_csv(path: str | Path) -> Results:
             reader = csv.DictReader(f)
             if reader.fieldnames is None or not set(FIELDS) <= set(reader.fieldnames):
                 raise MosmosError(f"{path}: expected columns {', '.join(FIELDS)}")
+            keys = [k for k in METRICS if k in reader.fieldnames]
             results: Results = {}
             for row in reader:
                 results.setdefault(row["case"], {})[row["organ"]] = {
-                    k: float(row[k]) if row[k].strip() else math.nan for k in ("dice", "hd95")}
+                    k: float(row[k]) if row[k].strip() else math.nan for k in keys}
     except OSError as e:
         raise MosmosError(f"{path}: cannot read ({e.strerror or e})") from None
     except ValueError as e:
@@ -167,13 +192,20 @@ def read_results_csv(path: str | Path) -> Results:
 
 
 def markdown_table(results: Results) -> str:
-    """Per-organ mean ± std of Dice (%) and HD95 (mm), plus the mean over organs."""
-    lines = ["| organ | Dice (%) | HD95 (mm) | cases |", "|---|---|---|---|"]
+    """Per-organ mean ± std of Dice (%) and HD95 (mm), and of the pixel–tag maps' Dice (%) when the
+    results have it, plus the mean over organs."""
+    maps = MAP_DICE in _metrics_of(results)
+    head = "| organ | Dice (%) | HD95 (mm) |" + (" maps' Dice (%) |" if maps else "") + " cases |"
+    lines = [head, "|---" * head.count(" |") + "|"]
+
+    def cell(row, key: str, scale: float) -> str:
+        mean, std = row[f"{key}_mean"], row[f"{key}_std"]
+        return "" if math.isnan(mean) else f"{scale * mean:.2f} ± {scale * std:.2f}"
+
     for organ, row in summarize(results).items():
-        dice = "" if math.isnan(row["dice_mean"]) else f"{100 * row['dice_mean']:.2f} ± {100 * row['dice_std']:.2f}"
-        hd = "" if math.isnan(row["hd95_mean"]) else f"{row['hd95_mean']:.2f} ± {row['hd95_std']:.2f}"
         name = "**mean**" if organ == "mean" else organ
-        lines.append(f"| {name} | {dice} | {hd} | {row['n']} |")
+        cells = [cell(row, "dice", 100), cell(row, "hd95", 1)] + ([cell(row, MAP_DICE, 100)] if maps else [])
+        lines.append(f"| {name} | " + " | ".join(cells) + f" | {row['n']} |")
     return "\n".join(lines) + "\n"
 
 

@@ -32,10 +32,21 @@ def upsample_maps(maps: torch.Tensor, size) -> torch.Tensor:
     return F.interpolate(maps, size=tuple(size), mode=mode, align_corners=False)
 
 
+def pta_logits(maps: torch.Tensor, size, epsilon: torch.Tensor | float) -> torch.Tensor:
+    """The class logits L_pta reads from the pixel–tag maps: up-sampled to ``size``, divided by epsilon."""
+    return upsample_maps(maps, size) / epsilon
+
+
+def pta_probabilities(maps: torch.Tensor, size, epsilon: torch.Tensor | float) -> torch.Tensor:
+    """Per class, the probability that it wins at each voxel, as L_pta trains it: the softmax over
+    the classes (background included) of ``pta_logits``. Values in [0, 1], summing to 1 per voxel."""
+    return pta_logits(maps, size, epsilon).softmax(dim=1)
+
+
 def pta_loss(maps: torch.Tensor, labels: torch.Tensor, epsilon: torch.Tensor | float) -> torch.Tensor:
     """Dice + CE of up-sampled maps / epsilon against the labels (pixel–tag alignment)."""
     labels = _with_channel(labels, maps.dim() - 2)
-    return _dice_ce(upsample_maps(maps, labels.shape[2:]) / epsilon, labels)
+    return _dice_ce(pta_logits(maps, labels.shape[2:], epsilon), labels)
 
 
 class MosmosSegLoss(nn.Module):

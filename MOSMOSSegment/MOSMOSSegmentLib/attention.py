@@ -1,4 +1,6 @@
-"""Attention maps as scalar volumes shown with a perceptual colour map over 0..1."""
+"""Attention maps as scalar volumes: per organ the probability that it wins at the voxel (what
+``mosmos segment --attention`` writes), shown with a perceptual colour map on a fixed 0..1 window and a
+colour legend titled with that meaning, so that equal colours mean equal probabilities in every map."""
 
 from __future__ import annotations
 
@@ -36,10 +38,18 @@ def attention_color_node(scene):
     return node
 
 
+def legend_title(tag: str, labelled: bool = True) -> str:
+    """What the map's values are: for an organ the model labels, the probability that it wins among
+    the labelled classes; for an open-set organ, that it rather than background is there."""
+    return f"P({tag} wins)" if labelled else f"P({tag} vs background)"
+
+
 def attention_volume_node(scene, attention: np.ndarray, ijkToRAS: np.ndarray, tag: str,
-                          referenceVolumeNode=None):
-    """A float volume of one tag's attention (k, j, i, values in [0, 1]), window 0..1; voxels near zero
-    are transparent when shown as a foreground layer."""
+                          referenceVolumeNode=None, labelled: bool = True):
+    """A float volume of one tag's attention (k, j, i, probabilities in [0, 1]), window 0..1; voxels
+    below 5 % are transparent when shown as a foreground layer. Its colour legend (a display node of
+    the volume) appears in the slice views that show the volume; ``labelled``: whether the model
+    labels this organ (else an open-set tag, see legend_title)."""
     node = volume_from_array(scene, np.clip(attention, 0.0, 1.0).astype(np.float32), ijkToRAS,
                              f"{tag} attention")
     node.SetAttribute("MOSMOS.AttentionTag", tag)
@@ -49,6 +59,16 @@ def attention_volume_node(scene, attention: np.ndarray, ijkToRAS: np.ndarray, ta
     display.SetWindowLevelMinMax(0.0, 1.0)
     display.SetThreshold(0.05, 1.0)
     display.ApplyThresholdOn()
+    if not scene.IsNodeClassRegistered("vtkMRMLColorLegendDisplayNode"):
+        # Slicer's Colors module registers it; a bare scene (slicer-core) has not.
+        import slicer
+
+        scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
+    legend = scene.AddNewNodeByClass("vtkMRMLColorLegendDisplayNode", f"{tag} attention legend")
+    legend.SetAndObservePrimaryDisplayNode(display)
+    legend.SetTitleText(legend_title(tag, labelled))
+    legend.SetLabelFormat("%.1f")
+    node.AddAndObserveDisplayNodeID(legend.GetID())
     if referenceVolumeNode is not None:
         from .segmentation import place_next_to
         place_next_to(node, referenceVolumeNode)

@@ -6,7 +6,7 @@ them (or says why it cannot) instead of failing with an ImportError.
 
 PyTorch comes from the PyTorch extension (it picks the CUDA build that fits the driver); the rest via
 slicer.util.pip_install with a constraints file that pins what Slicer already ships, so installing
-never replaces Slicer's numpy, SimpleITK, requests (or the PyTorch just installed)."""
+never replaces Slicer's numpy, SimpleITK, requests, pydicom, highdicom, Pillow (or the PyTorch just installed)."""
 
 from __future__ import annotations
 
@@ -27,9 +27,10 @@ REQUIREMENTS = {
     "scipy": "scipy>=1.10",
     "tqdm": "tqdm>=4.60",
     "psutil": "psutil",
+    "gdcm": "python-gdcm>=3.0.22",  # decodes JPEG Lossless DICOM; Slicer ships pydicom and highdicom, not gdcm
 }
 # Distributions Slicer (or the PyTorch extension) owns: pinned to the installed version while installing.
-PROTECTED = ("numpy", "SimpleITK", "requests", "torch", "torchvision")
+PROTECTED = ("numpy", "SimpleITK", "requests", "torch", "torchvision", "pydicom", "highdicom", "pillow")
 
 
 def missing_modules() -> list[str]:

@@ -1,105 +1,82 @@
-"""The models folder: installed MOSMOS model files, their organs and modality; adding a file."""
+"""The models folder as the Slicer modules see it: the core's mosmos.model_store (one copy of the logic for
+the GUI, the batch script and `mosmos models`), plus what the model selector shows and the background pull."""
 
 from __future__ import annotations
 
-import dataclasses
 import os
-import shutil
-import tempfile
-from pathlib import Path
 
+from mosmos import model_store
 from mosmos.errors import MosmosError
-from mosmos.modelfile import PRETRAIN_KIND, SEGMENTATION_KIND
+from mosmos.model_store import (  # noqa: F401  (the names the modules use)
+    ENV_MODELS_DIR, ModelInfo, default_models_dir, list_models, model_info, model_kind,
+)
 
 from . import deps
 
-ENV_MODELS_DIR = "MOSMOS_MODELS_DIR"
+
+def add_model_file(source: str | os.PathLike, folder: str | os.PathLike | None = None, name: str | None = None,
+                   force: bool = False) -> ModelInfo:
+    """model_store.add_model_file once the core's dependencies are there: its full check reads the tensors
+    (safetensors, torch), which a fresh Slicer has neither of."""
+    deps.ensure_dependencies()
+    return model_store.add_model_file(source, folder, name, force)
 
 
-def default_models_dir() -> Path:
-    """$MOSMOS_MODELS_DIR, else ~/MOSMOS/models (shared by the GUI, batch script and command line)."""
-    return Path(os.environ.get(ENV_MODELS_DIR) or Path.home() / "MOSMOS" / "models").expanduser()
+def tooltip(info: ModelInfo) -> str:
+    """The model card, for the model selector's tooltip."""
+    return f"{info.name} ({info.size / 1e6:.0f} MB)\n{info.card_text()}"
 
 
-@dataclasses.dataclass(frozen=True)
-class ModelInfo:
-    path: Path
-    kind: str
-    modality: str
-    organs: tuple[str, ...]
+def pull_command(source: str, folder: str | os.PathLike, name: str | None = None, force: bool = False,
+                 python: str | None = None) -> list[str]:
+    """`mosmos models pull` for a background process (process.BackgroundProcess reads its progress events):
+    ``source`` is a model URL, or "INDEX_URL_OR_FILE NAME" (an index and the name of one of its models)."""
+    from .process import interpreter
 
-    @property
-    def name(self) -> str:
-        return self.path.name
-
-    @property
-    def display_name(self) -> str:
-        return f"{self.path.stem} ({self.modality or '?'}, {len(self.organs)} organs)"
-
-
-def model_kind(header: dict) -> str:
-    """"segmentation" or "pretrained", the words the module shows, for the core's file kinds."""
-    kind = str(header.get("kind", ""))
-    return {SEGMENTATION_KIND: "segmentation", PRETRAIN_KIND: "pretrained"}.get(kind, kind)
+    parts = source.split()
+    if len(parts) == 2:
+        argv = ["pull", "--index", parts[0], parts[1]]
+    elif len(parts) == 1:
+        argv = ["pull", parts[0]] + (["--name", name] if name else [])
+    else:
+        raise MosmosError(f"{source!r}: give a model URL, or an index URL and a model name")
+    return ([python or interpreter(), "-m", "mosmos", "models"] + argv
+            + ["--folder", os.fspath(folder), "--json-progress"] + (["--force"] if force else []))
 
 
-def model_info(path: str | os.PathLike) -> ModelInfo:
-    from mosmos.modelfile import read_header
+class ModelDownload:
+    """`mosmos models pull` in a background process, for the GUI: ``poll()`` gives its events (progress with
+    done/total bytes, log lines, exit) without blocking; ``cancel()`` stops it and keeps the partial file, so
+    the next download of the same model resumes; ``result()`` after the exit is the installed model or the
+    child's one-line error (None when cancelled)."""
 
-    path = Path(path)
-    header = read_header(path)
-    labels = header.get("labels") or {}
-    organs = tuple(name for value, name in sorted(labels.items(), key=lambda kv: int(kv[0]))
-                   if int(value) != 0 and name != "background")
-    return ModelInfo(path, model_kind(header), str(header.get("modality", "")), organs)
+    def __init__(self, source: str, folder: str | os.PathLike, force: bool = False):
+        from .process import BackgroundProcess, child_environment
 
+        self.process = BackgroundProcess(pull_command(source, folder, force=force), env=child_environment())
+        self.path: str | None = None
 
-def list_models(folder: str | os.PathLike | None = None, kind: str | None = "segmentation") -> list[ModelInfo]:
-    """Readable model files in ``folder`` (default: default_models_dir()), by name; other files are skipped."""
-    folder = Path(folder) if folder else default_models_dir()
-    if not folder.is_dir():
-        return []
-    found = []
-    for path in sorted(folder.iterdir()):
-        if path.name.startswith(".") or not path.is_file():
-            continue
-        try:
-            info = model_info(path)
-        except MosmosError:
-            continue
-        if kind is None or info.kind == kind:
-            found.append(info)
-    return found
+    def start(self) -> "ModelDownload":
+        deps.ensure_dependencies()  # the pull verifies the file with the core (safetensors, torch)
+        self.process.start()
+        return self
 
+    def poll(self) -> list[dict]:
+        events = self.process.poll()
+        for event in events:
+            if event.get("event") == "done":
+                self.path = event.get("path")
+        return events
 
-def add_model_file(source: str | os.PathLike, folder: str | os.PathLike | None = None,
-                   name: str | None = None) -> ModelInfo:
-    """Verify ``source`` fully (header, tensors, checksum) and copy it into ``folder`` atomically, as ``name``
-    (default: the source's file name; training runs all write "model.safetensors", so they pass their own).
-    A file of the same name is replaced. Raises MosmosError naming the file when it is not a usable model."""
-    deps.ensure_dependencies()  # the full check reads the tensors (safetensors, torch): a fresh Slicer has neither
-    from mosmos.modelfile import load_model
+    def cancel(self, wait: bool = True) -> None:
+        """``wait=False`` returns at once (a GUI button); the exit event follows."""
+        self.process.cancel(wait=wait)
 
-    source = Path(source)
-    _, header = load_model(source)
-    if model_kind(header) != "segmentation":
-        raise MosmosError(f"{source}: a {model_kind(header) or 'non-segmentation'} model cannot segment; "
-                          "add a fine-tuned segmentation model")
-    folder = Path(folder) if folder else default_models_dir()
-    target = folder / (name or source.name)
-    if target.exists() and target.resolve() == source.resolve():
-        return model_info(target)
-    try:
-        folder.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".part", dir=folder)
-        os.close(fd)
-    except OSError as e:
-        raise MosmosError(f"{folder}: cannot write to the models folder ({e.strerror or e})") from None
-    try:
-        shutil.copyfile(source, tmp)
-        os.replace(tmp, target)
-    except OSError as e:
-        raise MosmosError(f"{target}: cannot copy the model ({e.strerror or e})") from None
-    finally:
-        Path(tmp).unlink(missing_ok=True)
-    return model_info(target)
+    def result(self) -> ModelInfo | None:
+        """The installed model; None when cancelled. Raises MosmosError (why the pull failed)."""
+        if self.process.cancelled:
+            return None
+        self.process.check()
+        if not self.path:
+            raise MosmosError("the download ended without installing a model")
+        return model_info(self.path)

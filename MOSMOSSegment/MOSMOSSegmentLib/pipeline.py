@@ -61,7 +61,7 @@ class SegmentationJob:
 
     def __init__(self, volumeNode, tags=None, model=None, device="auto", attention=False,
                  segmentationNode=None, tableNode=None, modelsFolder=None, fast=False):
-        """``fast``: the core's quick preview (fewer, less overlapping windows)."""
+        """``fast``: the core's quick preview (fewer, less overlapping windows over the body only)."""
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise MosmosError("input volume: none selected or it has no image data")
         self.volumeNode = volumeNode
@@ -117,7 +117,8 @@ class SegmentationJob:
         if self.attentionDir is not None:
             for tag, fileName in (summary.get("attention") or {}).items():
                 att = self._readArray(self.attentionDir / fileName, inputShape, ijkToRAS)
-                attentionNodes[tag] = attention_volume_node(scene, att, ijkToRAS, tag, self.volumeNode)
+                attentionNodes[tag] = attention_volume_node(scene, att, ijkToRAS, tag, self.volumeNode,
+                                                            labelled=tag in {o["name"] for o in organs})
         return SegmentationOutputs(segNode, tableNode, attentionNodes, organs, list(summary.get("notices", [])),
                                    labelmap)
 

@@ -1,59 +1,28 @@
 """Standard (SNOMED CT) terminology for segments. The MOSMOS terminology context (a Slicer terminology JSON
 holding the 20 organs MOSMOS segments) is the one source: segments carry entries into it, serialised the way
 Slicer's Terminologies module stores them (vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry), and
-Slicer's terminologies logic loads it (load_context) so that its terminology selector resolves every segment."""
+Slicer's terminologies logic loads it (load_context) so that its terminology selector resolves every segment.
+The context file and its codes live in the core (mosmos.terminology), which DICOM SEG output reads too."""
 
 from __future__ import annotations
 
-import functools
-import json
-import os
-
 from mosmos.errors import MosmosError
+from mosmos.terminology import CONTEXT_FILE, context_name, known_tags, organ_codes  # noqa: F401 (re-exported)
 
-CONTEXT_FILE = os.path.join(os.path.dirname(__file__), "SegmentationCategoryTypeModifier-MOSMOS.json")
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 
 
-@functools.lru_cache(maxsize=1)
-def _context() -> dict:
-    with open(CONTEXT_FILE, encoding="utf-8") as f:
-        return json.load(f)
-
-
-def context_name() -> str:
-    return _context()["SegmentationCategoryTypeContextName"]
-
-
-def _code(coded: dict) -> str:
-    return f"{coded['CodingSchemeDesignator']}^{coded['CodeValue']}^{coded['CodeMeaning']}"
-
-
-@functools.lru_cache(maxsize=1)
-def _entries() -> dict[str, tuple[dict, dict, dict | None]]:
-    """tag -> (category, type, modifier or None), from the 3dSlicerLabel of each type or type modifier."""
-    found = {}
-    for category in _context()["SegmentationCodes"]["Category"]:
-        for type_ in category["Type"]:
-            if "3dSlicerLabel" in type_:
-                found[type_["3dSlicerLabel"]] = (category, type_, None)
-            for modifier in type_.get("Modifier", []):
-                found[modifier["3dSlicerLabel"]] = (category, type_, modifier)
-    return found
+def _serialise(code) -> str:
+    return "^".join(code) if code is not None else "^^"
 
 
 def terminology_entry(tag: str) -> str | None:
     """Serialised terminology entry for a canonical tag, None for tags without a standard code."""
-    codes = _entries().get(tag)
+    codes = organ_codes(tag)
     if codes is None:
         return None
-    category, type_, modifier = codes
-    return "~".join([context_name(), _code(category), _code(type_), _code(modifier) if modifier else "^^",
+    return "~".join([context_name(), _serialise(codes.category), _serialise(codes.type), _serialise(codes.modifier),
                      ANATOMIC_CONTEXT, "^^", "^^"])
-
-
-def known_tags() -> list[str]:
-    return list(_entries())
 
 
 def load_context(terminologiesLogic) -> str:

@@ -203,7 +203,7 @@ class TrainingJob:
         where fine-tuning picks it up."""
         try:
             name = f"{self.settings.out.name}{self.modelPath.suffix}"
-            self.registered = models.add_model_file(self.modelPath, self.modelsFolder, name=name)
+            self.registered = models.add_model_file(self.modelPath, self.modelsFolder, name=name, force=True)
         except MosmosError as e:
             self.error = f"The model could not be added to the models folder: {e}"
         return self.registered

@@ -1,10 +1,13 @@
 """Segment one volume file or a folder of them, headless.
 
   Slicer --no-splash --no-main-window --python-script MOSMOSSegmentBatch.py \\
-      --input CT.nii.gz|FOLDER --model MODEL --tags "liver, spleen" --output OUT.seg.nrrd|OUT.nii.gz|FOLDER
+      --input CT.nii.gz|FOLDER|DICOM_FOLDER --model MODEL --tags "liver, spleen" \\
+      --output OUT.seg.nrrd|OUT.nii.gz|OUT.dcm|FOLDER [--series UID] [--attention DIR]
 
-Also runs with plain Python where slicer-core is installed. Writes .seg.nrrd (named, coloured, coded segments)
-or a NIfTI/NRRD label map; exits non-zero with a one-line message on failure."""
+Also runs with plain Python where slicer-core is installed. Writes .seg.nrrd (named, coloured, coded segments),
+a NIfTI/NRRD label map, or for a DICOM series folder a DICOM SEG (.dcm) that references it; with --attention,
+per input and organ, the map that the MOSMOSSegment overlay shows: the probability that the organ wins at each
+voxel, in [0, 1]. Exits non-zero with a one-line message on failure."""
 
 from __future__ import annotations
 
@@ -21,17 +24,23 @@ for candidate in (HERE.parents[2] / "MOSMOSSegment", HERE.parents[2]):
 
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
 SEGMENTATION_SUFFIX = ".seg.nrrd"
+DICOM_SEG_SUFFIX = ".dcm"
 
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="MOSMOSSegmentBatch", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, help="a volume file or a folder of volume files")
+    p.add_argument("--input", required=True, help="a volume file, a folder of volume files, or a DICOM series folder")
     p.add_argument("--model", help="model file, or a model's name in the models folder (default: the only one)")
     p.add_argument("--tags", default="", help='organs, e.g. "liver, spleen" (default: every organ of the model)')
     p.add_argument("--output", required=True, help="output file for one input, or a folder")
-    p.add_argument("--format", choices=("seg.nrrd", "nii.gz", "nrrd"), default="seg.nrrd",
-                   help="output format when --output is a folder (default seg.nrrd)")
+    p.add_argument("--format", choices=("seg.nrrd", "nii.gz", "nrrd", "dcm"), default=None,
+                   help="output format when --output is a folder (default seg.nrrd; dcm = DICOM SEG, the default "
+                   "for a DICOM input)")
+    p.add_argument("--series", metavar="UID", help="the series to segment when the DICOM folder holds several "
+                   "(default: the largest)")
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
+    p.add_argument("--attention", metavar="DIR", help="also write DIR/<input name>/<organ>.nii.gz: per organ the "
+                   "probability that it wins at each voxel (the attention overlay of MOSMOSSegment)")
     return p.parse_args(argv)
 
 
@@ -48,26 +57,87 @@ def stem(path: Path) -> str:
     return path.stem
 
 
+def is_dicom_folder(folder: Path) -> bool:
+    from mosmos.inference.dicom import is_dicom_file
+
+    return not any(is_volume_file(p) for p in folder.iterdir()) and any(
+        is_dicom_file(p) for p in folder.rglob("*") if p.is_file())
+
+
 def plan(args) -> list[tuple[Path, Path]]:
+    """(input, output) pairs, checked before any work."""
+    jobs = volume_jobs(args)
+    refuse_overwriting_inputs(jobs, args.model)
+    return jobs
+
+
+def volume_jobs(args) -> list[tuple[Path, Path]]:
     from mosmos.errors import MosmosError
+    from mosmos.inference.dicomseg import check_outside_series
 
     source, target = Path(args.input), Path(args.output)
+    if source.is_dir() and is_dicom_folder(source):
+        check_outside_series(source, target)
+        fmt = args.format or "dcm"
+        if not target.name.lower().endswith(VOLUME_SUFFIXES + (SEGMENTATION_SUFFIX, DICOM_SEG_SUFFIX)):
+            target = target / f"{source.name}.{fmt}"
+        return [(source, target)]
+    fmt = args.format or "seg.nrrd"
+    if fmt == "dcm" or target.name.lower().endswith(DICOM_SEG_SUFFIX):
+        raise MosmosError(f"{target}: DICOM SEG output needs a DICOM series folder as input, not {source.name}")
     if source.is_dir():
         inputs = sorted(p for p in source.iterdir() if is_volume_file(p))
         if not inputs:
-            raise MosmosError(f"{source}: no volume files ({', '.join(VOLUME_SUFFIXES)})")
-        return [(p, target / f"{stem(p)}.{args.format}") for p in inputs]
+            raise MosmosError(f"{source}: no volume files ({', '.join(VOLUME_SUFFIXES)}) and no DICOM series")
+        return [(p, target / f"{stem(p)}.{fmt}") for p in inputs]
     if not source.is_file():
         raise MosmosError(f"{source}: no such file or folder")
     if target.is_dir() or not target.name.lower().endswith(VOLUME_SUFFIXES + (SEGMENTATION_SUFFIX,)):
-        target = target / f"{stem(source)}.{args.format}"
+        target = target / f"{stem(source)}.{fmt}"
     return [(source, target)]
 
 
-def write_output(outputs, volumeNode, path: Path) -> None:
+def refuse_overwriting_inputs(jobs, model) -> None:
+    """Before any work: no output may be an input volume (--output beside the inputs with their format) or the model."""
+    from mosmos.errors import MosmosError
+    from mosmos.outputs import same_file
+
+    inputs = [source for source, _ in jobs] + ([Path(model)] if model else [])
+    for _, target in jobs:
+        clash = next((p for p in inputs if same_file(target, p)), None)
+        if clash is not None:
+            raise MosmosError(f"{target}: is an input of this run ({clash}); choose another output")
+
+
+def read_input(source: Path, scene, series):
+    """A volume node, and for a DICOM series the core's DicomSource (which a DICOM SEG references)."""
+    from MOSMOSSegmentLib import volumes
+
+    if not source.is_dir():
+        return volumes.read_volume(source, scene), None
+    from mosmos.inference.io import read_volume
+
+    volume = read_volume(source, series)
+    for note in volume.source.notices:
+        print(f"    note: {note}", flush=True)
+    node = volumes.volume_from_array(scene, volume.array.transpose(2, 1, 0), volume.affine, source.name)
+    return node, volume.source
+
+
+def write_output(outputs, volumeNode, path: Path, dicomSource, model) -> None:
     from MOSMOSSegmentLib import segmentation, volumes
 
     path.parent.mkdir(parents=True, exist_ok=True)
+    if path.name.lower().endswith(DICOM_SEG_SUFFIX):
+        from mosmos.inference.dicomseg import segmentation_dataset
+        from mosmos.inference.io import StagedWriter
+
+        # The pipeline's label map is in Slicer's (k, j, i) order; the core's volumes are (i, j, k).
+        dataset = segmentation_dataset(dicomSource, outputs.labelmap.transpose(2, 1, 0), outputs.organs, model)
+        with StagedWriter() as writer:
+            writer.dataset(path, dataset)
+            writer.commit()
+        return
     if path.name.lower().endswith(SEGMENTATION_SUFFIX):
         segmentation.write_segmentation(outputs.segmentationNode, str(path))
         return
@@ -80,9 +150,19 @@ def write_output(outputs, volumeNode, path: Path) -> None:
         scene.RemoveNode(labelNode)
 
 
+def write_attention(outputs, folder: Path) -> None:
+    from MOSMOSSegmentLib import volumes
+
+    folder.mkdir(parents=True, exist_ok=True)
+    for tag, node in outputs.attentionNodes.items():
+        volumes.write_volume(node, folder / f"{tag.replace(' ', '_')}.nii.gz")
+
+
 def run(args) -> None:
     import slicer
-    from MOSMOSSegmentLib import pipeline, volumes
+    from MOSMOSSegmentLib import pipeline
+
+    from mosmos.errors import MosmosError
 
     if getattr(slicer, "mrmlScene", None) is None:
         # Plain Python (slicer-core): a bare scene has none of Slicer's default colour tables, and VTK warns
@@ -96,9 +176,14 @@ def run(args) -> None:
     model = pipeline.resolve_model(args.model)
     for i, (source, target) in enumerate(jobs, 1):
         print(f"[{i}/{len(jobs)}] {source} -> {target}", flush=True)
-        volumeNode = volumes.read_volume(source, scene)
-        outputs = pipeline.segment_volume_node(volumeNode, args.tags, model, args.device)
-        write_output(outputs, volumeNode, target)
+        volumeNode, dicomSource = read_input(source, scene, args.series)
+        if dicomSource is None and args.series:
+            raise MosmosError(f"{source}: --series applies to a DICOM folder only")
+        outputs = pipeline.segment_volume_node(volumeNode, args.tags, model, args.device,
+                                               attention=bool(args.attention))
+        write_output(outputs, volumeNode, target, dicomSource, model)
+        if args.attention:
+            write_attention(outputs, Path(args.attention) / stem(source))
         for organ in outputs.organs:
             print(f"    {organ['name']}: label {organ['label']}", flush=True)
         for notice in outputs.notices:

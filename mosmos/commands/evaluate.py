@@ -1,5 +1,5 @@
-"""`mosmos evaluate`: per-organ Dice and HD95 of a segmentation model on a dataset split, and a paired
-significance test between two result files."""
+"""`mosmos evaluate`: per-organ Dice and HD95 of a segmentation model on a dataset split, with the Dice of
+its pixel–tag maps alone beside them, and a paired significance test between two result files."""
 
 from __future__ import annotations
 
@@ -9,7 +9,8 @@ from pathlib import Path
 
 from ..errors import MosmosError
 
-HELP = ("evaluate a segmentation model on a Decathlon/BTCV-style dataset split (per-organ Dice, HD95 in mm), "
+HELP = ("evaluate a segmentation model on a Decathlon/BTCV-style dataset split (per-organ Dice, HD95 in mm, "
+        "and the Dice of the pixel–tag maps' own argmax), "
         "or compare two result CSVs (Wilcoxon signed-rank test)")
 SPLITS = ("validation", "test", "training")
 CSV_NAME, MD_NAME = "metrics.csv", "metrics.md"
@@ -35,7 +36,15 @@ def run(args) -> int:
         return compare(*args.compare)
     if not args.model or not args.data:
         raise MosmosError("--model and --data are required (or --compare A.csv B.csv)")
+    from ..outputs import check_output, check_output_folder
+    from ..train.config import check_number
+
+    check_number("overlap", args.overlap)
     out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.split}"
+    inputs = (args.model, args.data)
+    check_output_folder(out, inputs)
+    check_output(out / CSV_NAME, "metrics table", inputs)
+    check_output(out / MD_NAME, "metrics table", inputs)
     results = evaluate(args.model, args.data, args.split, args.device, args.overlap)
 
     from ..metrics import markdown_table, write_tables
@@ -63,8 +72,9 @@ def organ_pairs(model_labels: dict[int, str], dataset_labels: dict[int, str]) ->
 
 def evaluate(model: str, data: str, split: str = "validation", device: str = "auto",
              overlap: float = 0.5) -> dict:
-    """{case: {organ: {"dice", "hd95"}}} of ``model`` on the labelled cases of ``split``; each case is
-    segmented on its own grid and scored with its own voxel spacing."""
+    """{case: {organ: {"dice", "hd95", "map_dice"}}} of ``model`` on the labelled cases of ``split``; each
+    case is segmented on its own grid and scored with its own voxel spacing. map_dice scores the pixel–tag
+    maps' own label map (argmax of the up-sampled maps over the model's classes, background included)."""
     from ..data.decathlon import check_case, load_decathlon
     from ..inference import Segmenter
     from ..inference.io import read_volume
@@ -93,21 +103,24 @@ def evaluate(model: str, data: str, split: str = "validation", device: str = "au
         check_case(case, spec.labels, spatial_dims=len(segmenter.roi_size), in_channels=spec.in_channels)
         volume = read_volume(case["image"])
         seg = segmenter.segment(volume.array, volume.affine, overlap=overlap, modality=spec.modality,
-                                source=f"case {name}")
-        results[name] = score_case(seg.labelmap, case["label"], pairs)
-        dices = [m["dice"] for m in results[name].values() if not math.isnan(m["dice"])]
-        mean = f"{sum(dices) / len(dices):.4f}" if dices else "undefined"
-        print(f"case {name}: mean Dice {mean}", file=sys.stderr)
+                                source=f"case {name}", map_labels=True)
+        results[name] = score_case(seg.labelmap, case["label"], pairs, seg.map_labelmap)
+        means = []
+        for key in ("dice", "map_dice"):
+            vals = [m[key] for m in results[name].values() if not math.isnan(m.get(key, math.nan))]
+            means.append(f"{sum(vals) / len(vals):.4f}" if vals else "undefined")
+        print(f"case {name}: mean Dice {means[0]} (pixel–tag maps alone: {means[1]})", file=sys.stderr)
     return results
 
 
-def score_case(labelmap, label_path, pairs: list[tuple[str, int, int]]) -> dict:
+def score_case(labelmap, label_path, pairs: list[tuple[str, int, int]], map_labelmap=None) -> dict:
     """{organ: {"dice", "hd95"}} of a predicted label map (model label values) against the reference
-    label file (dataset label values) on the same grid, with the reference's voxel spacing in mm."""
+    label file (dataset label values) on the same grid, with the reference's voxel spacing in mm; with
+    ``map_labelmap`` (the pixel–tag maps' label map, same values and grid) also "map_dice"."""
     import nibabel as nib
     import numpy as np
 
-    from ..metrics import organ_metrics, spacing_from_affine
+    from ..metrics import MAP_DICE, binary_dice, organ_metrics, spacing_from_affine
 
     ref_img = nib.load(str(label_path))
     ref = np.rint(np.asanyarray(ref_img.dataobj)).astype(np.int64)
@@ -118,6 +131,8 @@ def score_case(labelmap, label_path, pairs: list[tuple[str, int, int]]) -> dict:
     for organ, model_value, data_value in pairs:
         dice, hd95 = organ_metrics(labelmap == model_value, ref == data_value, spacing)
         out[organ] = {"dice": dice, "hd95": hd95}
+        if map_labelmap is not None:
+            out[organ][MAP_DICE] = binary_dice(map_labelmap == model_value, ref == data_value)
     return out
 
 

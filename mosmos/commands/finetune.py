@@ -39,6 +39,7 @@ def add_arguments(p) -> None:
     p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=C.device)
     p.add_argument("--checkpoint-every", type=int, default=C.checkpoint_every, help="steps")
     p.add_argument("--log-every", type=int, default=C.log_every)
+    p.add_argument("--description", default="", help="free text for the model card (`mosmos info` shows it)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--events", default=None, help="JSON-lines events file ('-' for stdout)")
     p.add_argument("--no-progress", action="store_true")
@@ -46,8 +47,6 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..train.config import FinetuneConfig
-    from ..train.distributed import is_main_process
-    from ..train.finetune import finetune
 
     cfg = FinetuneConfig(
         data=args.data, out=args.out, arch=args.arch, backbone=args.backbone, init=args.init,
@@ -56,7 +55,10 @@ def run(args) -> int:
         label_ratio=args.label_ratio, roi_size=args.roi_size, spacing=args.spacing,
         feature_size=args.feature_size, augment=not args.no_augment, val_every=args.val_every, seed=args.seed,
         workers=args.workers, precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, max_steps=args.max_steps)
+        log_every=args.log_every, max_steps=args.max_steps, description=args.description)
+    from ..train.distributed import is_main_process  # torch: only once the options are known to be valid
+    from ..train.finetune import finetune
+
     path = finetune(cfg, resume=args.resume, events=args.events, progress=False if args.no_progress else None)
     if is_main_process():  # under torchrun, once
         print(f"segmentation model: {path}")

@@ -27,6 +27,7 @@ def add_arguments(p) -> None:
     p.add_argument("--log-every", type=int, default=C.log_every, help="steps between step events")
     p.add_argument("--val-fraction", type=float, default=C.val_fraction,
                    help="share of train held out when the folder has no validation split")
+    p.add_argument("--description", default="", help="free text for the model card (`mosmos info` shows it)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--events", default=None, help="JSON-lines events file ('-' for stdout)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
@@ -34,15 +35,16 @@ def add_arguments(p) -> None:
 
 def run(args) -> int:
     from ..train.config import PretrainConfig
-    from ..train.distributed import is_main_process
-    from ..train.pretrain import pretrain
 
     cfg = PretrainConfig(roco=args.roco, out=args.out, backbone=args.backbone, weights=args.weights,
                          epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
                          weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, seed=args.seed,
                          workers=args.workers, precision=args.precision, device=args.device,
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                         val_fraction=args.val_fraction, max_steps=args.max_steps)
+                         val_fraction=args.val_fraction, max_steps=args.max_steps, description=args.description)
+    from ..train.distributed import is_main_process  # torch: only once the options are known to be valid
+    from ..train.pretrain import pretrain
+
     path = pretrain(cfg, resume=args.resume, events=args.events, progress=False if args.no_progress else None)
     if is_main_process():  # under torchrun, once
         print(f"pre-trained model: {path}")

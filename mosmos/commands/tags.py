@@ -6,6 +6,7 @@ from __future__ import annotations
 import json
 import sys
 
+from ..errors import MosmosError
 from ..tags import explain_tags, extract_tags
 
 HELP = ("print the organ tags named in a report text as a JSON list ('-' reads the text from stdin); "
@@ -21,7 +22,11 @@ def add_arguments(parser) -> None:
 def run(args) -> int:
     text = " ".join(args.text)
     if text == "-":
-        text = sys.stdin.read()
+        data = sys.stdin.buffer.read()  # bytes: the terminal's encoding may not be UTF-8; reports are
+        try:
+            text = data.decode("utf-8")
+        except UnicodeDecodeError as e:
+            raise MosmosError(f"stdin: not UTF-8 text (byte {data[e.start]:#04x} at position {e.start})") from None
     if not args.explain:
         print(json.dumps(extract_tags(text)))
         return 0

@@ -12,10 +12,14 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import os
+
 import nibabel as nib
 import numpy as np
 import torch
 import torch.nn.functional as F
+
+from ..errors import MosmosError
 
 
 @dataclass(frozen=True)
@@ -61,6 +65,39 @@ def model_grid(shape, affine, spacing) -> ModelGrid:
     out_affine = oriented_affine @ np.diag([*ratio, 1.0])
     return ModelGrid(tuple(int(s) for s in shape), tuple(perm), tuple(flip), tuple(float(r) for r in ratio),
                      out_shape, out_affine)
+
+
+def available_memory() -> int:
+    """Bytes of memory the system can still give (Linux: MemAvailable; elsewhere: all physical memory)."""
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        pass
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+
+
+def check_grid_memory(grid: ModelGrid, channels: int, source: str, available: int | None = None) -> None:
+    """Refuse, before resampling, a model grid whose ``channels`` float32 arrays (image, scores, maps) would
+    not fit in memory: usually a header with wrong voxel sizes, so say which sizes make it that large."""
+    need = 4 * channels * int(np.prod(grid.shape, dtype=np.float64))
+    available = available_memory() if available is None else available
+    if need <= available:
+        return
+    model_mm = voxel_sizes(grid.affine)
+    input_mm = model_mm / np.asarray(grid.ratio)
+    extent = input_mm * np.asarray(grid.oriented_shape)
+
+    def xyz(values, fmt="{:g}"):
+        return " x ".join(fmt.format(v) for v in values)
+
+    raise MosmosError(
+        f"{source}: a {xyz(grid.oriented_shape)} volume of {xyz(input_mm, '{:.4g}')} mm voxels "
+        f"({xyz(extent, '{:.0f}')} mm across) resampled to the model's {xyz(model_mm, '{:.4g}')} mm spacing would "
+        f"become {xyz(grid.shape)} voxels, about {need / 2**30:,.1f} GiB, more than the {available / 2**30:,.1f} GiB "
+        "of memory available; check the voxel sizes in the file's header")
 
 
 def to_oriented(t: torch.Tensor, grid: ModelGrid) -> torch.Tensor:

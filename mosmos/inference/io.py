@@ -4,14 +4,13 @@ and atomic NIfTI/NRRD writers (a temporary file in the target folder, then os.re
 from __future__ import annotations
 
 import os
-import tempfile
-from collections import defaultdict
 from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import MosmosError
+from ..outputs import NRRD_MARK_FIELD, VOLUME_MARKS, staging_file
 
 LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
 
@@ -21,6 +20,7 @@ class Volume:
     array: np.ndarray          # (X, Y, Z) = (i, j, k)
     affine: np.ndarray         # 4x4 voxel -> RAS (mm)
     modality: str | None = None  # "CT"/"MR" when the file says (DICOM), else None
+    source: object | None = None  # dicom.DicomSource when read from a DICOM series (what a DICOM SEG references)
 
 
 def _kind(path: Path) -> str:
@@ -31,13 +31,16 @@ def _kind(path: Path) -> str:
         return "nifti"
     if name.endswith((".nrrd", ".nhdr")):
         return "nrrd"
-    if name.endswith(".dcm"):
+    from .dicom import is_dicom_file
+
+    if is_dicom_file(path):   # a .dcm name, or the DICOM preamble (PACS files often have no extension)
         return "dicom"
     return "unknown"
 
 
-def read_volume(path) -> Volume:
-    """Read a 3D volume; any problem -> one-line MosmosError naming the file."""
+def read_volume(path, series_uid: str | None = None) -> Volume:
+    """Read a 3D volume; any problem -> one-line MosmosError naming the file. ``series_uid`` picks one
+    series of a DICOM folder (default: the largest)."""
     path = Path(path)
     if not path.exists():
         raise MosmosError(f"{path}: no such file or folder")
@@ -48,7 +51,9 @@ def read_volume(path) -> Volume:
         elif kind == "nrrd":
             vol = _read_nrrd(path)
         elif kind == "dicom":
-            vol = _read_dicom(path if path.is_dir() else path.parent, None if path.is_dir() else path)
+            from .dicom import read_dicom
+
+            vol = read_dicom(path, series_uid)
         else:
             raise MosmosError(f"{path}: unknown file type (expected .nii, .nii.gz, .nrrd, .nhdr or a DICOM folder)")
     except MosmosError:
@@ -110,71 +115,6 @@ def _read_nrrd(path: Path) -> Volume:
     return Volume(array, affine)
 
 
-def _read_dicom(folder: Path, chosen: Path | None) -> Volume:
-    import pydicom
-    from pydicom.errors import InvalidDicomError
-
-    series: dict[str, list] = defaultdict(list)
-    want = None
-    if chosen is not None:
-        want = str(pydicom.dcmread(str(chosen), stop_before_pixels=True).get("SeriesInstanceUID", ""))
-    for f in sorted(p for p in folder.iterdir() if p.is_file()):
-        try:
-            ds = pydicom.dcmread(str(f), stop_before_pixels=True)
-        except (InvalidDicomError, OSError, EOFError):
-            continue
-        if "ImagePositionPatient" not in ds or "ImageOrientationPatient" not in ds or "PixelSpacing" not in ds:
-            continue
-        series[str(ds.get("SeriesInstanceUID", ""))].append((f, ds))
-    if not series:
-        raise MosmosError(f"{folder}: no DICOM images with position/orientation found")
-    uid = want if want in series else max(series, key=lambda k: len(series[k]))
-    items = series[uid]
-    first = items[0][1]
-    if int(first.get("NumberOfFrames", 1) or 1) > 1:
-        raise MosmosError(f"{folder}: multi-frame DICOM is not supported (export it as single-frame slices)")
-    if len(items) < 2:
-        raise MosmosError(f"{folder}: expected a 3D volume, but the series has a single 2D slice")
-    iop = np.asarray(first.ImageOrientationPatient, dtype=float)
-    row_dir, col_dir = iop[:3], iop[3:]
-    normal = np.cross(row_dir, col_dir)
-    items.sort(key=lambda it: float(np.dot(np.asarray(it[1].ImagePositionPatient, dtype=float), normal)))
-    positions = np.array([np.asarray(ds.ImagePositionPatient, dtype=float) for _, ds in items])
-    steps = np.diff(positions @ normal)
-    if np.any(np.abs(steps) < 1e-4):
-        raise MosmosError(f"{folder}: several images share one slice position (more than one volume in the series?)")
-    if steps.max() - steps.min() > 0.1 * abs(steps.mean()) + 1e-3:
-        raise MosmosError(f"{folder}: uneven slice spacing ({steps.min():.3g} to {steps.max():.3g} mm): missing slices?")
-    row_spacing, col_spacing = (float(v) for v in first.PixelSpacing)
-    affine = np.eye(4)
-    affine[:3, 0] = row_dir * col_spacing   # i runs along a row: columns are col_spacing apart
-    affine[:3, 1] = col_dir * row_spacing   # j runs down a column
-    affine[:3, 2] = (positions[-1] - positions[0]) / (len(items) - 1)  # keeps gantry tilt
-    affine[:3, 3] = positions[0]
-    rows, cols = int(first.Rows), int(first.Columns)
-    array = None
-    for k, (f, _) in enumerate(items):
-        ds = pydicom.dcmread(str(f))
-        if (int(ds.Rows), int(ds.Columns)) != (rows, cols):
-            raise MosmosError(f"{f}: image size {ds.Rows}x{ds.Columns} differs from the series' {rows}x{cols}")
-        pixels = ds.pixel_array
-        slope = float(ds.get("RescaleSlope", 1) or 1)
-        inter = float(ds.get("RescaleIntercept", 0) or 0)
-        integral = slope == int(slope) and inter == int(inter) and pixels.dtype.kind in "iu"
-        if array is None:
-            array = np.empty((cols, rows, len(items)), dtype=np.int32 if integral else np.float32)
-        elif not integral and array.dtype != np.float32:
-            array = array.astype(np.float32)
-        if array.dtype == np.int32:
-            array[:, :, k] = pixels.T.astype(np.int32) * int(slope) + int(inter)
-        else:
-            array[:, :, k] = pixels.T.astype(np.float32) * slope + inter
-    if array.dtype == np.int32 and array.min() >= -32768 and array.max() <= 32767:
-        array = array.astype(np.int16)
-    modality = str(first.get("Modality", "")).upper() or None
-    return Volume(array, LPS_TO_RAS @ affine, modality)
-
-
 # ---------------------------------------------------------------------------------------------
 # Writing
 
@@ -187,20 +127,10 @@ def output_format(path) -> str:
     raise MosmosError(f"{path}: output must end with .nii.gz, .nii or .nrrd")
 
 
-def check_writable(path) -> None:
-    """Fail before any work if ``path`` cannot be created (its folder is made if missing)."""
-    path = Path(path)
-    if path.is_dir():
-        raise MosmosError(f"{path}: is a folder, not a file name")
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise MosmosError(f"{path}: cannot create its folder ({e.strerror or e})") from None
-    if not os.access(path.parent, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise MosmosError(f"{path}: not writable")
-
-
-def _write_now(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
+def _write_now(path: Path, array: np.ndarray, affine: np.ndarray, kind: str | None) -> None:
+    """``kind`` ("label map", "attention map") marks the file as that output of mosmos, which a later run
+    may replace (mosmos.outputs.check_output)."""
+    mark = VOLUME_MARKS[kind] if kind else None
     if output_format(path) == "nifti":
         import nibabel as nib
 
@@ -209,6 +139,8 @@ def _write_now(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
         img.set_sform(affine, code=1)
         if array.dtype.kind in "iub":
             img.header.set_intent("label")
+        if mark:
+            img.header["descrip"] = mark.encode("ascii")
         nib.save(img, str(path))
     else:
         import nrrd
@@ -216,6 +148,8 @@ def _write_now(path: Path, array: np.ndarray, affine: np.ndarray) -> None:
         lps = LPS_TO_RAS @ np.asarray(affine, dtype=float)
         header = {"space": "left-posterior-superior", "space directions": lps[:3, :3].T,
                   "space origin": lps[:3, 3], "kinds": ["domain"] * 3, "encoding": "gzip"}
+        if mark:
+            header[NRRD_MARK_FIELD] = mark
         nrrd.write(str(path), np.asarray(array), header)
 
 
@@ -226,22 +160,20 @@ class StagedWriter:
     def __init__(self):
         self._staged: list[tuple[Path, Path]] = []
 
-    def volume(self, path, array: np.ndarray, affine: np.ndarray) -> None:
-        self._stage(path, lambda tmp: _write_now(tmp, array, affine))
+    def volume(self, path, array: np.ndarray, affine: np.ndarray, kind: str | None = None) -> None:
+        self._stage(path, lambda tmp: _write_now(tmp, array, affine, kind))
 
     def text(self, path, text: str) -> None:
         self._stage(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
+    def dataset(self, path, ds) -> None:
+        """A pydicom Dataset as a DICOM Part 10 file (preamble and file meta information)."""
+        self._stage(path, lambda tmp: ds.save_as(str(tmp), enforce_file_format=True))
+
     def _stage(self, path, write) -> None:
         path = Path(path)
         suffix = "".join(path.suffixes[-2:]) if path.name.lower().endswith(".nii.gz") else path.suffix
-        try:
-            path.parent.mkdir(parents=True, exist_ok=True)
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".part{suffix}", dir=path.parent)
-            os.close(fd)
-        except OSError as e:
-            raise MosmosError(f"{path}: cannot write ({e.strerror or e})") from None
-        tmp = Path(tmp)
+        tmp = staging_file(path, suffix=f".part{suffix}")
         self._staged.append((tmp, path))
         try:
             write(tmp)
@@ -269,8 +201,8 @@ class StagedWriter:
         self.discard()  # commit() empties the list, so this only removes what an error left
 
 
-def write_volume(path, array: np.ndarray, affine: np.ndarray) -> None:
+def write_volume(path, array: np.ndarray, affine: np.ndarray, kind: str | None = None) -> None:
     """One volume, atomically."""
     with StagedWriter() as w:
-        w.volume(path, array, affine)
+        w.volume(path, array, affine, kind)
         w.commit()

@@ -11,7 +11,8 @@ label list), Q = K (map channel q belongs to the same class as logit channel q).
 
 Model files name their architecture in header["config"]["arch"]; ``register_architecture`` maps that
 name to a builder ``builder(header, tensors) -> torch.nn.Module`` that constructs the network and loads
-the weights. Architectures of mosmos itself are registered by mosmos.models when imported.
+the weights; ``tensors`` is read lazily from the file, a group at a time (mosmos.modelfile.open_model), so a
+builder reads only what it uses. Architectures of mosmos itself are registered by mosmos.models when imported.
 """
 
 from __future__ import annotations
@@ -23,7 +24,7 @@ from typing import Any, Protocol, runtime_checkable
 import torch
 
 from ..errors import MosmosError
-from ..modelfile import SEGMENTATION_KIND, load_model
+from ..modelfile import SEGMENTATION_KIND, open_model
 
 Builder = Callable[[dict, dict], torch.nn.Module]
 ARCHITECTURES: dict[str, Builder] = {}
@@ -55,7 +56,7 @@ def roi_size_of(network: Any, header: dict) -> tuple[int, ...]:
 
 def load_segmentation_model(path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
     """(network in eval mode on ``device``, header) from a MOSMOS segmentation model file."""
-    tensors, header = load_model(path)
+    tensors, header = open_model(path)
     labels = header.get("labels")
     if header.get("kind") != SEGMENTATION_KIND or not isinstance(labels, dict):
         raise MosmosError(f"{path}: not a segmentation model (kind {header.get('kind')!r}); "

@@ -4,10 +4,24 @@ Post-processing never holds per-class scores on the input grid: argmax happens o
 and each input voxel takes the label of its nearest model voxel (exact voxel-centre mapping; as
 monai's Invertd does for discrete labels). Interpolating the logits slab by slab before the argmax
 (smoother borders by a fraction of a model voxel) was measured at 319 s against 24 s for the whole
-run on a 512x512x300 CT on 2 CPU cores (benchmarks/bench_segment_memory.py). Attention maps are the
-network's pixel–tag scores, blended over windows, min-max normalised per tag over the whole volume
-(1 = where the tag attends most; not a probability), and resampled linearly to the input grid only
-when read from ``SegmentationResult.attention``.
+run on a 512x512x300 CT on 2 CPU cores (benchmarks/bench_segment_memory.py).
+
+Attention maps are read the way L_pta trained them (seg_losses.pta_probabilities): in each window the
+pixel–tag maps of every class the model labels (background included) are up-sampled to the window,
+divided by the model's epsilon and soft-maxed over the classes; per organ that is the probability
+that this organ wins at the voxel, in [0, 1]. An open-set tag (a name the model was not fine-tuned
+on) has no place in that softmax; its score is the two-class softmax of its map against the
+background query's, P(tag rather than background), on the same 0..1 scale. With ``attention_raw``
+the up-sampled scores themselves are kept instead (order 1, unnormalised, for research). Either is
+blended over windows like the logits and resampled linearly to the input grid only when read from
+``SegmentationResult.attention``.
+
+On the CPU the network runs in bf16 where the CPU computes it natively (precision.py). The default
+mode tiles the whole model grid with every window, as the fp32 reference does. ``fast`` (a quick
+preview) also uses fewer, less overlapping windows, tiling only the body's bounding box and skipping
+the windows in it that hold no body voxel (as nnU-Net and TotalSegmentator crop to the body): its
+labels are not yet shown to agree with every window's, so it is not the default. Outside the box
+the labels are background, an organ's probability is 0 and a raw map takes its lowest score.
 """
 
 from __future__ import annotations
@@ -18,12 +32,14 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 
 from ..errors import MosmosError
+from ..modelfile import map_epsilon
+from ..seg_losses import pta_logits, pta_probabilities, upsample_maps
 from ..tags import color_for
-from .geometry import (ModelGrid, from_oriented, model_grid, nearest_model_indices, resample_to_input,
-                       resample_to_model, to_oriented)
+from ..train.config import check_number
+from .geometry import (ModelGrid, check_grid_memory, from_oriented, model_grid, nearest_model_indices,
+                       resample_to_input, resample_to_model, to_oriented)
 from .network import load_segmentation_model, roi_size_of
 from .precision import resolve_precision
 from .preprocess import Preprocessing
@@ -32,27 +48,31 @@ from .tagselect import select_tags
 
 Progress = Callable[[int, int], "bool | None"]
 
-# The default overlap, and the one of a quick first look (--fast): 0.25 runs about half the windows.
+# The default overlap, and the one of a quick first look (fast): 0.25 runs about half the windows.
 OVERLAP, FAST_OVERLAP = 0.5, 0.25
 BODY_BLOCK = 4  # model voxels a side of the blocks the body mask is judged on
 
 
 class AttentionMaps(Mapping):
-    """tag -> float32 array in [0, 1] on the input grid (input shape and order).
+    """tag -> float32 array on the input grid (input shape and order): a probability in [0, 1]
+    (see the module docstring), or the raw up-sampled scores when ``probabilities`` is False.
 
     Each read resamples from the model grid: keep the array you get rather than reading twice, and
     read one map at a time so only one full-size map exists at once.
     """
 
-    def __init__(self, names: list[str], maps: torch.Tensor | None, grid: ModelGrid, kji: bool):
+    def __init__(self, names: list[str], maps: torch.Tensor | None, grid: ModelGrid, kji: bool,
+                 probabilities: bool = True):
         self._index = {n: i for i, n in enumerate(names)}
         self._maps, self._grid, self._kji = maps, grid, kji
+        self.probabilities = probabilities
 
     def __getitem__(self, name: str) -> np.ndarray:
         i = self._index[name]
         with torch.inference_mode():
             full = resample_to_input(self._maps[i:i + 1], self._grid)[0].cpu().numpy()
-        np.clip(full, 0.0, 1.0, out=full)  # trilinear rounding can overshoot by an ulp
+        if self.probabilities:
+            np.clip(full, 0.0, 1.0, out=full)  # trilinear rounding can overshoot by an ulp
         out = from_oriented(full, self._grid)
         return np.ascontiguousarray(out.T if self._kji else out, dtype=np.float32)
 
@@ -70,6 +90,8 @@ class SegmentationResult:
     organs: list[dict] = field(default_factory=list)
     attention: Mapping[str, np.ndarray] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
+    # with map_labels: the pixel–tag maps' own label map (argmax over the classes), like ``labelmap``
+    map_labelmap: np.ndarray | None = None
     # how the windows ran: precision ("fp32" | "bf16"), overlap, windows (run), windows_skipped
     run: dict = field(default_factory=dict)
 
@@ -109,74 +131,84 @@ class Segmenter:
             raise MosmosError(f"{model_file}: invalid 'labels' in the model header") from None
         self.label_values = [v for v, _ in labels]
         self.label_names = [n for _, n in labels]
+        if not self.label_values or self.label_values[0] != 0:
+            raise MosmosError(f"{model_file}: the model's labels have no background (label 0)")
         self.organ_names = [n for v, n in labels if v != 0]
         self.preprocessing = Preprocessing.from_header(self.header, str(model_file))
         self.roi_size = roi_size_of(self.network, self.header)
         self.modality = str(self.header.get("modality") or "").upper() or None
+        self.epsilon, note = map_epsilon(self.header, str(model_file))
+        self.model_notices = [note] if note else []
+        if (self.header.get("provenance") or {}).get("lambda_pta") == 0:
+            self.model_notices.append(f"{model_file} was fine-tuned without L_pta (lambda_pta 0): its pixel–tag "
+                                      "maps were never trained to find organs, so attention overlays mean little")
 
     # ---------------------------------------------------------------------------------------
     def segment(self, array: np.ndarray, affine: np.ndarray, tags=None, progress: Progress | None = None,
                 overlap: float | None = None, array_order: str = "xyz", modality: str | None = None,
-                source: str = "volume", sw_batch_size: int | None = None, fast: bool = False,
-                precision: str = "auto", skip_outside_body: bool = True) -> SegmentationResult:
+                source: str = "volume", sw_batch_size: int | None = None, attention_raw: bool = False,
+                map_labels: bool = False, fast: bool = False, precision: str = "auto") -> SegmentationResult:
         """Segment ``array`` (3D, (X, Y, Z) or with array_order="kji" (K, J, I)) whose voxel->RAS
         matrix is ``affine``. ``tags``: None for every organ the model labels, or names (a list or a
         "liver, spleen" string). ``modality`` ("CT"/"MR"), when known, is checked against the model.
         ``source`` names the volume in error messages. Raises Cancelled when progress returns False.
-        ``overlap`` defaults to OVERLAP, or FAST_OVERLAP when ``fast``. ``precision``: "auto" (bf16
-        where native, else fp32), "fp32" or "bf16". ``skip_outside_body``: windows holding no body
-        voxel are not run (no label inside the body changes).
+        ``attention_raw``: attention maps are the raw up-sampled pixel–tag scores instead of
+        probabilities. ``map_labels``: also give ``map_labelmap``, the argmax of the maps over every
+        class the model labels (background included), with the selected organs' label values.
+        ``precision``: "auto" (bf16 where native, else fp32), "fp32" or "bf16". ``fast``: a quick
+        preview (see the module docstring); ``overlap`` defaults to OVERLAP, or FAST_OVERLAP when fast.
+        A volume with no body (all air) gives an empty label map and a notice.
         """
         if overlap is None:
             overlap = FAST_OVERLAP if fast else OVERLAP
         if array_order not in ("xyz", "kji"):
             raise MosmosError(f"array_order: expected 'xyz' or 'kji', got {array_order!r}")
-        if not 0 <= overlap < 1:
-            raise MosmosError(f"overlap: must be in [0, 1), got {overlap}")
+        check_number("overlap", overlap)
         array = np.asarray(array)
         kji = array_order == "kji"
         arr = array.T if kji else array
         affine = self._check_affine(affine, source)
-        notices, constant = self._check_volume(arr, source, modality)
+        notices = self._check_volume(arr, source, modality) + self.model_notices
         selection = select_tags(tags, self.organ_names, hasattr(self.network, "open_set_maps"))
         notices += selection.notices
         grid = model_grid(arr.shape, affine, self.preprocessing.spacing)
+        n_maps = len(selection.labelled) + len(selection.open_set)
+        # the model-grid image, class scores, stitching weights and maps; the argmax's int64 counts as 2
+        check_grid_memory(grid, 1 + len(self.label_values) + 1 + n_maps + 2, source)
         precision, more = resolve_precision(precision, self.device)
         notices += more
         run = {"precision": precision, "overlap": overlap, "windows": 0, "windows_skipped": 0}
-        if constant:
-            empty = np.zeros(array.shape, np.uint8 if max(self.label_values) < 256 else np.uint16)
-            return SegmentationResult(empty, np.array(affine), self._organs(selection, np.bincount([0]), 0.0),
-                                      {}, notices + [f"{source}: the volume is constant ({constant}); "
-                                                     "nothing to segment: the label map is empty"], run)
 
         threads = torch.get_num_threads()
         if self.device.type == "cpu":
             torch.set_num_threads(cpu_count())
         try:
             with torch.inference_mode():
-                labels_oriented, maps, more = self._run(arr, grid, selection, progress, overlap, sw_batch_size,
-                                                        precision, skip_outside_body, run, source)
+                labels_oriented, map_labels_oriented, maps, more = self._run(
+                    arr, grid, selection, progress, overlap, sw_batch_size, attention_raw, map_labels, precision,
+                    fast, run, source)
         finally:
             torch.set_num_threads(threads)
         notices += more
 
-        labelmap = from_oriented(labels_oriented, grid)
-        labelmap = np.ascontiguousarray(labelmap.T if kji else labelmap)
+        def on_input(oriented: np.ndarray) -> np.ndarray:
+            out = from_oriented(oriented, grid)
+            return np.ascontiguousarray(out.T if kji else out)
+
+        labelmap = on_input(labels_oriented)
+        map_labelmap = None if map_labels_oriented is None else on_input(map_labels_oriented)
         voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
         counts = np.bincount(labelmap.reshape(-1), minlength=max(self.label_values) + 1)
-        organs = self._organs(selection, counts, voxel_ml)
-        notices += [f"{o['name']}: not found in this volume (no voxels labelled)" for o in organs
-                    if counts[o["label"]] == 0 and run["windows"]]
+        organs = []
+        for name in selection.labelled:
+            value = self.label_values[self.label_names.index(name)]
+            organs.append({"name": name, "label": value, "color": list(color_for(name)),
+                           "volume_ml": round(float(counts[value]) * voxel_ml, 3)})
+            if counts[value] == 0 and run["windows"]:
+                notices.append(f"{name}: not found in this volume (no voxels labelled)")
         map_names = selection.labelled + (selection.open_set if hasattr(self.network, "open_set_maps") else [])
-        attention = AttentionMaps(map_names, maps, grid, kji) if maps is not None else {}
-        return SegmentationResult(labelmap, np.array(affine), organs, attention, notices, run)
-
-    def _organs(self, selection, counts: np.ndarray, voxel_ml: float) -> list[dict]:
-        counts = np.pad(counts, (0, max(0, max(self.label_values) + 1 - len(counts))))
-        return [{"name": name, "label": value, "color": list(color_for(name)),
-                 "volume_ml": round(float(counts[value]) * voxel_ml, 3)}
-                for name in selection.labelled for value in [self.label_values[self.label_names.index(name)]]]
+        attention = AttentionMaps(map_names, maps, grid, kji, not attention_raw) if maps is not None else {}
+        return SegmentationResult(labelmap, np.array(affine), organs, attention, notices, map_labelmap, run)
 
     # ---------------------------------------------------------------------------------------
     @staticmethod
@@ -186,8 +218,7 @@ class Segmenter:
             raise MosmosError(f"{source}: invalid voxel-to-RAS matrix (need a finite, invertible 4x4 affine)")
         return a
 
-    def _check_volume(self, arr: np.ndarray, source: str, modality: str | None) -> tuple[list[str], str]:
-        """(notices, "" or "every voxel is <value>" for a constant volume)."""
+    def _check_volume(self, arr: np.ndarray, source: str, modality: str | None) -> list[str]:
         if arr.ndim != 3:
             raise MosmosError(f"{source}: expected a 3D volume, got {arr.ndim}D data of shape {arr.shape}")
         if len(self.roi_size) == 3 and min(arr.shape) < 2:
@@ -195,13 +226,17 @@ class Segmenter:
         if arr.dtype.kind not in "biuf":
             raise MosmosError(f"{source}: unsupported voxel type {arr.dtype}")
         lo, hi = arr.min(), arr.max()
-        if arr.dtype.kind == "f" and (np.isnan(lo) or np.isnan(hi)):
-            if np.isnan(arr).all():
-                raise MosmosError(f"{source}: every voxel is NaN; nothing to segment")
-            lo, hi = np.nanmin(arr), np.nanmax(arr)
-        if lo == hi:
-            return [], f"every voxel is {lo}"
         notices = []
+        if arr.dtype.kind == "f" and not (np.isfinite(lo) and np.isfinite(hi)):
+            finite = np.isfinite(arr)
+            bad = arr.size - int(np.count_nonzero(finite))
+            if bad == arr.size:
+                raise MosmosError(f"{source}: every voxel is NaN or infinite; nothing to segment")
+            lo, hi = arr[finite].min(), arr[finite].max()
+            notices.append(f"{source}: {bad} of {arr.size} voxels are not finite (NaN or infinite); they are treated "
+                           "as NaN: filled with the lowest finite value")
+        if lo == hi:
+            raise MosmosError(f"{source}: the volume is constant (every voxel is {lo}); nothing to segment")
         modality = (modality or "").upper() or None
         if modality in ("MRI",):
             modality = "MR"
@@ -210,7 +245,7 @@ class Segmenter:
         elif self.modality == "CT" and modality is None and lo >= 0 and hi > 0:
             notices.append(f"{source} has no negative values, unlike CT in Hounsfield units; this is a CT model: "
                            "results may be poor")
-        return notices, ""
+        return notices
 
     # ---------------------------------------------------------------------------------------
     def _model_image(self, arr: np.ndarray, grid: ModelGrid, device: torch.device,
@@ -221,8 +256,11 @@ class Segmenter:
         if any(s < 0 for s in arr.strides):
             arr = np.ascontiguousarray(arr)
         t = torch.from_numpy(arr).to(device)
-        if t.is_floating_point() and torch.isnan(t).any():
-            t = torch.nan_to_num(t.float(), nan=float(t[~torch.isnan(t)].min()))
+        if t.is_floating_point():
+            finite = torch.isfinite(t)
+            if not finite.all():  # NaN and infinities alike (_check_volume has counted them)
+                t = torch.where(finite, t.float(), t[finite].min().float())
+            del finite
         image = resample_to_model(to_oriented(t, grid)[None], grid)
         del t
         if not body:
@@ -230,8 +268,10 @@ class Segmenter:
         blocks = body_blocks(image, self.preprocessing.body_threshold(image), BODY_BLOCK)
         return self.preprocessing.scale_intensity(image), blocks
 
-    def _predictor(self, selection, map_channels: list[int], precision: str):
-        net, roi, device = self.network, self.roi_size, self.device
+    def _predictor(self, selection, stitched: list[int], raw: bool, precision: str):
+        """predict(windows) -> (logits, attention) for sliding_window; attention holds the classes in
+        ``stitched`` (channel positions), then the open-set tags, up-sampled to the window."""
+        net, roi, device, epsilon = self.network, self.roi_size, self.device, self.epsilon
         two_d = len(roi) == 2
         open_set = selection.open_set if hasattr(net, "open_set_maps") else []
 
@@ -241,96 +281,116 @@ class Segmenter:
                 logits, maps = net(x)
                 extra = net.open_set_maps(x, open_set) if open_set else None
             if two_d:
-                logits, maps = logits[..., None], (None if maps is None else maps[..., None])
-                extra = None if extra is None else extra[..., None]
-            parts = ([maps[:, map_channels]] if map_channels and maps is not None else []) + \
-                    ([extra] if extra is not None else [])
-            if not parts:
+                logits = logits[..., None]
+            if maps is None or not (stitched or open_set):
                 return logits, None
-            sel = torch.cat([p.float() for p in parts], dim=1)
-            if sel.dim() == 4:  # 2D maps of a 2D net
-                sel = sel[..., None]
-            return logits, F.interpolate(sel, size=windows.shape[2:], mode="trilinear", align_corners=False)
+            maps, size, parts = maps.float(), x.shape[2:], []
+            if raw:
+                parts += [upsample_maps(maps[:, stitched], size)] if stitched else []
+                parts += [upsample_maps(extra.float(), size)] if open_set else []
+            else:
+                parts += [pta_probabilities(maps, size, epsilon)[:, stitched]] if stitched else []
+                if open_set:  # two-class softmax (background, tag) = sigmoid of the logit difference
+                    background = pta_logits(maps[:, :1], size, epsilon)
+                    parts.append(torch.sigmoid(pta_logits(extra.float(), size, epsilon) - background))
+            attention = torch.cat(parts, dim=1)
+            return logits, attention[..., None] if two_d else attention
 
         return predict
 
-    def _run(self, arr, grid, selection, progress, overlap, sw_batch_size, precision, skip_outside_body, run,
-             source):
+    def _run(self, arr, grid, selection, progress, overlap, sw_batch_size, raw: bool, map_labels: bool,
+             precision: str, fast: bool, run: dict, source: str):
         notices: list[str] = []
-        map_channels = [self.label_names.index(n) for n in selection.labelled]
-        n_maps = len(map_channels) + (len(selection.open_set) if hasattr(self.network, "open_set_maps") else 0)
+        selected = [self.label_names.index(n) for n in selection.labelled]
+        # The maps' own label map needs every class; otherwise only the selected ones are stitched.
+        stitched = list(range(len(self.label_values))) if map_labels else selected
+        n_open = len(selection.open_set) if hasattr(self.network, "open_set_maps") else 0
+        n_maps = len(stitched) + n_open
+        attention_channels = [stitched.index(k) for k in selected] + [len(stitched) + j for j in range(n_open)]
+        # Where no window runs: probabilities say background (1 for class 0, 0 for the organs and
+        # open-set tags); raw scores take each map's lowest (None).
+        unrun = None if raw else [float(k == 0) for k in stitched] + [0.0] * n_open
         roi = tuple(self.roi_size) + ((1,) if len(self.roi_size) == 2 else ())
         batch = sw_batch_size or (4 if self.device.type == "cuda" else 1)
         lut = torch.zeros(len(self.label_values), dtype=torch.int64)
-        for name in selection.labelled:
-            k = self.label_names.index(name)
+        for k in selected:
             lut[k] = self.label_values[k]
         stitch_devices = [self.device] + ([torch.device("cpu")] if self.device.type == "cuda" else [])
         for attempt, stitch in enumerate(stitch_devices):
             try:
                 image, body = self._model_image(arr, grid, self.device, body=True)
                 shape = tuple(image.shape[1:])
-                # Windows tile the body's bounding box (as nnU-Net and TotalSegmentator crop to the
-                # body), and those in it that hold no body voxel (lungs, bowel gas are body) are skipped.
-                box = tuple(slice(0, n) for n in shape)
-                starts = None
-                if skip_outside_body:
-                    box = body_box(body, BODY_BLOCK, shape, roi)
-                    if box is None:
-                        notices.append(f"{source}: no body found (nothing above the air around it): "
-                                       "the label map is empty")
-                        box = tuple(slice(0, 0) for _ in shape)
-                        starts = []
-                    else:
-                        sub = body[tuple(slice(b.start // BODY_BLOCK, -(-b.stop // BODY_BLOCK)) for b in box)]
-                        starts = plan_windows([b.stop - b.start for b in box], roi, overlap, sub, BODY_BLOCK)
+                box, starts = self._windows(body, shape, roi, overlap, fast)
+                if box is None:
+                    notices.append(f"{source}: no body found (nothing above the air around it): "
+                                   "the label map is empty")
+                    box = tuple(slice(0, 0) for _ in shape)
                 every = len(plan_windows(shape, roi, overlap))
                 ran = every if starts is None else len(starts)
                 run.update(windows=ran, windows_skipped=every - ran)
                 crop = image[(slice(None), *box)]
-                logits, maps = (sliding_window(crop, roi, self._predictor(selection, map_channels, precision),
+                logits, maps = (sliding_window(crop, roi, self._predictor(selection, stitched, raw, precision),
                                                len(self.label_values), n_maps, overlap, batch, stitch, progress,
-                                               starts) if ran else (None, None))
+                                               starts, unrun) if ran else (None, None))
                 del image, crop
-                maps = self._maps_on_model_grid(maps, box, shape, n_maps)
                 labels = self._labels_on_input(logits, box, grid, shape, lut)
-                return labels, maps, notices
+                map_labelmap = None
+                if map_labels and (maps is not None or not ran):
+                    map_labelmap = self._labels_on_input(None if maps is None else maps[:len(stitched)], box, grid,
+                                                         shape, lut)
+                maps = self._maps_on_model_grid(maps, box, shape, attention_channels, unrun)
+                return labels, map_labelmap, maps, notices
             except torch.cuda.OutOfMemoryError:
-                image = logits = maps = None
+                image = crop = logits = maps = None
                 torch.cuda.empty_cache()
                 if attempt + 1 == len(stitch_devices):
                     raise MosmosError("GPU out of memory even with CPU stitching; use --device cpu") from None
                 notices.append("GPU memory was short: outputs were stitched on the CPU")
         raise AssertionError("unreachable")
 
+    @staticmethod
+    def _windows(body: torch.Tensor, shape, roi, overlap: float, fast: bool):
+        """(box, starts): the part of the model grid the windows tile and the windows run there
+        (None: every window). Default: the whole grid, every window. ``fast``: the body's bounding
+        box, without the windows in it that hold no body voxel. No body at all: (None, [])."""
+        box = body_box(body, BODY_BLOCK, shape, roi)
+        if box is None:
+            return None, []
+        if not fast:
+            return tuple(slice(0, n) for n in shape), None
+        sub = body[tuple(slice(b.start // BODY_BLOCK, -(-b.stop // BODY_BLOCK)) for b in box)]
+        return box, plan_windows([b.stop - b.start for b in box], roi, overlap, sub, BODY_BLOCK)
+
     def _labels_on_input(self, logits: torch.Tensor | None, box, grid: ModelGrid, shape,
                          lut: torch.Tensor) -> np.ndarray:
-        """Labels on the input grid from the logits of the ``box`` of the model grid (background
-        outside it, and everywhere when there are no logits)."""
+        """Labels on the input grid from the class scores of the ``box`` of the model grid
+        (background outside it, and everywhere when there are none)."""
         out_dtype = np.uint8 if max(self.label_values) < 256 else np.uint16
-        labels = np.zeros(shape, out_dtype)
-        if logits is not None:
-            labels[box] = lut.to(logits.device)[logits.argmax(0)].cpu().numpy()
+        if logits is not None and tuple(logits.shape[1:]) == tuple(shape):
+            labels = lut.to(logits.device)[logits.argmax(0)].cpu().numpy().astype(out_dtype)
+        else:
+            labels = np.zeros(shape, out_dtype)
+            if logits is not None:
+                labels[box] = lut.to(logits.device)[logits.argmax(0)].cpu().numpy()
         return labels[np.ix_(*nearest_model_indices(grid))]
 
     @staticmethod
-    def _maps_on_model_grid(maps: torch.Tensor | None, box, shape, n_maps: int) -> torch.Tensor | None:
-        """Min-max normalised maps on the whole model grid (CPU); outside ``box`` each map takes its
-        lowest score (the air around the body attends least)."""
-        if not n_maps:
+    def _maps_on_model_grid(maps: torch.Tensor | None, box, shape, channels: list[int],
+                            unrun: list[float] | None) -> torch.Tensor | None:
+        """The attention ``channels`` of the stitched maps of ``box``, on the whole model grid (CPU).
+        Outside the box each takes its ``unrun`` value, or (None) its lowest score in the box."""
+        if not channels:
             return None
-        if maps is None:
-            return torch.zeros((n_maps, *shape), dtype=torch.float32)
+        if maps is None:  # no window ran
+            fill = torch.tensor([unrun[c] for c in channels] if unrun else [0.0] * len(channels))
+            return fill.view(-1, 1, 1, 1).expand(len(channels), *shape).clone()
+        if channels != list(range(len(maps))):
+            maps = maps[channels]
         maps = maps.cpu()
-        lowest = maps.reshape(n_maps, -1).min(dim=1).values
-        full = lowest.view(-1, 1, 1, 1).expand(n_maps, *shape).clone()
+        if tuple(maps.shape[1:]) == tuple(shape):
+            return maps
+        fill = (torch.tensor([unrun[c] for c in channels]) if unrun is not None
+                else maps.reshape(len(channels), -1).min(dim=1).values)
+        full = fill.view(-1, 1, 1, 1).expand(len(channels), *shape).clone()
         full[(slice(None), *box)] = maps
-        del maps
-        return _minmax_per_channel(full)
-
-
-def _minmax_per_channel(maps: torch.Tensor) -> torch.Tensor:
-    flat = maps.reshape(maps.shape[0], -1)
-    lo = flat.min(dim=1).values.view(-1, 1, 1, 1)
-    span = (flat.max(dim=1).values.view(-1, 1, 1, 1) - lo)
-    return maps.sub_(lo).div_(torch.where(span > 0, span, torch.ones_like(span)))
+        return full

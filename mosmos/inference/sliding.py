@@ -3,7 +3,8 @@ where the stitched outputs live (the GPU, or the CPU when GPU memory is short), 
 that lets the caller tile only the body's bounding box and skip windows holding no body voxel.
 
 A voxel blends only the windows that were run; one that no run window covers is background (logit
-1 for class 0, 0 elsewhere) and has the lowest map score of the voxels that were run."""
+1 for class 0, 0 elsewhere) and its maps take the caller's values (``uncovered_maps``), or the lowest
+score of the voxels that were run."""
 
 from __future__ import annotations
 
@@ -49,6 +50,7 @@ def sliding_window(
     stitch_device: torch.device | str | None = None,
     progress: Callable[[int, int], bool | None] | None = None,
     starts: Sequence[tuple[int, ...]] | None = None,
+    uncovered_maps: Sequence[float] | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor | None]:
     """Blend ``predict`` over windows of ``image`` (C, X, Y, Z), already on the compute device.
 
@@ -57,7 +59,8 @@ def sliding_window(
     stitch_device. ``starts``: the windows to run (from plan_windows; default all). The image is
     zero-padded (symmetrically) up to the roi where smaller, and the outputs are cropped back.
     progress(done, total) is called before the first window batch and after each one (over the
-    windows run); a False return raises Cancelled.
+    windows run); a False return raises Cancelled. ``uncovered_maps``: per map, its value where no
+    run window covers a voxel (None: the map's lowest score where one does).
     """
     stitch_device = torch.device(stitch_device or image.device)
     shape = tuple(image.shape[1:])
@@ -108,9 +111,10 @@ def sliding_window(
     logits[0].masked_fill_(uncovered, 1.0)
     if maps is not None:
         maps = maps[(slice(None), *crop)].div_(weight)
-        if uncovered.any() and not uncovered.all():  # outside every window run: attends least
-            for channel in maps:
-                channel.masked_fill_(uncovered, float(channel[~uncovered].min()))
+        if uncovered.any() and (uncovered_maps is not None or not uncovered.all()):
+            for k, channel in enumerate(maps):  # outside every window run: the caller's value, or attends least
+                fill = uncovered_maps[k] if uncovered_maps is not None else float(channel[~uncovered].min())
+                channel.masked_fill_(uncovered, fill)
     return logits, maps
 
 

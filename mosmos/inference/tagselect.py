@@ -15,7 +15,7 @@ import difflib
 from dataclasses import dataclass, field
 
 from .. import tags as tagmod
-from ..errors import MosmosError
+from ..errors import MosmosError, shorten
 
 
 @dataclass
@@ -51,7 +51,7 @@ def select_tags(tags, model_labels: list[str], open_set_supported: bool) -> TagS
         for name in tagmod.parse_tag_list(str(raw)):
             canonical = name in tagmod.PRETRAIN_TAGS or name in model_labels
             if not canonical and not tagmod.suggest(name, known):
-                raise MosmosError(f"tags: unknown organ name {name!r}; closest known names: "
+                raise MosmosError(f"tags: unknown organ name {shorten(name)!r}; closest known names: "
                                   f"{', '.join(closest(name, known))}")
             if name in model_labels:
                 if name not in sel.labelled:
@@ -60,7 +60,7 @@ def select_tags(tags, model_labels: list[str], open_set_supported: bool) -> TagS
             if name in sel.open_set:
                 continue
             sel.open_set.append(name)
-            note = f"no label available for {name} (the model was not fine-tuned on it)"
+            note = f"no label available for {shorten(name)} (the model was not fine-tuned on it)"
             if not open_set_supported:
                 note += "; this model gives no attention map for it either"
             sel.notices.append(note)

@@ -6,13 +6,14 @@ The text side is kept so that any organ name, including ones the network was not
 
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Callable, Mapping, Sequence
+from typing import Any
 
 import torch
 from torch import nn
 
 from ..errors import MosmosError
-from ..modelfile import SEGMENTATION_KIND
+from ..modelfile import SEGMENTATION_KIND, ModelTensors
 from .backbones import canonical_backbone, create_clip
 from .segbase import build_network
 from .text import TagPromptLearner, TextEncoder, get_tokenizer
@@ -49,18 +50,33 @@ class SegmentationModel(nn.Module):
     """``forward(x) -> (logits, pixel_tag_maps)``; ``open_set_maps(x, names)`` gives the maps of
     other organ names through the same tag decoder (no labels: the image decoder never saw them)."""
 
-    def __init__(self, network: nn.Module, embedder: TagEmbedder | None, roi_size: Sequence[int]):
+    def __init__(self, network: nn.Module, embedder: TagEmbedder | Callable[[], TagEmbedder] | None,
+                 roi_size: Sequence[int], epsilon: float | None = None):
+        """``embedder``: the text side, or a function that builds it from the model file on first use (the
+        network holds the embeddings of its own organs, so only open-set names need the text tower)."""
         super().__init__()
         self.network = network
         self.roi_size = tuple(int(r) for r in roi_size)
-        self.embedder = embedder
+        self._load_embedder = None
+        if isinstance(embedder, nn.Module) or embedder is None:
+            self.embedder = embedder
+        else:
+            self.embedder, self._load_embedder = None, embedder
+        # L_pta's learnt temperature: maps / epsilon are the class logits it trained (seg_losses.pta_logits).
+        self.epsilon = None if epsilon is None else float(epsilon)
         self._embedding_cache: dict[tuple[str, ...], torch.Tensor] = {}
+
+    def _text_side(self) -> TagEmbedder | None:
+        if self.embedder is None and self._load_embedder is not None:
+            self.embedder = self._load_embedder().eval().to(next(self.network.parameters()).device)
+            self._load_embedder = None
+        return self.embedder
 
     def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.network(x)
 
     def open_set_maps(self, x: torch.Tensor, names: Sequence[str]) -> torch.Tensor:
-        if self.embedder is None:
+        if self._text_side() is None:
             raise MosmosError("this model file has no text encoder: it cannot attend to other organ names")
         key = tuple(names)
         if key not in self._embedding_cache:  # one text pass per tag set, not per window
@@ -71,22 +87,33 @@ class SegmentationModel(nn.Module):
     def to_file_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = {f"network.{k}": v for k, v in self.network.state_dict().items()}
         header: dict[str, Any] = {"kind": SEGMENTATION_KIND, "config": dict(self.network.config)}
-        if self.embedder is not None:
+        if self.epsilon is not None:
+            header["pixel_tag_maps"] = {"epsilon": self.epsilon}
+        if self._text_side() is not None:
             tensors.update({f"text.{k}": v for k, v in self.embedder.state_dict().items()})
             header["text_config"] = dict(self.embedder.config)
         return tensors, header
 
 
-def _under(tensors: dict[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
-    return {k[len(prefix):]: v for k, v in tensors.items() if k.startswith(prefix)}
+def _under(tensors: Mapping[str, torch.Tensor], prefix: str) -> dict[str, torch.Tensor]:
+    # keys first: a lazily read file (modelfile.ModelTensors) then reads only the group under ``prefix``
+    return {k[len(prefix):]: tensors[k] for k in tensors if k.startswith(prefix)}
 
 
-def segmentation_model_from_file_state(header: dict, tensors: dict[str, torch.Tensor]) -> SegmentationModel:
+def segmentation_model_from_file_state(header: dict, tensors: Mapping[str, torch.Tensor]) -> SegmentationModel:
+    """The model of a file; the text tower (``text.`` tensors) is read from ``tensors`` only when an organ name
+    the model was not fine-tuned on is first asked for (format 2: a group is read on its own)."""
     network = build_network(header["config"])
     network.load_state_dict(_under(tensors, "network."), strict=True)
-    embedder = None
+    load_embedder = None
     if header.get("text_config"):
         c = header["text_config"]
-        embedder = TagEmbedder(c["backbone"], c["quick_gelu"], c["n_ctx"], c["n_tag_tokens"])
-        embedder.load_state_dict(_under(tensors, "text."), strict=True)
-    return SegmentationModel(network, embedder, header["preprocessing"]["roi_size"])
+
+        def load_embedder() -> TagEmbedder:
+            embedder = TagEmbedder(c["backbone"], c["quick_gelu"], c["n_ctx"], c["n_tag_tokens"])
+            embedder.load_state_dict(_under(tensors, "text."), strict=True)
+            return embedder
+
+        if not isinstance(tensors, ModelTensors):  # all in memory already (a format-1 file): keep no second copy
+            load_embedder = load_embedder()
+    return SegmentationModel(network, load_embedder, header["preprocessing"]["roi_size"])

@@ -1,10 +1,76 @@
-"""Run configurations, importable without torch so that the command line starts fast."""
+"""Run configurations, importable without torch so that the command line starts fast.
+
+Every numeric setting is checked here, once, when a configuration is made (by a command, the Slicer
+training module or a script): an invalid value is a one-line MosmosError naming the option, before any
+work starts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, fields
+
+from ..errors import MosmosError
 
 CHECKPOINT_NAME = "checkpoint.pt"
+
+# option -> (lowest allowed, whether the lowest itself is allowed, highest or None, whether the highest is allowed)
+RANGES = {
+    "epochs": (1, True, None, True),
+    "batch_size": (1, True, None, True),
+    "num_samples": (1, True, None, True),
+    "lr": (0, False, None, True),
+    "weight_decay": (0, True, None, True),
+    "warmup_steps": (0, True, None, True),
+    "lambda_pta": (0, True, None, True),
+    "label_ratio": (0, False, 1, True),
+    "feature_size": (1, True, None, True),
+    "val_every": (1, True, None, True),
+    "seed": (0, True, 2**32 - 1, True),
+    "workers": (0, True, None, True),
+    "checkpoint_every": (1, True, None, True),
+    "log_every": (1, True, None, True),
+    "val_fraction": (0, True, 1, False),
+    "max_steps": (1, True, None, True),
+    "overlap": (0, True, 1, False),
+    "roi_size": (1, True, None, True),
+    "spacing": (0, False, None, True),
+}
+INTEGERS = {"epochs", "batch_size", "num_samples", "warmup_steps", "feature_size", "val_every", "seed", "workers",
+            "checkpoint_every", "log_every", "max_steps", "roi_size"}
+CHOICES = {"precision": ("auto", "bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda"),
+           "arch": ("unetr", "unet2d"), "init": ("mosmos", "clip", "random")}
+
+
+def option(name: str) -> str:
+    return "--" + name.replace("_", "-")
+
+
+def check_number(name: str, value) -> None:
+    """MosmosError unless ``value`` is a finite number in the range RANGES gives ``name``."""
+    lo, lo_in, hi, hi_in = RANGES[name]
+    integral = name in INTEGERS
+    kind = "a whole number" if integral else "a finite number"
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integral and value != int(value)) \
+            or not math.isfinite(value):
+        raise MosmosError(f"{option(name)}: must be {kind}, got {value!r}")
+    low_ok = value >= lo if lo_in else value > lo
+    high_ok = hi is None or (value <= hi if hi_in else value < hi)
+    if not (low_ok and high_ok):
+        bounds = [f"{'>=' if lo_in else '>'} {lo}"] + ([f"{'<=' if hi_in else '<'} {hi}"] if hi is not None else [])
+        raise MosmosError(f"{option(name)}: must be {' and '.join(bounds)}, got {value!r}")
+
+
+def check_values(cfg) -> None:
+    """Every numeric and choice field of a configuration."""
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if value is None:
+            continue
+        if f.name in CHOICES and value not in CHOICES[f.name]:
+            raise MosmosError(f"{option(f.name)}: must be one of {', '.join(CHOICES[f.name])}, got {value!r}")
+        if f.name in RANGES:
+            for v in (value if isinstance(value, (list, tuple)) else [value]):
+                check_number(f.name, v)
 
 
 @dataclass
@@ -26,6 +92,10 @@ class PretrainConfig:
     log_every: int = 10
     val_fraction: float = 0.05
     max_steps: int | None = None
+    description: str = ""  # the model card's free text
+
+    def __post_init__(self):
+        check_values(self)
 
 
 @dataclass
@@ -56,3 +126,12 @@ class FinetuneConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     max_steps: int | None = None
+    description: str = ""  # the model card's free text
+
+    def __post_init__(self):
+        check_values(self)
+        dims = 3 if self.arch == "unetr" else 2
+        if self.roi_size is not None and len(self.roi_size) != dims:
+            raise MosmosError(f"--roi-size: --arch {self.arch} needs {dims} values, got {len(self.roi_size)}")
+        if self.spacing is not None and len(self.spacing) != 3:
+            raise MosmosError(f"--spacing: needs 3 values (mm), got {len(self.spacing)}")

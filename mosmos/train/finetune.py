@@ -17,6 +17,7 @@ from torch.utils.data import Dataset
 
 from .. import __version__
 from ..errors import MosmosError
+from ..modelcard import init_record, training_card
 from ..modelfile import load_model, save_model
 from . import distributed as D
 from .config import FinetuneConfig
@@ -141,7 +142,8 @@ class FinetuneRun(TrainingRun):
 
         network, self.embedder = build_networks(cfg, spec, self.prep["roi_size"])
         self.network = network.to(self.device)
-        objective = SegmentationObjective(self.network, MosmosSegLoss(lambda_pta=cfg.lambda_pta), self.amp_dtype)
+        self.seg_loss = MosmosSegLoss(lambda_pta=cfg.lambda_pta)
+        objective = SegmentationObjective(self.network, self.seg_loss, self.amp_dtype)
         objective.to(self.device)
 
         def as_dicts(cases):
@@ -160,6 +162,7 @@ class FinetuneRun(TrainingRun):
         self.sampler = ResumableSampler(len(self.train_set), cfg.batch_size, cfg.seed, True, r, w)
         self.start_optimisation(objective, self.sampler.batches_per_epoch)
         self.ddp_objective = self.ddp(objective)
+        self._init_record: dict | None = None
 
     def start_fields(self) -> dict:
         return {"train_cases": len(self.train_cases), "val_cases": len(self.val_cases),
@@ -216,7 +219,8 @@ class FinetuneRun(TrainingRun):
     def save_model(self, epoch: int, val: dict) -> None:
         from ..models.segmentation import SegmentationModel
 
-        tensors, header = SegmentationModel(self.network, self.embedder, self.prep["roi_size"]).to_file_state()
+        tensors, header = SegmentationModel(self.network, self.embedder, self.prep["roi_size"],
+                                            epsilon=self.seg_loss.epsilon.item()).to_file_state()
         spec = self.spec
         header.update({
             "labels": {str(v): t for v, t in spec.labels.items()},
@@ -233,6 +237,14 @@ class FinetuneRun(TrainingRun):
                 "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
                 "val_dice": round(val["val_dice"], 6), "dice": {k: round(v, 6) for k, v in val["dice"].items()}},
         })
+        if self._init_record is None:  # hashing a pre-trained file of hundreds of MB: once per run
+            self._init_record = init_record(self.cfg.init, self.cfg.pretrained)
+        header["card"] = training_card(
+            stage="finetune", backbone=self.network.config["backbone"], data=self.cfg.data,
+            cases=len(self.train_cases), label_ratio=self.cfg.label_ratio, steps=self.step, epochs=epoch + 1,
+            validation={"mean_dice": round(val["val_dice"], 6), "dice": header["provenance"]["dice"],
+                        "cases": len(self.val_cases)},
+            init=self._init_record, description=self.cfg.description)
         save_model(self.out / MODEL_NAME, tensors, header)
 
 

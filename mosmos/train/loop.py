@@ -17,6 +17,7 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from ..events import EventLog, progress_bar
+from ..outputs import check_output, check_output_folder
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CHECKPOINT_NAME
@@ -37,6 +38,7 @@ class TrainingRun:
 
     def __init__(self, cfg, resume: bool = False, events: str | None = None, progress: bool | None = None):
         self.out = Path(cfg.out)
+        self.check_outputs(cfg, events)
         self.state = load_checkpoint(self.out / CHECKPOINT_NAME) if resume else None
         if self.state is not None:
             saved = self.state["config"]
@@ -51,6 +53,17 @@ class TrainingRun:
         torch.manual_seed(cfg.seed)
 
     # --- set-up -----------------------------------------------------------------------------
+
+    def check_outputs(self, cfg, events: str | None) -> None:
+        """Before any work: the output folder, model file, checkpoint and event log destroy no input and
+        replace only this program's own files of the same kind."""
+        inputs = [getattr(cfg, name, None) for name in ("roco", "data", "pretrained", "weights")]
+        check_output_folder(self.out, inputs)
+        model, checkpoint = self.out / self.model_name, self.out / CHECKPOINT_NAME
+        check_output(model, "model file", inputs)
+        check_output(checkpoint, "checkpoint", inputs)
+        if events not in (None, "-") and not hasattr(events, "write"):
+            check_output(events, "event log", inputs, others=[model, checkpoint])
 
     def start_optimisation(self, trainable: nn.Module, steps_per_epoch: int) -> None:
         """Optimiser, schedule and scaler over ``trainable``; restores them on resume."""

@@ -15,6 +15,7 @@ from torch.utils.data import Dataset
 from .. import __version__
 from ..errors import MosmosError
 from ..losses import irc_loss, mlr_loss
+from ..modelcard import init_record, training_card
 from ..modelfile import save_model
 from . import distributed as D
 from .config import PretrainConfig
@@ -171,6 +172,11 @@ class PretrainRun(TrainingRun):
             "train_pairs": len(self.train_set), "val_pairs": len(self.val_set), "epoch": epoch,
             "step": self.step, "seed": self.cfg.seed, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             **{k: round(v, 6) for k, v in val.items()}}
+        header["card"] = training_card(
+            stage="pretrain", backbone=header["config"]["backbone"], data=self.cfg.roco, cases=len(self.train_set),
+            steps=self.step, epochs=epoch + 1, validation={k: round(v, 6) for k, v in val.items()},
+            init=init_record("clip", self.cfg.weights) if self.cfg.weights else {"kind": "random"},
+            description=self.cfg.description)
         save_model(self.out / MODEL_NAME, tensors, header)
 
 
