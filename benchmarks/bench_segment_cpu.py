@@ -5,8 +5,9 @@ abdomen whose body fills about two thirds of the field of view, air with scanner
 with the same ViT-B-16 MOSMOS-UNETR (random weights; timing does not depend on them) and overlap:
 
 - MOSMOS exact (default: every window, bf16 where the CPU has it natively) and --fast (overlap
-  0.25, windows tiling the body's box, those holding no body skipped), end to end through the command's code (read, load the model, resample, windows, stitch,
-  map back, write; tags "liver, spleen, kidneys" with attention maps), per stage;
+  0.25, windows tiling the body's box, those holding no body skipped), end to end through the
+  command's code (read, load the model, resample, windows, stitch, map back, write; tags "liver,
+  spleen, kidneys" with attention maps), per stage;
 - plain MONAI ``sliding_window_inference`` (gaussian, fp32, every window) of the same network on the
   same model-grid image: target exact <= 0.35 x this;
 - peak RSS, minor page faults and CPU seconds of each mode as a child process (`python -m mosmos
