@@ -64,6 +64,7 @@ class MOSMOSSegmentParameterNode:
     outputSegmentation: slicer.vtkMRMLSegmentationNode
     tags: str = ""
     computeAttention: bool = True
+    quickPreview: bool = False
     modelsFolder: Path = models.default_models_dir()
     device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
     attentionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
@@ -331,7 +332,8 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             with slicer.util.WaitCursor():
                 # SegmentationJob.start() runs the dependency guard (a fresh Slicer installs torch etc. here).
                 self._job = pipeline.SegmentationJob(p.inputVolume, p.tags, self._selectedModel(), p.device,
-                                                     p.computeAttention, p.outputSegmentation)
+                                                     p.computeAttention, p.outputSegmentation,
+                                                     fast=p.quickPreview)
                 self._job.start()
         except Exception as e:
             if self._job is not None:
@@ -439,13 +441,13 @@ class MOSMOSSegmentLogic(ScriptedLoadableModuleLogic):
         return MOSMOSSegmentParameterNode(super().getParameterNode())
 
     def segment(self, volumeNode, tags=None, model=None, device="auto", returnAttention=False,
-                progress=None, segmentationNode=None):
+                progress=None, segmentationNode=None, fast=False):
         """Blocking. ``tags``: list or "liver, spleen" (None: every organ of the model); ``model``: file, or a
         model's name in the models folder (None: the only one installed). Returns the segmentation node, or
         (segmentation node, {tag: attention volume node}) with ``returnAttention``. The organ volume table is
-        ``self.lastOutputs.tableNode``."""
+        ``self.lastOutputs.tableNode``. ``fast``: quick preview."""
         self.lastOutputs = pipeline.segment_volume_node(volumeNode, tags, model, device, returnAttention,
-                                                        progress, segmentationNode)
+                                                        progress, segmentationNode, fast=fast)
         if returnAttention:
             return self.lastOutputs.segmentationNode, self.lastOutputs.attentionNodes
         return self.lastOutputs.segmentationNode

@@ -90,7 +90,8 @@ def test_overlays_are_the_softmax_l_pta_trains_and_open_set_scores_are_against_b
     path, _ = tiny_model_file(tmp_path / "m.safetensors", epsilon=epsilon, embedder=True)
     seg = Segmenter(path, device="cpu")
     image, affine = one_window_volume()
-    res = seg.segment(image, affine, tags=["liver", "spleen", "duodenum"], map_labels=True)
+    # fp32: the reference below runs the network in fp32 (the default may pick bf16 on this CPU)
+    res = seg.segment(image, affine, tags=["liver", "spleen", "duodenum"], map_labels=True, precision="fp32")
 
     with torch.no_grad():
         x = network_view(seg, image)
@@ -107,7 +108,7 @@ def test_overlays_are_the_softmax_l_pta_trains_and_open_set_scores_are_against_b
     # the maps' own label map is their argmax over every labelled class, in label values
     np.testing.assert_array_equal(res.map_labelmap, np.array([0, 1, 6])[wins.argmax(0)])
 
-    raw = seg.segment(image, affine, tags=["liver", "duodenum"], attention_raw=True)
+    raw = seg.segment(image, affine, tags=["liver", "duodenum"], attention_raw=True, precision="fp32")
     with torch.no_grad():
         np.testing.assert_allclose(raw.attention["liver"], upsample_maps(maps, x.shape[2:])[0, 2].numpy(), atol=1e-5)
         np.testing.assert_allclose(raw.attention["duodenum"], upsample_maps(duodenum, x.shape[2:])[0, 0].numpy(),

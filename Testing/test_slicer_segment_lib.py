@@ -262,6 +262,7 @@ def test_segment_command_and_environment():
     assert argv == ["py", "-m", "mosmos", "segment", "in.nii", "--model", "m.mosmos", "--output", "out.nii.gz",
                     "--json-progress", "--device", "cuda", "--tags", "liver, left kidney", "--attention", "att",
                     "--volumes", "v.json"]
+    assert process.segment_command("in.nii", "m.mosmos", [], "out.nii.gz", python="py", fast=True)[-1] == "--fast"
     env = process.child_environment("cpu")
     assert env["CUDA_VISIBLE_DEVICES"] == "-1"
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)

@@ -31,7 +31,13 @@ def add_arguments(parser) -> None:
                         help="with --attention: write the raw up-sampled pixel–tag scores instead of probabilities")
     parser.add_argument("--volumes", metavar="FILE", help="organ volumes (mL) as .json or .csv")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
-    parser.add_argument("--overlap", type=float, default=0.5, help="sliding-window overlap in [0, 1) (default 0.5)")
+    parser.add_argument("--overlap", type=float, default=None,
+                        help="sliding-window overlap in [0, 1) (default 0.5; 0.25 with --fast)")
+    parser.add_argument("--fast", action="store_true", help="quick preview: fewer, less overlapping windows, "
+                        "tiling only the body's bounding box (those holding no body skipped)")
+    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+                        help="network number format: auto (default) is bf16 where the GPU or CPU computes it "
+                        "natively (AMX, AVX512-BF16), fp32 elsewhere")
     parser.add_argument("--json-progress", action="store_true", help="JSON-lines progress events on stdout")
 
 
@@ -95,7 +101,8 @@ def check_outputs(args) -> bool:
 def run(args) -> int:
     from ..train.config import check_number
 
-    check_number("overlap", args.overlap)
+    if args.overlap is not None:  # None: the mode's default (segmenter.OVERLAP or FAST_OVERLAP)
+        check_number("overlap", args.overlap)
     from pydicom.uid import generate_uid
 
     from ..inference import Segmenter  # torch: only once the options are known to be valid
@@ -127,9 +134,13 @@ def run(args) -> int:
     try:
         result = segmenter.segment(volume.array, volume.affine, tags=args.tags, progress=progress,
                                    overlap=args.overlap, modality=volume.modality, source=str(args.input),
-                                   attention_raw=args.attention_raw)
+                                   attention_raw=args.attention_raw, fast=args.fast, precision=args.precision)
     finally:
         bar.close()
+    events.emit("run", **result.run)
+    run = result.run
+    print(f"mosmos segment: {run['windows']} windows in {run['precision']} (overlap {run['overlap']}), "
+          f"{run['windows_skipped']} outside the body skipped", file=sys.stderr)
     for note in result.notices:
         print(f"mosmos segment: warning: {note}", file=sys.stderr)
         events.emit("notice", message=note)

@@ -82,6 +82,17 @@ class Preprocessing:
         return image
 
 
+    def body_threshold(self, raw: torch.Tensor) -> float:
+        """Intensity above which a voxel of ``raw`` (model grid, before scaling) is body, not the air
+        around it: -500 HU for CT windows (air is -1000, fat -100); otherwise 10 % of the way from
+        the minimum to the upper percentile (MR background is near the minimum)."""
+        if self.intensity == "window":
+            return -500.0
+        flat = raw.reshape(-1)
+        lo = float(flat.min())
+        return lo + 0.1 * (_percentile(flat, self.upper if self.intensity == "percentile" else 99.5) - lo)
+
+
 def _percentile(flat: torch.Tensor, q: float) -> float:
     # kthvalue, because torch.quantile refuses tensors over 16M elements; same "linear" rule as numpy.
     n = flat.numel()

@@ -15,6 +15,13 @@ background query's, P(tag rather than background), on the same 0..1 scale. With 
 the up-sampled scores themselves are kept instead (order 1, unnormalised, for research). Either is
 blended over windows like the logits and resampled linearly to the input grid only when read from
 ``SegmentationResult.attention``.
+
+On the CPU the network runs in bf16 where the CPU computes it natively (precision.py). The default
+mode tiles the whole model grid with every window, as the fp32 reference does. ``fast`` (a quick
+preview) also uses fewer, less overlapping windows, tiling only the body's bounding box and skipping
+the windows in it that hold no body voxel (as nnU-Net and TotalSegmentator crop to the body): its
+labels are not yet shown to agree with every window's, so it is not the default. Outside the box
+the labels are background, an organ's probability is 0 and a raw map takes its lowest score.
 """
 
 from __future__ import annotations
@@ -34,11 +41,16 @@ from ..train.config import check_number
 from .geometry import (ModelGrid, check_grid_memory, from_oriented, model_grid, nearest_model_indices,
                        resample_to_input, resample_to_model, to_oriented)
 from .network import load_segmentation_model, roi_size_of
+from .precision import resolve_precision
 from .preprocess import Preprocessing
-from .sliding import sliding_window
+from .sliding import body_blocks, body_box, plan_windows, sliding_window
 from .tagselect import select_tags
 
 Progress = Callable[[int, int], "bool | None"]
+
+# The default overlap, and the one of a quick first look (fast): 0.25 runs about half the windows.
+OVERLAP, FAST_OVERLAP = 0.5, 0.25
+BODY_BLOCK = 4  # model voxels a side of the blocks the body mask is judged on
 
 
 class AttentionMaps(Mapping):
@@ -80,6 +92,8 @@ class SegmentationResult:
     notices: list[str] = field(default_factory=list)
     # with map_labels: the pixel–tag maps' own label map (argmax over the classes), like ``labelmap``
     map_labelmap: np.ndarray | None = None
+    # how the windows ran: precision ("fp32" | "bf16"), overlap, windows (run), windows_skipped
+    run: dict = field(default_factory=dict)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -131,9 +145,9 @@ class Segmenter:
 
     # ---------------------------------------------------------------------------------------
     def segment(self, array: np.ndarray, affine: np.ndarray, tags=None, progress: Progress | None = None,
-                overlap: float = 0.5, array_order: str = "xyz", modality: str | None = None,
+                overlap: float | None = None, array_order: str = "xyz", modality: str | None = None,
                 source: str = "volume", sw_batch_size: int | None = None, attention_raw: bool = False,
-                map_labels: bool = False) -> SegmentationResult:
+                map_labels: bool = False, fast: bool = False, precision: str = "auto") -> SegmentationResult:
         """Segment ``array`` (3D, (X, Y, Z) or with array_order="kji" (K, J, I)) whose voxel->RAS
         matrix is ``affine``. ``tags``: None for every organ the model labels, or names (a list or a
         "liver, spleen" string). ``modality`` ("CT"/"MR"), when known, is checked against the model.
@@ -141,7 +155,12 @@ class Segmenter:
         ``attention_raw``: attention maps are the raw up-sampled pixel–tag scores instead of
         probabilities. ``map_labels``: also give ``map_labelmap``, the argmax of the maps over every
         class the model labels (background included), with the selected organs' label values.
+        ``precision``: "auto" (bf16 where native, else fp32), "fp32" or "bf16". ``fast``: a quick
+        preview (see the module docstring); ``overlap`` defaults to OVERLAP, or FAST_OVERLAP when fast.
+        A volume with no body (all air) gives an empty label map and a notice.
         """
+        if overlap is None:
+            overlap = FAST_OVERLAP if fast else OVERLAP
         if array_order not in ("xyz", "kji"):
             raise MosmosError(f"array_order: expected 'xyz' or 'kji', got {array_order!r}")
         check_number("overlap", overlap)
@@ -156,6 +175,9 @@ class Segmenter:
         n_maps = len(selection.labelled) + len(selection.open_set)
         # the model-grid image, class scores, stitching weights and maps; the argmax's int64 counts as 2
         check_grid_memory(grid, 1 + len(self.label_values) + 1 + n_maps + 2, source)
+        precision, more = resolve_precision(precision, self.device)
+        notices += more
+        run = {"precision": precision, "overlap": overlap, "windows": 0, "windows_skipped": 0}
 
         threads = torch.get_num_threads()
         if self.device.type == "cpu":
@@ -163,7 +185,8 @@ class Segmenter:
         try:
             with torch.inference_mode():
                 labels_oriented, map_labels_oriented, maps, more = self._run(
-                    arr, grid, selection, progress, overlap, sw_batch_size, attention_raw, map_labels)
+                    arr, grid, selection, progress, overlap, sw_batch_size, attention_raw, map_labels, precision,
+                    fast, run, source)
         finally:
             torch.set_num_threads(threads)
         notices += more
@@ -181,11 +204,11 @@ class Segmenter:
             value = self.label_values[self.label_names.index(name)]
             organs.append({"name": name, "label": value, "color": list(color_for(name)),
                            "volume_ml": round(float(counts[value]) * voxel_ml, 3)})
-            if counts[value] == 0:
+            if counts[value] == 0 and run["windows"]:
                 notices.append(f"{name}: not found in this volume (no voxels labelled)")
         map_names = selection.labelled + (selection.open_set if hasattr(self.network, "open_set_maps") else [])
         attention = AttentionMaps(map_names, maps, grid, kji, not attention_raw) if maps is not None else {}
-        return SegmentationResult(labelmap, np.array(affine), organs, attention, notices, map_labelmap)
+        return SegmentationResult(labelmap, np.array(affine), organs, attention, notices, map_labelmap, run)
 
     # ---------------------------------------------------------------------------------------
     @staticmethod
@@ -225,7 +248,9 @@ class Segmenter:
         return notices
 
     # ---------------------------------------------------------------------------------------
-    def _model_image(self, arr: np.ndarray, grid: ModelGrid, device: torch.device) -> torch.Tensor:
+    def _model_image(self, arr: np.ndarray, grid: ModelGrid, device: torch.device,
+                     body: bool = False) -> torch.Tensor | tuple[torch.Tensor, torch.Tensor]:
+        """The scaled image on the model grid; with ``body``, also its body_blocks (BODY_BLOCK)."""
         if arr.dtype.kind == "b" or arr.dtype == np.uint16 or arr.dtype == np.uint32:
             arr = arr.astype(np.float32)
         if any(s < 0 for s in arr.strides):
@@ -238,9 +263,12 @@ class Segmenter:
             del finite
         image = resample_to_model(to_oriented(t, grid)[None], grid)
         del t
-        return self.preprocessing.scale_intensity(image)
+        if not body:
+            return self.preprocessing.scale_intensity(image)
+        blocks = body_blocks(image, self.preprocessing.body_threshold(image), BODY_BLOCK)
+        return self.preprocessing.scale_intensity(image), blocks
 
-    def _predictor(self, selection, stitched: list[int], raw: bool):
+    def _predictor(self, selection, stitched: list[int], raw: bool, precision: str):
         """predict(windows) -> (logits, attention) for sliding_window; attention holds the classes in
         ``stitched`` (channel positions), then the open-set tags, up-sampled to the window."""
         net, roi, device, epsilon = self.network, self.roi_size, self.device, self.epsilon
@@ -249,7 +277,7 @@ class Segmenter:
 
         def predict(windows: torch.Tensor):
             x = windows[..., 0] if two_d else windows
-            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=device.type == "cuda"):
+            with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
                 logits, maps = net(x)
                 extra = net.open_set_maps(x, open_set) if open_set else None
             if two_d:
@@ -270,13 +298,18 @@ class Segmenter:
 
         return predict
 
-    def _run(self, arr, grid, selection, progress, overlap, sw_batch_size, raw: bool, map_labels: bool):
+    def _run(self, arr, grid, selection, progress, overlap, sw_batch_size, raw: bool, map_labels: bool,
+             precision: str, fast: bool, run: dict, source: str):
         notices: list[str] = []
         selected = [self.label_names.index(n) for n in selection.labelled]
         # The maps' own label map needs every class; otherwise only the selected ones are stitched.
         stitched = list(range(len(self.label_values))) if map_labels else selected
         n_open = len(selection.open_set) if hasattr(self.network, "open_set_maps") else 0
+        n_maps = len(stitched) + n_open
         attention_channels = [stitched.index(k) for k in selected] + [len(stitched) + j for j in range(n_open)]
+        # Where no window runs: probabilities say background (1 for class 0, 0 for the organs and
+        # open-set tags); raw scores take each map's lowest (None).
+        unrun = None if raw else [float(k == 0) for k in stitched] + [0.0] * n_open
         roi = tuple(self.roi_size) + ((1,) if len(self.roi_size) == 2 else ())
         batch = sw_batch_size or (4 if self.device.type == "cuda" else 1)
         lut = torch.zeros(len(self.label_values), dtype=torch.int64)
@@ -285,30 +318,79 @@ class Segmenter:
         stitch_devices = [self.device] + ([torch.device("cpu")] if self.device.type == "cuda" else [])
         for attempt, stitch in enumerate(stitch_devices):
             try:
-                image = self._model_image(arr, grid, self.device)
-                logits, maps = sliding_window(image, roi, self._predictor(selection, stitched, raw),
-                                              len(self.label_values), len(stitched) + n_open, overlap, batch,
-                                              stitch, progress)
-                del image
-                labels = self._labels_on_input(logits, grid, lut.to(logits.device))
+                image, body = self._model_image(arr, grid, self.device, body=True)
+                shape = tuple(image.shape[1:])
+                box, starts = self._windows(body, shape, roi, overlap, fast)
+                if box is None:
+                    notices.append(f"{source}: no body found (nothing above the air around it): "
+                                   "the label map is empty")
+                    box = tuple(slice(0, 0) for _ in shape)
+                every = len(plan_windows(shape, roi, overlap))
+                ran = every if starts is None else len(starts)
+                run.update(windows=ran, windows_skipped=every - ran)
+                crop = image[(slice(None), *box)]
+                logits, maps = (sliding_window(crop, roi, self._predictor(selection, stitched, raw, precision),
+                                               len(self.label_values), n_maps, overlap, batch, stitch, progress,
+                                               starts, unrun) if ran else (None, None))
+                del image, crop
+                labels = self._labels_on_input(logits, box, grid, shape, lut)
                 map_labelmap = None
-                if map_labels and maps is not None:
-                    map_labelmap = self._labels_on_input(maps[:len(stitched)], grid, lut.to(maps.device))
-                if maps is not None and attention_channels != list(range(len(maps))):
-                    maps = maps[attention_channels]
-                if maps is not None:
-                    maps = maps.cpu()
+                if map_labels and (maps is not None or not ran):
+                    map_labelmap = self._labels_on_input(None if maps is None else maps[:len(stitched)], box, grid,
+                                                         shape, lut)
+                maps = self._maps_on_model_grid(maps, box, shape, attention_channels, unrun)
                 return labels, map_labelmap, maps, notices
             except torch.cuda.OutOfMemoryError:
-                image = logits = maps = None
+                image = crop = logits = maps = None
                 torch.cuda.empty_cache()
                 if attempt + 1 == len(stitch_devices):
                     raise MosmosError("GPU out of memory even with CPU stitching; use --device cpu") from None
                 notices.append("GPU memory was short: outputs were stitched on the CPU")
         raise AssertionError("unreachable")
 
-    def _labels_on_input(self, logits: torch.Tensor, grid: ModelGrid, lut: torch.Tensor) -> np.ndarray:
+    @staticmethod
+    def _windows(body: torch.Tensor, shape, roi, overlap: float, fast: bool):
+        """(box, starts): the part of the model grid the windows tile and the windows run there
+        (None: every window). Default: the whole grid, every window. ``fast``: the body's bounding
+        box, without the windows in it that hold no body voxel. No body at all: (None, [])."""
+        box = body_box(body, BODY_BLOCK, shape, roi)
+        if box is None:
+            return None, []
+        if not fast:
+            return tuple(slice(0, n) for n in shape), None
+        sub = body[tuple(slice(b.start // BODY_BLOCK, -(-b.stop // BODY_BLOCK)) for b in box)]
+        return box, plan_windows([b.stop - b.start for b in box], roi, overlap, sub, BODY_BLOCK)
+
+    def _labels_on_input(self, logits: torch.Tensor | None, box, grid: ModelGrid, shape,
+                         lut: torch.Tensor) -> np.ndarray:
+        """Labels on the input grid from the class scores of the ``box`` of the model grid
+        (background outside it, and everywhere when there are none)."""
         out_dtype = np.uint8 if max(self.label_values) < 256 else np.uint16
-        labels = lut[logits.argmax(0)].cpu().numpy().astype(out_dtype)
+        if logits is not None and tuple(logits.shape[1:]) == tuple(shape):
+            labels = lut.to(logits.device)[logits.argmax(0)].cpu().numpy().astype(out_dtype)
+        else:
+            labels = np.zeros(shape, out_dtype)
+            if logits is not None:
+                labels[box] = lut.to(logits.device)[logits.argmax(0)].cpu().numpy()
         return labels[np.ix_(*nearest_model_indices(grid))]
 
+    @staticmethod
+    def _maps_on_model_grid(maps: torch.Tensor | None, box, shape, channels: list[int],
+                            unrun: list[float] | None) -> torch.Tensor | None:
+        """The attention ``channels`` of the stitched maps of ``box``, on the whole model grid (CPU).
+        Outside the box each takes its ``unrun`` value, or (None) its lowest score in the box."""
+        if not channels:
+            return None
+        if maps is None:  # no window ran
+            fill = torch.tensor([unrun[c] for c in channels] if unrun else [0.0] * len(channels))
+            return fill.view(-1, 1, 1, 1).expand(len(channels), *shape).clone()
+        if channels != list(range(len(maps))):
+            maps = maps[channels]
+        maps = maps.cpu()
+        if tuple(maps.shape[1:]) == tuple(shape):
+            return maps
+        fill = (torch.tensor([unrun[c] for c in channels]) if unrun is not None
+                else maps.reshape(len(channels), -1).min(dim=1).values)
+        full = fill.view(-1, 1, 1, 1).expand(len(channels), *shape).clone()
+        full[(slice(None), *box)] = maps
+        return full

@@ -60,7 +60,8 @@ class SegmentationJob:
     Keeps the scene untouched until finish(), so a cancelled or failed run leaves nothing behind."""
 
     def __init__(self, volumeNode, tags=None, model=None, device="auto", attention=False,
-                 segmentationNode=None, tableNode=None, modelsFolder=None):
+                 segmentationNode=None, tableNode=None, modelsFolder=None, fast=False):
+        """``fast``: the core's quick preview (fewer, less overlapping windows over the body only)."""
         if volumeNode is None or volumeNode.GetImageData() is None:
             raise MosmosError("input volume: none selected or it has no image data")
         self.volumeNode = volumeNode
@@ -68,6 +69,7 @@ class SegmentationJob:
         self.modelPath = resolve_model(model, modelsFolder)
         self.device = normalize_device(device)
         self.attention = attention
+        self.fast = bool(fast)
         self.segmentationNode = segmentationNode
         self.tableNode = tableNode
         self.workDir = Path(tempfile.mkdtemp(prefix="mosmos-segment-"))
@@ -82,7 +84,7 @@ class SegmentationJob:
         # Uncompressed NIfTI: fastest to write and read; nibabel and Slicer agree on its RAS geometry.
         write_volume(self.volumeNode, self.inputPath)
         argv = segment_command(self.inputPath, self.modelPath, self.tags, self.outputPath, self.attentionDir,
-                               self.volumesPath, self.device)
+                               self.volumesPath, self.device, fast=self.fast)
         self.process = BackgroundProcess(argv, env=child_environment(self.device), cwd=str(self.workDir)).start()
         return self.process
 
@@ -142,10 +144,10 @@ class SegmentationJob:
 
 
 def segment_volume_node(volumeNode, tags=None, model=None, device="auto", attention=False, progress=None,
-                        segmentationNode=None, tableNode=None, modelsFolder=None) -> SegmentationOutputs:
+                        segmentationNode=None, tableNode=None, modelsFolder=None, fast=False) -> SegmentationOutputs:
     """Blocking: segment ``volumeNode`` for ``tags`` (list or "liver, spleen"; None = every organ of the model).
     ``progress(done, total)`` returning False cancels (raises process.Cancelled)."""
-    job = SegmentationJob(volumeNode, tags, model, device, attention, segmentationNode, tableNode, modelsFolder)
+    job = SegmentationJob(volumeNode, tags, model, device, attention, segmentationNode, tableNode, modelsFolder, fast)
     try:
         job.wait(progress)
         return job.finish()

@@ -37,7 +37,7 @@ def normalize_device(device: str | None) -> str:
 
 
 def segment_command(inputPath, modelPath, tags, outputPath, attentionDir=None, volumesPath=None,
-                    device="auto", python: str | None = None) -> list[str]:
+                    device="auto", python: str | None = None, fast: bool = False) -> list[str]:
     argv = [python or interpreter(), "-m", "mosmos", "segment", os.fspath(inputPath),
             "--model", os.fspath(modelPath), "--output", os.fspath(outputPath), "--json-progress",
             "--device", normalize_device(device)]
@@ -47,6 +47,8 @@ def segment_command(inputPath, modelPath, tags, outputPath, attentionDir=None, v
         argv += ["--attention", os.fspath(attentionDir)]
     if volumesPath:
         argv += ["--volumes", os.fspath(volumesPath)]
+    if fast:
+        argv.append("--fast")
     return argv
 
 

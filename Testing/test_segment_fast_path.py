@@ -1,0 +1,130 @@
+"""The CPU paths of `mosmos segment` against fp32 with every window run: the default (bf16 where
+the CPU computes it natively, every window) and --fast (windows tiling only the body's box), on a
+tiny MOSMOS-UNETR fine-tuned on phantoms with air beside the body (so that it has seen air).
+
+Speed: the tiny recipe of mosmos.demo_models (4.5 mm, 32^3 windows); each phantom is padded with
+air to twice its width, so that about half the windows hold air only."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+
+from mosmos.cli import main
+from mosmos.data.phantoms import make_phantom, write_decathlon_dataset
+from mosmos.demo_models import tiny_finetune_config
+from mosmos.inference import Segmenter
+from mosmos.inference import precision as precision_mod
+from mosmos.metrics import dice_scores
+
+AIR_WIDTH = 2  # the padded volume is this many body widths along x
+
+
+def with_air(image: np.ndarray, fill) -> np.ndarray:
+    out = np.full((image.shape[0] * AIR_WIDTH, *image.shape[1:]), fill, image.dtype)
+    out[:image.shape[0]] = image
+    return out
+
+
+def train_with_air(root: Path) -> Path:
+    """The tiny recipe on two phantoms with air beside the body; returns the model file."""
+    from mosmos.train.finetune import finetune
+
+    data = root / "data"
+    write_decathlon_dataset(data, 2, 0, seed=0)
+    rng = np.random.default_rng(0)
+    for sub, fill in (("imagesTr", None), ("labelsTr", 0)):
+        for path in sorted((data / sub).glob("*.nii.gz")):
+            img = nib.load(path)
+            arr = np.asarray(img.dataobj)
+            padded = with_air(arr, -1000 if fill is None else fill)
+            if fill is None:  # scanner noise in the air
+                padded[arr.shape[0]:] += rng.normal(0, 15, padded[arr.shape[0]:].shape).astype(arr.dtype)
+            nib.save(nib.Nifti1Image(padded, img.affine, img.header), path)
+    return finetune(tiny_finetune_config(data, root / "out", 30), progress=False)
+
+
+def phantom_with_air(seed: int = 7) -> tuple[np.ndarray, np.ndarray]:
+    case = make_phantom([seed, 0], shape=(96, 90, 60))  # one 32-voxel window across y and z
+    image = with_air(np.round(case.image).astype(np.int16), -1000)
+    width = case.image.shape[0]
+    image[width:] += np.random.default_rng(seed).normal(0, 15, image[width:].shape).astype(np.int16)
+    return image, case.affine
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("fast")
+    image, affine = phantom_with_air()
+    return Segmenter(train_with_air(root), device="cpu"), image, affine, root
+
+
+def agreement(a: np.ndarray, b: np.ndarray, organs: int) -> tuple[float, np.ndarray]:
+    dice = dice_scores(a, b, organs)
+    return float((a == b).mean()), dice[~np.isnan(dice)]
+
+
+def test_bf16_keeps_the_fp32_labels_and_fast_drops_air_windows(trained, monkeypatch):
+    seg, image, affine, _ = trained
+    tags = "liver, spleen, right kidney, left kidney"
+    n = max(seg.label_values) + 1
+    plain = seg.segment(image, affine, tags=tags, precision="fp32")
+    assert plain.run["windows_skipped"] == 0 and len(np.unique(plain.labelmap)) > 1
+
+    # The default mode: bf16 (where native), every window, against fp32.
+    default = seg.segment(image, affine, tags=tags)
+    assert default.run["precision"] == ("bf16" if precision_mod.cpu_has_native_bf16() else "fp32")
+    assert default.run["windows"] == plain.run["windows"] and default.run["windows_skipped"] == 0
+    same, dice = agreement(default.labelmap, plain.labelmap, n)
+    assert same >= 0.995 and dice.min() >= 0.99, (same, dice)
+    for organ in ("liver", "spleen"):
+        np.testing.assert_allclose(default.attention[organ], plain.attention[organ], atol=1e-2)
+
+    # --fast tiles the body's box only: the air half's windows are not run; there the labels are
+    # background, an organ's probability is 0 and a raw map takes its lowest score. (Its labels
+    # inside the box are not compared: this 30-step model, trained with the body at one place in
+    # its window, is not translation-invariant, and the box moves the windows; see the README.)
+    fast = seg.segment(image, affine, tags=tags, fast=True)
+    assert fast.run["overlap"] == 0.25 and fast.run["windows_skipped"] > 0 and fast.run["windows"] > 0
+    air = image.shape[0] // AIR_WIDTH + 8  # beyond the body, its box and a block's rounding
+    assert not fast.labelmap[air:].any() and fast.labelmap[:air].any()
+    assert not fast.attention["liver"][air:].any() and fast.attention["liver"][:air].max() > 0
+    raw = seg.segment(image, affine, tags="liver", fast=True, attention_raw=True).attention["liver"]
+    np.testing.assert_allclose(raw[air:], raw.min(), atol=1e-5)
+
+    # bf16 asked for on a CPU without native bf16: fp32, said so
+    monkeypatch.setattr(precision_mod, "cpu_has_native_bf16", lambda: False)
+    assert precision_mod.resolve_precision("auto", seg.device) == ("fp32", [])
+    chosen, notes = precision_mod.resolve_precision("bf16", seg.device)
+    assert chosen == "fp32" and "no native bf16" in notes[0]
+
+
+def test_a_body_filling_the_volume_is_segmented_by_fast_as_with_every_window(trained):
+    seg, image, affine, _ = trained
+    body = image[20:76, 30:60]  # inside the phantom's body outline: the box is the whole volume
+    plain = seg.segment(body, affine, tags="liver", precision="fp32")
+    boxed = seg.segment(body, affine, tags="liver", precision="fp32", fast=True, overlap=0.5)
+    assert boxed.run == plain.run
+    np.testing.assert_array_equal(boxed.labelmap, plain.labelmap)
+    np.testing.assert_allclose(boxed.attention["liver"], plain.attention["liver"], atol=1e-6)
+
+
+def test_an_all_air_volume_gives_an_empty_label_map_and_one_warning(trained, capsys):
+    seg, image, affine, root = trained
+    air = np.full((60, 50, 40), -1000, np.int16)
+    air += np.random.default_rng(2).normal(0, 15, air.shape).astype(np.int16)
+    volume = root / "air.nii.gz"
+    nib.save(nib.Nifti1Image(air, affine), volume)
+    out = root / "air_seg.nii.gz"
+    code = main(["segment", str(volume), "--model", seg.model_file, "--output", str(out), "--json-progress"])
+    captured = capsys.readouterr()
+    assert code == 0 and not np.asarray(nib.load(out).dataobj).any()
+    assert np.asarray(nib.load(out).dataobj).shape == air.shape
+    warnings = [line for line in captured.err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "no body found" in warnings[0]
+    run = [json.loads(line) for line in captured.out.splitlines() if '"run"' in line]
+    assert run and run[0]["windows"] == 0 and run[0]["precision"] in ("fp32", "bf16")
