@@ -27,8 +27,9 @@ $(VENV)/.web: $(VENV)/.installed
 
 web: $(VENV)/.web
 
+# Two workers, one file each at a time (module fixtures are built once), one thread each (Testing/conftest.py).
 test: venv web
-	$(PY) -m pytest -q Testing
+	$(PY) -m pytest -q -n 2 --dist loadfile Testing
 
 demo: venv
 	$(VENV)/bin/mosmos demo --out demo-out
