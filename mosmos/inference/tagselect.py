@@ -26,10 +26,8 @@ class TagSelection:
 
 
 def known_names(model_labels) -> list[str]:
-    # The open-set organs are the coloured ones in mosmos.tags until it exports a list of its own.
-    extra = getattr(tagmod, "OPEN_SET_TAGS", None) or tuple(getattr(tagmod, "_TOTALSEG_COLORS", {}))
     names = []
-    for n in (*tagmod.PRETRAIN_TAGS, *model_labels, *extra):
+    for n in (*tagmod.PRETRAIN_TAGS, *model_labels, *tagmod.OPEN_SET_TAGS):
         if n not in names:
             names.append(n)
     return names
