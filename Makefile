@@ -23,7 +23,7 @@ $(VENV)/.web: $(VENV)/.installed
 	-$(PY) -m pip install --quiet --no-deps "slicer-layer-dm==2.0.0"
 	-command -v chromium >/dev/null || { [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null && \
 		apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium; }
-	touch $@
+	$(PY) -c "import trame_slicer, slicer_layer_dm, aiohttp, playwright" 2>/dev/null && touch $@ || true  # else: retried next time
 
 web: $(VENV)/.web
 

@@ -219,9 +219,8 @@ class FolderCheck:
 
         deps.ensure_dependencies()  # here, where a dialog can ask: the child cannot install anything
         env = child_environment("cpu")
-        # The two Lib packages' folders (one folder in Slicer, two in the source tree).
-        libs = {str(Path(m.__file__).resolve().parent.parent) for m in (deps, sys.modules[__name__])}
-        env["PYTHONPATH"] = os.pathsep.join(sorted(libs) + [env["PYTHONPATH"]])
+        # MOSMOSTrainLib's folder (child_environment already puts the mosmos package's on the path)
+        env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env["PYTHONPATH"]])
         argv = [interpreter(), "-m", "MOSMOSTrainLib.folders", json.dumps(self.arguments)]
         self.process = BackgroundProcess(argv, env=env).start()
         return self

@@ -129,10 +129,11 @@ def score_case(labelmap, label_path, pairs: list[tuple[str, int, int]], map_labe
     spacing = spacing_from_affine(ref_img.affine)
     out = {}
     for organ, model_value, data_value in pairs:
-        dice, hd95 = organ_metrics(labelmap == model_value, ref == data_value, spacing)
+        truth = ref == data_value
+        dice, hd95 = organ_metrics(labelmap == model_value, truth, spacing)
         out[organ] = {"dice": dice, "hd95": hd95}
         if map_labelmap is not None:
-            out[organ][MAP_DICE] = binary_dice(map_labelmap == model_value, ref == data_value)
+            out[organ][MAP_DICE] = binary_dice(map_labelmap == model_value, truth)
     return out
 
 

@@ -5,7 +5,6 @@ model file SHA-256) as the segmentation algorithm; attention maps as DICOM Param
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import warnings
 from pathlib import Path
 
@@ -14,19 +13,12 @@ from pydicom.uid import JPEGLSLossless
 
 from .. import __version__
 from ..errors import MosmosError
+from ..modelcard import file_sha256
 from ..terminology import organ_codes
 
 SEG_SERIES_NUMBER = 4242          # after the scanner's own series numbers, recognisable in a PACS listing
 ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
 LOCAL_SCHEME = "99MOSMOS"         # private coding scheme for organs SNOMED CT codes are not known for here
-
-
-def file_sha256(path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 20), b""):
-            h.update(block)
-    return h.hexdigest()
 
 
 def _concept(code):

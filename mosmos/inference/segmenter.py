@@ -172,7 +172,8 @@ class Segmenter:
         selection = select_tags(tags, self.organ_names, hasattr(self.network, "open_set_maps"))
         notices += selection.notices
         grid = model_grid(arr.shape, affine, self.preprocessing.spacing)
-        n_maps = len(selection.labelled) + len(selection.open_set)
+        # with map_labels every class is stitched (the maps' own label map needs them all)
+        n_maps = (len(self.label_values) if map_labels else len(selection.labelled)) + len(selection.open_set)
         # the model-grid image, class scores, stitching weights and maps; the argmax's int64 counts as 2
         check_grid_memory(grid, 1 + len(self.label_values) + 1 + n_maps + 2, source)
         precision, more = resolve_precision(precision, self.device)

@@ -80,7 +80,8 @@ class SegmentationModel(nn.Module):
             raise MosmosError("this model file has no text encoder: it cannot attend to other organ names")
         key = tuple(names)
         if key not in self._embedding_cache:  # one text pass per tag set, not per window
-            self._embedding_cache[key] = self.embedder(key)
+            # fp32 whatever autocast is active: a cached bf16 copy would leak into later fp32 runs
+            self._embedding_cache[key] = self.embedder(key).float()
         queries = self._embedding_cache[key].to(device=x.device)
         return self.network.tag_maps(x, queries)
 
