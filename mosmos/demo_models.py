@@ -3,6 +3,7 @@ paths at a size a laptop CPU trains in seconds."""
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 from pathlib import Path
 
@@ -42,14 +43,11 @@ MAP_LR = 3e-3
 
 def map_recipe_config(data, out, steps: int, seed: int = 0, pretrained: str | None = None,
                       label_ratio: float = 1.0):
-    """The maps' recipe (above) on phantoms, validating only at the end (no model selection)."""
-    from .train.config import FinetuneConfig
-
-    return FinetuneConfig(data=str(data), out=str(out), arch="unetr", backbone=MAP_BACKBONE,
-                          init="mosmos" if pretrained else "random", pretrained=pretrained, epochs=10**6,
-                          max_steps=steps, num_samples=TINY_CROPS, roi_size=MAP_ROI, spacing=MAP_SPACING,
-                          feature_size=TINY_FEATURES, lr=MAP_LR, warmup_steps=5, label_ratio=label_ratio,
-                          val_every=10**6, workers=0, seed=seed, log_every=10, checkpoint_every=10**6)
+    """The maps' recipe (above) on phantoms: the tiny recipe with the maps' backbone, grid, rate and the
+    recipe's augmentation, validating only at the end (no model selection)."""
+    return dataclasses.replace(tiny_finetune_config(data, out, steps, seed, pretrained), backbone=MAP_BACKBONE,
+                               roi_size=MAP_ROI, spacing=MAP_SPACING, lr=MAP_LR, augment=True,
+                               label_ratio=label_ratio, log_every=10)
 
 
 def make_tiny_segmentation_model(path, steps: int = 30, seed: int = 0, pretrained: str | None = None) -> Path:

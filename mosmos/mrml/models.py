@@ -27,8 +27,7 @@ def tooltip(info: ModelInfo) -> str:
     return f"{info.name} ({info.size / 1e6:.0f} MB)\n{info.card_text()}"
 
 
-def pull_command(source: str, folder: str | os.PathLike, name: str | None = None, force: bool = False,
-                 python: str | None = None) -> list[str]:
+def pull_command(source: str, folder: str | os.PathLike, force: bool = False) -> list[str]:
     """`mosmos models pull` for a background process (process.BackgroundProcess reads its progress events):
     ``source`` is a model URL, or "INDEX_URL_OR_FILE NAME" (an index and the name of one of its models)."""
     from .process import interpreter
@@ -37,10 +36,10 @@ def pull_command(source: str, folder: str | os.PathLike, name: str | None = None
     if len(parts) == 2:
         argv = ["pull", "--index", parts[0], parts[1]]
     elif len(parts) == 1:
-        argv = ["pull", parts[0]] + (["--name", name] if name else [])
+        argv = ["pull", parts[0]]
     else:
         raise MosmosError(f"{source!r}: give a model URL, or an index URL and a model name")
-    return ([python or interpreter(), "-m", "mosmos", "models"] + argv
+    return ([interpreter(), "-m", "mosmos", "models"] + argv
             + ["--folder", os.fspath(folder), "--json-progress"] + (["--force"] if force else []))
 
 
