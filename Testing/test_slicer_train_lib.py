@@ -197,8 +197,10 @@ def test_commands_follow_the_training_contract(tmp_path):
            (dict(stage="finetune", out=tmp_path, dataset=tmp_path), "pre-trained model: required"),
            (dict(stage="finetune", out=tmp_path, dataset=tmp_path, pretrained=tmp_path / "no.safetensors"),
             "no.safetensors: pre-trained model file not found"),
-           (dict(stage="finetune", out=tmp_path, dataset=tmp_path, init="random", label_ratio=0.0), "label ratio 0.0"),
-           (dict(stage="finetune", out=tmp_path, dataset=tmp_path, init="random", epochs=0), "epochs 0")]
+           (dict(stage="finetune", out=tmp_path, dataset=tmp_path, init="random", label_ratio=0.0),
+            "--label-ratio: must be > 0 and <= 1, got 0.0"),
+           (dict(stage="finetune", out=tmp_path, dataset=tmp_path, init="random", epochs=0), "--epochs: must be >= 1, got 0"),
+           (dict(stage="pretrain", out=tmp_path, roco=tmp_path, lr=float("nan")), "--lr: must be a finite number")]
     for kwargs, message in bad:
         with pytest.raises(MosmosError, match=message.replace("(", r"\(")):
             settings.TrainingSettings(**kwargs).command()

@@ -9,13 +9,13 @@ from pathlib import Path
 
 from mosmos.errors import MosmosError
 from mosmos.mrml.process import interpreter, normalize_device
+from mosmos.train.config import BACKBONES, CHOICES, check_number
 
 from .folders import CHECKPOINT_NAME, given
 
 STAGES = ("pretrain", "finetune")
-BACKBONES = ("ViT-B-16", "RN50", "ViT-B-32", "tiny-vit", "tiny-vit-8", "tiny-vit-4", "tiny-rn")
-ARCHITECTURES = ("unetr", "unet2d")
-INITIALIZATIONS = ("mosmos", "clip", "random")
+ARCHITECTURES = CHOICES["arch"]
+INITIALIZATIONS = CHOICES["init"]
 
 # Tian et al. (arXiv 2409.02418): pre-training AdamW 1e-5; fine-tuning follows UNETR on BTCV (AdamW 1e-4,
 # one volume per batch, 25,000 iterations ~ 1,000 epochs of 24 volumes), L = L_seg + 0.8 L_pta, all labels.
@@ -69,11 +69,9 @@ class TrainingSettings:
         normalize_device(self.device)
         if self.backbone.lower() not in {b.lower() for b in BACKBONES}:
             raise MosmosError(f"backbone {self.backbone!r}: expected one of {', '.join(BACKBONES)}")
-        for name in ("epochs", "batch_size", "checkpoint_every"):
-            if int(getattr(self, name)) < 1:
-                raise MosmosError(f"{name.replace('_', ' ')} {getattr(self, name)}: must be at least 1")
-        if not 0 < float(self.lr) < 1:
-            raise MosmosError(f"learning rate {self.lr}: must be in (0, 1)")
+        # The core's ranges, so the module refuses exactly what the command line refuses.
+        for name in ("epochs", "batch_size", "checkpoint_every", "lr"):
+            check_number(name, getattr(self, name))
         if self.stage == "pretrain":
             if self.roco is None:
                 raise MosmosError("ROCO folder: not selected")
@@ -89,10 +87,8 @@ class TrainingSettings:
                               "(the pre-training output's pretrained.safetensors)")
         if self.pretrained is not None and self.init != "random" and not self.pretrained.is_file():
             raise MosmosError(f"{self.pretrained}: pre-trained model file not found")
-        if not 0 < float(self.label_ratio) <= 1:
-            raise MosmosError(f"label ratio {self.label_ratio}: must be in (0, 1]")
-        if float(self.lambda_pta) < 0:
-            raise MosmosError(f"lambda {self.lambda_pta}: must not be negative")
+        for name in ("label_ratio", "lambda_pta"):
+            check_number(name, getattr(self, name))
         if self.roi_size is not None and (len(self.roi_size) != 3 or min(int(n) for n in self.roi_size) < 1):
             raise MosmosError(f"ROI size {self.roi_size}: expected three positive sizes")
 

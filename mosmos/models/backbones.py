@@ -23,8 +23,8 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
 from ..errors import MosmosError
+from ..train.config import BACKBONES
 
-BACKBONES = ("RN50", "ViT-B-16", "ViT-B-32", "tiny-vit", "tiny-vit-8", "tiny-vit-4", "tiny-rn")
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
 # TorchScript archives carry these non-weight entries in their state dicts (OpenAI's the first

@@ -12,6 +12,8 @@ from dataclasses import dataclass, fields
 from ..errors import MosmosError
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# The CLIP backbones `--backbone` accepts (case-insensitive); mosmos.models.backbones builds them.
+BACKBONES = ("RN50", "ViT-B-16", "ViT-B-32", "tiny-vit", "tiny-vit-8", "tiny-vit-4", "tiny-rn")
 
 # option -> (lowest allowed, whether the lowest itself is allowed, highest or None, whether the highest is allowed)
 RANGES = {
