@@ -20,6 +20,7 @@ the organs of one case are not independent of each other.
 from __future__ import annotations
 
 import csv
+import io
 import math
 import warnings
 from collections.abc import Mapping, Sequence
@@ -30,6 +31,7 @@ import torch
 from monai.metrics import compute_hausdorff_distance
 
 from .errors import MosmosError
+from .modelfile import atomic_write_bytes
 
 FIELDS = ("case", "organ", "dice", "hd95")
 MAP_DICE = "map_dice"  # optional column: present when the results have the maps' Dice
@@ -164,12 +166,13 @@ def _fmt(x: float, digits: int) -> str:
 def write_results_csv(results: Results, path: str | Path) -> None:
     """Long format: one row per case and organ (case, organ, dice, hd95[, map_dice]); NaN as an empty cell."""
     keys = _metrics_of(results)
-    with open(path, "w", newline="", encoding="utf-8") as f:
-        w = csv.writer(f)
-        w.writerow(FIELDS[:2] + keys)
-        for case, per_case in results.items():
-            for organ, m in per_case.items():
-                w.writerow([case, organ] + [_fmt(m.get(k, math.nan), 4 if k == "hd95" else 6) for k in keys])
+    text = io.StringIO(newline="")
+    w = csv.writer(text)
+    w.writerow(FIELDS[:2] + keys)
+    for case, per_case in results.items():
+        for organ, m in per_case.items():
+            w.writerow([case, organ] + [_fmt(m.get(k, math.nan), 4 if k == "hd95" else 6) for k in keys])
+    atomic_write_bytes(path, text.getvalue().encode("utf-8"))
 
 
 def read_results_csv(path: str | Path) -> Results:
@@ -213,7 +216,7 @@ def write_tables(results: Results, csv_path: str | Path, md_path: str | Path | N
     """The per-case CSV and, if asked, the Markdown summary."""
     write_results_csv(results, csv_path)
     if md_path is not None:
-        Path(md_path).write_text(markdown_table(results), encoding="utf-8")
+        atomic_write_bytes(md_path, markdown_table(results).encode("utf-8"))
 
 
 def case_mean_dice(results: Results) -> dict[str, float]:
