@@ -105,6 +105,14 @@ def test_unknown_name_is_an_error_with_suggestions(files, tmp_path, capsys):
         seg.segment(_cube_volume(), AFFINE, tags=["xqzzyplop"])
 
 
+def test_a_typo_of_a_labelled_organ_asks_did_you_mean(files, tmp_path, capsys):
+    _, model, image = files
+    code, _, err = _run(capsys, image, "--model", model, "--tags", "livr, spleen", "--output", tmp_path / "s.nii.gz")
+    assert code == 1 and err.count("\n") == 1
+    assert "unknown organ name 'livr'; did you mean 'liver'?" in err
+    assert _listing(tmp_path) == []
+
+
 def test_cancel_stops_within_one_window_batch(files):
     _, model, _ = files
     seg = Segmenter(model, device="cpu")

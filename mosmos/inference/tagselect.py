@@ -2,11 +2,12 @@
 
 Rule, per typed name (after mosmos.tags: synonyms, case, plurals, "kidneys" -> both sides):
 1. a canonical tag the model has a label for -> label + attention map;
-2. any other canonical tag, or an unrecognised name within difflib distance 0.6 of a known organ
-   name (pre-training tags, the model's labels, the open-set organs mosmos.tags knows, e.g.
-   "duodenum", "urinary bladder") -> open-set: an attention map when the network provides
-   open_set_maps, no label, and a notice;
-3. an unrecognised name far from every known name -> MosmosError listing the closest known names.
+2. any other canonical tag, an open-set organ mosmos.tags knows (e.g. "duodenum", "urinary bladder"),
+   or an unrecognised name whose closest known name (difflib distance 0.6) is such an open-set organ
+   -> open-set: an attention map when the network provides open_set_maps, no label, and a notice;
+3. an unrecognised name whose closest known name is a canonical tag or one of the model's labels
+   ("livr") -> MosmosError "did you mean 'liver'?": a typo must not quietly lose the organ's label;
+4. an unrecognised name far from every known name -> MosmosError listing the closest known names.
 """
 
 from __future__ import annotations
@@ -48,9 +49,13 @@ def select_tags(tags, model_labels: list[str], open_set_supported: bool) -> TagS
     for raw in typed:
         for name in tagmod.parse_tag_list(str(raw)):
             canonical = name in tagmod.PRETRAIN_TAGS or name in model_labels
-            if not canonical and not tagmod.suggest(name, known):
-                raise MosmosError(f"tags: unknown organ name {shorten(name)!r}; closest known names: "
-                                  f"{', '.join(closest(name, known))}")
+            if not canonical and name not in tagmod.OPEN_SET_TAGS:
+                near = tagmod.suggest(name, known)
+                if not near:
+                    raise MosmosError(f"tags: unknown organ name {shorten(name)!r}; closest known names: "
+                                      f"{', '.join(closest(name, known))}")
+                if near[0] in tagmod.PRETRAIN_TAGS or near[0] in model_labels:
+                    raise MosmosError(f"tags: unknown organ name {shorten(name)!r}; did you mean {near[0]!r}?")
             if name in model_labels:
                 if name not in sel.labelled:
                     sel.labelled.append(name)
