@@ -125,12 +125,13 @@ def _staging(folder: Path) -> Path:
     return staging
 
 
-def _verified_segmentation_model(path: Path, shown: str) -> dict:
-    """Full verification (format, every tensor group's digest); the header. Errors name ``shown``."""
-    from .modelfile import load_model
+def _verified_segmentation_model(path: Path, shown: str, header_only: bool = False) -> dict:
+    """Full verification (format, every tensor group's digest; with ``header_only`` the header and kind
+    alone); the header. Errors name ``shown``."""
+    from .modelfile import load_model, read_header
 
     try:
-        _, header = load_model(path)
+        header = read_header(path) if header_only else load_model(path)[1]
     except MosmosError as e:
         reason = str(e)
         if reason.startswith(f"{path}: "):
@@ -156,16 +157,18 @@ def add_model_file(source: str | os.PathLike, folder: str | os.PathLike | None =
     source's file name; training runs all write "model.safetensors", so they pass their own). A model of the
     same name is kept unless ``force``. Raises MosmosError naming the file when it is not a usable model."""
     source = Path(source)
-    _verified_segmentation_model(source, str(source))
+    # The header before copying (a clear error for a wrong file); the tensors are verified once, in the copy.
+    _verified_segmentation_model(source, str(source), header_only=True)
     folder = Path(folder) if folder else default_models_dir()
     target = folder / _check_name(name or source.name)
     if target.exists() and target.resolve() == source.resolve():
+        _verified_segmentation_model(source, str(source))
         return model_info(target)
     _target(folder, target.name, force)
     staged = _staging(folder) / f"{target.name}.copy"
     try:
         shutil.copyfile(source, staged)
-        # verify the copy, not only the source: a full disk or a failing drive shows here
+        # the copy is what gets verified: damage in the source and a full disk or failing drive show here
         _verified_segmentation_model(staged, str(source))
         return _install(staged, target)
     except OSError as e:
