@@ -20,7 +20,7 @@ from mosmos.errors import MosmosError
 from mosmos.inference import Segmenter
 from mosmos.metrics import read_results_csv
 from mosmos.modelfile import load_model, save_model
-from mosmos.models.segmentation import SegmentationModel, TagEmbedder
+from mosmos.models.segmentation import SegmentationModel, TagEmbedder, segmentation_model_from_file_state
 from mosmos.models.unetr import MosmosUNETR
 from mosmos.seg_losses import pta_logits, upsample_maps
 
@@ -64,6 +64,8 @@ def test_epsilon_round_trips_and_older_files_fall_back_to_its_initial_value(tmp_
     seg = Segmenter(path, device="cpu")
     image, affine = one_window_volume()
     assert seg.epsilon == 0.0613 and not seg.model_notices
+    assert segmentation_model_from_file_state(*load_model(path)[::-1]).to_file_state()[1]["pixel_tag_maps"] == {
+        "epsilon": 0.0613}  # a loaded model keeps it when saved again
     new = seg.segment(image, affine, tags="liver")
     assert not any("epsilon" in n for n in new.notices)
 

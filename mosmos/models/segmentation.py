@@ -117,4 +117,6 @@ def segmentation_model_from_file_state(header: dict, tensors: Mapping[str, torch
 
         if not isinstance(tensors, ModelTensors):  # all in memory already (a format-1 file): keep no second copy
             load_embedder = load_embedder()
-    return SegmentationModel(network, load_embedder, header["preprocessing"]["roi_size"])
+    # the stored epsilon as it is (None when absent), so a loaded model saves the file's maps header again
+    epsilon = (header.get("pixel_tag_maps") or {}).get("epsilon")
+    return SegmentationModel(network, load_embedder, header["preprocessing"]["roi_size"], epsilon)
