@@ -141,3 +141,18 @@ def test_entry_points_go_through_the_dependency_guard_first(results, entry):
     # the PyTorch extension (as here, in plain Python) it says what to install.
     assert result["guard"] == 0, result
     assert result["outcome"] == "MosmosError" and "PyTorch extension" in result["message"], result
+
+
+@pytest.mark.parametrize("testing, no_main_window, asks", [(False, False, True), (True, False, False),
+                                                           (False, True, False)])
+def test_the_guard_asks_only_where_someone_can_answer(monkeypatch, testing, no_main_window, asks):
+    """A batch run (--no-main-window --python-script) or --testing would wait for ever on the install dialog."""
+    import types
+
+    import slicer
+    from mosmos.mrml import deps
+
+    options = types.SimpleNamespace(testingEnabled=testing, noMainWindow=no_main_window)
+    monkeypatch.setattr(slicer, "app", types.SimpleNamespace(commandOptions=lambda: options), raising=False)
+    assert deps._ask_confirmation(None) is asks
+    assert deps._ask_confirmation(True) is True and deps._ask_confirmation(False) is False

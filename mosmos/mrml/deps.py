@@ -48,13 +48,17 @@ def constraints_text() -> str:
 
 
 def _ask_confirmation(askConfirmation: bool | None) -> bool:
-    """None: ask, except in Slicer's --testing mode, where no one answers a dialog."""
+    """None: ask, except where no one answers a dialog: Slicer's --testing mode and a batch run without
+    a main window (--no-main-window --python-script), which would otherwise wait on it for ever."""
     if askConfirmation is not None:
         return askConfirmation
     import slicer
 
     app = getattr(slicer, "app", None)
-    return not (app is not None and app.commandOptions().testingEnabled)
+    if app is None:
+        return True
+    options = app.commandOptions()
+    return not (options.testingEnabled or getattr(options, "noMainWindow", False))
 
 
 def ensure_torch(askConfirmation: bool | None = None) -> None:
