@@ -352,9 +352,7 @@ class Segmenter:
                                    len(self.label_values), n_maps, overlap, batch, stitch, progress, starts, unrun,
                                    on_slab=kept.slab)
                 del image
-                on_input = np.ix_(*nearest_model_indices(grid))
-                map_labelmap = kept.map_labels[on_input] if kept.map_labels is not None else None
-                return kept.labels[on_input], map_labelmap, kept.finished_maps(), notices
+                return *kept.labels_on_input(grid), kept.finished_maps(), notices
             except torch.cuda.OutOfMemoryError:
                 image = kept = None
                 torch.cuda.empty_cache()
@@ -415,6 +413,12 @@ class KeptOutputs:
             self.maps[(slice(None), *where)] = maps[self.channels].cpu()
             if self.unset is not None:
                 self.unset[where] = uncovered.cpu()
+
+    def labels_on_input(self, grid: ModelGrid) -> tuple[np.ndarray, np.ndarray | None]:
+        """(label map, the maps' own or None) on the oriented input grid: each input voxel takes the
+        label of its nearest model voxel."""
+        on_input = np.ix_(*nearest_model_indices(grid))
+        return self.labels[on_input], None if self.map_labels is None else self.map_labels[on_input]
 
     def finished_maps(self) -> torch.Tensor | None:
         if self.unset is not None and self.unset.any() and not self.unset.all():
