@@ -81,6 +81,7 @@ def test_the_default_mode_keeps_the_fp32_labels_of_every_window(trained):
     n = max(seg.label_values) + 1
     plain = seg.segment(image, affine, tags=tags, precision="fp32", skip_air=False)
     assert plain.run["windows_skipped"] == 0 and len(np.unique(plain.labelmap)) > 2
+    assert seg.network.embedder is None  # organs the model knows: its text tower is never read
 
     # bf16 (where native) with every window, against fp32, over the whole volume
     every = seg.segment(image, affine, tags=tags, skip_air=False)

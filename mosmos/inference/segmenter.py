@@ -63,6 +63,23 @@ SKIP_MARGIN = 1
 MAP_DTYPE = torch.float16
 
 
+def label_counts(labels: np.ndarray, n: int) -> np.ndarray:
+    """Voxels per label value, a slab at a time (bincount of a whole CT makes an int64 copy of it)."""
+    counts = np.zeros(n, np.int64)
+    for slab in labels.reshape(labels.shape[0], -1):
+        counts += np.bincount(slab, minlength=n)[:n]
+    return counts
+
+
+def half_precision(a: np.ndarray) -> None:
+    """Round float32 ``a`` in place to float16's 11 significant bits (in [0, 1] at most 2^-12 = 0.00024
+    off, as the overlays are kept on the model grid, MAP_DTYPE): the zeroed low bits let gzip write
+    a map in about half the time and space."""
+    bits = a.view(np.uint32)
+    bits += np.uint32(0x1000)
+    bits &= np.uint32(0xFFFFE000)
+
+
 class AttentionMaps(Mapping):
     """tag -> float32 array on the input grid (input shape and order): a probability in [0, 1]
     (see the module docstring), or the raw up-sampled scores when ``probabilities`` is False.
@@ -83,6 +100,7 @@ class AttentionMaps(Mapping):
             full = resample_to_input(self._maps[i:i + 1], self._grid)[0].cpu().numpy()
         if self.probabilities:
             np.clip(full, 0.0, 1.0, out=full)  # trilinear rounding can overshoot by an ulp
+            half_precision(full)
         out = from_oriented(full, self._grid)
         return np.ascontiguousarray(out.T if self._kji else out, dtype=np.float32)
 
@@ -213,7 +231,7 @@ class Segmenter:
         labelmap = on_input(labels_oriented)
         map_labelmap = None if map_labels_oriented is None else on_input(map_labels_oriented)
         voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-        counts = np.bincount(labelmap.reshape(-1), minlength=max(self.label_values) + 1)
+        counts = label_counts(labelmap, max(self.label_values) + 1)
         organs = []
         for name in selection.labelled:
             value = self.label_values[self.label_names.index(name)]
