@@ -9,11 +9,14 @@ with air to twice its width, the test volume to three times (half its windows ho
 from __future__ import annotations
 
 import json
+import resource
+import sys
 from pathlib import Path
 
 import nibabel as nib
 import numpy as np
 import pytest
+import torch
 
 from mosmos.cli import main
 from mosmos.data.phantoms import make_phantom, write_decathlon_dataset
@@ -133,6 +136,8 @@ def test_fast_drops_air_windows_and_bf16_falls_back_to_fp32(trained, monkeypatch
     assert precision_mod.resolve_precision("auto", seg.device) == ("fp32", [])
     chosen, notes = precision_mod.resolve_precision("bf16", seg.device)
     assert chosen == "fp32" and "no native bf16" in notes[0]
+    quiet = seg.segment(image[:96], affine, tags="liver")  # auto: fp32 silently, stated in the run record
+    assert quiet.run["precision"] == "fp32" and not any("bf16" in n for n in quiet.notices)
 
 
 def test_a_body_filling_the_volume_is_segmented_by_fast_as_with_every_window(trained):
@@ -160,3 +165,20 @@ def test_an_all_air_volume_gives_an_empty_label_map_and_one_warning(trained, cap
     assert len(warnings) == 1 and "no body found" in warnings[0]
     run = [json.loads(line) for line in captured.out.splitlines() if '"run"' in line]
     assert run and run[0]["windows"] == 0 and run[0]["precision"] in ("fp32", "bf16")
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc's allocator")
+def test_window_sized_buffers_are_reused_rather_than_mapped_afresh():
+    """`mosmos segment` keeps blocks of a window's activations on the heap (inference/allocator.py):
+    a freed 64 MB tensor's pages come back without faulting each page in again."""
+    from mosmos.inference.allocator import keep_window_buffers
+
+    def faults_of_a_fresh_64mb_tensor() -> int:
+        before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
+        torch.ones(16 << 20)  # 64 MB, touched, freed
+        return resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before
+
+    assert keep_window_buffers()
+    for _ in range(3):  # the heap grows to hold it (glibc's default maps and unmaps it every time)
+        faults_of_a_fresh_64mb_tensor()
+    assert faults_of_a_fresh_64mb_tensor() < (64 << 20) // 4096 // 10  # under a tenth of its 16,384 pages
