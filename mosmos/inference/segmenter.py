@@ -419,8 +419,9 @@ class KeptOutputs:
             if unrun is None:
                 self.unset = torch.ones(shape, dtype=torch.bool)
 
-    def slab(self, rows: slice, logits: torch.Tensor, maps: torch.Tensor | None, uncovered: torch.Tensor) -> None:
-        where = (slice(self.box[0].start + rows.start, self.box[0].start + rows.stop), *self.box[1:])
+    def slab(self, part: tuple[slice, ...], logits: torch.Tensor, maps: torch.Tensor | None,
+             uncovered: torch.Tensor) -> None:
+        where = tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(self.box, part))
         lut = self.lut.to(logits.device)
         self.labels[where] = lut[logits.argmax(0)].cpu().numpy()
         if maps is None:
