@@ -182,3 +182,38 @@ def test_window_sized_buffers_are_reused_rather_than_mapped_afresh():
     for _ in range(3):  # the heap grows to hold it (glibc's default maps and unmaps it every time)
         faults_of_a_fresh_64mb_tensor()
     assert faults_of_a_fresh_64mb_tensor() < (64 << 20) // 4096 // 10  # under a tenth of its 16,384 pages
+
+
+@pytest.mark.parametrize("shape, batch", [((30, 35, 70), 2), ((70, 12, 33), 3), ((10, 40, 20), 1)])
+def test_the_slab_by_slab_blend_is_the_whole_volume_blend(shape, batch):
+    """sliding_window keeps buffers one window deep along the longest axis; its result is the plain
+    gaussian-weighted mean over the windows run (padding, skipped windows and batches included)."""
+    from mosmos.inference.sliding import gaussian_importance, plan_windows, sliding_window
+
+    roi = (16, 16, 16)
+    image = torch.randn(1, *shape)
+
+    def predict(x):
+        return torch.cat([x, -x, x.sin()], 1), x.cos()
+
+    starts = plan_windows(shape, roi, 0.5)[::2]  # every other window left out
+    logits, maps = sliding_window(image, roi, predict, 3, 1, 0.5, batch, starts=starts, uncovered_maps=[0.25])
+
+    pad = [max(0, r - s) for r, s in zip(roi, shape)]
+    padded = torch.nn.functional.pad(image, [q for p in reversed(pad) for q in (p // 2, p - p // 2)])
+    total = torch.zeros(4, *padded.shape[1:], dtype=torch.float64)
+    weight = torch.zeros(padded.shape[1:], dtype=torch.float64)
+    g = gaussian_importance(roi, "cpu").double()
+    for start in starts:
+        reg = tuple(slice(s, s + r) for s, r in zip(start, roi))
+        out = torch.cat(predict(padded[(slice(None), *reg)][None]), 1)[0].double()
+        total[(slice(None), *reg)] += out * g
+        weight[reg] += g
+    crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, shape))
+    total, weight = total[(slice(None), *crop)], weight[crop]
+    covered = weight > 0
+    expected = total / weight.clamp(min=1e-30)
+    assert not covered.all()
+    np.testing.assert_allclose(logits[:, covered], expected[:3, covered], atol=1e-5)
+    np.testing.assert_allclose(maps[0][covered], expected[3][covered], atol=1e-5)
+    assert (logits[0][~covered] == 1).all() and not logits[1:, ~covered].any() and (maps[0][~covered] == 0.25).all()
