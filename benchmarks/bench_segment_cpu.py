@@ -6,8 +6,9 @@ with the same ViT-B-16 MOSMOS-UNETR (random weights; timing does not depend on t
 
 - MOSMOS exact (default: the reference grid of windows less those holding no body within a margin,
   bf16 where the CPU has it natively) and --fast (overlap 0.25, windows tiling the body's box, those
-  holding no body skipped), end to end through the command's code (read, load the model, resample, windows, stitch, map back, write; tags "liver,
-  spleen, kidneys" with attention maps), per stage;
+  holding no body skipped), end to end through the command's code (read, load the model, resample,
+  windows, stitch, map back, write; tags "liver, spleen, kidneys" with attention maps), per stage,
+  with the windows each ran and skipped;
 - plain MONAI ``sliding_window_inference`` (gaussian, fp32, every window) of the same network on the
   same model-grid image: target exact <= 0.35 x this;
 - peak RSS, minor page faults and CPU seconds of each mode as a child process (`python -m mosmos

@@ -366,9 +366,9 @@ class Segmenter:
                 kept = KeptOutputs(shape, box, lut, len(stitched) if map_labels else 0, attention_channels, unrun,
                                    np.uint8 if max(self.label_values) < 256 else np.uint16)
                 if ran:
-                    sliding_window(image[(slice(None), *box)], roi, self._predictor(selection, stitched, raw, precision),
-                                   len(self.label_values), n_maps, overlap, batch, stitch, progress, starts, unrun,
-                                   on_slab=kept.slab)
+                    predict = self._predictor(selection, stitched, raw, precision)
+                    sliding_window(image[(slice(None), *box)], roi, predict, len(self.label_values), n_maps, overlap,
+                                   batch, stitch, progress, starts, unrun, on_slab=kept.slab)
                 del image
                 return *kept.labels_on_input(grid), kept.finished_maps(), notices
             except torch.cuda.OutOfMemoryError:
