@@ -102,9 +102,10 @@ def test_overlays_are_the_softmax_l_pta_trains_and_open_set_scores_are_against_b
         wins = logits.softmax(1)[0].numpy()
         duodenum = seg.network.open_set_maps(x, ["duodenum"])
         open_set = torch.sigmoid(pta_logits(duodenum, x.shape[2:], epsilon) - logits[:, :1])[0, 0].numpy()
-    np.testing.assert_allclose(res.attention["spleen"], wins[1], atol=1e-5)
-    np.testing.assert_allclose(res.attention["liver"], wins[2], atol=1e-5)
-    np.testing.assert_allclose(res.attention["duodenum"], open_set, atol=1e-5)
+    fp16 = 5e-4  # the overlays are kept in float16 (segmenter.MAP_DTYPE) and rounded so on the input grid: 2 x 2^-12
+    np.testing.assert_allclose(res.attention["spleen"], wins[1], atol=fp16)
+    np.testing.assert_allclose(res.attention["liver"], wins[2], atol=fp16)
+    np.testing.assert_allclose(res.attention["duodenum"], open_set, atol=fp16)
     assert 0.0 <= res.attention["duodenum"].min() and res.attention["duodenum"].max() <= 1.0
     assert res.attention["duodenum"].std() > 0  # a score that varies, not a constant
     # the maps' own label map is their argmax over every labelled class, in label values

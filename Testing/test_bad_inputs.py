@@ -64,7 +64,6 @@ def w(tmp_path_factory) -> SimpleNamespace:
     ns.foreign_dcm.write_text("a report saved with the wrong extension\n")
     ns.notes = root / "notes.txt"
     ns.notes.write_text("a text file\n")
-    ns.flat = save(root / "flat.nii.gz", np.zeros((20, 20, 20), np.float32))
     ns.nan = save(root / "nan.nii.gz", np.full((20, 20, 20), np.nan, np.float32))
     ns.slice = save(root / "slice.nii.gz", cube()[:, :, :1])
     ns.vol4d = save(root / "vol4d.nii.gz", np.zeros((8, 8, 8, 3), np.float32))
@@ -155,7 +154,6 @@ CLI_CASES = [
     ("segment-unknown-device", "segment {small} --model {stub} --output {root}/x.nii.gz --device quantum",
      "device"),
     ("segment-single-slice", "segment {slice} --model {stub} --output {root}/x.nii.gz", "single 2D slice"),
-    ("segment-constant-volume", "segment {flat} --model {stub} --output {root}/x.nii.gz", "constant"),
     ("segment-all-nan", "segment {nan} --model {stub} --output {root}/x.nii.gz", "every voxel is NaN or infinite"),
     ("segment-huge-grid", "segment {huge} --model {stub} --output {root}/x.nii.gz", "would become"),
     ("segment-empty-tags", "segment {small} --model {stub} --output {root}/x.nii.gz --tags ,", "no organ names"),
@@ -261,6 +259,22 @@ def test_huge_model_grid_says_how_large_and_why(w, capfd):
     assert "20 x 20 x 20 volume of 1000 x 1000 x 1000 mm voxels" in line
     assert "20000 x 20000 x 20000 mm across" in line and "3 x 3 x 3 mm spacing" in line
     assert "6334 x 6334 x 6334 voxels" in line and "GiB" in line
+
+
+@pytest.mark.parametrize("value", [0.0, -1000.0])
+def test_a_volume_of_one_value_gives_an_empty_label_map_and_one_warning(tmp_path, capfd, value):
+    """Issue 18: all air, or all one value, is not an error: one line saying so, an empty label map, exit 0."""
+    model = write_stub_model(tmp_path / "stub.mosmos", roi=(16, 16, 16), spacing=(3, 3, 3))
+    flat = save(tmp_path / "flat.nii.gz", np.full((20, 20, 20), value, np.float32))
+    out = tmp_path / "flat_seg.nii.gz"
+    capfd.readouterr()
+    assert main(["segment", str(flat), "--model", str(model), "--output", str(out)]) == 0
+    err = capfd.readouterr().err
+    warnings = [line for line in err.splitlines() if "warning" in line]
+    assert len(warnings) == 1 and "Traceback" not in err, err
+    assert f"every voxel has the same value ({value})" in warnings[0] and "label map is empty" in warnings[0]
+    labels = np.asarray(nib.load(out).dataobj)
+    assert labels.shape == (20, 20, 20) and not labels.any()
 
 
 def test_long_organ_name_is_shortened(w, capfd):

@@ -165,8 +165,6 @@ def _bad_inputs(root, image):
     cases["slice.nii.gz"] = "single 2D slice"
     nib.save(nib.Nifti1Image(np.full((8, 8, 8), np.nan, np.float32), AFFINE), root / "nan.nii.gz")
     cases["nan.nii.gz"] = "every voxel is NaN"
-    nib.save(nib.Nifti1Image(np.full((8, 8, 8), 7, np.int16), AFFINE), root / "constant.nii.gz")
-    cases["constant.nii.gz"] = "constant"
     (root / "notes.txt").write_text("hello")
     cases["notes.txt"] = "unknown file type"
     return cases

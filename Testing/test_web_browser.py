@@ -190,16 +190,24 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
     _message(page, "broken.mosmos: checksum mismatch")
     assert not page.is_disabled("#segment")
 
-    # Cancel while the child runs: it goes away and the page segments again.
-    page.select_option("#model", "stub.mosmos")
-    page.click("#segment")
-    page.wait_for_selector("#cancel:not([disabled])", timeout=20000)
-    page.click("#cancel")
-    _wait_text(page, "#info", lambda t: t == "Cancelled.")
+    # Cancel while the child runs: it goes away and the page segments again. Quick preview runs the
+    # child with --fast, as the Slicer module does.
     import psutil
 
-    children = psutil.Process(server["proc"].pid).children(recursive=True)
-    assert not [c for c in children if "segment" in " ".join(c.cmdline())]
+    def segment_children():
+        return [" ".join(c.cmdline()) for c in psutil.Process(server["proc"].pid).children(recursive=True)
+                if "segment" in " ".join(c.cmdline())]
+
+    page.select_option("#model", "stub.mosmos")
+    page.check("#quick-preview")
+    page.click("#segment")
+    page.wait_for_selector("#cancel:not([disabled])", timeout=20000)
+    assert "(quick preview)" in page.inner_text("#info")
+    assert [c for c in segment_children() if "--fast" in c.split()]
+    page.click("#cancel")
+    _wait_text(page, "#info", lambda t: t == "Cancelled.")
+    assert not segment_children()
+    page.uncheck("#quick-preview")
 
     page.click("#segment")
     page.wait_for_selector("#results", timeout=120000)

@@ -4,10 +4,11 @@ In one process, on the same generated volume (default 512x512x300 at 0.8 x 0.8 x
 abdomen whose body fills about two thirds of the field of view, air with scanner noise around it),
 with the same ViT-B-16 MOSMOS-UNETR (random weights; timing does not depend on them) and overlap:
 
-- MOSMOS exact (default: every window, bf16 where the CPU has it natively) and --fast (overlap
-  0.25, windows tiling the body's box, those holding no body skipped), end to end through the
-  command's code (read, load the model, resample, windows, stitch, map back, write; tags "liver,
-  spleen, kidneys" with attention maps), per stage;
+- MOSMOS exact (default: the reference grid of windows less those holding no body within a margin,
+  bf16 where the CPU has it natively) and --fast (overlap 0.25, windows tiling the body's box, those
+  holding no body skipped), end to end through the command's code (read, load the model, resample,
+  windows, stitch, map back, write; tags "liver, spleen, kidneys" with attention maps), per stage,
+  with the windows each ran and skipped;
 - plain MONAI ``sliding_window_inference`` (gaussian, fp32, every window) of the same network on the
   same model-grid image: target exact <= 0.35 x this;
 - peak RSS, minor page faults and CPU seconds of each mode as a child process (`python -m mosmos
@@ -59,6 +60,7 @@ class Stages:
 
     def __init__(self):
         self.seconds = defaultdict(float)
+        self.run = {}
 
     @contextmanager
     def patched(self):
@@ -82,9 +84,17 @@ class Stages:
         wrap(segmenter.Segmenter, "__init__", "load model")
         wrap(segmenter.Segmenter, "_model_image", "resample")
         wrap(segmenter, "sliding_window", "windows+stitch")
-        wrap(segmenter.Segmenter, "_labels_on_input", "map back")
+        wrap(segmenter.KeptOutputs, "labels_on_input", "map back")
         wrap(segmenter.AttentionMaps, "__getitem__", "map back")
         wrap(io, "_write_now", "write")
+        segment = segmenter.Segmenter.segment
+
+        def segment_and_count(seg, *a, **k):  # the run's windows (run, skipped) and precision
+            result = segment(seg, *a, **k)
+            self.run = dict(result.run)
+            return result
+        segmenter.Segmenter.segment = segment_and_count
+        originals.append((segmenter.Segmenter, "segment", segment))
         predictor = segmenter.Segmenter._predictor
 
         def timed_predictor(seg, *a, **k):
@@ -146,8 +156,7 @@ def main() -> None:
     from mosmos.inference import Segmenter
     from mosmos.inference.geometry import model_grid
     from mosmos.inference.precision import cpu_has_native_bf16
-    from mosmos.inference.segmenter import OVERLAP, cpu_count
-    from mosmos.inference.sliding import plan_windows
+    from mosmos.inference.segmenter import cpu_count
 
     threads = args.threads or cpu_count()
     torch.set_num_threads(threads)
@@ -177,6 +186,7 @@ def main() -> None:
             assert code == 0, mode
             result[f"{mode}_s"] = round(runs[mode], 2)
             result[f"{mode}_stages_s"] = stages.table()
+            result[f"{mode}_run"] = stages.run
         exact_labels = np.asarray(nib.load(tmp / "exact.nii.gz").dataobj)
         fast_labels = np.asarray(nib.load(tmp / "fast.nii.gz").dataobj)
         result["fast_label_agreement_random_weights"] = round(float((exact_labels == fast_labels).mean()), 4)
@@ -190,11 +200,6 @@ def main() -> None:
             del image
         for mode in ("exact", "fast"):
             result[f"{mode}_over_monai"] = round(runs[mode] / result["monai_fp32_sliding_window_s"], 3)
-        res = seg.segment(ct, affine, tags=TAGS, fast=True)  # exact runs every window of the model grid
-        result["exact_windows_run"] = len(plan_windows(grid.shape, seg.roi_size, OVERLAP))
-        result["fast_windows_run"], result["fast_windows_skipped"] = res.run["windows"], res.run["windows_skipped"]
-        result["precision"] = res.run["precision"]
-        del res
 
         if not args.no_rss:
             for mode in ("exact", "fast"):

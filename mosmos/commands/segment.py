@@ -106,6 +106,7 @@ def run(args) -> int:
     from pydicom.uid import generate_uid
 
     from ..inference import Segmenter  # torch: only once the options are known to be valid
+    from ..inference.allocator import keep_window_buffers
     from ..inference.dicomseg import attention_dataset, check_referencable, seg_file, segmentation_dataset
     from ..inference.io import StagedWriter, read_volume
 
@@ -121,6 +122,7 @@ def run(args) -> int:
         print(f"mosmos segment: note: {note}", file=sys.stderr)
     if seg_out:
         check_referencable(volume.source)   # before the inference, not after it
+    keep_window_buffers()  # this process is ours: reuse each window's activations (allocator.py)
     segmenter = Segmenter(args.model, device=args.device)
     bar = progress_bar(0, "segment", enabled=None if not args.json_progress else False)
 

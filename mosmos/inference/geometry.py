@@ -126,19 +126,22 @@ def _norm(coords: torch.Tensor, n: int) -> torch.Tensor:
 def resample(t: torch.Tensor, coords: list[torch.Tensor]) -> torch.Tensor:
     """Trilinear samples of t (C, X, Y, Z) at the grid coords[0] x coords[1] x coords[2] of fractional
     source indices (border clamped) -> (C, len0, len1, len2) float32. Separable coordinates, but
-    grid_sample does the work: it is much faster on CPU than per-axis gathers."""
-    t = t.float()
+    grid_sample does the work: it is much faster on CPU than per-axis gathers. The output is made in
+    slabs along the last axis, each from only the source slices it needs, made float32 one slab at a
+    time (a whole int16 CT made float32 at once doubled the peak memory of reading it)."""
     n = t.shape[1:]
     out = torch.empty((t.shape[0], *(len(c) for c in coords)), dtype=torch.float32, device=t.device)
     per_slice = len(coords[0]) * len(coords[1]) * 12
     step = max(1, GRID_BYTES // per_slice)
     a, b = _norm(coords[0], n[0]), _norm(coords[1], n[1])
     for k0 in range(0, len(coords[2]), step):
-        c = _norm(coords[2][k0:k0 + step], n[2])
+        z = coords[2][k0:k0 + step].clamp(0, n[2] - 1)
+        lo, hi = int(z.min().floor()), int(z.max().ceil()) + 1  # the source slices these samples read
+        c = _norm(z - lo, hi - lo)
         gx, gy, gz = torch.meshgrid(a, b, c, indexing="ij")
         grid = torch.stack([gz, gy, gx], dim=-1)[None]  # grid_sample wants (W, H, D) = (Z, Y, X) order
-        out[..., k0:k0 + step] = F.grid_sample(t[None], grid, mode="bilinear", padding_mode="border",
-                                               align_corners=True)[0]
+        out[..., k0:k0 + step] = F.grid_sample(t[None, ..., lo:hi].float(), grid, mode="bilinear",
+                                               padding_mode="border", align_corners=True)[0]
     return out
 
 

@@ -17,11 +17,15 @@ blended over windows like the logits and resampled linearly to the input grid on
 ``SegmentationResult.attention``.
 
 On the CPU the network runs in bf16 where the CPU computes it natively (precision.py). The default
-mode tiles the whole model grid with every window, as the fp32 reference does. ``fast`` (a quick
-preview) also uses fewer, less overlapping windows, tiling only the body's bounding box and skipping
-the windows in it that hold no body voxel (as nnU-Net and TotalSegmentator crop to the body): its
-labels are not yet shown to agree with every window's, so it is not the default. Outside the box
-the labels are background, an organ's probability is 0 and a raw map takes its lowest score.
+mode keeps the grid of windows of the fp32 reference (every window over the whole model grid) and
+only leaves out the windows that hold no body voxel within a margin (as nnU-Net and TotalSegmentator
+crop to the body, but without moving a window). A left-out window adds nothing to the blend: a voxel
+it shares with run windows blends those alone, and one that no run window covers is background (an
+organ's probability 0, a raw map its lowest score). Every voxel a left-out window covers is air at
+least the margin away from the body, so at every body voxel the same windows blend with the same
+weights as in the reference; only air may differ, where a trained model says background anyway.
+``fast`` (a quick preview) uses fewer, less overlapping windows, tiling only the body's bounding box
+(which moves the windows), with the same skipping.
 """
 
 from __future__ import annotations
@@ -43,7 +47,7 @@ from .geometry import (ModelGrid, check_grid_memory, from_oriented, model_grid, 
 from .network import load_segmentation_model, roi_size_of
 from .precision import resolve_precision
 from .preprocess import Preprocessing
-from .sliding import body_blocks, body_box, plan_windows, sliding_window
+from .sliding import body_blocks, body_box, dilate_blocks, fill_lowest, plan_windows, sliding_window
 from .tagselect import select_tags
 
 Progress = Callable[[int, int], "bool | None"]
@@ -51,6 +55,29 @@ Progress = Callable[[int, int], "bool | None"]
 # The default overlap, and the one of a quick first look (fast): 0.25 runs about half the windows.
 OVERLAP, FAST_OVERLAP = 0.5, 0.25
 BODY_BLOCK = 4  # model voxels a side of the blocks the body mask is judged on
+# The exact mode skips a window only when no body block lies within this many blocks of it (6 mm at
+# 1.5 mm voxels): skin and fat below the body threshold by partial volume stay in run windows.
+SKIP_MARGIN = 1
+# Attention probabilities are kept on the model grid in float16 (half the memory): in [0, 1] its
+# rounding is at most 2^-12 = 0.00024. Raw scores stay float32.
+MAP_DTYPE = torch.float16
+
+
+def label_counts(labels: np.ndarray, n: int) -> np.ndarray:
+    """Voxels per label value, a slab at a time (bincount of a whole CT makes an int64 copy of it)."""
+    counts = np.zeros(n, np.int64)
+    for slab in labels.reshape(labels.shape[0], -1):
+        counts += np.bincount(slab, minlength=n)[:n]
+    return counts
+
+
+def half_precision(a: np.ndarray) -> None:
+    """Round float32 ``a`` in place to float16's 11 significant bits (in [0, 1] at most 2^-12 = 0.00024
+    off, as the overlays are kept on the model grid, MAP_DTYPE): the zeroed low bits let gzip write
+    a map in about half the time and space."""
+    bits = a.view(np.uint32)
+    bits += np.uint32(0x1000)
+    bits &= np.uint32(0xFFFFE000)
 
 
 class AttentionMaps(Mapping):
@@ -73,6 +100,7 @@ class AttentionMaps(Mapping):
             full = resample_to_input(self._maps[i:i + 1], self._grid)[0].cpu().numpy()
         if self.probabilities:
             np.clip(full, 0.0, 1.0, out=full)  # trilinear rounding can overshoot by an ulp
+            half_precision(full)
         out = from_oriented(full, self._grid)
         return np.ascontiguousarray(out.T if self._kji else out, dtype=np.float32)
 
@@ -147,7 +175,8 @@ class Segmenter:
     def segment(self, array: np.ndarray, affine: np.ndarray, tags=None, progress: Progress | None = None,
                 overlap: float | None = None, array_order: str = "xyz", modality: str | None = None,
                 source: str = "volume", sw_batch_size: int | None = None, attention_raw: bool = False,
-                map_labels: bool = False, fast: bool = False, precision: str = "auto") -> SegmentationResult:
+                map_labels: bool = False, fast: bool = False, precision: str = "auto",
+                skip_air: bool = True) -> SegmentationResult:
         """Segment ``array`` (3D, (X, Y, Z) or with array_order="kji" (K, J, I)) whose voxel->RAS
         matrix is ``affine``. ``tags``: None for every organ the model labels, or names (a list or a
         "liver, spleen" string). ``modality`` ("CT"/"MR"), when known, is checked against the model.
@@ -157,7 +186,9 @@ class Segmenter:
         class the model labels (background included), with the selected organs' label values.
         ``precision``: "auto" (bf16 where native, else fp32), "fp32" or "bf16". ``fast``: a quick
         preview (see the module docstring); ``overlap`` defaults to OVERLAP, or FAST_OVERLAP when fast.
-        A volume with no body (all air) gives an empty label map and a notice.
+        ``skip_air``: False runs every window of the default mode, also those far from the body (the
+        reference the skipping is checked against). A volume with no body (all air) or one value
+        everywhere gives an empty label map and a notice.
         """
         if overlap is None:
             overlap = FAST_OVERLAP if fast else OVERLAP
@@ -168,7 +199,8 @@ class Segmenter:
         kji = array_order == "kji"
         arr = array.T if kji else array
         affine = self._check_affine(affine, source)
-        notices = self._check_volume(arr, source, modality) + self.model_notices
+        notices, constant = self._check_volume(arr, source, modality)
+        notices += self.model_notices
         selection = select_tags(tags, self.organ_names, hasattr(self.network, "open_set_maps"))
         notices += selection.notices
         grid = model_grid(arr.shape, affine, self.preprocessing.spacing)
@@ -187,7 +219,7 @@ class Segmenter:
             with torch.inference_mode():
                 labels_oriented, map_labels_oriented, maps, more = self._run(
                     arr, grid, selection, progress, overlap, sw_batch_size, attention_raw, map_labels, precision,
-                    fast, run, source)
+                    fast, skip_air, constant, run, source)
         finally:
             torch.set_num_threads(threads)
         notices += more
@@ -199,7 +231,7 @@ class Segmenter:
         labelmap = on_input(labels_oriented)
         map_labelmap = None if map_labels_oriented is None else on_input(map_labels_oriented)
         voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
-        counts = np.bincount(labelmap.reshape(-1), minlength=max(self.label_values) + 1)
+        counts = label_counts(labelmap, max(self.label_values) + 1)
         organs = []
         for name in selection.labelled:
             value = self.label_values[self.label_names.index(name)]
@@ -219,7 +251,8 @@ class Segmenter:
             raise MosmosError(f"{source}: invalid voxel-to-RAS matrix (need a finite, invertible 4x4 affine)")
         return a
 
-    def _check_volume(self, arr: np.ndarray, source: str, modality: str | None) -> list[str]:
+    def _check_volume(self, arr: np.ndarray, source: str, modality: str | None) -> tuple[list[str], bool]:
+        """(notices, whether every voxel has the same value); a volume that cannot be segmented raises."""
         if arr.ndim != 3:
             raise MosmosError(f"{source}: expected a 3D volume, got {arr.ndim}D data of shape {arr.shape}")
         if len(self.roi_size) == 3 and min(arr.shape) < 2:
@@ -236,8 +269,10 @@ class Segmenter:
             lo, hi = arr[finite].min(), arr[finite].max()
             notices.append(f"{source}: {bad} of {arr.size} voxels are not finite (NaN or infinite); they are treated "
                            "as NaN: filled with the lowest finite value")
-        if lo == hi:
-            raise MosmosError(f"{source}: the volume is constant (every voxel is {lo}); nothing to segment")
+        if lo == hi:  # nothing to tell apart: no windows run (_run), one notice
+            notices.append(f"{source}: every voxel has the same value ({lo}): nothing to segment, the label map "
+                           "is empty")
+            return notices, True
         modality = (modality or "").upper() or None
         if modality in ("MRI",):
             modality = "MR"
@@ -246,7 +281,7 @@ class Segmenter:
         elif self.modality == "CT" and modality is None and lo >= 0 and hi > 0:
             notices.append(f"{source} has no negative values, unlike CT in Hounsfield units; this is a CT model: "
                            "results may be poor")
-        return notices
+        return notices, False
 
     # ---------------------------------------------------------------------------------------
     def _model_image(self, arr: np.ndarray, grid: ModelGrid, device: torch.device,
@@ -300,7 +335,7 @@ class Segmenter:
         return predict
 
     def _run(self, arr, grid, selection, progress, overlap, sw_batch_size, raw: bool, map_labels: bool,
-             precision: str, fast: bool, run: dict, source: str):
+             precision: str, fast: bool, skip_air: bool, constant: bool, run: dict, source: str):
         notices: list[str] = []
         selected = [self.label_names.index(n) for n in selection.labelled]
         # The maps' own label map needs every class; otherwise only the selected ones are stitched.
@@ -321,28 +356,23 @@ class Segmenter:
             try:
                 image, body = self._model_image(arr, grid, self.device, body=True)
                 shape = tuple(image.shape[1:])
-                box, starts = self._windows(body, shape, roi, overlap, fast)
-                if box is None:
+                box, starts = (None, []) if constant else self._windows(body, shape, roi, overlap, fast, skip_air)
+                if box is None and not constant:
                     notices.append(f"{source}: no body found (nothing above the air around it): "
                                    "the label map is empty")
-                    box = tuple(slice(0, 0) for _ in shape)
                 every = len(plan_windows(shape, roi, overlap))
                 ran = every if starts is None else len(starts)
                 run.update(windows=ran, windows_skipped=every - ran)
-                crop = image[(slice(None), *box)]
-                logits, maps = (sliding_window(crop, roi, self._predictor(selection, stitched, raw, precision),
-                                               len(self.label_values), n_maps, overlap, batch, stitch, progress,
-                                               starts, unrun) if ran else (None, None))
-                del image, crop
-                labels = self._labels_on_input(logits, box, grid, shape, lut)
-                map_labelmap = None
-                if map_labels and (maps is not None or not ran):
-                    map_labelmap = self._labels_on_input(None if maps is None else maps[:len(stitched)], box, grid,
-                                                         shape, lut)
-                maps = self._maps_on_model_grid(maps, box, shape, attention_channels, unrun)
-                return labels, map_labelmap, maps, notices
+                kept = KeptOutputs(shape, box, lut, len(stitched) if map_labels else 0, attention_channels, unrun,
+                                   np.uint8 if max(self.label_values) < 256 else np.uint16)
+                if ran:
+                    predict = self._predictor(selection, stitched, raw, precision)
+                    sliding_window(image[(slice(None), *box)], roi, predict, len(self.label_values), n_maps, overlap,
+                                   batch, stitch, progress, starts, unrun, on_slab=kept.slab)
+                del image
+                return *kept.labels_on_input(grid), kept.finished_maps(), notices
             except torch.cuda.OutOfMemoryError:
-                image = crop = logits = maps = None
+                image = kept = None
                 torch.cuda.empty_cache()
                 if attempt + 1 == len(stitch_devices):
                     raise MosmosError("GPU out of memory even with CPU stitching; use --device cpu") from None
@@ -350,48 +380,66 @@ class Segmenter:
         raise AssertionError("unreachable")
 
     @staticmethod
-    def _windows(body: torch.Tensor, shape, roi, overlap: float, fast: bool):
+    def _windows(body: torch.Tensor, shape, roi, overlap: float, fast: bool, skip_air: bool):
         """(box, starts): the part of the model grid the windows tile and the windows run there
-        (None: every window). Default: the whole grid, every window. ``fast``: the body's bounding
-        box, without the windows in it that hold no body voxel. No body at all: (None, [])."""
+        (None: every window). Default: the whole grid, on the grid of every window, without the
+        windows holding no body block within SKIP_MARGIN blocks (unless not ``skip_air``). ``fast``:
+        the body's bounding box, without the windows in it that hold no body voxel. No body at
+        all: (None, [])."""
         box = body_box(body, BODY_BLOCK, shape, roi)
         if box is None:
             return None, []
         if not fast:
-            return tuple(slice(0, n) for n in shape), None
+            whole = tuple(slice(0, n) for n in shape)
+            if not skip_air:
+                return whole, None
+            return whole, plan_windows(shape, roi, overlap, dilate_blocks(body, SKIP_MARGIN), BODY_BLOCK)
         sub = body[tuple(slice(b.start // BODY_BLOCK, -(-b.stop // BODY_BLOCK)) for b in box)]
         return box, plan_windows([b.stop - b.start for b in box], roi, overlap, sub, BODY_BLOCK)
 
-    def _labels_on_input(self, logits: torch.Tensor | None, box, grid: ModelGrid, shape,
-                         lut: torch.Tensor) -> np.ndarray:
-        """Labels on the input grid from the class scores of the ``box`` of the model grid
-        (background outside it, and everywhere when there are none)."""
-        out_dtype = np.uint8 if max(self.label_values) < 256 else np.uint16
-        if logits is not None and tuple(logits.shape[1:]) == tuple(shape):
-            labels = lut.to(logits.device)[logits.argmax(0)].cpu().numpy().astype(out_dtype)
-        else:
-            labels = np.zeros(shape, out_dtype)
-            if logits is not None:
-                labels[box] = lut.to(logits.device)[logits.argmax(0)].cpu().numpy()
-        return labels[np.ix_(*nearest_model_indices(grid))]
 
-    @staticmethod
-    def _maps_on_model_grid(maps: torch.Tensor | None, box, shape, channels: list[int],
-                            unrun: list[float] | None) -> torch.Tensor | None:
-        """The attention ``channels`` of the stitched maps of ``box``, on the whole model grid (CPU).
-        Outside the box each takes its ``unrun`` value, or (None) its lowest score in the box."""
-        if not channels:
-            return None
-        if maps is None:  # no window ran
-            fill = torch.tensor([unrun[c] for c in channels] if unrun else [0.0] * len(channels))
-            return fill.view(-1, 1, 1, 1).expand(len(channels), *shape).clone()
-        if channels != list(range(len(maps))):
-            maps = maps[channels]
-        maps = maps.cpu()
-        if tuple(maps.shape[1:]) == tuple(shape):
-            return maps
-        fill = (torch.tensor([unrun[c] for c in channels]) if unrun is not None
-                else maps.reshape(len(channels), -1).min(dim=1).values)
-        full = fill.view(-1, 1, 1, 1).expand(len(channels), *shape).clone()
-        full[(slice(None), *box)] = maps
-        return full
+class KeptOutputs:
+    """What a run keeps of the blend, slab by slab (sliding.SlabSink), on the whole model grid (CPU):
+    the label map (argmax over every class, as label values; background outside ``box`` and where no
+    window ran), with ``n_map_classes`` the maps' own label map (argmax over that many map classes),
+    and the attention ``channels`` of the maps: probabilities in MAP_DTYPE, each taking its ``unrun``
+    value where no window ran; raw scores (``unrun`` None) in float32, taking their lowest score there.
+    """
+
+    def __init__(self, shape, box, lut: torch.Tensor, n_map_classes: int, channels: list[int],
+                 unrun: list[float] | None, label_dtype):
+        self.box, self.lut, self.channels, self.n_map_classes = box, lut, channels, n_map_classes
+        self.labels = np.zeros(shape, label_dtype)
+        self.map_labels = np.zeros(shape, label_dtype) if n_map_classes else None
+        self.maps = self.unset = None
+        if channels:
+            fill = [unrun[c] for c in channels] if unrun is not None else [0.0] * len(channels)
+            dtype = MAP_DTYPE if unrun is not None else torch.float32
+            self.maps = torch.tensor(fill, dtype=dtype).view(-1, 1, 1, 1).expand(len(channels), *shape).clone()
+            if unrun is None:
+                self.unset = torch.ones(shape, dtype=torch.bool)
+
+    def slab(self, part: tuple[slice, ...], logits: torch.Tensor, maps: torch.Tensor | None,
+             uncovered: torch.Tensor) -> None:
+        where = tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(self.box, part))
+        lut = self.lut.to(logits.device)
+        self.labels[where] = lut[logits.argmax(0)].cpu().numpy()
+        if maps is None:
+            return
+        if self.map_labels is not None:
+            self.map_labels[where] = lut[maps[:self.n_map_classes].argmax(0)].cpu().numpy()
+        if self.maps is not None:
+            self.maps[(slice(None), *where)] = maps[self.channels].cpu()
+            if self.unset is not None:
+                self.unset[where] = uncovered.cpu()
+
+    def labels_on_input(self, grid: ModelGrid) -> tuple[np.ndarray, np.ndarray | None]:
+        """(label map, the maps' own or None) on the oriented input grid: each input voxel takes the
+        label of its nearest model voxel."""
+        on_input = np.ix_(*nearest_model_indices(grid))
+        return self.labels[on_input], None if self.map_labels is None else self.map_labels[on_input]
+
+    def finished_maps(self) -> torch.Tensor | None:
+        if self.unset is not None and self.unset.any() and not self.unset.all():
+            fill_lowest(self.maps, self.unset)
+        return self.maps

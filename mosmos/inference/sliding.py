@@ -4,7 +4,13 @@ that lets the caller tile only the body's bounding box and skip windows holding 
 
 A voxel blends only the windows that were run; one that no run window covers is background (logit
 1 for class 0, 0 elsewhere) and its maps take the caller's values (``uncovered_maps``), or the lowest
-score of the voxels that were run."""
+score of the voxels that were run.
+
+The blend is stitched slab by slab along the volume's longest axis: the windows run in order of
+their start there, and a slab no window left to run can reach is final, handed to the caller and its
+buffer reused. The buffers hold one window's depth of that axis, not the whole volume: for a
+512x512x300 CT (a 274x274x375 model grid, 14 classes) 0.4 GB of class scores instead of 1.6 GB.
+"""
 
 from __future__ import annotations
 
@@ -17,6 +23,11 @@ import torch.nn.functional as F
 
 class Cancelled(Exception):
     """The progress callback asked to stop; nothing was written."""
+
+
+# on_slab(where, logits (K, *slab), maps (M, *slab) or None, uncovered (*slab) bool): a finished slab
+# of the blend, ``where`` its three slices of the volume; views valid only during the call.
+SlabSink = Callable[[tuple[slice, ...], torch.Tensor, "torch.Tensor | None", torch.Tensor], None]
 
 
 def window_starts(n: int, roi: int, overlap: float) -> list[int]:
@@ -51,12 +62,15 @@ def sliding_window(
     progress: Callable[[int, int], bool | None] | None = None,
     starts: Sequence[tuple[int, ...]] | None = None,
     uncovered_maps: Sequence[float] | None = None,
-) -> tuple[torch.Tensor, torch.Tensor | None]:
+    on_slab: SlabSink | None = None,
+) -> tuple[torch.Tensor | None, torch.Tensor | None]:
     """Blend ``predict`` over windows of ``image`` (C, X, Y, Z), already on the compute device.
 
     predict(windows (B, C, *roi)) -> (logits (B, num_classes, *roi), maps (B, num_maps, *roi) or None).
     Returns (logits (num_classes, X, Y, Z), maps (num_maps, X, Y, Z) or None) float32 on
-    stitch_device. ``starts``: the windows to run (from plan_windows; default all). The image is
+    stitch_device; or, with ``on_slab``, hands it each finished slab instead (see SlabSink; maps
+    uncovered there hold the ``uncovered_maps`` values, or are left for the sink to fill) and returns
+    (None, None). ``starts``: the windows to run (from plan_windows; default all). The image is
     zero-padded (symmetrically) up to the roi where smaller, and the outputs are cropped back.
     progress(done, total) is called before the first window batch and after each one (over the
     windows run); a False return raises Cancelled. ``uncovered_maps``: per map, its value where no
@@ -71,51 +85,118 @@ def sliding_window(
             spec += [p // 2, p - p // 2]
         image = F.pad(image, spec)
     padded = tuple(image.shape[1:])
+    crop = [slice(p // 2, p // 2 + s) for p, s in zip(pad, shape)]
     starts = plan_windows(shape, roi, overlap) if starts is None else list(starts)
+    ax = max(range(len(padded)), key=lambda d: padded[d])  # the slab axis: the smallest buffers
+    starts.sort(key=lambda start: start[ax])  # stable: product order within a layer of windows
     batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
     total = len(batches)
+    depth = min(padded[ax], max([b[-1][ax] - b[0][ax] + roi[ax] for b in batches], default=1))
+
+    if on_slab is None:
+        full_logits, full_maps, uncovered_all, sink = _full_outputs(shape, num_classes, num_maps, stitch_device)
+    else:
+        sink = on_slab
+
+    def along(part: slice, others) -> tuple[slice, ...]:
+        return tuple(part if d == ax else other for d, other in enumerate(others))
 
     def report(done: int) -> None:
         if progress is not None and progress(done, total) is False:
             raise Cancelled("segmentation cancelled")
 
-    # Every buffer is allocated once: the stitched outputs, the weights and one batch of windows
-    # (a fresh stack or product per window made the allocator map and unmap pages per window).
+    # Every buffer is allocated once: the stitched outputs of one window depth, the weights and one
+    # batch of windows (a fresh stack or product per window made the allocator map and unmap pages
+    # per window).
     importance = gaussian_importance(roi, stitch_device)
-    logits = torch.zeros((num_classes, *padded), dtype=torch.float32, device=stitch_device)
-    maps = torch.zeros((num_maps, *padded), dtype=torch.float32, device=stitch_device) if num_maps else None
-    weight = torch.zeros(padded, dtype=torch.float32, device=stitch_device)
+    held = [depth if d == ax else n for d, n in enumerate(padded)]
+    logits = torch.zeros((num_classes, *held), dtype=torch.float32, device=stitch_device)
+    maps = torch.zeros((num_maps, *held), dtype=torch.float32, device=stitch_device) if num_maps else None
+    weight = torch.zeros((1, *held), dtype=torch.float32, device=stitch_device)
+    buffers = [b for b in (logits, maps, weight) if b is not None]
     windows = torch.empty((min(batch_size, len(starts)) or 1, image.shape[0], *roi), dtype=image.dtype,
                           device=image.device)
+    lo = 0  # the layer (padded, along ax) of buffer layer 0
+
+    def emit(upto: int) -> None:
+        """Hand the buffer's layers lo..upto (padded; upto - lo <= depth) to the sink."""
+        a, b = max(lo, crop[ax].start), min(upto, crop[ax].stop)
+        if a >= b:
+            return
+        region = along(slice(a - lo, b - lo), crop)
+        w = weight[0][region]
+        uncovered = w == 0
+        w.masked_fill_(uncovered, 1.0)
+        slab = logits[(slice(None), *region)].div_(w)
+        slab[0].masked_fill_(uncovered, 1.0)
+        slab_maps = None
+        if maps is not None:
+            slab_maps = maps[(slice(None), *region)].div_(w)
+            if uncovered_maps is not None:
+                for k, channel in enumerate(slab_maps):
+                    channel.masked_fill_(uncovered, uncovered_maps[k])
+        sink(along(slice(a - crop[ax].start, b - crop[ax].start), [slice(0, n) for n in shape]), slab, slab_maps,
+             uncovered)
+
+    def advance(upto: int) -> None:
+        """Finish every layer before ``upto``; the buffers then start at layer ``upto``."""
+        nonlocal lo
+        while lo < upto:
+            step = min(upto - lo, depth)
+            emit(lo + step)
+            keep = depth - step
+            for buf in buffers:  # layers step..depth move to the front, in pieces that do not overlap
+                for r in range(0, keep, step):
+                    n = min(step, keep - r)
+                    buf.narrow(1 + ax, r, n).copy_(buf.narrow(1 + ax, step + r, n))
+                buf.narrow(1 + ax, keep, step).zero_()
+            lo += step
+
     report(0)
     for done, batch in enumerate(batches, 1):
-        regions = [tuple(slice(s, s + r) for s, r in zip(start, roi)) for start in batch]
-        for b, reg in enumerate(regions):
-            windows[b].copy_(image[(slice(None), *reg)])
-        out_logits, out_maps = predict(windows[:len(regions)])
+        advance(batch[0][ax])
+        for b, start in enumerate(batch):
+            windows[b].copy_(image[(slice(None), *(slice(s, s + r) for s, r in zip(start, roi)))])
+        out_logits, out_maps = predict(windows[:len(batch)])
         out_logits = out_logits.to(stitch_device)
         if maps is not None:
             out_maps = out_maps.to(stitch_device)
-        for b, reg in enumerate(regions):
+        for b, start in enumerate(batch):
+            reg = along(slice(start[ax] - lo, start[ax] - lo + roi[ax]),
+                        [slice(s, s + r) for s, r in zip(start, roi)])
             logits[(slice(None), *reg)].addcmul_(out_logits[b], importance)
             if maps is not None:
                 maps[(slice(None), *reg)].addcmul_(out_maps[b], importance)
-            weight[reg].add_(importance)
+            weight[(0, *reg)].add_(importance)
         del out_logits, out_maps
         report(done)
-    crop = tuple(slice(p // 2, p // 2 + s) for p, s in zip(pad, shape))
-    weight = weight[crop]
-    uncovered = weight == 0
-    weight.masked_fill_(uncovered, 1.0)
-    logits = logits[(slice(None), *crop)].div_(weight)
-    logits[0].masked_fill_(uncovered, 1.0)
-    if maps is not None:
-        maps = maps[(slice(None), *crop)].div_(weight)
-        if uncovered.any() and (uncovered_maps is not None or not uncovered.all()):
-            for k, channel in enumerate(maps):  # outside every window run: the caller's value, or attends least
-                fill = uncovered_maps[k] if uncovered_maps is not None else float(channel[~uncovered].min())
-                channel.masked_fill_(uncovered, fill)
-    return logits, maps
+    advance(padded[ax])
+    if on_slab is not None:
+        return None, None
+    if full_maps is not None and uncovered_maps is None and uncovered_all.any() and not uncovered_all.all():
+        fill_lowest(full_maps, uncovered_all)
+    return full_logits, full_maps
+
+
+def _full_outputs(shape, num_classes: int, num_maps: int, device):
+    """(logits, maps, uncovered, sink): whole-volume outputs and the slab sink that fills them."""
+    logits = torch.empty((num_classes, *shape), dtype=torch.float32, device=device)
+    maps = torch.empty((num_maps, *shape), dtype=torch.float32, device=device) if num_maps else None
+    uncovered_all = torch.zeros(shape, dtype=torch.bool, device=device)
+
+    def sink(where, slab, slab_maps, uncovered) -> None:
+        logits[(slice(None), *where)] = slab
+        uncovered_all[where] = uncovered
+        if maps is not None:
+            maps[(slice(None), *where)] = slab_maps
+
+    return logits, maps, uncovered_all, sink
+
+
+def fill_lowest(maps: torch.Tensor, uncovered: torch.Tensor) -> None:
+    """Each map where ``uncovered``: its lowest score elsewhere (attends least)."""
+    for channel in maps:
+        channel.masked_fill_(uncovered, float(channel[~uncovered].min()))
 
 
 def plan_windows(shape: Sequence[int], roi: Sequence[int], overlap: float, body: torch.Tensor | None = None,
@@ -148,6 +229,14 @@ def body_blocks(raw: torch.Tensor, threshold: float, block: int = 4) -> torch.Te
         behind = above.flip(dim).to(torch.uint8).cummax(dim).values.flip(dim).bool()
         inside &= ahead & behind
     return above | inside
+
+
+def dilate_blocks(body: torch.Tensor, margin: int) -> torch.Tensor:
+    """``body`` (from body_blocks) grown by ``margin`` blocks along every axis (a cube)."""
+    if margin <= 0:
+        return body
+    k = 2 * margin + 1
+    return F.max_pool3d(body[None, None].float(), k, stride=1, padding=margin)[0, 0] > 0
 
 
 def body_box(body: torch.Tensor, block: int, shape: Sequence[int], roi: Sequence[int]) -> tuple[slice, ...] | None:

@@ -69,6 +69,7 @@ class MosmosWebApp(TrameApp):
         s.model_organs = []
         s.organ_text = ""
         s.ticked = []
+        s.quick_preview = False
         s.running = False
         s.progress = 0
         s.rows = []
@@ -146,12 +147,13 @@ class MosmosWebApp(TrameApp):
         self.state.message = ""
         tags = split_organs(self.state.organ_text, self.state.ticked)
         try:
-            self.session.start(tags, self.session.modelsFolder / self.state.model if self.state.model else None)
+            self.session.start(tags, self.session.modelsFolder / self.state.model if self.state.model else None,
+                               fast=bool(self.state.quick_preview))
         except Exception as e:  # noqa: BLE001
             self._fail(e)
             return
         self.state.running, self.state.progress = True, 0
-        self.state.info = f"Segmenting {', '.join(tags)} ..."
+        self.state.info = f"Segmenting {', '.join(tags)}{' (quick preview)' if self.state.quick_preview else ''} ..."
         self._watcher = asyncio.get_running_loop().create_task(self._watch())  # a reference keeps it alive
 
     async def _watch(self) -> None:
@@ -265,6 +267,11 @@ class MosmosWebApp(TrameApp):
                         html.Input(type="checkbox", value=("o",), v_model=("ticked",), disabled=("running",))
                         html.Span(" {{ o }}")
 
+                with html.Label(classes="text-body-2 d-block mb-2",
+                                title="fewer, less overlapping windows over the body only: a first look"):
+                    html.Input(type="checkbox", id="quick-preview", v_model=("quick_preview",),
+                               disabled=("running",))
+                    html.Span(" Quick preview")
                 with html.Div(classes="d-flex align-center mb-2"):
                     v.VBtn("Segment", id="segment", color="primary", disabled=("running || !volume_name",),
                            click=self.segment, classes="mr-2")

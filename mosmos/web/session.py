@@ -88,7 +88,8 @@ class Session:
         return node
 
     # --- segmentation -------------------------------------------------------------------------------
-    def start(self, tags: list[str], model: str, device: str = "auto") -> None:
+    def start(self, tags: list[str], model: str, device: str = "auto", fast: bool = False) -> None:
+        """``fast``: the quick preview of the Slicer module (`mosmos segment --fast`)."""
         if self.volumeNode is None:
             raise MosmosError("no volume open: upload one or choose one from the data folder")
         if self.job is not None:
@@ -101,7 +102,7 @@ class Session:
         select_tags(tags, list(modelsLib.model_info(modelPath).organs), open_set_supported=True)
         load_model(modelPath)
         job = pipeline.SegmentationJob(self.volumeNode, tags, modelPath, device, attention=True,
-                                       modelsFolder=self.modelsFolder)
+                                       modelsFolder=self.modelsFolder, fast=fast)
         try:
             job.start()
         except BaseException:
