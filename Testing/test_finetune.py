@@ -145,6 +145,7 @@ def recipe_cli_args(cfg: FinetuneConfig) -> list[str]:
             "--num-samples", str(cfg.num_samples), "--lr", str(cfg.lr), "--warmup-steps", str(cfg.warmup_steps),
             "--lambda-pta", str(cfg.lambda_pta), "--roi-size", *map(str, cfg.roi_size),
             "--spacing", *map(str, cfg.spacing), "--feature-size", str(cfg.feature_size),
+            "--weight-decay", str(cfg.weight_decay), "--scale-augment", str(cfg.scale_augment),
             "--val-every", str(cfg.val_every), "--seed", str(cfg.seed), "--workers", str(cfg.workers),
             "--log-every", str(cfg.log_every), "--checkpoint-every", str(cfg.checkpoint_every), "--no-progress"]
     return args + ([] if cfg.augment else ["--no-augment"])
