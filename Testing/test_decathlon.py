@@ -180,6 +180,29 @@ def test_augmentation_keeps_the_patient_left_and_right_organs_apart(phantom_dir)
     assert left_of_right([0, 1, 2]) == {False}  # what a left-right flip does to lateral labels
 
 
+def test_zoom_augmentation_resizes_the_organs_of_each_crop_and_keeps_its_labels(phantom_dir):
+    """scale_range (the maps recipe's 0.1) zooms the crops about their centres: the same crops hold organs
+    of other sizes, and the labels stay whole classes (nearest-neighbour). Off by default."""
+    spec = load_decathlon(phantom_dir)
+
+    def organ_voxels(scale_range: float) -> np.ndarray:
+        cfg = preprocessing_config(roi_size=32, num_samples=4, label_values=spec.label_values, shift_prob=0.0,
+                                   scale_range=scale_range)
+        pipeline = build_train_transforms(cfg)
+        pipeline.set_random_state(seed=0)
+        crops = pipeline(spec.training[0])
+        assert all(np.shape(c["image"]) == np.shape(c["label"]) == (1, 32, 32, 32) for c in crops)
+        labels = [np.asarray(c["label"]).astype(int) for c in crops]
+        assert all(np.array_equal(lab, np.asarray(c["label"])) for lab, c in zip(labels, crops))
+        return np.array([np.bincount(lab.ravel(), minlength=len(spec.label_values)) for lab in labels])
+
+    assert preprocessing_config()["scale_range"] == 0.0
+    plain, zoomed = organ_voxels(0.0), organ_voxels(0.1)
+    assert plain.shape == zoomed.shape  # no label value outside the classes appeared
+    changed = np.abs(zoomed[:, 1:] - plain[:, 1:]) > 0.05 * np.maximum(plain[:, 1:], 20)
+    assert changed.sum() >= 4  # organs of other sizes in the same crops
+
+
 def test_mr_percentile_normalisation(phantom_dir):
     spec = load_decathlon(phantom_dir)
     out = build_val_transforms(dict(modality="MR"), with_label=False)({"image": spec.training[0]["image"]})

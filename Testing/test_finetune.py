@@ -145,6 +145,7 @@ def recipe_cli_args(cfg: FinetuneConfig) -> list[str]:
             "--num-samples", str(cfg.num_samples), "--lr", str(cfg.lr), "--warmup-steps", str(cfg.warmup_steps),
             "--lambda-pta", str(cfg.lambda_pta), "--roi-size", *map(str, cfg.roi_size),
             "--spacing", *map(str, cfg.spacing), "--feature-size", str(cfg.feature_size),
+            "--weight-decay", str(cfg.weight_decay), "--scale-augment", str(cfg.scale_augment),
             "--val-every", str(cfg.val_every), "--seed", str(cfg.seed), "--workers", str(cfg.workers),
             "--log-every", str(cfg.log_every), "--checkpoint-every", str(cfg.checkpoint_every), "--no-progress"]
     return args + ([] if cfg.augment else ["--no-augment"])
@@ -188,9 +189,10 @@ def test_finetune_recipe_teaches_the_pixel_tag_maps_to_find_held_out_organs(tmp_
         assert main(recipe_cli_args(cfg)) == 0
         dices[lambda_pta] = held_out_map_dices(Path(cfg.out) / "model.safetensors", data)
         print(f"lambda {lambda_pta}: held-out pixel-tag map Dice {dices[lambda_pta]}")
-    # Measured: spleen 0.58, right kidney 0.73, left kidney 0.57, liver 0.88, stomach 0.68 (the target,
-    # 0.6 for every organ, is met by three of the five at this budget of steps).
-    assert min(dices[0.8].values()) >= 0.5 and np.mean(list(dices[0.8].values())) >= 0.6
+    # Measured (zoom 1 +/- 0.1 in the recipe): spleen 0.59, right kidney 0.73, left kidney 0.63, liver 0.88, stomach
+    # 0.69; without the zoom 0.58 / 0.73 / 0.57 / 0.88 / 0.68. The 0.6 for every organ is reached at 600
+    # steps (0.61 / 0.75 / 0.63 / 0.87 / 0.68), which would make this, one of the suite's longest tests, 50 % longer.
+    assert min(dices[0.8].values()) >= 0.55 and np.mean(list(dices[0.8].values())) >= 0.65
     assert np.mean(list(dices[0.0].values())) < np.mean(list(dices[0.8].values())) - 0.3
 
 

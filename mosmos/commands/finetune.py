@@ -30,7 +30,9 @@ def add_arguments(p) -> None:
     p.add_argument("--spacing", type=float, nargs=3, default=None, help="mm (default 1.5 1.5 2.0)")
     p.add_argument("--feature-size", type=int, default=C.feature_size)
     p.add_argument("--no-augment", action="store_true",
-                   help="no random flips, rotations or intensity shifts (crops stay random)")
+                   help="no random flips, rotations, zooms or intensity shifts (crops stay random)")
+    p.add_argument("--scale-augment", type=float, default=C.scale_augment,
+                   help="randomly zoom each crop by a factor within 1 -/+ this (default %(default)s: none)")
     p.add_argument("--val-every", type=int, default=C.val_every, help="epochs between validations")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=C.seed)
@@ -53,7 +55,8 @@ def run(args) -> int:
         pretrained=args.pretrained, epochs=args.epochs, batch_size=args.batch_size, num_samples=args.num_samples,
         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lambda_pta=args.lambda_pta,
         label_ratio=args.label_ratio, roi_size=args.roi_size, spacing=args.spacing,
-        feature_size=args.feature_size, augment=not args.no_augment, val_every=args.val_every, seed=args.seed,
+        feature_size=args.feature_size, augment=not args.no_augment,
+        scale_augment=args.scale_augment, val_every=args.val_every, seed=args.seed,
         workers=args.workers, precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, max_steps=args.max_steps, description=args.description)
     from ..train.distributed import is_main_process  # torch: only once the options are known to be valid

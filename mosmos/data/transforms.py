@@ -2,7 +2,7 @@
 
 RAS orientation, resampling to 1.5 x 1.5 x 2.0 mm, CT window -175..250 HU -> [0, 1] (MR:
 per-volume 0.5..99.5 percentiles -> [0, 1]), foreground crop, random label-balanced crops, flips,
-90° rotations and intensity shifts. The 2D variant (MOSMOS-U-Net) resamples in-plane only and
+90° rotations and intensity shifts; optionally random zooms ("scale_range", off by default). The 2D variant (MOSMOS-U-Net) resamples in-plane only and
 draws random axial slices from the same 3D volumes.
 
 Label maps whose values have gaps (a dataset without some organ) are remapped to classes
@@ -43,6 +43,10 @@ DEFAULTS = {
     "rot90_prob": 0.1,
     "shift_offset": 0.1,
     "shift_prob": 0.5,
+    # Random zoom of each crop about its centre by a factor in 1 -/+ scale_range (0: none): subjects differ
+    # in size, and their organs fall on different tokens of the encoder's grid (the maps recipe uses 0.1).
+    "scale_range": 0.0,
+    "scale_prob": 1.0,
     "label_values": None,
 }
 
@@ -143,6 +147,9 @@ def build_train_transforms(cfg: dict | None = None) -> mt.Compose:
     ]
     if dims == 2:
         steps.append(mt.SqueezeDimd(keys=keys, dim=3))
+    if cfg["scale_range"] > 0:
+        steps.append(mt.RandAffined(keys=keys, prob=cfg["scale_prob"], scale_range=[cfg["scale_range"]] * dims,
+                                    mode=("bilinear", "nearest"), padding_mode="zeros"))
     axes = [a for a in cfg["flip_axes"] if a < dims]
     steps += [mt.RandFlipd(keys=keys, prob=cfg["flip_prob"], spatial_axis=axis) for axis in axes]
     if len(axes) == 2 and crop[axes[0]] == crop[axes[1]]:  # a quarter turn within the plane of two movable axes

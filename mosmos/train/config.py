@@ -36,6 +36,7 @@ RANGES = {
     "overlap": (0, True, 1, False),
     "roi_size": (1, True, None, True),
     "spacing": (0, False, None, True),
+    "scale_augment": (0, True, 1, False),
 }
 INTEGERS = {"epochs", "batch_size", "num_samples", "warmup_steps", "feature_size", "val_every", "seed", "workers",
             "checkpoint_every", "log_every", "max_steps", "roi_size"}
@@ -120,6 +121,7 @@ class FinetuneConfig:
     spacing: list[float] | None = None
     feature_size: int = 16
     augment: bool = True
+    scale_augment: float = 0.0  # random zoom by up to this fraction (data.transforms "scale_range"); 0: none
     val_every: int = 50
     seed: int = 0
     workers: int = 4

@@ -135,8 +135,9 @@ class FinetuneRun(TrainingRun):
             check_case(case, spec.labels, spatial_dims=dims, in_channels=spec.in_channels)
         roi = cfg.roi_size or ([96, 96, 96] if dims == 3 else [224, 224])
         overrides = {"spacing": cfg.spacing} if cfg.spacing else {}
+        overrides["scale_range"] = cfg.scale_augment
         if not cfg.augment:  # e.g. to check that a model can memorise a case
-            overrides.update(flip_prob=0.0, rot90_prob=0.0, shift_prob=0.0)
+            overrides.update(flip_prob=0.0, rot90_prob=0.0, shift_prob=0.0, scale_prob=0.0)
         self.prep = preprocessing_config(spatial_dims=dims, modality=spec.modality, roi_size=roi,
                                          num_samples=cfg.num_samples, label_values=spec.label_values, **overrides)
 
