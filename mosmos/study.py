@@ -55,11 +55,9 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
     """Run the study into ``out`` (``changes``: StudyPlan fields to change): ``runs.csv`` (one row per run),
     ``study.md`` (mean ± sd Dice per budget and initialisation, wins, Wilcoxon p), ``study.png`` and
     ``study.json``; returns the summary."""
-    from .data.phantoms import write_decathlon_dataset, write_roco_folder
-    from .demo_models import MAP_BACKBONE, map_recipe_config
-    from .train.config import PretrainConfig
+    from .data.phantoms import write_decathlon_dataset
+    from .demo_models import map_recipe_config
     from .train.finetune import finetune
-    from .train.pretrain import pretrain
 
     plan = StudyPlan.of(quick, **changes)
     out = Path(out)
@@ -70,11 +68,7 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
     n_train = max(plan.budgets)
     print(f"study: {len(plan.budgets)} label budgets x {plan.seeds} seeds x {len(INITS)} inits, "
           f"{plan.steps} fine-tuning steps each", flush=True)
-    roco = write_roco_folder(out / "roco", plan.roco_pairs, seed=0)
-    pretrained = pretrain(PretrainConfig(
-        roco=str(roco), out=str(out / "pretrain"), backbone=MAP_BACKBONE, epochs=plan.pretrain_epochs,
-        batch_size=32, lr=1e-3, warmup_steps=10, workers=0, seed=0, log_every=10),
-        events=str(out / "pretrain" / "events.jsonl"), progress=progress)
+    pretrained = pretrain_on_phantom_reports(out, plan.roco_pairs, plan.pretrain_epochs, seed=0, progress=progress)
     print(f"study: pre-trained once in {time.perf_counter() - t0:.0f} s", flush=True)
     data = write_decathlon_dataset(out / "dataset", n_train, plan.held_out, seed=1, organs=STUDY_TAGS,
                                    **_phantom_grid()).parent
@@ -104,6 +98,22 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
     print(study_table(summary))
     print(f"total time: {summary['seconds']:.0f} s; table {out / 'study.md'}, plot {out / 'study.png'}")
     return summary
+
+
+def pretrain_on_phantom_reports(out: Path, pairs: int, epochs: int, seed: int = 0, progress: bool | None = None,
+                                log_every: int = 10) -> Path:
+    """Write ``pairs`` phantom slices with reports to ``out/roco`` (ROCO layout) and pre-train the maps'
+    backbone on them into ``out/pretrain``; returns the pre-trained model file (as the study and the demo do)."""
+    from .data.phantoms import write_roco_folder
+    from .demo_models import MAP_BACKBONE
+    from .train.config import PretrainConfig
+    from .train.pretrain import pretrain
+
+    roco = write_roco_folder(out / "roco", pairs, seed=seed)
+    return pretrain(PretrainConfig(
+        roco=str(roco), out=str(out / "pretrain"), backbone=MAP_BACKBONE, epochs=epochs, batch_size=32, lr=1e-3,
+        warmup_steps=10, workers=0, seed=seed, log_every=log_every),
+        events=str(out / "pretrain" / "events.jsonl"), progress=progress)
 
 
 def _phantom_grid() -> dict:
