@@ -42,7 +42,7 @@ class StudyPlan:
     def of(cls, quick: bool, **changes) -> "StudyPlan":
         """The default (or ``quick``) plan with the ``changes`` that are not None."""
         plan = (cls(budgets=(1,), seeds=1, held_out=1, steps=2, roco_pairs=64, pretrain_epochs=1) if quick else
-                cls(budgets=(1, 2, 4), seeds=5, held_out=4, steps=200, roco_pairs=800, pretrain_epochs=8))
+                cls(budgets=(1, 2, 4), seeds=5, held_out=4, steps=200, roco_pairs=1600, pretrain_epochs=10))
         changes = {k: tuple(v) if k == "budgets" else int(v) for k, v in changes.items() if v is not None}
         plan = cls(**{**asdict(plan), **changes})
         if min(plan.budgets) < 1 or min(plan.seeds, plan.steps, plan.roco_pairs, plan.pretrain_epochs) < 1:
@@ -51,15 +51,16 @@ class StudyPlan:
         return plan
 
 
-def run_study(out: str | Path, quick: bool = False, progress: bool | None = None, **changes) -> dict:
-    """Run the study into ``out`` (``changes``: StudyPlan fields to change): ``runs.csv`` (one row per run),
+def run_study(out: str | Path, quick: bool = False, progress: bool | None = None, jobs: int = 1, **changes) -> dict:
+    """Run the study into ``out`` (``changes``: StudyPlan fields to change; ``jobs``: fine-tuning runs at
+    once, one process each; the results do not depend on it): ``runs.csv`` (one row per run),
     ``study.md`` (mean ± sd Dice per budget and initialisation, wins, Wilcoxon p), ``study.png`` and
     ``study.json``; returns the summary."""
     from .data.phantoms import write_decathlon_dataset
-    from .demo_models import map_recipe_config
-    from .train.finetune import finetune
 
     plan = StudyPlan.of(quick, **changes)
+    if jobs < 1:
+        raise MosmosError(f"study: --jobs must be at least 1 (got {jobs})")
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "study.json").exists():
         raise MosmosError(f"{out}: folder exists and is not an earlier study output; choose another --out")
@@ -73,21 +74,29 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
     data = write_decathlon_dataset(out / "dataset", n_train, plan.held_out, seed=1, organs=STUDY_TAGS,
                                    **_phantom_grid()).parent
 
+    runs = [dict(data=data, run_dir=out / "runs" / f"b{budget}-s{seed}-{init}", steps=plan.steps, seed=seed,
+                 pretrained=str(pretrained) if init == "mosmos" else None, label_ratio=budget / n_train,
+                 row={"budget": budget, "seed": seed, "init": init})
+            for budget in plan.budgets for seed in range(plan.seeds) for init in INITS]
     rows = []
-    for budget in plan.budgets:
-        for seed in range(plan.seeds):
-            for init in INITS:
-                run_dir = out / "runs" / f"b{budget}-s{seed}-{init}"
-                cfg = map_recipe_config(data, run_dir, plan.steps, seed=seed,
-                                        pretrained=str(pretrained) if init == "mosmos" else None,
-                                        label_ratio=budget / n_train)
-                t = time.perf_counter()
-                model = finetune(cfg, events=str(run_dir / "events.jsonl"), progress=progress)
-                dice = held_out_dice(model, data)
-                rows.append({"budget": budget, "seed": seed, "init": init, "dice": dice,
-                             "seconds": round(time.perf_counter() - t, 1)})
-                print(f"study: budget {budget}, seed {seed}, {init} init: held-out mean Dice {dice:.3f}", flush=True)
-                _write_runs_csv(out / "runs.csv", rows)  # after every run: a stopped study keeps what it measured
+
+    def record(row: dict) -> None:
+        rows.append(row)
+        rows.sort(key=lambda r: (r["budget"], r["seed"], INITS.index(r["init"])))
+        print(f"study: budget {row['budget']}, seed {row['seed']}, {row['init']} init: held-out mean Dice "
+              f"{row['dice']:.3f}", flush=True)
+        _write_runs_csv(out / "runs.csv", rows)  # after every run: a stopped study keeps what it measured
+
+    if jobs <= 1:
+        for run in runs:
+            record(study_run(progress=progress, **run))
+    else:  # independent runs, one process each (each as many threads as OMP_NUM_THREADS allows)
+        import multiprocessing
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+
+        with ProcessPoolExecutor(jobs, mp_context=multiprocessing.get_context("spawn")) as pool:
+            for done in as_completed([pool.submit(study_run, progress=False, **run) for run in runs]):
+                record(done.result())
 
     summary = summarize(rows, plan)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
@@ -100,20 +109,49 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
     return summary
 
 
+def study_run(data: Path, run_dir: Path, steps: int, seed: int, pretrained: str | None, label_ratio: float,
+               row: dict, progress: bool | None) -> dict:
+    """Fine-tune one run of the study and score it on the held-out phantoms: ``row`` with its Dice and time."""
+    from .demo_models import map_recipe_config
+    from .train.finetune import finetune
+
+    t = time.perf_counter()
+    cfg = map_recipe_config(data, run_dir, steps, seed=seed, pretrained=pretrained, label_ratio=label_ratio)
+    model = finetune(cfg, events=str(run_dir / "events.jsonl"), progress=progress)
+    return {**row, "dice": held_out_dice(model, data), "seconds": round(time.perf_counter() - t, 1)}
+
+
 def pretrain_on_phantom_reports(out: Path, pairs: int, epochs: int, seed: int = 0, progress: bool | None = None,
                                 log_every: int = 10) -> Path:
     """Write ``pairs`` phantom slices with reports to ``out/roco`` (ROCO layout) and pre-train the maps'
-    backbone on them into ``out/pretrain``; returns the pre-trained model file (as the study and the demo do)."""
+    backbone on them into ``out/pretrain``; returns the pre-trained model file (as the study and the demo do).
+
+    The pictures show the body at the scale one fine-tuning window does (the backbone's image size is
+    the window's in-plane size, so an organ covers as many tokens in both and the positional grids agree)."""
     from .data.phantoms import write_roco_folder
     from .demo_models import MAP_BACKBONE
     from .train.config import PretrainConfig
     from .train.pretrain import pretrain
 
-    roco = write_roco_folder(out / "roco", pairs, seed=seed)
+    roco = write_roco_folder(out / "roco", pairs, seed=seed, image_size=report_image_size())
     return pretrain(PretrainConfig(
         roco=str(roco), out=str(out / "pretrain"), backbone=MAP_BACKBONE, epochs=epochs, batch_size=32, lr=1e-3,
         warmup_steps=10, workers=0, seed=seed, log_every=log_every),
         events=str(out / "pretrain" / "events.jsonl"), progress=progress)
+
+
+def report_image_size() -> int:
+    """Side of the phantom report pictures: the maps' backbone's image size (checked against the window)."""
+    import open_clip
+
+    from .demo_models import MAP_BACKBONE, MAP_ROI
+    from .models.backbones import canonical_backbone
+
+    size = open_clip.get_model_config(canonical_backbone(MAP_BACKBONE))["vision_cfg"]["image_size"]
+    if MAP_ROI[:2] != [size, size]:
+        raise MosmosError(f"{MAP_BACKBONE}: image size {size} is not the fine-tuning window's in-plane size "
+                          f"{MAP_ROI[:2]}; report pictures and windows would show organs at different scales")
+    return size
 
 
 def _phantom_grid() -> dict:
