@@ -99,6 +99,7 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
                 record(done.result())
 
     summary = summarize(rows, plan)
+    summary["pretrained_maps"] = pretrained_map_auc(pretrained, pictures=40 if quick else 200)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_bytes(out / "study.md", study_table(summary).encode())
     draw_study(out / "study.png", summary)
@@ -110,7 +111,7 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
 
 
 def study_run(data: Path, run_dir: Path, steps: int, seed: int, pretrained: str | None, label_ratio: float,
-               row: dict, progress: bool | None) -> dict:
+              row: dict, progress: bool | None) -> dict:
     """Fine-tune one run of the study and score it on the held-out phantoms: ``row`` with its Dice and time."""
     from .demo_models import map_recipe_config
     from .train.finetune import finetune
@@ -173,6 +174,58 @@ def held_out_dice(model: Path, data: Path) -> float:
     return float(np.nanmean(list(case_mean_dice(results).values())))
 
 
+def pretrained_map_auc(model: Path, pictures: int = 200, seed: int = 777) -> dict:
+    """Do the pre-trained model's own 2D pixel–tag maps find organs? On held-out report pictures, per
+    organ the AUC of its tag's map over tokens inside the organ (at least half covered) against tokens
+    outside it (0.5 = chance), and the same after subtracting each token's mean over the tags (what tells
+    organs apart: a softmax over tags, as L_pta reads maps, sees only that); ``random``: the same for a
+    randomly initialised model of that architecture (organs are brighter than air: not 0.5)."""
+    import torch
+
+    from .models.pretrain import MosmosPretrainModel
+
+    trained = MosmosPretrainModel.from_file(model)
+    torch.manual_seed(seed)
+    return {"pictures": pictures, **_map_auc(trained, pictures, seed),
+            "random": _map_auc(MosmosPretrainModel.from_config(trained.config), pictures, seed)}
+
+
+def _map_auc(net, pictures: int, seed: int) -> dict:
+    import torch
+    from PIL import Image
+
+    from .data.phantoms import BTCV_LABELS, phantom_slices
+    from .train.pretrain import image_transforms
+
+    net.eval()
+    config = net.config
+    items = phantom_slices(pictures, seed=seed, image_size=config["image_size"])
+    transform = image_transforms(config["image_size"], config["mean"], config["std"], train=False)
+    with torch.no_grad():
+        out = net(torch.stack([transform(Image.fromarray(s.image).convert("RGB")) for s in items]),
+                  net.tokenize([""] * len(items)))
+    maps, (h, w) = out["pixel_tag_maps"].float().numpy(), out["grid"]
+    value = {name: v for v, name in BTCV_LABELS.items()}
+    auc, centred = {}, []
+
+    def roc_auc(inside, outside):
+        return float((inside[:, None] > outside[None]).mean() + 0.5 * (inside[:, None] == outside[None]).mean())
+
+    for b, item in enumerate(items):
+        p = item.label.shape[0] // h
+        for organ in (o for o in item.organs if o in net.tags):
+            cover = (item.label == value[organ]).reshape(h, p, w, p).mean(axis=(1, 3)).ravel()
+            inside, outside = cover >= 0.5, cover == 0
+            if inside.any() and outside.any():
+                score = maps[b, net.tags.index(organ)]
+                auc.setdefault(organ, []).append(roc_auc(score[inside], score[outside]))
+                score = score - maps[b].mean(axis=0)
+                centred.append(roc_auc(score[inside], score[outside]))
+    per_organ = {organ: round(float(np.mean(v)), 3) for organ, v in auc.items()}
+    return {"auc": per_organ, "mean_auc": round(float(np.mean(list(per_organ.values()))), 3),
+            "tag_centred_auc": round(float(np.mean(centred)), 3)}
+
+
 def summarize(rows: list[dict], plan: StudyPlan) -> dict:
     """Mean ± sd per budget and init, the seeds where MOSMOS init wins, and the paired Wilcoxon p."""
     from .metrics import wilcoxon_p
@@ -203,6 +256,12 @@ def study_table(summary: dict) -> str:
         p = "n/a" if e["wilcoxon_p"] is None else f"{e['wilcoxon_p']:.3f}"
         lines.append(f"| {e['budget']} | {e['mosmos']['mean']:.3f} ± {e['mosmos']['sd']:.3f} | "
                      f"{e['random']['mean']:.3f} ± {e['random']['sd']:.3f} | {e['mosmos_wins']}/{e['pairs']} | {p} |")
+    if "pretrained_maps" in summary:
+        m = summary["pretrained_maps"]
+        lines += ["", f"Pre-trained model's own 2D maps on {m['pictures']} held-out report pictures: AUC of an organ's "
+                  f"tag map, organ tokens against the rest, {m['mean_auc']:.3f} (mean over organs; randomly "
+                  f"initialised model {m['random']['mean_auc']:.3f}); after subtracting each token's mean over "
+                  f"tags {m['tag_centred_auc']:.3f} (random {m['random']['tag_centred_auc']:.3f}; 0.5 = chance)."]
     return "\n".join(lines) + "\n"
 
 
