@@ -58,6 +58,20 @@ def test_network_patch_embedding_is_the_inflated_clip_weight(tiny):
                                clip_visual.transformer.resblocks[0].attn.in_proj_weight)
 
 
+def test_random_init_folds_in_no_picture_normalisation():
+    """Random weights saw no pictures: their inflation is the plain one (no offset that would swamp
+    the positional embedding)."""
+    torch.manual_seed(3)
+    visual = create_clip("tiny-vit").visual
+    torch.manual_seed(3)
+    net = MosmosUNETR(num_classes=2, backbone="tiny-vit", img_size=32, feature_size=4, decoder_heads=4)
+    plain, offset = inflate_patch_weight(visual.conv1.weight, 1, 16, (0.0,) * 3, (1.0,) * 3)
+    assert offset.abs().max() == 0
+    torch.testing.assert_close(net.patch_embed.weight, plain)
+    grid = interpolate_pos_grid(visual.positional_embedding, visual.grid_size, (2, 2, 2))
+    torch.testing.assert_close(net.pos_embed, grid)
+
+
 def test_positional_grid_drops_class_token_and_is_constant_along_depth():
     grid = (4, 4)
     pos = torch.randn(1 + 16, 8)

@@ -26,6 +26,9 @@ from .segbase import (TagQueries, display_to_ras, freeze_unused_decoder_parts, i
 from .tag_decoder import TagDecoder
 
 
+RANDOM_INIT_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # the identity: nothing folded in
+
+
 def interpolate_pos_grid(pos2d: torch.Tensor, grid2d: Sequence[int], grid3d: Sequence[int]) -> torch.Tensor:
     """CLIP positional embedding (1 + g0*g1, W) -> (1, W, h, w, d) on the 3D token grid.
 
@@ -94,7 +97,10 @@ class MosmosUNETR(nn.Module):
         self.batch_first = getattr(visual.transformer, "batch_first", True)
         self.ln_post = visual.ln_post
         self.proj = visual.proj
-        self.load_visual(visual)
+        # Random weights were fed nothing: no picture normalisation to fold in (its offset, large against
+        # the positional embedding, would make every token alike after ln_pre).
+        mean, std = (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD) if clip_weights else RANDOM_INIT_NORMALISATION
+        self.load_visual(visual, mean, std)
         self.taps = quarter_layers(len(self.blocks))[:3]
 
         self.queries = TagQueries(num_classes, dim)
