@@ -10,7 +10,7 @@ from PIL import Image
 from mosmos.cli import main
 from mosmos.data.phantoms import BTCV_LABELS
 from mosmos.metrics import wilcoxon_p
-from mosmos.study import StudyPlan, study_run, study_table, summarize
+from mosmos.study import StudyPlan, study_table, summarize
 
 
 def test_quick_study_writes_its_table_runs_and_plot(tmp_path, capsys):
@@ -34,11 +34,6 @@ def test_quick_study_writes_its_table_runs_and_plot(tmp_path, capsys):
     assert 0.0 <= maps["mean_auc"] <= 1.0 and 0.0 <= maps["random"]["tag_centred_auc"] <= 1.0
     assert maps["auc"] and set(maps["auc"]) <= set(BTCV_LABELS.values())
     assert "Pre-trained model's own 2D maps" in (out / "study.md").read_text()
-    # A run in a worker process scores as the same run does in this one.
-    again = study_run(out / "dataset", tmp_path / "again", steps=2, seed=0,
-                      pretrained=str(out / "pretrain" / "pretrained.safetensors"), label_ratio=1.0,
-                      row={}, progress=False)
-    assert abs(again["dice"] - float(rows[0]["dice"])) < 1e-4
     with Image.open(out / "study.png") as fig:
         assert fig.size[0] > 200
 

@@ -99,7 +99,7 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
                 record(done.result())
 
     summary = summarize(rows, plan)
-    summary["pretrained_maps"] = pretrained_map_auc(pretrained, pictures=40 if quick else 200)
+    summary["pretrained_maps"] = pretrained_map_auc(pretrained, pictures=20 if quick else 200)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_bytes(out / "study.md", study_table(summary).encode())
     draw_study(out / "study.png", summary)
