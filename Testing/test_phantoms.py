@@ -126,3 +126,22 @@ def test_roco_folder_matches_the_generator(tmp_path):
     expected = phantom_slices(10, seed=0, image_size=32)
     lines = (root / "data" / "train" / "radiology" / "captions.txt").read_text().splitlines()
     assert [line.split("\t", 1)[1].strip() for line in lines] == [s.report for s in expected]
+
+
+def test_report_pictures_show_their_organs_at_the_finetuning_window():
+    """What pre-training sees must be what fine-tuning will: each named organ is in the picture's label
+    map, and the organs' grey levels are those the fine-tuning CT window (-175..250 HU -> [0, 1]) gives
+    the same organs in the 3D phantoms."""
+    from mosmos.data.transforms import DEFAULTS
+
+    items = phantom_slices(60, seed=4, image_size=32)
+    value = {name: v for v, name in BTCV_LABELS.items()}
+    assert all(s.label.shape == s.image.shape == (32, 32) for s in items)
+    assert all((s.label == value[organ]).any() for s in items for organ in s.organs)
+    low, high = DEFAULTS["a_min"], DEFAULTS["a_max"]
+    for organ in ("liver", "spleen"):
+        picture = np.mean([s.image[s.label == value[organ]].mean() / 255 for s in items if organ in s.organs])
+        volumes = [make_phantom([4, k], **SMALL) for k in range(6)]
+        windowed = np.mean([np.clip((p.image[p.label == value[organ]] - low) / (high - low), 0, 1).mean()
+                            for p in volumes])
+        assert abs(picture - windowed) < 0.06, (organ, picture, windowed)

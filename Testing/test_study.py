@@ -8,13 +8,14 @@ import json
 from PIL import Image
 
 from mosmos.cli import main
+from mosmos.data.phantoms import BTCV_LABELS
 from mosmos.metrics import wilcoxon_p
 from mosmos.study import StudyPlan, study_table, summarize
 
 
 def test_quick_study_writes_its_table_runs_and_plot(tmp_path, capsys):
     out = tmp_path / "study"
-    assert main(["study", "--out", str(out), "--quick", "--no-progress"]) == 0
+    assert main(["study", "--out", str(out), "--quick", "--no-progress", "--jobs", "2"]) == 0
     printed = capsys.readouterr().out
     assert "| labelled volumes |" in printed and "total time:" in printed
 
@@ -29,6 +30,10 @@ def test_quick_study_writes_its_table_runs_and_plot(tmp_path, capsys):
         header = json.loads((out / "runs" / f"b1-s0-{init}" / "events.jsonl").read_text().splitlines()[0])
         assert header["event"] == "start" and header["train_cases"] == 1
     assert (out / "study.md").read_text() == study_table(summary)
+    maps = summary["pretrained_maps"]  # the diagnosis of what pre-training could transfer, beside the table
+    assert 0.0 <= maps["mean_auc"] <= 1.0 and 0.0 <= maps["random"]["tag_centred_auc"] <= 1.0
+    assert maps["auc"] and set(maps["auc"]) <= set(BTCV_LABELS.values())
+    assert "Pre-trained model's own 2D maps" in (out / "study.md").read_text()
     with Image.open(out / "study.png") as fig:
         assert fig.size[0] > 200
 
@@ -51,3 +56,22 @@ def test_a_study_of_zero_seeds_is_an_error_line(tmp_path, capsys):
     assert main(["study", "--out", str(tmp_path / "s"), "--seeds", "0", "--no-progress"]) == 1
     assert not (tmp_path / "s").exists()
     assert capsys.readouterr().err.startswith("mosmos study: error: study: budgets, seeds")
+
+
+def test_report_pictures_show_the_body_at_the_scale_of_a_finetuning_window():
+    """Pre-training pictures and fine-tuning windows must show organs over the same number of tokens
+    (and the 2D positional grid must be the window's in-plane grid), or what pre-training learns
+    about an organ's extent cannot transfer."""
+    import numpy as np
+
+    from mosmos.data.phantoms import make_phantom, phantom_slices
+    from mosmos.demo_models import MAP_ROI, MAP_SPACING
+    from mosmos.study import report_image_size
+
+    size = report_image_size()
+    assert size == MAP_ROI[0] == MAP_ROI[1]
+    pictures = phantom_slices(12, seed=5, image_size=size)
+    picture_width = np.mean([(s.image[size // 2] > 0).sum() for s in pictures if s.plane == "axial"])
+    volumes = [make_phantom([5, k], MAP_ROI, MAP_SPACING) for k in range(3)]
+    window_width = np.mean([(v.image[:, MAP_ROI[1] // 2, MAP_ROI[2] // 2] > -175).sum() for v in volumes])
+    assert abs(picture_width - window_width) <= 0.1 * window_width, (picture_width, window_width)

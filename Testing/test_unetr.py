@@ -3,10 +3,12 @@
 import pytest
 import torch
 import torch.nn.functional as F
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
+from PIL import Image
 
 from mosmos.errors import MosmosError
 from mosmos.models.backbones import create_clip
-from mosmos.models.segbase import inflate_patch_weight, pretrain_arch_kwargs, quarter_layers
+from mosmos.models.segbase import display_to_ras, inflate_patch_weight, pretrain_arch_kwargs, quarter_layers
 from mosmos.models.unetr import MosmosUNETR, interpolate_pos_grid
 
 
@@ -18,31 +20,56 @@ def tiny():
     return net
 
 
+MEAN, STD = (0.4, 0.5, 0.6), (0.2, 0.25, 0.3)
+
+
 @pytest.mark.parametrize("in_channels", [1, 2])
 def test_inflated_patch_embedding_matches_2d_on_depth_constant_volume(in_channels):
     torch.manual_seed(0)
     conv2d = create_clip("tiny-vit").visual.conv1.double()
     p = conv2d.kernel_size[0]
-    weight3d = inflate_patch_weight(conv2d.weight, in_channels, p)
-    assert weight3d.shape == (conv2d.out_channels, in_channels, p, p, p)
+    weight3d, bias = inflate_patch_weight(conv2d.weight, in_channels, p, MEAN, STD)
+    assert weight3d.shape == (conv2d.out_channels, in_channels, p, p, p) and bias.shape == (conv2d.out_channels,)
 
-    slice2d = torch.randn(1, 1, 2 * p, 3 * p, dtype=torch.float64)
-    volume = slice2d[..., None].expand(1, in_channels, 2 * p, 3 * p, 2 * p).contiguous()
-    response3d = F.conv3d(volume, weight3d, stride=p)
-    response2d = conv2d(slice2d.expand(1, 3, -1, -1))
+    picture = torch.rand(1, 1, 2 * p, 3 * p, dtype=torch.float64)  # rows anterior first, columns right to left
+    volume = display_to_ras(picture)[..., None].expand(1, in_channels, 3 * p, 2 * p, 2 * p).contiguous()
+    response3d = F.conv3d(volume, weight3d, bias, stride=p)
+    mean, std = (torch.tensor(v, dtype=torch.float64).view(1, 3, 1, 1) for v in (MEAN, STD))
+    response2d = conv2d((picture.expand(1, 3, -1, -1) - mean) / std)
     assert response3d.shape[-1] == 2
     for k in range(2):
-        torch.testing.assert_close(response3d[..., k], response2d)
+        torch.testing.assert_close(response3d[..., k], display_to_ras(response2d))
+
+
+def test_display_to_ras_puts_the_patients_right_and_front_where_ras_has_them():
+    picture = torch.zeros(3, 4)  # a radiological picture: 3 rows (anterior first), 4 columns (right first)
+    picture[0, 0] = 1  # anterior, patient's right
+    ras = display_to_ras(picture)
+    assert ras.shape == (4, 3) and ras[0, 2] == 1  # x = 0 is the patient's right, the last y is anterior
 
 
 def test_network_patch_embedding_is_the_inflated_clip_weight(tiny):
     clip_visual = create_clip("tiny-vit").visual
     again = MosmosUNETR(num_classes=2, backbone="tiny-vit", img_size=32, feature_size=8, decoder_heads=4)
     again.load_visual(clip_visual)
-    expected = inflate_patch_weight(clip_visual.conv1.weight, 1, 16)
+    expected, _ = inflate_patch_weight(clip_visual.conv1.weight, 1, 16, OPENAI_DATASET_MEAN, OPENAI_DATASET_STD)
     torch.testing.assert_close(again.patch_embed.weight, expected)
     torch.testing.assert_close(again.blocks[0].attn.in_proj_weight,
                                clip_visual.transformer.resblocks[0].attn.in_proj_weight)
+
+
+def test_random_init_folds_in_no_picture_normalisation():
+    """Random weights saw no pictures: their inflation is the plain one (no offset that would swamp
+    the positional embedding)."""
+    torch.manual_seed(3)
+    visual = create_clip("tiny-vit").visual
+    torch.manual_seed(3)
+    net = MosmosUNETR(num_classes=2, backbone="tiny-vit", img_size=32, feature_size=4, decoder_heads=4)
+    plain, offset = inflate_patch_weight(visual.conv1.weight, 1, 16, (0.0,) * 3, (1.0,) * 3)
+    assert offset.abs().max() == 0
+    torch.testing.assert_close(net.patch_embed.weight, plain)
+    grid = interpolate_pos_grid(visual.positional_embedding, visual.grid_size, (2, 2, 2))
+    torch.testing.assert_close(net.pos_embed, grid)
 
 
 def test_positional_grid_drops_class_token_and_is_constant_along_depth():
@@ -52,8 +79,36 @@ def test_positional_grid_drops_class_token_and_is_constant_along_depth():
     out = interpolate_pos_grid(pos, grid, (4, 4, 3))
     assert out.shape == (1, 8, 4, 4, 3)
     assert out.abs().max() < 1e3
-    torch.testing.assert_close(out[..., 0], pos[1:].reshape(4, 4, 8).permute(2, 0, 1)[None])
+    torch.testing.assert_close(out[..., 0], display_to_ras(pos[1:].reshape(4, 4, 8).permute(2, 0, 1))[None])
     torch.testing.assert_close(out[..., 0], out[..., 2])
+
+
+def test_an_axial_slice_is_embedded_as_pretraining_saw_its_picture():
+    """Fine-tuning feeds [0, 1] windowed CT on RAS axes, pre-training normalised radiological pictures:
+    with the pre-trained model's own token grid, the 3D tokens of a volume whose axial slices show one
+    picture equal the 2D tokens of that picture (normalised as pre-training does), position by position."""
+    from mosmos.models.pretrain import MosmosPretrainModel
+    from mosmos.train.pretrain import image_transforms
+
+    torch.manual_seed(2)
+    pre = MosmosPretrainModel("tiny-vit-4", decoder_heads=4)
+    tensors, header = pre.to_file_state()
+    config = header["config"]
+    size = config["image_size"]
+    net = MosmosUNETR(num_classes=2, img_size=(size, size, 8), feature_size=4, **pretrain_arch_kwargs(config))
+    net.load_pretrain_state(tensors, header)
+
+    grey = (torch.rand(size, size) * 255).round().to(torch.uint8)
+    picture = image_transforms(size, config["mean"], config["std"], train=False)(
+        Image.fromarray(grey.numpy()).convert("RGB"))
+    visual = pre.image_encoder.visual
+    g = visual.grid_size
+    with torch.no_grad():
+        tokens2d = visual.conv1(picture[None])[0] + visual.positional_embedding[1:].T.reshape(-1, *g)
+        volume = display_to_ras(grey.float() / 255)[None, None, ..., None].expand(1, 1, size, size, 8)
+        tokens3d = net.patch_embed(volume) + net.pos_embed
+    for k in range(2):
+        torch.testing.assert_close(tokens3d[0, ..., k], display_to_ras(tokens2d), atol=1e-4, rtol=1e-4)
 
 
 def test_quarter_layers():
@@ -137,7 +192,8 @@ def test_init_from_mosmos_pretrain_state():
     net = MosmosUNETR(num_classes=3, img_size=32, feature_size=4, **pretrain_arch_kwargs(header["config"]))
     net.load_pretrain_state(tensors, header)
     visual = pre.image_encoder.visual
-    torch.testing.assert_close(net.patch_embed.weight, inflate_patch_weight(visual.conv1.weight, 1, 16))
+    expected, _ = inflate_patch_weight(visual.conv1.weight, 1, 16, header["config"]["mean"], header["config"]["std"])
+    torch.testing.assert_close(net.patch_embed.weight, expected)
     torch.testing.assert_close(net.proj, visual.proj)
     torch.testing.assert_close(net.tag_decoder.layers[0].cross_attn.k.weight,
                                pre.tag_decoder.layers[0].cross_attn.k.weight)

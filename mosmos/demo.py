@@ -18,7 +18,7 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo_models import MAP_BACKBONE, MAP_ROI, MAP_SPACING, map_recipe_config
+from .demo_models import MAP_ROI, MAP_SPACING, map_recipe_config
 from .errors import MosmosError
 
 DEMO_TAGS = ["liver", "spleen", "right kidney", "left kidney", "stomach", "aorta"]
@@ -67,29 +67,25 @@ class _Timer:
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool | None = None) -> dict:
-    from .data.phantoms import make_phantom, write_decathlon_dataset, write_roco_folder
+    from .data.phantoms import make_phantom, write_decathlon_dataset
     from .inference.io import write_volume
     from .inference.segmenter import Segmenter
     from .metrics import binary_dice, evaluate_case, spacing_from_affine
-    from .train.config import PretrainConfig
+    from .study import pretrain_on_phantom_reports
     from .train.finetune import finetune
-    from .train.pretrain import pretrain
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "summary.json").exists():
         raise MosmosError(f"{out}: folder exists and is not an earlier demo output; choose another --out")
     out.mkdir(parents=True, exist_ok=True)
     budget = DemoBudget.of(quick)
-    stage = Stages(5)
+    stage = Stages(4)
     t_start = time.perf_counter()
 
-    with stage(f"generating {budget.roco_pairs} phantom radiology images with reports (ROCO layout)"):
-        roco = write_roco_folder(out / "roco", budget.roco_pairs, seed=seed)
-    with stage("pre-training a tiny MOSMOS model on image-report pairs (L_irc + L_mlr)"):
-        pretrained = pretrain(PretrainConfig(
-            roco=str(roco), out=str(out / "pretrain"), backbone=MAP_BACKBONE, epochs=budget.pretrain_epochs,
-            batch_size=32, lr=1e-3, warmup_steps=10, workers=0, seed=seed, log_every=5),
-            events=str(out / "pretrain" / "events.jsonl"), progress=progress)
+    with stage(f"generating {budget.roco_pairs} phantom radiology images with reports (ROCO layout) and "
+               "pre-training a tiny MOSMOS model on them (L_irc + L_mlr)"):
+        pretrained = pretrain_on_phantom_reports(out, budget.roco_pairs, budget.pretrain_epochs, seed, progress,
+                                                 log_every=5)
     with stage(f"generating a labelled 3D phantom dataset ({budget.train_volumes} train, "
                f"{budget.val_volumes} validation volumes)"):
         data = write_decathlon_dataset(out / "dataset", budget.train_volumes, budget.val_volumes,

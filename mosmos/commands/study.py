@@ -12,8 +12,10 @@ def add_arguments(p) -> None:
                    help="labelled training volumes per run; the largest is the whole training set (default 1 2 4)")
     p.add_argument("--seeds", type=int, help="seeds per budget and init (default 5)")
     p.add_argument("--steps", type=int, help="fine-tuning steps of every run (default 200)")
-    p.add_argument("--roco-pairs", type=int, help="phantom image-report pairs to pre-train on (default 800)")
-    p.add_argument("--pretrain-epochs", type=int, help="pre-training epochs (default 8)")
+    p.add_argument("--roco-pairs", type=int, help="phantom image-report pairs to pre-train on (default 1600)")
+    p.add_argument("--pretrain-epochs", type=int, help="pre-training epochs (default 10)")
+    p.add_argument("--jobs", type=int, default=1,
+                   help="fine-tuning runs at once, one process each (default %(default)s; results do not depend on it)")
     p.add_argument("--quick", action="store_true", help="a smoke run: one budget, one seed, two steps")
     p.add_argument("--no-progress", action="store_true")
 
@@ -21,6 +23,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..study import run_study
 
-    run_study(args.out, quick=args.quick, progress=False if args.no_progress else None, budgets=args.budgets,
-              seeds=args.seeds, steps=args.steps, roco_pairs=args.roco_pairs, pretrain_epochs=args.pretrain_epochs)
+    run_study(args.out, quick=args.quick, progress=False if args.no_progress else None, jobs=args.jobs,
+              budgets=args.budgets, seeds=args.seeds, steps=args.steps, roco_pairs=args.roco_pairs,
+              pretrain_epochs=args.pretrain_epochs)
     return 0

@@ -479,6 +479,7 @@ _LESION = (" with a small hypodense lesion (arrow)", " containing a hypodense cy
 
 class PhantomSlice(NamedTuple):
     image: np.ndarray  # uint8 (H, W), radiological display: patient's right on the left, anterior up
+    label: np.ndarray  # uint8 (H, W) BTCV values on the image's pixels (what the report's organs are)
     report: str
     organs: tuple  # canonical tags named in the report = organs visible in the slice
     plane: str  # "axial" or "coronal"
@@ -511,7 +512,13 @@ def _report(rng, organs, lesion, plane, contrast, w):
 
 
 def _window(hu, rng):
-    level, width = rng.uniform(30, 60), rng.uniform(350, 450)
+    """A soft-tissue display window around the one fine-tuning reads CT with (-175..250 HU), varied as
+    published figures vary, so pre-training sees organs at the grey levels fine-tuning will."""
+    from .transforms import DEFAULTS
+
+    low, high = DEFAULTS["a_min"], DEFAULTS["a_max"]
+    level = (low + high) / 2 + rng.uniform(-15, 15)
+    width = (high - low) * rng.uniform(0.88, 1.12)
     return (np.clip((hu - level + width / 2) / width, 0, 1) * 255 + 0.5).astype(np.uint8)
 
 
@@ -551,10 +558,12 @@ def phantom_slices(n_pairs, seed=0, image_size=64, min_area=0.0025, coronal_frac
             lesion = s.lesion is not None and "liver" in visible and s.lesion[index].sum() >= 4
             pixels = _window(s.image[index], rng)[:, ::-1].T  # rows: anterior (or superior) first
             img = Image.fromarray(np.ascontiguousarray(pixels))
+            labels = Image.fromarray(np.ascontiguousarray(lab[:, ::-1].T))
             if img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.BILINEAR)
-            out.append(PhantomSlice(np.asarray(img), _report(rng, visible, lesion, plane, s.contrast, w),
-                                    visible, plane, volume))
+                labels = labels.resize((image_size, image_size), Image.NEAREST)
+            out.append(PhantomSlice(np.asarray(img), np.asarray(labels),
+                                    _report(rng, visible, lesion, plane, s.contrast, w), visible, plane, volume))
             if len(out) == n_pairs:
                 break
         volume += 1

@@ -7,6 +7,8 @@ the network as a buffer so that a saved segmentation model needs no text encoder
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 import torch
 from torch import nn
 
@@ -25,14 +27,30 @@ def spread_rgb_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
     return summed.repeat_interleave(in_channels, dim=1) / in_channels
 
 
-def inflate_patch_weight(weight2d: torch.Tensor, in_channels: int, depth: int) -> torch.Tensor:
-    """2D patch-embedding weight (O, 3, p, p) -> 3D weight (O, in_channels, p, p, depth).
+def display_to_ras(t: torch.Tensor) -> torch.Tensor:
+    """A grid laid out as a radiological picture (last two axes: rows anterior to posterior, columns
+    the patient's right to left, as report images are shown) -> on the RAS voxel axes of an axial
+    slice (x: right to left, y: posterior to anterior), so a 2D model's filters and positions keep
+    their anatomical meaning in the 3D network."""
+    return t.transpose(-2, -1).flip(-1)
 
-    Repeated over depth and divided by depth, so a volume constant along depth is embedded exactly as
-    one of its slices is by the 2D weight (with the slice replicated to RGB).
+
+def inflate_patch_weight(weight2d: torch.Tensor, in_channels: int, depth: int,
+                         mean: Sequence[float], std: Sequence[float]) -> tuple[torch.Tensor, torch.Tensor]:
+    """2D patch embedding (O, 3, p, p) of a model fed pictures normalised with ``mean``/``std`` ->
+    (3D weight (O, in_channels, p, p, depth), bias (O,)) for volumes in [0, 1] on RAS axes.
+
+    The picture's normalisation is folded in and its rows/columns are put on the RAS axes of an axial
+    slice (display_to_ras); the kernel is repeated over depth and divided by it. So a [0, 1] volume
+    whose axial slices all show one grey picture is embedded exactly as the 2D model embeds that
+    picture replicated to RGB and normalised, as its pre-training saw it.
     """
-    spread = spread_rgb_weight(weight2d, in_channels)
-    return spread.unsqueeze(-1).repeat(*([1] * spread.dim()), depth) / depth
+    mean = torch.as_tensor(mean, dtype=weight2d.dtype, device=weight2d.device).view(1, -1, 1, 1)
+    std = torch.as_tensor(std, dtype=weight2d.dtype, device=weight2d.device).view(1, -1, 1, 1)
+    per_unit = weight2d / std
+    bias = -(per_unit * mean).sum(dim=(1, 2, 3))
+    spread = display_to_ras(spread_rgb_weight(per_unit, in_channels))
+    return spread.unsqueeze(-1).repeat(*([1] * spread.dim()), depth) / depth, bias
 
 
 def quarter_layers(num_layers: int) -> list[int]:

@@ -16,21 +16,27 @@ import torch
 import torch.nn.functional as F
 from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from monai.networks.blocks.dynunet_block import UnetResBlock
+from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from ..errors import MosmosError
 from .backbones import canonical_backbone, create_clip, uses_quick_gelu
-from .segbase import TagQueries, freeze_unused_decoder_parts, inflate_patch_weight, quarter_layers, split_pretrain_state
+from .segbase import (TagQueries, display_to_ras, freeze_unused_decoder_parts, inflate_patch_weight, quarter_layers,
+                      split_pretrain_state)
 from .tag_decoder import TagDecoder
+
+
+RANDOM_INIT_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # the identity: nothing folded in
 
 
 def interpolate_pos_grid(pos2d: torch.Tensor, grid2d: Sequence[int], grid3d: Sequence[int]) -> torch.Tensor:
     """CLIP positional embedding (1 + g0*g1, W) -> (1, W, h, w, d) on the 3D token grid.
 
-    The class-token row is dropped; the 2D grid is resized in-plane and repeated along depth.
+    The class-token row is dropped; the 2D grid (a picture's rows and columns) is put on the RAS
+    axes of an axial slice, resized in-plane and repeated along depth.
     """
     width = pos2d.shape[-1]
-    patches = pos2d[1:].reshape(grid2d[0], grid2d[1], width).permute(2, 0, 1)
+    patches = display_to_ras(pos2d[1:].reshape(grid2d[0], grid2d[1], width).permute(2, 0, 1))
     return F.interpolate(patches[None, ..., None], size=tuple(grid3d), mode="trilinear", align_corners=False)
 
 
@@ -91,7 +97,10 @@ class MosmosUNETR(nn.Module):
         self.batch_first = getattr(visual.transformer, "batch_first", True)
         self.ln_post = visual.ln_post
         self.proj = visual.proj
-        self.load_visual(visual)
+        # Random weights were fed nothing: no picture normalisation to fold in (its offset, large against
+        # the positional embedding, would make every token alike after ln_pre).
+        mean, std = (OPENAI_DATASET_MEAN, OPENAI_DATASET_STD) if clip_weights else RANDOM_INIT_NORMALISATION
+        self.load_visual(visual, mean, std)
         self.taps = quarter_layers(len(self.blocks))[:3]
 
         self.queries = TagQueries(num_classes, dim)
@@ -125,12 +134,18 @@ class MosmosUNETR(nn.Module):
         self.out = UnetOutBlock(3, fs, num_classes)
 
     @torch.no_grad()
-    def load_visual(self, visual: nn.Module) -> None:
-        """Take the encoder weights from a 2D CLIP VisionTransformer (inflating what is 2D)."""
+    def load_visual(self, visual: nn.Module, mean: Sequence[float] = OPENAI_DATASET_MEAN,
+                    std: Sequence[float] = OPENAI_DATASET_STD) -> None:
+        """Take the encoder weights from a 2D CLIP VisionTransformer fed pictures normalised with
+        ``mean``/``std`` (inflating what is 2D, see inflate_patch_weight), for [0, 1] volumes."""
         in_channels = self.patch_embed.in_channels
-        self.patch_embed.weight.copy_(inflate_patch_weight(visual.conv1.weight, in_channels, self.patch))
+        weight, bias = inflate_patch_weight(visual.conv1.weight, in_channels, self.patch, mean, std)
+        self.patch_embed.weight.copy_(weight)
         grid2d = tuple(visual.grid_size)
-        self.pos_embed.copy_(interpolate_pos_grid(visual.positional_embedding, grid2d, self.token_grid))
+        # The normalisation's offset is the same for every token: it joins the positional embedding,
+        # so the network (and its model files) keep a bias-free patch embedding.
+        self.pos_embed.copy_(interpolate_pos_grid(visual.positional_embedding, grid2d, self.token_grid)
+                             + bias.view(1, -1, 1, 1, 1))
         if visual.ln_pre is not self.ln_pre:
             self.ln_pre.load_state_dict(visual.ln_pre.state_dict())
             self.blocks.load_state_dict(visual.transformer.resblocks.state_dict())
@@ -149,7 +164,8 @@ class MosmosUNETR(nn.Module):
             self.tag_decoder.load_state_dict(decoder_state, strict=True)
         except RuntimeError as e:
             raise MosmosError(f"{source}: weights do not fit ({str(e).strip().splitlines()[0]})") from None
-        self.load_visual(visual)
+        config = header.get("config") or {}
+        self.load_visual(visual, config.get("mean", OPENAI_DATASET_MEAN), config.get("std", OPENAI_DATASET_STD))
 
     def set_tag_embeddings(self, embeddings: torch.Tensor) -> None:
         """Tag embeddings (num_classes - 1, C) from the frozen text encoder, in label order 1..K."""
