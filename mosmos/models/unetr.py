@@ -181,7 +181,8 @@ class MosmosUNETR(nn.Module):
         for s, p in zip(x.shape[2:], (self.patch,) * 3):
             if s % p:
                 raise MosmosError(f"input of size {tuple(x.shape[2:])}: each side must be a multiple of {p}")
-        tokens = self.patch_embed(x)
+        with torch.autocast(x.device.type, enabled=False):  # fp32 even under autocast: see pixel_tag_maps
+            tokens = self.patch_embed(x.float())
         grid = tuple(tokens.shape[2:])
         tokens = (tokens + self._positions(grid).to(tokens.dtype)).flatten(2).transpose(1, 2)
         tokens = self.ln_pre(tokens)
@@ -198,8 +199,13 @@ class MosmosUNETR(nn.Module):
 
     def pixel_tag_maps(self, tokens: torch.Tensor, grid: tuple[int, ...],
                        queries: torch.Tensor | None = None) -> torch.Tensor:
-        memory = self.ln_post(tokens) @ self.proj
-        _, maps = self.tag_decoder(self.queries() if queries is None else queries, memory)
+        # The maps are computed in fp32 even under bf16 autocast, and so is the patch embedding (encode),
+        # which keeps the ViT's residual stream fp32 (only the blocks' matrix products run in bf16): both
+        # cost little, and bf16 rounding there, amplified by 1/epsilon in the overlays' softmax, moved
+        # the demo model's overlays by 2.2e-2 (4.4e-3 with both in fp32; issue 18).
+        with torch.autocast(tokens.device.type, enabled=False):
+            memory = self.ln_post(tokens.float()) @ self.proj
+            _, maps = self.tag_decoder(self.queries() if queries is None else queries, memory)
         return maps.reshape(maps.shape[0], maps.shape[1], *grid)
 
     def tag_maps(self, x: torch.Tensor, queries: torch.Tensor) -> torch.Tensor:
