@@ -20,6 +20,7 @@ import torch
 
 from mosmos.cli import main
 from mosmos.data.phantoms import make_phantom, write_decathlon_dataset
+from mosmos.errors import MosmosError
 from mosmos.demo_models import tiny_finetune_config
 from mosmos.inference import Segmenter
 from mosmos.inference import precision as precision_mod
@@ -245,3 +246,34 @@ def test_the_slab_by_slab_blend_is_the_whole_volume_blend(shape, batch):
     np.testing.assert_allclose(logits[:, covered], expected[:3, covered], atol=1e-5)
     np.testing.assert_allclose(maps[0][covered], expected[3][covered], atol=1e-5)
     assert (logits[0][~covered] == 1).all() and not logits[1:, ~covered].any() and (maps[0][~covered] == 0.25).all()
+
+
+def test_compiled_windows_give_the_labels_of_eager_ones_and_a_failed_compile_runs_eagerly(trained, monkeypatch):
+    """torch.compile (inductor) runs the same operations in the same number format: the labels
+    agree with the eager run's as bf16's do with fp32's. Where compiling fails (no C++ compiler, as
+    in Slicer on Windows) the windows run eagerly; asked for explicitly, a notice says so."""
+    from mosmos.inference import compilation
+
+    seg, image, affine, _ = trained
+    part = image[:96]  # the body: 6 windows
+    eager = seg.segment(part, affine, tags="liver", compile="off")
+    assert eager.run["compiled"] is False
+    assert compilation.wants_compile("auto", seg.device, compilation.COMPILE_MIN_WINDOWS)
+    assert not compilation.wants_compile("auto", seg.device, eager.run["windows"])  # too few to pay
+    compiled = seg.segment(part, affine, tags="liver", compile="on")
+    assert compiled.run == {**eager.run, "compiled": True}
+    same, dice = agreement(compiled.labelmap, eager.labelmap, max(seg.label_values) + 1)
+    assert same >= 0.995 and dice.min() >= 0.99, (same, dice)
+    np.testing.assert_allclose(compiled.attention["liver"], eager.attention["liver"], atol=1e-3)
+
+    def no_compiler(*a, **k):
+        def fails(x):
+            raise RuntimeError("InductorError: no working C++ compiler found")
+        return fails
+    fresh = Segmenter(seg.model_file, device="cpu")
+    monkeypatch.setattr(compilation.torch, "compile", no_compiler)
+    fallback = fresh.segment(part, affine, tags="liver", compile="on")
+    assert fallback.run["compiled"] is False and "torch.compile failed (RuntimeError: InductorError" in fallback.notices[-1]
+    np.testing.assert_array_equal(fallback.labelmap, eager.labelmap)
+    with pytest.raises(MosmosError, match="compile: expected one of auto, on, off"):
+        seg.segment(part, affine, compile="yes")

@@ -38,6 +38,10 @@ def add_arguments(parser) -> None:
     parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
                         help="network number format: auto (default) is bf16 where the GPU or CPU computes it "
                         "natively (AMX, AVX512-BF16), fp32 elsewhere")
+    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                        help="torch.compile the network: auto (default) on the CPU for 64 windows or more, where "
+                        "it runs a window in about a third of the time (the first call compiles: a minute when "
+                        "cold); falls back to uncompiled where compiling fails")
     parser.add_argument("--json-progress", action="store_true", help="JSON-lines progress events on stdout")
 
 
@@ -136,12 +140,14 @@ def run(args) -> int:
     try:
         result = segmenter.segment(volume.array, volume.affine, tags=args.tags, progress=progress,
                                    overlap=args.overlap, modality=volume.modality, source=str(args.input),
-                                   attention_raw=args.attention_raw, fast=args.fast, precision=args.precision)
+                                   attention_raw=args.attention_raw, fast=args.fast, precision=args.precision,
+                                   compile=args.compile)
     finally:
         bar.close()
     events.emit("run", **result.run)
     run = result.run
-    print(f"mosmos segment: {run['windows']} windows in {run['precision']} (overlap {run['overlap']}), "
+    print(f"mosmos segment: {run['windows']} windows in {run['precision']}{', compiled' if run['compiled'] else ''} "
+          f"(overlap {run['overlap']}), "
           f"{run['windows_skipped']} outside the body skipped", file=sys.stderr)
     for note in result.notices:
         print(f"mosmos segment: warning: {note}", file=sys.stderr)

@@ -42,6 +42,7 @@ from ..modelfile import map_epsilon
 from ..seg_losses import pta_logits, pta_probabilities, upsample_maps
 from ..tags import color_for
 from ..train.config import check_number
+from .compilation import WindowForward, check_compile_choice, wants_compile
 from .geometry import (ModelGrid, check_grid_memory, from_oriented, model_grid, nearest_model_indices,
                        resample_to_input, resample_to_model, to_oriented)
 from .network import load_segmentation_model, roi_size_of
@@ -153,6 +154,7 @@ class Segmenter:
         self.device = resolve_device(device)
         self.model_file = str(model_file)
         self.network, self.header = load_segmentation_model(model_file, self.device)
+        self.forward = WindowForward(self.network)
         try:
             labels = sorted((int(v), str(n)) for v, n in self.header["labels"].items())
         except (TypeError, ValueError):
@@ -176,7 +178,7 @@ class Segmenter:
                 overlap: float | None = None, array_order: str = "xyz", modality: str | None = None,
                 source: str = "volume", sw_batch_size: int | None = None, attention_raw: bool = False,
                 map_labels: bool = False, fast: bool = False, precision: str = "auto",
-                skip_air: bool = True) -> SegmentationResult:
+                skip_air: bool = True, compile: str = "auto") -> SegmentationResult:
         """Segment ``array`` (3D, (X, Y, Z) or with array_order="kji" (K, J, I)) whose voxel->RAS
         matrix is ``affine``. ``tags``: None for every organ the model labels, or names (a list or a
         "liver, spleen" string). ``modality`` ("CT"/"MR"), when known, is checked against the model.
@@ -187,14 +189,16 @@ class Segmenter:
         ``precision``: "auto" (bf16 where native, else fp32), "fp32" or "bf16". ``fast``: a quick
         preview (see the module docstring); ``overlap`` defaults to OVERLAP, or FAST_OVERLAP when fast.
         ``skip_air``: False runs every window of the default mode, also those far from the body (the
-        reference the skipping is checked against). A volume with no body (all air) or one value
-        everywhere gives an empty label map and a notice.
+        reference the skipping is checked against). ``compile``: "auto" (torch.compile on the CPU for
+        a run of many windows, see compilation.py), "on" or "off". A volume with no body (all air) or
+        one value everywhere gives an empty label map and a notice.
         """
         if overlap is None:
             overlap = FAST_OVERLAP if fast else OVERLAP
         if array_order not in ("xyz", "kji"):
             raise MosmosError(f"array_order: expected 'xyz' or 'kji', got {array_order!r}")
         check_number("overlap", overlap)
+        check_compile_choice(compile)
         array = np.asarray(array)
         kji = array_order == "kji"
         arr = array.T if kji else array
@@ -210,7 +214,7 @@ class Segmenter:
         check_grid_memory(grid, 1 + len(self.label_values) + 1 + n_maps + 2, source)
         precision, more = resolve_precision(precision, self.device)
         notices += more
-        run = {"precision": precision, "overlap": overlap, "windows": 0, "windows_skipped": 0}
+        run = {"precision": precision, "overlap": overlap, "windows": 0, "windows_skipped": 0, "compiled": False}
 
         threads = torch.get_num_threads()
         if self.device.type == "cpu":
@@ -219,7 +223,7 @@ class Segmenter:
             with torch.inference_mode():
                 labels_oriented, map_labels_oriented, maps, more = self._run(
                     arr, grid, selection, progress, overlap, sw_batch_size, attention_raw, map_labels, precision,
-                    fast, skip_air, constant, run, source)
+                    fast, skip_air, constant, run, source, compile)
         finally:
             torch.set_num_threads(threads)
         notices += more
@@ -304,17 +308,18 @@ class Segmenter:
         blocks = body_blocks(image, self.preprocessing.body_threshold(image), BODY_BLOCK)
         return self.preprocessing.scale_intensity(image), blocks
 
-    def _predictor(self, selection, stitched: list[int], raw: bool, precision: str):
+    def _predictor(self, selection, stitched: list[int], raw: bool, precision: str, compiled: bool = False):
         """predict(windows) -> (logits, attention) for sliding_window; attention holds the classes in
-        ``stitched`` (channel positions), then the open-set tags, up-sampled to the window."""
-        net, roi, device, epsilon = self.network, self.roi_size, self.device, self.epsilon
+        ``stitched`` (channel positions), then the open-set tags, up-sampled to the window; the
+        network through torch.compile when ``compiled``."""
+        net, forward, roi, device, epsilon = self.network, self.forward, self.roi_size, self.device, self.epsilon
         two_d = len(roi) == 2
         open_set = selection.open_set if hasattr(net, "open_set_maps") else []
 
         def predict(windows: torch.Tensor):
             x = windows[..., 0] if two_d else windows
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                logits, maps = net(x)
+                logits, maps = forward(x, compiled)
                 extra = net.open_set_maps(x, open_set) if open_set else None
             if two_d:
                 logits = logits[..., None]
@@ -335,7 +340,7 @@ class Segmenter:
         return predict
 
     def _run(self, arr, grid, selection, progress, overlap, sw_batch_size, raw: bool, map_labels: bool,
-             precision: str, fast: bool, skip_air: bool, constant: bool, run: dict, source: str):
+             precision: str, fast: bool, skip_air: bool, constant: bool, run: dict, source: str, compile: str):
         notices: list[str] = []
         selected = [self.label_names.index(n) for n in selection.labelled]
         # The maps' own label map needs every class; otherwise only the selected ones are stitched.
@@ -365,10 +370,14 @@ class Segmenter:
                 run.update(windows=ran, windows_skipped=every - ran)
                 kept = KeptOutputs(shape, box, lut, len(stitched) if map_labels else 0, attention_channels, unrun,
                                    np.uint8 if max(self.label_values) < 256 else np.uint16)
+                compiled = wants_compile(compile, self.device, ran)
                 if ran:
-                    predict = self._predictor(selection, stitched, raw, precision)
+                    predict = self._predictor(selection, stitched, raw, precision, compiled)
                     sliding_window(image[(slice(None), *box)], roi, predict, len(self.label_values), n_maps, overlap,
                                    batch, stitch, progress, starts, unrun, on_slab=kept.slab)
+                    run["compiled"] = compiled and self.forward.failure is None
+                    if compiled and compile == "on" and self.forward.failure:
+                        notices.append(f"torch.compile failed ({self.forward.failure}): the windows ran uncompiled")
                 del image
                 return *kept.labels_on_input(grid), kept.finished_maps(), notices
             except torch.cuda.OutOfMemoryError:
