@@ -15,6 +15,7 @@ with the same ViT-B-16 MOSMOS-UNETR (random weights; timing does not depend on t
   segment`, through a small launcher's RUSAGE_CHILDREN).
 
     python benchmarks/bench_segment_cpu.py [--size 512 512 300] [--threads N] [--no-rss] [--profile]
+                                           [--compile auto|on|off]
 """
 
 from __future__ import annotations
@@ -121,9 +122,10 @@ class Stages:
         return {k: round(v, 2) for k, v in s.items()}
 
 
-def segment_argv(volume, model, out: Path, mode: str) -> list[str]:
+def segment_argv(volume, model, out: Path, mode: str, compile: str = "auto") -> list[str]:
     return ["segment", str(volume), "--model", str(model), "--output", str(out / f"{mode}.nii.gz"), "--tags", TAGS,
-            "--attention", str(out / f"att_{mode}"), "--device", "cpu"] + (["--fast"] if mode == "fast" else [])
+            "--attention", str(out / f"att_{mode}"), "--device", "cpu", "--compile", compile] + \
+        (["--fast"] if mode == "fast" else [])
 
 
 # A small launcher between this process and the measured one: Linux carries a process's peak RSS
@@ -148,6 +150,8 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=None, help="torch threads (default: the usable CPUs)")
     ap.add_argument("--no-rss", action="store_true", help="skip the child-process peak-RSS runs")
     ap.add_argument("--profile", action="store_true", help="torch.profiler table of one exact run")
+    ap.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+                    help="`mosmos segment --compile` (auto: compiled for 64 windows or more)")
     args = ap.parse_args()
 
     from monai.inferers import sliding_window_inference
@@ -181,7 +185,7 @@ def main() -> None:
             stages = Stages()
             with stages.patched():
                 t = time.perf_counter()
-                code = mosmos_main(segment_argv(volume, model, tmp, mode))
+                code = mosmos_main(segment_argv(volume, model, tmp, mode, args.compile))
                 runs[mode] = time.perf_counter() - t
             assert code == 0, mode
             result[f"{mode}_s"] = round(runs[mode], 2)
@@ -203,7 +207,7 @@ def main() -> None:
 
         if not args.no_rss:
             for mode in ("exact", "fast"):
-                rss, faults, cpu = child_usage(segment_argv(volume, model, tmp, mode))
+                rss, faults, cpu = child_usage(segment_argv(volume, model, tmp, mode, args.compile))
                 result[f"{mode}_peak_rss_gib"], result[f"{mode}_minor_faults"] = round(rss, 2), faults
                 result[f"{mode}_child_cpu_s"] = round(cpu, 1)
         print(json.dumps(result), flush=True)
@@ -212,7 +216,7 @@ def main() -> None:
             from torch.profiler import ProfilerActivity, profile
 
             with profile(activities=[ProfilerActivity.CPU]) as prof:
-                mosmos_main(segment_argv(volume, model, tmp, "exact"))
+                mosmos_main(segment_argv(volume, model, tmp, "exact", args.compile))
             print(prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=15))
 
 

@@ -39,9 +39,10 @@ def add_arguments(parser) -> None:
                         help="network number format: auto (default) is bf16 where the GPU or CPU computes it "
                         "natively (AMX, AVX512-BF16), fp32 elsewhere")
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
-                        help="torch.compile the network: auto (default) on the CPU for 64 windows or more, where "
-                        "it runs a window in about a third of the time (the first call compiles: a minute when "
-                        "cold); falls back to uncompiled where compiling fails")
+                        help="torch.compile the network (a ViT-B window in about a third of the time; the first "
+                        "call compiles, about a minute when cold): auto (default) on the CPU when the windows "
+                        "left after the first would save more than that; falls back to uncompiled where "
+                        "compiling fails")
     parser.add_argument("--json-progress", action="store_true", help="JSON-lines progress events on stdout")
 
 

@@ -1,12 +1,14 @@
-"""The network's forward through torch.compile (inductor) for a run of many windows on the CPU.
+"""The network's forward through torch.compile (inductor) for a run that it shortens.
 
 Measured on a 2-core AMD EPYC (AVX512-BF16, no AMX), one ViT-B MOSMOS-UNETR window (96^3, bf16)
 took 1.90 s eager and 0.68 s compiled (inductor fuses the dtype casts, instance norms and
 activations around oneDNN's convolutions and matrix products, which eager runs one by one). The
-first call compiles: about 75 s on that machine when inductor's cache is cold, 6 s when it is warm
-(a second run of the same model on the same machine), so a run compiles only when it has
-COMPILE_MIN_WINDOWS windows or more, where even a cold compile pays for itself. The labels are as
-close to fp32 as eager bf16's (the same operations in the same number format).
+first compiled call compiles: about 75 s on that machine when inductor's cache is cold (the same
+for a tiny model: it is the C++ kernels' compilation), 6 s when it is warm (a second run of the
+same model on the same machine). So "auto" runs the first window eagerly, timed, and compiles only
+when the windows left would save more than a cold compile costs: a full abdominal CT with a ViT-B
+(175 windows), not a mid-size volume (12) or a tiny model's windows (0.2 s each). The labels are
+as close to fp32 as eager bf16's (the same operations in the same number format).
 
 Where compiling fails (no C++ compiler, as in a Slicer install on Windows; a platform inductor does
 not support), the windows run eagerly, for good.
@@ -14,13 +16,15 @@ not support), the windows run eagerly, for good.
 
 from __future__ import annotations
 
+import time
+
 import torch
 
 from ..errors import MosmosError
 
-# ~1.2 s saved per ViT-B window against a cold compile of ~75 s (2 cores).
-COMPILE_MIN_WINDOWS = 64
 COMPILE_CHOICES = ("auto", "on", "off")
+COLD_COMPILE_S = 75.0  # a cold compile, 2 cores (above)
+SAVED_FRACTION = 0.64  # of an eager window's time (1.90 s -> 0.68 s)
 
 
 def check_compile_choice(choice: str) -> None:
@@ -28,27 +32,45 @@ def check_compile_choice(choice: str) -> None:
         raise MosmosError(f"compile: expected one of {', '.join(COMPILE_CHOICES)}, got {choice!r}")
 
 
-def wants_compile(choice: str, device: torch.device, windows: int) -> bool:
-    """auto: on the CPU, for COMPILE_MIN_WINDOWS windows or more; on / off: as said."""
-    if choice == "auto":
-        return device.type == "cpu" and windows >= COMPILE_MIN_WINDOWS
-    return choice == "on"
+def pays_to_compile(seconds_per_window: float, windows_left: int) -> bool:
+    return windows_left * seconds_per_window * SAVED_FRACTION > COLD_COMPILE_S
 
 
 class WindowForward:
-    """Calls ``network`` on windows, compiled when asked (compiled once, on the first such call)."""
+    """Calls ``network`` on windows: eagerly, or compiled (once, on the first compiled call)."""
 
     def __init__(self, network: torch.nn.Module):
         self.network = network
         self.compiled = None
         self.failure: str | None = None  # why compiling failed; then always eager
+        self.use = self.timing = False
+        self.left = 0
 
-    def __call__(self, x: torch.Tensor, compile: bool):
-        if compile and self.failure is None:
+    def plan(self, choice: str, device: torch.device, windows: int) -> None:
+        """Before a run of ``windows`` windows: "on" compiles, "off" does not, "auto" (the CPU only)
+        times the first window eagerly and compiles if pays_to_compile."""
+        self.use = choice == "on"
+        self.timing = choice == "auto" and device.type == "cpu"
+        self.left = windows
+
+    @property
+    def compiling(self) -> bool:
+        """Whether the run's windows (after the first, with auto) go through torch.compile."""
+        return self.use and self.failure is None
+
+    def __call__(self, x: torch.Tensor):
+        self.left -= x.shape[0]
+        if self.timing:
+            self.timing = False
+            start = time.perf_counter()
+            out = self.network(x)
+            self.use = pays_to_compile((time.perf_counter() - start) / x.shape[0], self.left)
+            return out
+        if self.compiling:
             if self.compiled is None:
                 self.compiled = torch.compile(self.network, dynamic=False)
             try:
                 return self.compiled(x)
             except Exception as e:  # inductor's errors have no common base; eager is always there
-                self.failure = f"{type(e).__name__}: {str(e).strip().splitlines()[0] if str(e).strip() else ''}"
+                self.failure = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
         return self.network(x)

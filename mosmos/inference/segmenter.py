@@ -42,7 +42,7 @@ from ..modelfile import map_epsilon
 from ..seg_losses import pta_logits, pta_probabilities, upsample_maps
 from ..tags import color_for
 from ..train.config import check_number
-from .compilation import WindowForward, check_compile_choice, wants_compile
+from .compilation import WindowForward, check_compile_choice
 from .geometry import (ModelGrid, check_grid_memory, from_oriented, model_grid, nearest_model_indices,
                        resample_to_input, resample_to_model, to_oriented)
 from .network import load_segmentation_model, roi_size_of
@@ -189,8 +189,8 @@ class Segmenter:
         ``precision``: "auto" (bf16 where native, else fp32), "fp32" or "bf16". ``fast``: a quick
         preview (see the module docstring); ``overlap`` defaults to OVERLAP, or FAST_OVERLAP when fast.
         ``skip_air``: False runs every window of the default mode, also those far from the body (the
-        reference the skipping is checked against). ``compile``: "auto" (torch.compile on the CPU for
-        a run of many windows, see compilation.py), "on" or "off". A volume with no body (all air) or
+        reference the skipping is checked against). ``compile``: "auto" (torch.compile on the CPU for a
+        run it shortens, judged on the first window: compilation.py), "on" or "off". A volume with no body (all air) or
         one value everywhere gives an empty label map and a notice.
         """
         if overlap is None:
@@ -308,10 +308,10 @@ class Segmenter:
         blocks = body_blocks(image, self.preprocessing.body_threshold(image), BODY_BLOCK)
         return self.preprocessing.scale_intensity(image), blocks
 
-    def _predictor(self, selection, stitched: list[int], raw: bool, precision: str, compiled: bool = False):
+    def _predictor(self, selection, stitched: list[int], raw: bool, precision: str):
         """predict(windows) -> (logits, attention) for sliding_window; attention holds the classes in
         ``stitched`` (channel positions), then the open-set tags, up-sampled to the window; the
-        network through torch.compile when ``compiled``."""
+        network through self.forward (compiled as its plan says)."""
         net, forward, roi, device, epsilon = self.network, self.forward, self.roi_size, self.device, self.epsilon
         two_d = len(roi) == 2
         open_set = selection.open_set if hasattr(net, "open_set_maps") else []
@@ -319,7 +319,7 @@ class Segmenter:
         def predict(windows: torch.Tensor):
             x = windows[..., 0] if two_d else windows
             with torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16"):
-                logits, maps = forward(x, compiled)
+                logits, maps = forward(x)
                 extra = net.open_set_maps(x, open_set) if open_set else None
             if two_d:
                 logits = logits[..., None]
@@ -370,13 +370,13 @@ class Segmenter:
                 run.update(windows=ran, windows_skipped=every - ran)
                 kept = KeptOutputs(shape, box, lut, len(stitched) if map_labels else 0, attention_channels, unrun,
                                    np.uint8 if max(self.label_values) < 256 else np.uint16)
-                compiled = wants_compile(compile, self.device, ran)
                 if ran:
-                    predict = self._predictor(selection, stitched, raw, precision, compiled)
+                    self.forward.plan(compile, self.device, ran)
+                    predict = self._predictor(selection, stitched, raw, precision)
                     sliding_window(image[(slice(None), *box)], roi, predict, len(self.label_values), n_maps, overlap,
                                    batch, stitch, progress, starts, unrun, on_slab=kept.slab)
-                    run["compiled"] = compiled and self.forward.failure is None
-                    if compiled and compile == "on" and self.forward.failure:
+                    run["compiled"] = self.forward.compiling
+                    if compile == "on" and self.forward.failure:
                         notices.append(f"torch.compile failed ({self.forward.failure}): the windows ran uncompiled")
                 del image
                 return *kept.labels_on_input(grid), kept.finished_maps(), notices
