@@ -5,7 +5,8 @@ abdomen whose body fills about two thirds of the field of view, air with scanner
 with the same ViT-B-16 MOSMOS-UNETR (random weights; timing does not depend on them) and overlap:
 
 - MOSMOS exact (default: the reference grid of windows less those holding no body within a margin,
-  bf16 where the CPU has it natively) and --fast (overlap 0.25, windows tiling the body's box, those
+  bf16 where the CPU has it natively, compiled by torch.compile when the run is long enough to pay
+  for it: --compile) and --fast (overlap 0.25, windows tiling the body's box, those
   holding no body skipped), end to end through the command's code (read, load the model, resample,
   windows, stitch, map back, write; tags "liver, spleen, kidneys" with attention maps), per stage,
   with the windows each ran and skipped;
