@@ -260,7 +260,8 @@ def test_compile_auto_skips_short_runs_and_a_failed_compile_runs_eagerly(trained
     assert eager.run["compiled"] is False
     auto = seg.segment(part, affine, tags="liver")  # 6 tiny windows: compiling would not pay
     assert auto.run == eager.run and np.array_equal(auto.labelmap, eager.labelmap)
-    assert compilation.pays_to_compile(2.3, 174) and not compilation.pays_to_compile(2.3, 29)  # ViT-B: 175 / --fast's 30
+    # a ViT-B window: the exact mode's 175 windows of a full CT pay, --fast's 30 do not
+    assert compilation.pays_to_compile(2.3, 174) and not compilation.pays_to_compile(2.3, 29)
 
     def no_compiler(*a, **k):
         def fails(x):
@@ -269,7 +270,8 @@ def test_compile_auto_skips_short_runs_and_a_failed_compile_runs_eagerly(trained
     fresh = Segmenter(seg.model_file, device="cpu")
     monkeypatch.setattr(compilation.torch, "compile", no_compiler)
     fallback = fresh.segment(part, affine, tags="liver", compile="on")
-    assert fallback.run["compiled"] is False and "torch.compile failed (RuntimeError: InductorError" in fallback.notices[-1]
+    assert fallback.run["compiled"] is False
+    assert "torch.compile failed (RuntimeError: InductorError" in fallback.notices[-1]
     np.testing.assert_array_equal(fallback.labelmap, eager.labelmap)
     with pytest.raises(MosmosError, match="compile: expected one of auto, on, off"):
         seg.segment(part, affine, compile="yes")

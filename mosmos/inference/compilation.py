@@ -5,10 +5,11 @@ took 1.90 s eager and 0.68 s compiled (inductor fuses the dtype casts, instance 
 activations around oneDNN's convolutions and matrix products, which eager runs one by one). The
 first compiled call compiles: 75-125 s on that machine (as loaded by other jobs) when inductor's
 cache is cold (about the same for a tiny model: it is the C++ kernels' compilation), 6-35 s when it
-is warm (a second run of the same model on the same machine). So "auto" runs the first window eagerly, timed, and compiles only
-when the windows left would save more than a cold compile costs: a full abdominal CT with a ViT-B
-(175 windows), not a mid-size volume (12) or a tiny model's windows (0.2 s each). The labels are
-as close to fp32 as eager bf16's (the same operations in the same number format).
+is warm (a second run of the same model on the same machine). So "auto" runs the first window
+eagerly, timed, and compiles only when the windows left would save more than a cold compile costs:
+a full abdominal CT with a ViT-B (175 windows), not a mid-size volume (12) or a tiny model's windows
+(0.2 s each). The labels are as close to fp32 as eager bf16's (the same operations in the same
+number format).
 
 Where compiling fails (no C++ compiler, as in a Slicer install on Windows; a platform inductor does
 not support), the windows run eagerly, for good.

@@ -190,8 +190,8 @@ class Segmenter:
         preview (see the module docstring); ``overlap`` defaults to OVERLAP, or FAST_OVERLAP when fast.
         ``skip_air``: False runs every window of the default mode, also those far from the body (the
         reference the skipping is checked against). ``compile``: "auto" (torch.compile on the CPU for a
-        run it shortens, judged on the first window: compilation.py), "on" or "off". A volume with no body (all air) or
-        one value everywhere gives an empty label map and a notice.
+        run it shortens, judged on the first window: compilation.py), "on" or "off". A volume with no
+        body (all air) or one value everywhere gives an empty label map and a notice.
         """
         if overlap is None:
             overlap = FAST_OVERLAP if fast else OVERLAP
