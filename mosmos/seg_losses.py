@@ -10,12 +10,13 @@ from __future__ import annotations
 import math
 
 import torch
+import torch.nn.functional as F
 from monai.losses import DiceCELoss
 from torch import nn
 
-from .models.segbase import EPSILON_INIT, upsample_maps
-
 _dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+# The temperature L_pta divides the maps by, at the start of fine-tuning (the paper's 0.07; learnt after).
+EPSILON_INIT = 0.07
 
 
 def _with_channel(labels: torch.Tensor, spatial_dims: int) -> torch.Tensor:
@@ -25,6 +26,12 @@ def _with_channel(labels: torch.Tensor, spatial_dims: int) -> torch.Tensor:
 def seg_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
     """Dice + CE of logits (B, Q, *S) against class indices (B, 1, *S) or (B, *S)."""
     return _dice_ce(logits, _with_channel(labels, logits.dim() - 2))
+
+
+def upsample_maps(maps: torch.Tensor, size) -> torch.Tensor:
+    """Pixel–tag maps (B, Q, *grid) -> (B, Q, *size), trilinear in 3D, bilinear in 2D."""
+    mode = "trilinear" if maps.dim() == 5 else "bilinear"
+    return F.interpolate(maps, size=tuple(size), mode=mode, align_corners=False)
 
 
 def pta_logits(maps: torch.Tensor, size, epsilon: torch.Tensor | float) -> torch.Tensor:

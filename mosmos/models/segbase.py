@@ -10,12 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
-import torch.nn.functional as F
 from monai.networks.blocks import UnetOutBlock
 from torch import nn
 
 from ..errors import MosmosError
 from ..modelfile import PRETRAIN_KIND
+from ..seg_losses import EPSILON_INIT, upsample_maps
 
 
 def spread_rgb_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -53,16 +53,6 @@ def inflate_patch_weight(weight2d: torch.Tensor, in_channels: int, depth: int,
     bias = -(per_unit * mean).sum(dim=(1, 2, 3))
     spread = display_to_ras(spread_rgb_weight(per_unit, in_channels))
     return spread.unsqueeze(-1).repeat(*([1] * spread.dim()), depth) / depth, bias
-
-
-def upsample_maps(maps: torch.Tensor, size) -> torch.Tensor:
-    """Pixel–tag maps (B, Q, *grid) -> (B, Q, *size), trilinear in 3D, bilinear in 2D (as L_pta reads them)."""
-    mode = "trilinear" if maps.dim() == 5 else "bilinear"
-    return F.interpolate(maps, size=tuple(size), mode=mode, align_corners=False)
-
-
-# The temperature L_pta divides the maps by, at the start of fine-tuning (the paper's 0.07; learnt after).
-EPSILON_INIT = 0.07
 
 
 def output_block(spatial_dims: int, features: int, num_classes: int, maps_at_output: bool) -> UnetOutBlock:
