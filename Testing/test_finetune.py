@@ -193,8 +193,12 @@ def test_finetune_recipe_teaches_the_pixel_tag_maps_to_find_held_out_organs(tmp_
         assert main(recipe_cli_args(cfg)) == 0
         dices[lambda_pta] = held_out_dices(Path(cfg.out) / "model.safetensors", data)
         print(f"lambda {lambda_pta}: held-out Dice {dices[lambda_pta]}")
+    # Measured (spleen / right kidney / left kidney / liver / stomach): maps 0.59 / 0.74 / 0.59 / 0.87 / 0.70, network
+    # 0.88 / 0.85 / 0.87 / 0.94 / 0.78; lambda 0: maps 0.00 / 0.00 / 0.00 / 0.00 / 0.02, network 0 / 0 / 0 / 0.57 / 0.02
+    # (its output block reads maps L_pta never trained). The 0.6 for every organ's map is reached at 600 steps
+    # on seeds 0 and 1 (README), which would make this, one of the suite's longest tests, half as long again.
     maps, network = dices[0.8]["maps"], dices[0.8]["network"]
-    assert min(maps.values()) >= 0.5 and np.mean(list(maps.values())) >= 0.65
+    assert min(maps.values()) >= 0.55 and np.mean(list(maps.values())) >= 0.65
     assert min(network.values()) >= 0.7 and np.mean(list(network.values())) >= 0.8
     assert np.mean(list(dices[0.0]["maps"].values())) < np.mean(list(maps.values())) - 0.3
     assert np.mean(list(dices[0.0]["network"].values())) < np.mean(list(network.values())) - 0.2
