@@ -148,13 +148,14 @@ def recipe_cli_args(cfg: FinetuneConfig) -> list[str]:
             "--weight-decay", str(cfg.weight_decay), "--scale-augment", str(cfg.scale_augment),
             "--val-every", str(cfg.val_every), "--seed", str(cfg.seed), "--workers", str(cfg.workers),
             "--log-every", str(cfg.log_every), "--checkpoint-every", str(cfg.checkpoint_every), "--no-progress"]
-    return args + ([] if cfg.augment else ["--no-augment"])
+    return args + ([] if cfg.augment else ["--no-augment"]) + ([] if cfg.maps_at_output else ["--paper-decoder"])
 
 
 @torch.no_grad()
-def held_out_map_dices(model: Path, data: Path) -> dict[str, float]:
-    """Per-organ Dice of the pixel–tag maps alone (argmax of the maps up-sampled to the label grid) on the
-    dataset's validation cases, pre-processed and padded to the window as in training."""
+def held_out_dices(model: Path, data: Path) -> dict[str, dict[str, float]]:
+    """Per-organ Dice on the dataset's validation cases (pre-processed and padded to the window as in training) of
+    the network's segmentation ("network") and of the pixel–tag maps alone ("maps": argmax of the maps up-sampled to
+    the label grid)."""
     from monai.transforms import SpatialPad
 
     from mosmos.data.decathlon import load_decathlon
@@ -165,19 +166,22 @@ def held_out_map_dices(model: Path, data: Path) -> dict[str, float]:
     network, header = load_segmentation_model(model)
     spec = load_decathlon(data)
     transform, pad = build_val_transforms(header["preprocessing"]), SpatialPad(header["preprocessing"]["roi_size"])
-    scores = []
+    scores = {"network": [], "maps": []}
     for case in spec.validation:
         item = transform({"image": str(case["image"]), "label": str(case["label"])})
         image, label = (torch.as_tensor(pad(torch.as_tensor(item[k])))[None] for k in ("image", "label"))
-        pred = upsample_maps(network(image)[1].float(), label.shape[2:]).argmax(1)
-        scores.append(dice_scores(pred.numpy(), label[:, 0].numpy(), spec.num_classes))
-    return {tag: round(float(d), 3) for tag, d in zip(spec.tags, np.nanmean(scores, axis=0))}
+        logits, maps = network(image)
+        for kind, pred in (("network", logits.float().argmax(1)),
+                           ("maps", upsample_maps(maps.float(), label.shape[2:]).argmax(1))):
+            scores[kind].append(dice_scores(pred.numpy(), label[:, 0].numpy(), spec.num_classes))
+    return {kind: {tag: round(float(d), 3) for tag, d in zip(spec.tags, np.nanmean(s, axis=0))}
+            for kind, s in scores.items()}
 
 
 def test_finetune_recipe_teaches_the_pixel_tag_maps_to_find_held_out_organs(tmp_path):
     """`mosmos finetune` with the shipped maps recipe (demo_models.map_recipe_config: 8^3 tokens per window,
-    no flips) on 4 phantoms: on 2 held-out phantoms the maps alone outline every organ, and the same run
-    without the PTA loss (lambda 0, the control) does not."""
+    no flips) on 4 phantoms: on 2 held-out phantoms the maps alone outline every organ, and so does the network
+    that reads them; the same run without the PTA loss (lambda 0, the control) does neither."""
     from mosmos.demo_models import MAP_ROI, MAP_SPACING, map_recipe_config
 
     data = write_decathlon_dataset(tmp_path / "data", 4, 2, seed=0, shape=MAP_ROI, spacing=MAP_SPACING,
@@ -187,13 +191,17 @@ def test_finetune_recipe_teaches_the_pixel_tag_maps_to_find_held_out_organs(tmp_
         cfg = map_recipe_config(data, tmp_path / f"lambda{lambda_pta}", MAP_STEPS)
         cfg.lambda_pta = lambda_pta
         assert main(recipe_cli_args(cfg)) == 0
-        dices[lambda_pta] = held_out_map_dices(Path(cfg.out) / "model.safetensors", data)
-        print(f"lambda {lambda_pta}: held-out pixel-tag map Dice {dices[lambda_pta]}")
-    # Measured (zoom 1 +/- 0.1 in the recipe): spleen 0.59, right kidney 0.73, left kidney 0.63, liver 0.88, stomach
-    # 0.69; without the zoom 0.58 / 0.73 / 0.57 / 0.88 / 0.68. The issue's 0.6 for every organ is reached at 600
-    # steps (0.61 / 0.75 / 0.63 / 0.87 / 0.68), which would make this, one of the suite's longest tests, 50 % longer.
-    assert min(dices[0.8].values()) >= 0.55 and np.mean(list(dices[0.8].values())) >= 0.65
-    assert np.mean(list(dices[0.0].values())) < np.mean(list(dices[0.8].values())) - 0.3
+        dices[lambda_pta] = held_out_dices(Path(cfg.out) / "model.safetensors", data)
+        print(f"lambda {lambda_pta}: held-out Dice {dices[lambda_pta]}")
+    # Measured (spleen / right kidney / left kidney / liver / stomach): maps 0.59 / 0.74 / 0.59 / 0.87 / 0.70, network
+    # 0.88 / 0.85 / 0.87 / 0.94 / 0.78; lambda 0: maps 0.00 / 0.00 / 0.00 / 0.00 / 0.02, network 0 / 0 / 0 / 0.57 / 0.02
+    # (its output block reads maps L_pta never trained). The issue's 0.6 for every organ's map is reached at 600 steps
+    # on seeds 0 and 1 (README), which would make this, one of the suite's longest tests, half as long again.
+    maps, network = dices[0.8]["maps"], dices[0.8]["network"]
+    assert min(maps.values()) >= 0.55 and np.mean(list(maps.values())) >= 0.65
+    assert min(network.values()) >= 0.7 and np.mean(list(network.values())) >= 0.8
+    assert np.mean(list(dices[0.0]["maps"].values())) < np.mean(list(maps.values())) - 0.3
+    assert np.mean(list(dices[0.0]["network"].values())) < np.mean(list(network.values())) - 0.2
 
 
 def trivial_dice(run) -> float:

@@ -224,3 +224,43 @@ def test_model_file_round_trip(tiny, tmp_path):
         torch.testing.assert_close(again(x)[0], rounded(x)[0])
     with pytest.raises(MosmosError, match="unknown architecture"):
         build_network({"arch": "vnet"})
+
+
+def test_output_block_reads_the_up_sampled_maps(tiny):
+    """maps_at_output: the output block's last inputs are the maps up-sampled as L_pta reads them, with weights that
+    start as L_pta's reading (map / epsilon's initial value): without the decoder's features the network's logits are
+    exactly L_pta's class logits (the paper's decoder has no such inputs)."""
+    from mosmos.models.segbase import EPSILON_INIT
+    from mosmos.seg_losses import pta_logits
+
+    fs = tiny.config["feature_size"]
+    conv = tiny.out.conv.conv
+    assert tiny.config["maps_at_output"] and conv.in_channels == fs + 4
+    saved = {k: v.clone() for k, v in tiny.out.state_dict().items()}
+    with torch.no_grad():
+        conv.weight[:, :fs] = 0
+        conv.bias.zero_()
+        x = torch.randn(1, 1, 32, 32, 32)
+        logits, maps = tiny(x)
+        tiny.out.load_state_dict(saved)
+    torch.testing.assert_close(logits, pta_logits(maps, x.shape[2:], EPSILON_INIT))
+    paper = MosmosUNETR(num_classes=4, backbone="tiny-vit", img_size=32, feature_size=8, decoder_heads=4,
+                        maps_at_output=False)
+    assert paper.out.conv.conv.in_channels == fs
+
+
+def test_model_files_from_before_the_output_maps_load_as_the_papers_decoder(tmp_path):
+    """A file whose config has no maps_at_output entry was written by the paper's decoder: it loads unchanged."""
+    from mosmos.models.segbase import build_network
+
+    torch.manual_seed(0)
+    old = MosmosUNETR(num_classes=3, backbone="tiny-vit", img_size=32, feature_size=4, decoder_heads=4,
+                      maps_at_output=False)
+    config = {k: v for k, v in old.config.items() if k != "maps_at_output"}
+    again = build_network(config)
+    again.load_state_dict(old.state_dict(), strict=True)
+    assert again.config["maps_at_output"] is False
+    x = torch.randn(1, 1, 32, 32, 32)
+    old.eval(), again.eval()
+    with torch.no_grad():
+        torch.testing.assert_close(again(x)[0], old(x)[0])

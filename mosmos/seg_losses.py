@@ -15,6 +15,8 @@ from monai.losses import DiceCELoss
 from torch import nn
 
 _dice_ce = DiceCELoss(to_onehot_y=True, softmax=True)
+# The temperature L_pta divides the maps by, at the start of fine-tuning (the paper's 0.07; learnt after).
+EPSILON_INIT = 0.07
 
 
 def _with_channel(labels: torch.Tensor, spatial_dims: int) -> torch.Tensor:
@@ -57,7 +59,7 @@ class MosmosSegLoss(nn.Module):
     in the optimiser alongside the network's.
     """
 
-    def __init__(self, lambda_pta: float = 0.8, epsilon: float = 0.07):
+    def __init__(self, lambda_pta: float = 0.8, epsilon: float = EPSILON_INIT):
         super().__init__()
         if epsilon <= 0:
             raise ValueError(f"epsilon {epsilon}: must be positive")

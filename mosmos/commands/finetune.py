@@ -33,6 +33,9 @@ def add_arguments(p) -> None:
                    help="no random flips, rotations, zooms or intensity shifts (crops stay random)")
     p.add_argument("--scale-augment", type=float, default=C.scale_augment,
                    help="randomly zoom each crop by a factor within 1 -/+ this (default %(default)s: none)")
+    p.add_argument("--paper-decoder", action="store_true",
+                   help="the pixel-tag maps join the decoder only at the bottleneck, as in the paper (default: also, "
+                        "up-sampled, before the output block)")
     p.add_argument("--val-every", type=int, default=C.val_every, help="epochs between validations")
     p.add_argument("--max-steps", type=int, default=None)
     p.add_argument("--seed", type=int, default=C.seed)
@@ -56,7 +59,7 @@ def run(args) -> int:
         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lambda_pta=args.lambda_pta,
         label_ratio=args.label_ratio, roi_size=args.roi_size, spacing=args.spacing,
         feature_size=args.feature_size, augment=not args.no_augment,
-        scale_augment=args.scale_augment, val_every=args.val_every, seed=args.seed,
+        scale_augment=args.scale_augment, maps_at_output=not args.paper_decoder, val_every=args.val_every, seed=args.seed,
         workers=args.workers, precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, max_steps=args.max_steps, description=args.description)
     from ..train.distributed import is_main_process  # torch: only once the options are known to be valid

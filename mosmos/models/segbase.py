@@ -10,10 +10,12 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 import torch
+from monai.networks.blocks import UnetOutBlock
 from torch import nn
 
 from ..errors import MosmosError
 from ..modelfile import PRETRAIN_KIND
+from ..seg_losses import EPSILON_INIT, upsample_maps
 
 
 def spread_rgb_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -51,6 +53,27 @@ def inflate_patch_weight(weight2d: torch.Tensor, in_channels: int, depth: int,
     bias = -(per_unit * mean).sum(dim=(1, 2, 3))
     spread = display_to_ras(spread_rgb_weight(per_unit, in_channels))
     return spread.unsqueeze(-1).repeat(*([1] * spread.dim()), depth) / depth, bias
+
+
+def output_block(spatial_dims: int, features: int, num_classes: int, maps_at_output: bool) -> UnetOutBlock:
+    """The 1×1 output convolution; with ``maps_at_output`` it also reads the up-sampled maps (with_maps), its
+    weights on them starting as L_pta reads them (class c's logit gets map c / EPSILON_INIT), so the network
+    starts from the organs the maps find and its decoder adds the detail."""
+    block = UnetOutBlock(spatial_dims, features + (num_classes if maps_at_output else 0), num_classes)
+    if maps_at_output:
+        with torch.no_grad():
+            weight = block.conv.conv.weight
+            weight[:, features:] = torch.eye(num_classes).view(num_classes, num_classes, *[1] * spatial_dims) \
+                / EPSILON_INIT
+    return block
+
+
+def with_maps(features: torch.Tensor, maps: torch.Tensor) -> torch.Tensor:
+    """The last decoder features (B, F, *S) with the pixel–tag maps up-sampled to them appended (B, F + Q, *S):
+    the output block then reads what L_pta trains, at full resolution (README, deviations). The maps are
+    detached here: the segmentation loss does not reach them through this path, so they stay what L_pta (and,
+    through the bottleneck, the decoder) trains, as in the paper's network."""
+    return torch.cat([features, upsample_maps(maps.detach().to(features.dtype), features.shape[2:])], dim=1)
 
 
 def quarter_layers(num_layers: int) -> list[int]:
@@ -138,6 +161,8 @@ def build_network(config: dict) -> nn.Module:
     classes = {"unetr": MosmosUNETR, "unet2d": MosmosUNet2D}
     kwargs = dict(config)
     arch = kwargs.pop("arch", None)
+    # Model files written before the maps reached the output block have no such entry: the paper's decoder.
+    kwargs.setdefault("maps_at_output", False)
     if arch not in classes:
         raise MosmosError(f"model config: unknown architecture {arch!r} (known: {', '.join(classes)})")
     try:

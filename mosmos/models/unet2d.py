@@ -4,7 +4,8 @@ The stem's first convolution reads the input channels through the summed RGB ker
 decoder reads the last stage's dense features, projected to the joint space C through the
 attention pool's value and output projections (DenseCLIP, as ImageEncoder does in pre-training);
 its pixel–tag maps are concatenated to the last stage before a U-Net decoder with skip connections
-from the stem and each stage.
+from the stem and each stage, and (unless maps_at_output is False: the paper's decoder) up-sampled to
+the last decoder features before the output block, as in MOSMOS-UNETR.
 """
 
 from __future__ import annotations
@@ -12,13 +13,14 @@ from __future__ import annotations
 import math
 
 import torch
-from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrUpBlock
+from monai.networks.blocks import UnetrBasicBlock, UnetrUpBlock
 from open_clip.modified_resnet import ModifiedResNet
 from torch import nn
 
 from ..errors import MosmosError
 from .backbones import _grid_pos_embed, canonical_backbone, create_clip, uses_quick_gelu
-from .segbase import TagQueries, freeze_unused_decoder_parts, spread_rgb_weight, split_pretrain_state
+from .segbase import (TagQueries, freeze_unused_decoder_parts, output_block, spread_rgb_weight, split_pretrain_state,
+                      with_maps)
 from .tag_decoder import TagDecoder
 
 STRIDE = 32
@@ -28,7 +30,7 @@ class MosmosUNet2D(nn.Module):
     """forward(x (B, in_channels, H, W)) -> (logits (B, num_classes, H, W), maps (B, num_classes, H/32, W/32)).
 
     num_classes counts the background; tag embeddings (num_classes - 1, C) are set with
-    set_tag_embeddings. H and W must be multiples of 32.
+    set_tag_embeddings. H and W must be multiples of 32. maps_at_output: as in MosmosUNETR.
     """
 
     def __init__(
@@ -43,6 +45,7 @@ class MosmosUNet2D(nn.Module):
         decoder_self_attn: bool = False,
         quick_gelu: bool | None = None,
         clip_weights: str | None = None,
+        maps_at_output: bool = True,
     ):
         super().__init__()
         backbone = canonical_backbone(backbone)
@@ -54,6 +57,7 @@ class MosmosUNet2D(nn.Module):
             arch="unet2d", num_classes=num_classes, backbone=backbone, in_channels=in_channels,
             feature_size=feature_size, norm_name=norm_name, decoder_depth=decoder_depth,
             decoder_heads=decoder_heads, decoder_self_attn=decoder_self_attn, quick_gelu=uses_quick_gelu(clip),
+            maps_at_output=bool(maps_at_output),
         )
         self.num_classes = num_classes
         pool = visual.attnpool
@@ -88,7 +92,8 @@ class MosmosUNet2D(nn.Module):
             self.ups.append(UnetrUpBlock(2, in_ch, fs * 2**level, kernel_size=3, upsample_kernel_size=2,
                                          norm_name=norm_name, res_block=True))
             in_ch = fs * 2**level
-        self.out = UnetOutBlock(2, fs, num_classes)
+        self.maps_at_output = bool(maps_at_output)
+        self.out = output_block(2, fs, num_classes, self.maps_at_output)
 
     @torch.no_grad()
     def load_visual(self, visual: ModifiedResNet) -> None:
@@ -152,4 +157,4 @@ class MosmosUNet2D(nn.Module):
         y = torch.cat([bottom, maps.to(bottom.dtype)], dim=1)
         for up, skip in zip(self.ups, reversed(skips)):
             y = up(y, skip)
-        return self.out(y), maps
+        return self.out(with_maps(y, maps) if self.maps_at_output else y), maps

@@ -4,7 +4,9 @@ The 2D CLIP patch embedding is inflated to 3D (RGB summed, repeated over the dep
 divided by it), the 2D positional grid is interpolated to the 3D token grid (class token dropped),
 and the outputs of the quarter blocks feed monai's UNETR decoder blocks. The tag decoder reads the
 final tokens (after CLIP's ln_post and projection to the joint embedding space C) and its pixel–tag
-maps, one per class, are concatenated to the bottleneck before the image decoder.
+maps, one per class, are concatenated to the bottleneck before the image decoder (the paper) and,
+up-sampled, to the last decoder features before the output block (ours: with few steps the decoder
+otherwise loses the organs the maps find; README, deviations).
 """
 
 from __future__ import annotations
@@ -14,15 +16,15 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
-from monai.networks.blocks import UnetOutBlock, UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
+from monai.networks.blocks import UnetrBasicBlock, UnetrPrUpBlock, UnetrUpBlock
 from monai.networks.blocks.dynunet_block import UnetResBlock
 from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from ..errors import MosmosError
 from .backbones import canonical_backbone, create_clip, uses_quick_gelu
-from .segbase import (TagQueries, display_to_ras, freeze_unused_decoder_parts, inflate_patch_weight, quarter_layers,
-                      split_pretrain_state)
+from .segbase import (TagQueries, display_to_ras, freeze_unused_decoder_parts, inflate_patch_weight, output_block,
+                      quarter_layers, split_pretrain_state, with_maps)
 from .tag_decoder import TagDecoder
 
 
@@ -44,7 +46,8 @@ class MosmosUNETR(nn.Module):
     """UNETR with a CLIP ViT encoder and pixel–tag maps at the bottleneck.
 
     num_classes counts the background: the queries are [background] + one tag embedding per organ,
-    set with set_tag_embeddings((num_classes - 1, C)). forward(x (B, in_channels, H, W, D)) returns
+    set with set_tag_embeddings((num_classes - 1, C)). maps_at_output: the maps, up-sampled, also join the
+    last decoder features before the output block (segbase.with_maps); False is the paper's decoder. forward(x (B, in_channels, H, W, D)) returns
     (logits (B, num_classes, H, W, D), pixel_tag_maps (B, num_classes, H/p, W/p, D/p)).
     """
 
@@ -61,6 +64,7 @@ class MosmosUNETR(nn.Module):
         decoder_self_attn: bool = False,
         quick_gelu: bool | None = None,
         clip_weights: str | None = None,
+        maps_at_output: bool = True,
     ):
         super().__init__()
         backbone = canonical_backbone(backbone)
@@ -80,7 +84,7 @@ class MosmosUNETR(nn.Module):
             arch="unetr", num_classes=num_classes, backbone=backbone, img_size=list(self.img_size),
             in_channels=in_channels, feature_size=feature_size, norm_name=norm_name,
             decoder_depth=decoder_depth, decoder_heads=decoder_heads, decoder_self_attn=decoder_self_attn,
-            quick_gelu=uses_quick_gelu(clip),
+            quick_gelu=uses_quick_gelu(clip), maps_at_output=bool(maps_at_output),
         )
         self.patch = patch
         self.grid2d = tuple(visual.grid_size)
@@ -131,7 +135,8 @@ class MosmosUNETR(nn.Module):
                     UnetResBlock(3, out_ch, out_ch, kernel_size=3, stride=1, norm_name=norm_name),
                 ))
             in_ch = out_ch
-        self.out = UnetOutBlock(3, fs, num_classes)
+        self.maps_at_output = bool(maps_at_output)
+        self.out = output_block(3, fs, num_classes, self.maps_at_output)
 
     @torch.no_grad()
     def load_visual(self, visual: nn.Module, mean: Sequence[float] = OPENAI_DATASET_MEAN,
@@ -224,4 +229,4 @@ class MosmosUNETR(nn.Module):
         y = torch.cat([as_volume(tokens), maps.to(tokens.dtype)], dim=1)
         for level, up in zip(range(len(self.ups) - 1, -1, -1), self.ups):
             y = up(y, skips[level]) if level < len(skips) else up(y)
-        return self.out(y), maps
+        return self.out(with_maps(y, maps) if self.maps_at_output else y), maps

@@ -73,7 +73,8 @@ def build_networks(cfg: FinetuneConfig, spec, roi: list[int]):
         what = "a MOSMOS pre-trained model file" if cfg.init == "mosmos" else "CLIP weights (file or open_clip tag)"
         raise MosmosError(f"--init {cfg.init} needs --pretrained: {what}")
     net_cfg: dict[str, Any] = {"arch": cfg.arch, "num_classes": spec.num_classes, "backbone": cfg.backbone,
-                               "in_channels": spec.in_channels, "feature_size": cfg.feature_size}
+                               "in_channels": spec.in_channels, "feature_size": cfg.feature_size,
+                               "maps_at_output": cfg.maps_at_output}
     if cfg.arch == "unetr":
         net_cfg["img_size"] = roi
     if cfg.init == "mosmos":
