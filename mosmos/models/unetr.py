@@ -47,7 +47,8 @@ class MosmosUNETR(nn.Module):
 
     num_classes counts the background: the queries are [background] + one tag embedding per organ,
     set with set_tag_embeddings((num_classes - 1, C)). maps_at_output: the maps, up-sampled, also join the
-    last decoder features before the output block (segbase.with_maps); False is the paper's decoder. forward(x (B, in_channels, H, W, D)) returns
+    last decoder features before the output block (segbase.with_maps); False is the paper's decoder.
+    forward(x (B, in_channels, H, W, D)) returns
     (logits (B, num_classes, H, W, D), pixel_tag_maps (B, num_classes, H/p, W/p, D/p)).
     """
 
