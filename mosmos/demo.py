@@ -160,6 +160,7 @@ def draw_figure(path: Path, image, reference, labelmap, attention: dict, organs:
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
+    from .seg_losses import attention_title
     from .tags import color_for
 
     z = int(np.argmax((reference > 0).sum(axis=(0, 1))))
@@ -191,7 +192,7 @@ def draw_figure(path: Path, image, reference, labelmap, attention: dict, organs:
         ax.imshow(ct, cmap="gray")
         # below 5 % left transparent, as the Slicer overlay does (mosmos.mrml.attention)
         shown = ax.imshow(np.ma.masked_less(axial(amap), 0.05), cmap="inferno", alpha=0.6, vmin=0, vmax=1)
-        ax.set_title(f"P({tag} wins)" if tag in labelled else f"P({tag} vs background)", fontsize=8)
+        ax.set_title(attention_title(tag, tag in labelled), fontsize=8)
     for ax in axes:
         ax.axis("off")
     fig.suptitle("pixel–tag attention: probability that the organ wins at the pixel (softmax of the maps / "

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
+from ..seg_losses import attention_title
 from .volumes import volume_from_array
 
 # Shipped with Slicer as colour files; absent from a bare scene (slicer-core), where a table of the same
@@ -38,18 +39,12 @@ def attention_color_node(scene):
     return node
 
 
-def legend_title(tag: str, labelled: bool = True) -> str:
-    """What the map's values are: for an organ the model labels, the probability that it wins among
-    the labelled classes; for an open-set organ, that it rather than background is there."""
-    return f"P({tag} wins)" if labelled else f"P({tag} vs background)"
-
-
 def attention_volume_node(scene, attention: np.ndarray, ijkToRAS: np.ndarray, tag: str,
                           referenceVolumeNode=None, labelled: bool = True):
     """A float volume of one tag's attention (k, j, i, probabilities in [0, 1]), window 0..1; voxels
     below 5 % are transparent when shown as a foreground layer. Its colour legend (a display node of
     the volume) appears in the slice views that show the volume; ``labelled``: whether the model
-    labels this organ (else an open-set tag, see legend_title)."""
+    labels this organ (else an open-set tag, see seg_losses.attention_title)."""
     node = volume_from_array(scene, np.clip(attention, 0.0, 1.0).astype(np.float32), ijkToRAS,
                              f"{tag} attention")
     node.SetAttribute("MOSMOS.AttentionTag", tag)
@@ -66,7 +61,7 @@ def attention_volume_node(scene, attention: np.ndarray, ijkToRAS: np.ndarray, ta
         scene.RegisterNodeClass(slicer.vtkMRMLColorLegendDisplayNode())
     legend = scene.AddNewNodeByClass("vtkMRMLColorLegendDisplayNode", f"{tag} attention legend")
     legend.SetAndObservePrimaryDisplayNode(display)
-    legend.SetTitleText(legend_title(tag, labelled))
+    legend.SetTitleText(attention_title(tag, labelled))
     legend.SetLabelFormat("%.1f")
     node.AddAndObserveDisplayNodeID(legend.GetID())
     if referenceVolumeNode is not None:
