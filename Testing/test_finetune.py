@@ -136,76 +136,6 @@ def test_pta_loss_moves_the_2d_pixel_tag_maps_toward_the_labels(tmp_path):
     assert np.nanmean(after) > np.nanmean(before) + 0.1
 
 
-MAP_ORGANS = ("liver", "spleen", "right kidney", "left kidney", "stomach")
-MAP_STEPS = 400
-
-
-def recipe_cli_args(cfg: FinetuneConfig) -> list[str]:
-    """`mosmos finetune` arguments that ask for exactly the recipe of ``cfg``."""
-    args = ["finetune", "--data", cfg.data, "--out", cfg.out, "--arch", cfg.arch, "--backbone", cfg.backbone,
-            "--init", cfg.init, "--epochs", str(cfg.epochs), "--max-steps", str(cfg.max_steps),
-            "--num-samples", str(cfg.num_samples), "--lr", str(cfg.lr), "--warmup-steps", str(cfg.warmup_steps),
-            "--lambda-pta", str(cfg.lambda_pta), "--roi-size", *map(str, cfg.roi_size),
-            "--spacing", *map(str, cfg.spacing), "--feature-size", str(cfg.feature_size),
-            "--weight-decay", str(cfg.weight_decay), "--scale-augment", str(cfg.scale_augment),
-            "--val-every", str(cfg.val_every), "--seed", str(cfg.seed), "--workers", str(cfg.workers),
-            "--log-every", str(cfg.log_every), "--checkpoint-every", str(cfg.checkpoint_every), "--no-progress"]
-    return args + ([] if cfg.augment else ["--no-augment"]) + ([] if cfg.maps_at_output else ["--paper-decoder"])
-
-
-@torch.no_grad()
-def held_out_dices(model: Path, data: Path) -> dict[str, dict[str, float]]:
-    """Per-organ Dice on the dataset's validation cases (pre-processed and padded to the window as in training) of
-    the network's segmentation ("network") and of the pixel–tag maps alone ("maps": argmax of the maps up-sampled to
-    the label grid)."""
-    from monai.transforms import SpatialPad
-
-    from mosmos.data.decathlon import load_decathlon
-    from mosmos.data.transforms import build_val_transforms
-    from mosmos.inference.network import load_segmentation_model
-    from mosmos.seg_losses import upsample_maps
-
-    network, header = load_segmentation_model(model)
-    spec = load_decathlon(data)
-    transform, pad = build_val_transforms(header["preprocessing"]), SpatialPad(header["preprocessing"]["roi_size"])
-    scores = {"network": [], "maps": []}
-    for case in spec.validation:
-        item = transform({"image": str(case["image"]), "label": str(case["label"])})
-        image, label = (torch.as_tensor(pad(torch.as_tensor(item[k])))[None] for k in ("image", "label"))
-        logits, maps = network(image)
-        for kind, pred in (("network", logits.float().argmax(1)),
-                           ("maps", upsample_maps(maps.float(), label.shape[2:]).argmax(1))):
-            scores[kind].append(dice_scores(pred.numpy(), label[:, 0].numpy(), spec.num_classes))
-    return {kind: {tag: round(float(d), 3) for tag, d in zip(spec.tags, np.nanmean(s, axis=0))}
-            for kind, s in scores.items()}
-
-
-def test_finetune_recipe_teaches_the_pixel_tag_maps_to_find_held_out_organs(tmp_path):
-    """`mosmos finetune` with the shipped maps recipe (demo_models.map_recipe_config: 8^3 tokens per window,
-    no flips) on 4 phantoms: on 2 held-out phantoms the maps alone outline every organ, and so does the network
-    that reads them; the same run without the PTA loss (lambda 0, the control) does neither."""
-    from mosmos.demo_models import MAP_ROI, MAP_SPACING, map_recipe_config
-
-    data = write_decathlon_dataset(tmp_path / "data", 4, 2, seed=0, shape=MAP_ROI, spacing=MAP_SPACING,
-                                   organs=MAP_ORGANS).parent
-    dices = {}
-    for lambda_pta in (0.8, 0.0):
-        cfg = map_recipe_config(data, tmp_path / f"lambda{lambda_pta}", MAP_STEPS)
-        cfg.lambda_pta = lambda_pta
-        assert main(recipe_cli_args(cfg)) == 0
-        dices[lambda_pta] = held_out_dices(Path(cfg.out) / "model.safetensors", data)
-        print(f"lambda {lambda_pta}: held-out Dice {dices[lambda_pta]}")
-    # Measured (spleen / right kidney / left kidney / liver / stomach): maps 0.59 / 0.74 / 0.59 / 0.87 / 0.70, network
-    # 0.88 / 0.85 / 0.87 / 0.94 / 0.78; lambda 0: maps 0.00 / 0.00 / 0.00 / 0.00 / 0.02, network 0 / 0 / 0 / 0.57 / 0.02
-    # (its output block reads maps L_pta never trained). The issue's 0.6 for every organ's map is reached at 600 steps
-    # on seeds 0 and 1 (README), which would make this, one of the suite's longest tests, half as long again.
-    maps, network = dices[0.8]["maps"], dices[0.8]["network"]
-    assert min(maps.values()) >= 0.55 and np.mean(list(maps.values())) >= 0.65
-    assert min(network.values()) >= 0.7 and np.mean(list(network.values())) >= 0.8
-    assert np.mean(list(dices[0.0]["maps"].values())) < np.mean(list(maps.values())) - 0.3
-    assert np.mean(list(dices[0.0]["network"].values())) < np.mean(list(network.values())) - 0.2
-
-
 def trivial_dice(run) -> float:
     """Mean validation Dice of labelling every voxel as the training set's most frequent organ."""
     values = run.spec.label_values
@@ -245,6 +175,21 @@ def _pretrained_files(tmp_path: Path) -> tuple[Path, Path]:
     MosmosPretrainModel("tiny-vit").save(mosmos_file)
     save_file({k: v.contiguous() for k, v in create_clip("tiny-vit").state_dict().items()}, str(clip_file))
     return mosmos_file, clip_file
+
+
+def test_without_the_pta_loss_the_untrained_maps_stay_out_of_the_output_block(tmp_path):
+    """lambda 0: the maps are never trained, so the network is the paper's decoder whatever maps_at_output says
+    (read at the output block at 1/epsilon they drowned the decoder: a 800-step lambda-0 run labelled nothing)."""
+    from mosmos.data.decathlon import load_decathlon
+    from mosmos.train.finetune import build_networks
+
+    data = phantoms(tmp_path / "data", 1, 0)
+    spec = load_decathlon(data)
+    for lambda_pta, expected in ((0.8, True), (0.0, False)):
+        cfg = config(data, tmp_path / "out", 1, 1, **{**UNETR, "maps_at_output": True, "lambda_pta": lambda_pta})
+        network, _ = build_networks(cfg, spec, cfg.roi_size)
+        assert network.config["maps_at_output"] is expected
+        assert network.out.conv.conv.in_channels == cfg.feature_size + (spec.num_classes if expected else 0)
 
 
 def test_init_from_mosmos_and_clip_files_loads_their_weights(tmp_path):

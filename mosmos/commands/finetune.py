@@ -23,7 +23,9 @@ def add_arguments(p) -> None:
     p.add_argument("--lr", type=float, default=C.lr)
     p.add_argument("--weight-decay", type=float, default=C.weight_decay)
     p.add_argument("--warmup-steps", type=int, default=C.warmup_steps)
-    p.add_argument("--lambda-pta", type=float, default=C.lambda_pta, help="weight of the pixel-tag aligning loss")
+    p.add_argument("--lambda-pta", type=float, default=C.lambda_pta,
+                   help="weight of the pixel-tag aligning loss (0: none; the untrained maps then join the decoder "
+                        "only at the bottleneck, as with --paper-decoder)")
     p.add_argument("--label-ratio", type=float, default=C.label_ratio,
                    help="train on this fixed, seeded share of the labelled cases")
     p.add_argument("--roi-size", type=int, nargs="+", default=None, help="crop size (default 96 96 96; 2D: 224 224)")

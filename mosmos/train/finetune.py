@@ -74,7 +74,9 @@ def build_networks(cfg: FinetuneConfig, spec, roi: list[int]):
         raise MosmosError(f"--init {cfg.init} needs --pretrained: {what}")
     net_cfg: dict[str, Any] = {"arch": cfg.arch, "num_classes": spec.num_classes, "backbone": cfg.backbone,
                                "in_channels": spec.in_channels, "feature_size": cfg.feature_size,
-                               "maps_at_output": cfg.maps_at_output}
+                               # Without L_pta the maps are never trained: read at the output block they are
+                               # noise at 1/epsilon the decoder cannot outweigh (a lambda-0 run labelled nothing)
+                               "maps_at_output": cfg.maps_at_output and cfg.lambda_pta > 0}
     if cfg.arch == "unetr":
         net_cfg["img_size"] = roi
     if cfg.init == "mosmos":
