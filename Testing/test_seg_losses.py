@@ -76,3 +76,12 @@ def test_upsample_maps_gives_the_values_and_gradients_of_interpolate(shape, size
     theirs = F.interpolate(half, size=size, mode=mode, align_corners=False)
     assert ours.dtype == torch.bfloat16
     assert (ours.double() - exact).abs().max() <= (theirs.double() - exact).abs().max()
+
+
+@pytest.mark.parametrize("shape, size", [((1, 3, 3, 4, 5), (12, 8, 20)), ((2, 4, 6, 5), (48, 11))])
+def test_upsample_maps_channels_last_holds_the_same_values(shape, size):
+    maps = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    plain, last = upsample_maps(maps, size), upsample_maps(maps, size, channels_last=True)
+    layout = torch.channels_last_3d if len(shape) == 5 else torch.channels_last
+    assert last.is_contiguous(memory_format=layout) and not last.is_contiguous()
+    torch.testing.assert_close(last, plain, atol=1e-6, rtol=1e-6)

@@ -40,17 +40,21 @@ def linear_weights(n_in: int, n_out: int, device=None, dtype=torch.float32) -> t
     return w.to(device=device, dtype=dtype)
 
 
-def upsample_maps(maps: torch.Tensor, size) -> torch.Tensor:
+def upsample_maps(maps: torch.Tensor, size, channels_last: bool = False) -> torch.Tensor:
     """Pixel–tag maps (B, Q, *grid) -> (B, Q, *size), trilinear in 3D, bilinear in 2D: F.interpolate's
     values (align_corners=False), computed as one small matrix product per axis in fp32 whatever the
     input's type (and autocast), returned in it. A ViT-B window's 14 maps from 6^3 to 96^3 take 30 ms
-    so on one CPU core against 92 ms (fp32) and 95 ms (bf16) through F.interpolate (issue 18)."""
+    so on one CPU core against 92 ms (fp32) and 95 ms (bf16) through F.interpolate (issue 18).
+    ``channels_last``: the result is laid out channels-last (to join channels-last features)."""
     size = tuple(int(s) for s in size)
     compute = torch.promote_types(maps.dtype, torch.float32)
     out = maps.to(compute)
+    first = 2
+    if channels_last:  # the classes last: every product below then writes channels-last
+        out, first = out.movedim(1, -1), 1
     with torch.autocast(maps.device.type, enabled=False):
-        for axis in range(maps.dim() - 1, 1, -1):  # the last axis first: the largest product comes last
-            n_in, n_out = out.shape[axis], size[axis - 2]
+        for axis in range(first + maps.dim() - 3, first - 1, -1):  # the last first: the largest product last
+            n_in, n_out = out.shape[axis], size[axis - first]
             if n_in == n_out:
                 continue
             weights = linear_weights(n_in, n_out, maps.device, compute)
@@ -59,7 +63,7 @@ def upsample_maps(maps: torch.Tensor, size) -> torch.Tensor:
                 out = (out.reshape(-1, n_in) @ weights.T).reshape(shape)
             else:
                 out = (weights @ out.reshape(math.prod(out.shape[:axis]), n_in, -1)).reshape(shape)
-    return out.to(maps.dtype)
+    return (out.movedim(-1, 1) if channels_last else out).to(maps.dtype)
 
 
 def pta_logits(maps: torch.Tensor, size, epsilon: torch.Tensor | float) -> torch.Tensor:

@@ -18,6 +18,7 @@ not support), the windows run eagerly, for good.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -26,6 +27,8 @@ from ..errors import MosmosError
 COMPILE_CHOICES = ("auto", "on", "off")
 COLD_COMPILE_S = 120.0  # a cold compile on 2 busy cores (above)
 SAVED_FRACTION = 0.64  # of an eager window's time (1.90 s -> 0.68 s)
+COMPILING = (f"compiling the network (first run on this machine: about {COLD_COMPILE_S / 60:.0f} min; "
+             "later runs reuse the compiled code)")
 
 
 def check_compile_choice(choice: str) -> None:
@@ -46,13 +49,17 @@ class WindowForward:
         self.failure: str | None = None  # why compiling failed; then always eager
         self.use = self.timing = False
         self.left = 0
+        self.status: Callable[[str], None] | None = None
 
-    def plan(self, choice: str, device: torch.device, windows: int) -> None:
+    def plan(self, choice: str, device: torch.device, windows: int,
+             status: Callable[[str], None] | None = None) -> None:
         """Before a run of ``windows`` windows: "on" compiles, "off" does not, "auto" (the CPU only)
-        times the first window eagerly and compiles if pays_to_compile."""
+        times the first window eagerly and compiles if pays_to_compile. ``status(message)`` is told
+        before the compile starts (it can take minutes with nothing else to show)."""
         self.use = choice == "on"
         self.timing = choice == "auto" and device.type == "cpu"
         self.left = windows
+        self.status = status
 
     @property
     def compiling(self) -> bool:
@@ -69,6 +76,8 @@ class WindowForward:
             return out
         if self.compiling:
             if self.compiled is None:
+                if self.status is not None:
+                    self.status(COMPILING)
                 self.compiled = torch.compile(self.network, dynamic=False)
             try:
                 return self.compiled(x)
