@@ -67,8 +67,9 @@ def upsample_maps(maps: torch.Tensor, size, channels_last: bool = False) -> torc
 
 
 def pta_logits(maps: torch.Tensor, size, epsilon: torch.Tensor | float) -> torch.Tensor:
-    """The class logits L_pta reads from the pixel–tag maps: up-sampled to ``size``, divided by epsilon."""
-    return upsample_maps(maps, size) / epsilon
+    """The class logits L_pta reads from the pixel–tag maps: up-sampled to ``size``, divided by epsilon (the
+    coarse maps are divided: the same, as up-sampling is linear, in a fraction of the work)."""
+    return upsample_maps(maps / epsilon, size)
 
 
 def pta_probabilities(maps: torch.Tensor, size, epsilon: torch.Tensor | float) -> torch.Tensor:
