@@ -7,9 +7,11 @@ first compiled call compiles: 75-125 s on that machine (as loaded by other jobs)
 cache is cold (about the same for a tiny model: it is the C++ kernels' compilation), 6-35 s when it
 is warm (a second run of the same model on the same machine). So "auto" runs the first window
 eagerly, timed, and compiles only when the windows left would save more than a cold compile costs:
-a full abdominal CT with a ViT-B (175 windows), not a mid-size volume (12) or a tiny model's windows
-(0.2 s each). The labels are as close to fp32 as eager bf16's (the same operations in the same
-number format).
+a full abdominal CT with a ViT-B (175 windows) where a window takes over about 1.1 s, not a mid-size
+volume (12) or a tiny model's windows (0.2 s each). Those figures are from a machine loaded by other
+jobs; on the idle machine a compiled full-size run gained nothing (README, *Segmenting on the CPU*),
+and there the first window is fast enough that auto does not compile. The labels are as close to
+fp32 as eager bf16's (the same operations in the same number format).
 
 Where compiling fails (no C++ compiler, as in a Slicer install on Windows; a platform inductor does
 not support), the windows run eagerly, for good.
