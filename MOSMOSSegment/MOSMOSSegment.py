@@ -357,6 +357,8 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                 if kind == "progress" and event.get("total"):
                     self.ui.progressBar.setRange(0, int(event["total"]))
                     self.ui.progressBar.setValue(int(event["done"]))
+                elif kind == "status":  # a long step with no progress to show (a first compile)
+                    self.ui.statusLabel.text = f"Segmenting: {event.get('message', '')}"
                 elif kind == "log":
                     logging.info(f"mosmos segment: {event.get('line', '')}")
                 elif kind == "exit":

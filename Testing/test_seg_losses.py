@@ -50,3 +50,38 @@ def test_total_loss_and_learnable_epsilon():
     assert loss.log_epsilon.grad is not None and maps.grad.abs().sum() > 0
     only_seg, parts = MosmosSegLoss(lambda_pta=0)(logits, maps, labels)
     assert torch.isclose(only_seg, seg_loss(logits, labels)) and parts["pta"] == 0
+
+
+@pytest.mark.parametrize("shape, size", [((1, 4, 3, 3, 3), (48, 40, 48)), ((2, 3, 3, 4, 5), (7, 50, 33)),
+                                         ((1, 2, 9, 8, 7), (4, 8, 20)), ((2, 4, 6, 5), (48, 11))])
+def test_upsample_maps_gives_the_values_and_gradients_of_interpolate(shape, size):
+    """The per-axis matrix products are F.interpolate's linear interpolation (align_corners=False), up and
+    down, 2D and 3D; a bf16 input (and autocast) is computed in fp32 and rounded once, as closely as
+    F.interpolate's bf16 kernel or closer."""
+    mode = "trilinear" if len(shape) == 5 else "bilinear"
+    maps = torch.randn(shape, generator=torch.Generator().manual_seed(0), requires_grad=True)
+    out = upsample_maps(maps, size)
+    ref_maps = maps.detach().clone().requires_grad_()
+    ref = F.interpolate(ref_maps, size=size, mode=mode, align_corners=False)
+    assert out.shape == ref.shape and out.dtype == torch.float32
+    assert torch.allclose(out, ref, atol=1e-5)
+    weights = torch.randn(ref.shape, generator=torch.Generator().manual_seed(1))
+    (out * weights).sum().backward()
+    (ref * weights).sum().backward()
+    assert torch.allclose(maps.grad, ref_maps.grad, rtol=1e-4, atol=1e-4)
+    half = maps.detach().bfloat16()
+    exact = F.interpolate(half.double(), size=size, mode=mode, align_corners=False)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = upsample_maps(half, size)
+    theirs = F.interpolate(half, size=size, mode=mode, align_corners=False)
+    assert ours.dtype == torch.bfloat16
+    assert (ours.double() - exact).abs().max() <= (theirs.double() - exact).abs().max()
+
+
+@pytest.mark.parametrize("shape, size", [((1, 3, 3, 4, 5), (12, 8, 20)), ((2, 4, 6, 5), (48, 11))])
+def test_upsample_maps_channels_last_holds_the_same_values(shape, size):
+    maps = torch.randn(shape, generator=torch.Generator().manual_seed(2))
+    plain, last = upsample_maps(maps, size), upsample_maps(maps, size, channels_last=True)
+    layout = torch.channels_last_3d if len(shape) == 5 else torch.channels_last
+    assert last.is_contiguous(memory_format=layout) and not last.is_contiguous()
+    torch.testing.assert_close(last, plain, atol=1e-6, rtol=1e-6)

@@ -269,7 +269,10 @@ def test_compile_auto_skips_short_runs_and_a_failed_compile_runs_eagerly(trained
         return fails
     fresh = Segmenter(seg.model_file, device="cpu")
     monkeypatch.setattr(compilation.torch, "compile", no_compiler)
-    fallback = fresh.segment(part, affine, tags="liver", compile="on")
+    statuses = []  # a compile is announced before it starts (minutes when cold, with no window done)
+    assert seg.segment(part, affine, tags="liver", status=statuses.append).run == eager.run and not statuses
+    fallback = fresh.segment(part, affine, tags="liver", compile="on", status=statuses.append)
+    assert statuses == [compilation.COMPILING] and "compiling the network" in statuses[0]
     assert fallback.run["compiled"] is False
     assert "torch.compile failed (RuntimeError: InductorError" in fallback.notices[-1]
     np.testing.assert_array_equal(fallback.labelmap, eager.labelmap)
@@ -289,3 +292,40 @@ def test_compiled_windows_give_the_labels_of_eager_ones(trained):
     same, dice = agreement(compiled.labelmap, eager.labelmap, max(seg.label_values) + 1)
     assert same >= 0.995 and dice.min() >= 0.99, (same, dice)
     np.testing.assert_allclose(compiled.attention["liver"], eager.attention["liver"], atol=1e-3)
+
+
+def test_windows_run_channels_last_with_the_outputs_of_the_network_as_trained(trained, monkeypatch):
+    """On the CPU the 3D network runs channels-last (inference/layout.py): its instance norms become the
+    equal group norms, its outputs stay those of the network as trained, and in a bf16 run the full-size
+    decoder (the first convolution, the output block's input with the maps joined) is channels-last."""
+    from mosmos.inference.layout import channels_last
+    from mosmos.inference.network import load_segmentation_model
+
+    seg, image, affine, _ = trained
+    net = seg.network.network
+    assert not any(isinstance(m, torch.nn.InstanceNorm3d) for m in net.modules())
+    assert any(isinstance(m, torch.nn.GroupNorm) for m in net.modules())
+    as_trained, _ = load_segmentation_model(seg.model_file)
+    x = torch.rand(2, 1, *seg.roi_size, generator=torch.Generator().manual_seed(0))
+    with torch.inference_mode():
+        expected = as_trained(x)
+        got = channels_last(as_trained)(x.to(memory_format=torch.channels_last_3d))
+    for a, b in zip(got, expected):
+        torch.testing.assert_close(a, b, atol=1e-4, rtol=1e-4)
+
+    seen = {}
+
+    def record(name):
+        def hook(module, args, out) -> None:
+            t = args[0] if name == "output block input" else out
+            seen[name] = t.is_contiguous(memory_format=torch.channels_last_3d) and not t.is_contiguous()
+        return hook
+    hooks = [net.encoder1.layer.conv1.register_forward_hook(record("first convolution")),
+             net.out.register_forward_hook(record("output block input"))]
+    monkeypatch.setattr(precision_mod, "cpu_has_native_bf16", lambda: True)
+    try:
+        run = seg.segment(image[:96], affine, tags="liver", precision="bf16", compile="off").run
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert run["precision"] == "bf16" and seen == {"first convolution": True, "output block input": True}

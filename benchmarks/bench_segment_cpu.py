@@ -160,6 +160,7 @@ def main() -> None:
     from mosmos.cli import main as mosmos_main
     from mosmos.inference import Segmenter
     from mosmos.inference.geometry import model_grid
+    from mosmos.inference.network import load_segmentation_model
     from mosmos.inference.precision import cpu_has_native_bf16
     from mosmos.inference.segmenter import cpu_count
 
@@ -196,10 +197,11 @@ def main() -> None:
         fast_labels = np.asarray(nib.load(tmp / "fast.nii.gz").dataobj)
         result["fast_label_agreement_random_weights"] = round(float((exact_labels == fast_labels).mean()), 4)
 
+        plain, _ = load_segmentation_model(model)  # the network as trained (not the Segmenter's channels-last one)
         with torch.inference_mode():
             image = seg._model_image(ct, grid, seg.device)
             t = time.perf_counter()
-            sliding_window_inference(image[None], seg.roi_size, 1, lambda x: seg.network(x)[0], overlap=0.5,
+            sliding_window_inference(image[None], seg.roi_size, 1, lambda x: plain(x)[0], overlap=0.5,
                                      mode="gaussian")
             result["monai_fp32_sliding_window_s"] = round(time.perf_counter() - t, 2)
             del image

@@ -39,10 +39,11 @@ def add_arguments(parser) -> None:
                         help="network number format: auto (default) is bf16 where the GPU or CPU computes it "
                         "natively (AMX, AVX512-BF16), fp32 elsewhere")
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
-                        help="torch.compile the network (a ViT-B window in about a third of the time; the first "
-                        "call compiles, about a minute when cold): auto (default) on the CPU when the windows "
-                        "left after the first would save more than that; falls back to uncompiled where "
-                        "compiling fails")
+                        help="torch.compile the network (measured on 2 CPU cores: a ViT-B window in 0.36-0.6 of "
+                        "the time while other jobs load the machine, no net gain on an idle one; the first call "
+                        "compiles, about 2 min the first time, seconds once cached): auto (default) on the CPU "
+                        "when the windows left after the first would save more than a first compile costs; "
+                        "falls back to uncompiled where compiling fails")
     parser.add_argument("--json-progress", action="store_true", help="JSON-lines progress events on stdout")
 
 
@@ -138,11 +139,15 @@ def run(args) -> int:
         events.emit("progress", done=done, total=total)
         return True
 
+    def status(message: str) -> None:
+        print(f"mosmos segment: {message}", file=sys.stderr, flush=True)
+        events.emit("status", message=message)
+
     try:
         result = segmenter.segment(volume.array, volume.affine, tags=args.tags, progress=progress,
                                    overlap=args.overlap, modality=volume.modality, source=str(args.input),
                                    attention_raw=args.attention_raw, fast=args.fast, precision=args.precision,
-                                   compile=args.compile)
+                                   compile=args.compile, status=status)
     finally:
         bar.close()
     events.emit("run", **result.run)

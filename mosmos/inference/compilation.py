@@ -7,9 +7,11 @@ first compiled call compiles: 75-125 s on that machine (as loaded by other jobs)
 cache is cold (about the same for a tiny model: it is the C++ kernels' compilation), 6-35 s when it
 is warm (a second run of the same model on the same machine). So "auto" runs the first window
 eagerly, timed, and compiles only when the windows left would save more than a cold compile costs:
-a full abdominal CT with a ViT-B (175 windows), not a mid-size volume (12) or a tiny model's windows
-(0.2 s each). The labels are as close to fp32 as eager bf16's (the same operations in the same
-number format).
+a full abdominal CT with a ViT-B (175 windows) where a window takes over about 1.1 s, not a mid-size
+volume (12) or a tiny model's windows (0.2 s each). Those figures are from a machine loaded by other
+jobs; on the idle machine a compiled full-size run gained nothing (README, *Segmenting on the CPU*),
+and there the first window is fast enough that auto does not compile. The labels are as close to
+fp32 as eager bf16's (the same operations in the same number format).
 
 Where compiling fails (no C++ compiler, as in a Slicer install on Windows; a platform inductor does
 not support), the windows run eagerly, for good.
@@ -18,6 +20,7 @@ not support), the windows run eagerly, for good.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 
 import torch
 
@@ -26,6 +29,8 @@ from ..errors import MosmosError
 COMPILE_CHOICES = ("auto", "on", "off")
 COLD_COMPILE_S = 120.0  # a cold compile on 2 busy cores (above)
 SAVED_FRACTION = 0.64  # of an eager window's time (1.90 s -> 0.68 s)
+COMPILING = (f"compiling the network (first run on this machine: about {COLD_COMPILE_S / 60:.0f} min; "
+             "later runs reuse the compiled code)")
 
 
 def check_compile_choice(choice: str) -> None:
@@ -46,13 +51,17 @@ class WindowForward:
         self.failure: str | None = None  # why compiling failed; then always eager
         self.use = self.timing = False
         self.left = 0
+        self.status: Callable[[str], None] | None = None
 
-    def plan(self, choice: str, device: torch.device, windows: int) -> None:
+    def plan(self, choice: str, device: torch.device, windows: int,
+             status: Callable[[str], None] | None = None) -> None:
         """Before a run of ``windows`` windows: "on" compiles, "off" does not, "auto" (the CPU only)
-        times the first window eagerly and compiles if pays_to_compile."""
+        times the first window eagerly and compiles if pays_to_compile. ``status(message)`` is told
+        before the compile starts (it can take minutes with nothing else to show)."""
         self.use = choice == "on"
         self.timing = choice == "auto" and device.type == "cpu"
         self.left = windows
+        self.status = status
 
     @property
     def compiling(self) -> bool:
@@ -69,6 +78,8 @@ class WindowForward:
             return out
         if self.compiling:
             if self.compiled is None:
+                if self.status is not None:
+                    self.status(COMPILING)
                 self.compiled = torch.compile(self.network, dynamic=False)
             try:
                 return self.compiled(x)

@@ -175,6 +175,8 @@ class MosmosWebApp(TrameApp):
                 for e in events:
                     if e["event"] == "progress" and int(e.get("total", 0)) > 0:
                         self.state.progress = round(100 * int(e["done"]) / int(e["total"]))
+                    elif e["event"] == "status":  # a long step with no progress to show (a first compile)
+                        self.state.info = f"Segmenting: {e.get('message', '')}"
                 if outputs is not None:
                     self.state.running = False
                     self.state.progress = 100
