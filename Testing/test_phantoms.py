@@ -11,6 +11,7 @@ from mosmos.data.phantoms import (BTCV_LABELS, make_phantom, phantom_slices, wri
                                   write_roco_folder)
 from mosmos.errors import MosmosError
 
+BTCV_LABELS_BY_NAME = {name: value for value, name in BTCV_LABELS.items()}
 SMALL = dict(shape=(48, 48, 32), spacing=(3.0, 3.0, 4.0))
 
 
@@ -99,6 +100,28 @@ def test_slices_reports_name_the_visible_organs():
     # Organs vary between slices, so predicting tags is a real task.
     counts = {name: sum(name in s.organs for s in items) for name in BTCV_LABELS.values()}
     assert sum(0.1 * len(items) < n < 0.9 * len(items) for n in counts.values()) >= 5
+
+
+def test_findings_reports_name_only_the_organs_given_a_finding():
+    """reports="findings": the same slices, 0-2 visible organs get a small blob of another grey level inside them,
+    and the report names exactly those organs (so a tag can only be told by looking at its organ)."""
+    from mosmos import tags
+
+    visible, findings = phantom_slices(60, seed=1, image_size=32), phantom_slices(60, seed=1, image_size=32,
+                                                                                    reports="findings")
+    named = 0
+    for v, f in zip(visible, findings):
+        assert set(tags.extract_tags(f.report)) == set(f.organs) <= set(v.organs)
+        changed = f.image != v.image
+        np.testing.assert_array_equal(f.label, v.label)
+        if f.organs:
+            named += 1
+            assert changed.any() and np.isin(f.label[changed], [BTCV_LABELS_BY_NAME[o] for o in f.organs]).all()
+        else:
+            assert not changed.any()
+    assert 0.4 * len(findings) < named < 0.95 * len(findings)
+    with pytest.raises(MosmosError, match="reports 'all'"):
+        phantom_slices(2, reports="all")
 
 
 def test_roco_folder_round_trip(tmp_path):

@@ -5,10 +5,12 @@ from __future__ import annotations
 import csv
 import json
 
+import pytest
 from PIL import Image
 
 from mosmos.cli import main
 from mosmos.data.phantoms import BTCV_LABELS
+from mosmos.errors import MosmosError
 from mosmos.metrics import wilcoxon_p
 from mosmos.study import StudyPlan, study_table, summarize
 
@@ -56,6 +58,16 @@ def test_a_study_of_zero_seeds_is_an_error_line(tmp_path, capsys):
     assert main(["study", "--out", str(tmp_path / "s"), "--seeds", "0", "--no-progress"]) == 1
     assert not (tmp_path / "s").exists()
     assert capsys.readouterr().err.startswith("mosmos study: error: study: budgets, seeds")
+
+
+def test_an_unknown_report_style_is_an_error_line(tmp_path, capsys):
+    with pytest.raises(SystemExit) as exit_info:  # a usage error leaves through argparse
+        main(["study", "--out", str(tmp_path / "s"), "--reports", "all", "--no-progress"])
+    assert exit_info.value.code == 1 and "--reports: invalid choice: 'all'" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    with pytest.raises(MosmosError, match="--reports all"):
+        StudyPlan.of(False, reports="all")
+    assert StudyPlan.of(False, reports="findings").reports == "findings"
 
 
 def test_report_pictures_show_the_body_at_the_scale_of_a_finetuning_window():

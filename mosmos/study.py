@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 
+from .data.phantoms import REPORT_STYLES
 from .errors import MosmosError
 from .modelfile import atomic_write_bytes
 
@@ -37,17 +38,21 @@ class StudyPlan:
     steps: int  # fine-tuning steps, equal for both initialisations
     roco_pairs: int
     pretrain_epochs: int
+    reports: str = "visible"  # what the phantom reports name (data.phantoms.REPORT_STYLES)
 
     @classmethod
     def of(cls, quick: bool, **changes) -> "StudyPlan":
         """The default (or ``quick``) plan with the ``changes`` that are not None."""
         plan = (cls(budgets=(1,), seeds=1, held_out=1, steps=2, roco_pairs=64, pretrain_epochs=1) if quick else
                 cls(budgets=(1, 2, 4), seeds=5, held_out=4, steps=200, roco_pairs=1600, pretrain_epochs=10))
-        changes = {k: tuple(v) if k == "budgets" else int(v) for k, v in changes.items() if v is not None}
+        changes = {k: tuple(v) if k == "budgets" else str(v) if k == "reports" else int(v)
+                   for k, v in changes.items() if v is not None}
         plan = cls(**{**asdict(plan), **changes})
         if min(plan.budgets) < 1 or min(plan.seeds, plan.steps, plan.roco_pairs, plan.pretrain_epochs) < 1:
             raise MosmosError(f"study: budgets, seeds, steps, report pairs and pre-training epochs must be at "
                               f"least 1 (got {asdict(plan)})")
+        if plan.reports not in REPORT_STYLES:
+            raise MosmosError(f"study: --reports {plan.reports}: use one of {', '.join(REPORT_STYLES)}")
         return plan
 
 
@@ -69,7 +74,8 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
     n_train = max(plan.budgets)
     print(f"study: {len(plan.budgets)} label budgets x {plan.seeds} seeds x {len(INITS)} inits, "
           f"{plan.steps} fine-tuning steps each", flush=True)
-    pretrained = pretrain_on_phantom_reports(out, plan.roco_pairs, plan.pretrain_epochs, seed=0, progress=progress)
+    pretrained = pretrain_on_phantom_reports(out, plan.roco_pairs, plan.pretrain_epochs, seed=0, progress=progress,
+                                             reports=plan.reports)
     print(f"study: pre-trained once in {time.perf_counter() - t0:.0f} s", flush=True)
     data = write_decathlon_dataset(out / "dataset", n_train, plan.held_out, seed=1, organs=STUDY_TAGS,
                                    **_phantom_grid()).parent
@@ -123,9 +129,10 @@ def study_run(data: Path, run_dir: Path, steps: int, seed: int, pretrained: str 
 
 
 def pretrain_on_phantom_reports(out: Path, pairs: int, epochs: int, seed: int = 0, progress: bool | None = None,
-                                log_every: int = 10) -> Path:
-    """Write ``pairs`` phantom slices with reports to ``out/roco`` (ROCO layout) and pre-train the maps'
-    backbone on them into ``out/pretrain``; returns the pre-trained model file (as the study and the demo do).
+                                log_every: int = 10, reports: str = "visible") -> Path:
+    """Write ``pairs`` phantom slices with reports (naming what ``reports`` says: data.phantoms.phantom_slices)
+    to ``out/roco`` (ROCO layout) and pre-train the maps' backbone on them into ``out/pretrain``; returns the
+    pre-trained model file (as the study and the demo do).
 
     The pictures show the body at the scale one fine-tuning window does (the backbone's image size is
     the window's in-plane size, so an organ covers as many tokens in both and the positional grids agree)."""
@@ -134,7 +141,7 @@ def pretrain_on_phantom_reports(out: Path, pairs: int, epochs: int, seed: int = 
     from .train.config import PretrainConfig
     from .train.pretrain import pretrain
 
-    roco = write_roco_folder(out / "roco", pairs, seed=seed, image_size=report_image_size())
+    roco = write_roco_folder(out / "roco", pairs, seed=seed, image_size=report_image_size(), reports=reports)
     return pretrain(PretrainConfig(
         roco=str(roco), out=str(out / "pretrain"), backbone=MAP_BACKBONE, epochs=epochs, batch_size=32, lr=1e-3,
         warmup_steps=10, workers=0, seed=seed, log_every=log_every),
@@ -256,6 +263,11 @@ def study_table(summary: dict) -> str:
         p = "n/a" if e["wilcoxon_p"] is None else f"{e['wilcoxon_p']:.3f}"
         lines.append(f"| {e['budget']} | {e['mosmos']['mean']:.3f} ± {e['mosmos']['sd']:.3f} | "
                      f"{e['random']['mean']:.3f} ± {e['random']['sd']:.3f} | {e['mosmos_wins']}/{e['pairs']} | {p} |")
+    plan = summary.get("plan")
+    if plan:
+        named = "every visible organ" if plan.get("reports", "visible") == "visible" else "only organs with a finding"
+        lines += ["", f"Pre-trained {plan['pretrain_epochs']} epochs on {plan['roco_pairs']} phantom pictures whose "
+                  f"reports name {named}; {plan['steps']} fine-tuning steps per run."]
     if "pretrained_maps" in summary:
         m = summary["pretrained_maps"]
         lines += ["", f"Pre-trained model's own 2D maps on {m['pictures']} held-out report pictures: AUC of an organ's "

@@ -14,6 +14,9 @@ def add_arguments(p) -> None:
     p.add_argument("--steps", type=int, help="fine-tuning steps of every run (default 200)")
     p.add_argument("--roco-pairs", type=int, help="phantom image-report pairs to pre-train on (default 1600)")
     p.add_argument("--pretrain-epochs", type=int, help="pre-training epochs (default 10)")
+    p.add_argument("--reports", choices=("visible", "findings"),
+                   help="what the phantom reports name: every organ visible in the picture (default), or only "
+                        "the organs given a small finding, as most ROCO captions do")
     p.add_argument("--jobs", type=int, default=1,
                    help="fine-tuning runs at once, one process each (default %(default)s; results do not depend on it)")
     p.add_argument("--quick", action="store_true", help="a smoke run: one budget, one seed, two steps")
@@ -25,5 +28,5 @@ def run(args) -> int:
 
     run_study(args.out, quick=args.quick, progress=False if args.no_progress else None, jobs=args.jobs,
               budgets=args.budgets, seeds=args.seeds, steps=args.steps, roco_pairs=args.roco_pairs,
-              pretrain_epochs=args.pretrain_epochs)
+              pretrain_epochs=args.pretrain_epochs, reports=args.reports)
     return 0

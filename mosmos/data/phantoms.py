@@ -475,6 +475,11 @@ _EMPTY = (
     "Axial {phase} CT image of the {region} showing bowel loops.",
 )
 _LESION = (" with a small hypodense lesion (arrow)", " containing a hypodense cyst (arrow)")
+# What a report names: every organ visible in the slice, or (as most ROCO captions do) only the organs a
+# finding is in, which a model can only tell by looking at the organ (README, the pre-training study).
+REPORT_STYLES = ("visible", "findings")
+_FINDING_ORGANS = ("liver", "spleen", "right kidney", "left kidney", "stomach", "gallbladder", "pancreas")
+_FINDINGS = ("hypodense lesion", "hyperdense lesion", "small mass", "cyst")
 
 
 class PhantomSlice(NamedTuple):
@@ -511,6 +516,29 @@ def _report(rng, organs, lesion, plane, contrast, w):
         organs=_join(items), phase=phase, Phase=phase[0].upper() + phase[1:], region=region, level=level)
 
 
+def _with_findings(rng, item: "PhantomSlice") -> "PhantomSlice":
+    """``item`` with a small blob of another grey level in 0-2 of its visible organs and a report naming only
+    those organs (none: a report naming no organ)."""
+    candidates = [o for o in item.organs if o in _FINDING_ORGANS]
+    k = min(int(rng.choice((0, 1, 1, 2))), len(candidates))
+    image = item.image.astype(np.float32)
+    rows, cols = np.mgrid[:image.shape[0], :image.shape[1]]
+    found = []
+    for organ in (rng.choice(candidates, size=k, replace=False) if k else ()):
+        mask = item.label == _VALUE_OF[organ]
+        ys, xs = np.nonzero(mask)
+        if len(ys) < 4:
+            continue
+        i, radius = rng.integers(len(ys)), rng.uniform(1.2, 2.2)
+        blob = ((rows - ys[i]) ** 2 + (cols - xs[i]) ** 2 <= radius**2) & mask
+        image[blob] += rng.choice((-1, 1)) * rng.uniform(50, 90)
+        found.append(str(organ))
+    plane = "Coronal" if item.plane == "coronal" else "Axial"
+    report = (f"{plane} CT image showing a {rng.choice(_FINDINGS)} in the {_join(found)}." if found else
+              f"{plane} CT section of the abdomen without focal abnormality.")
+    return item._replace(image=np.clip(image, 0, 255).astype(np.uint8), report=report, organs=tuple(found))
+
+
 def _window(hu, rng):
     """A soft-tissue display window around the one fine-tuning reads CT with (-175..250 HU), varied as
     published figures vary, so pre-training sees organs at the grey levels fine-tuning will."""
@@ -523,8 +551,9 @@ def _window(hu, rng):
 
 
 def phantom_slices(n_pairs, seed=0, image_size=64, min_area=0.0025, coronal_fraction=0.15,
-                   omit_prob=0.15) -> list[PhantomSlice]:
-    """``n_pairs`` 2D CT slices with reports naming exactly the organs visible in each.
+                   omit_prob=0.15, reports: str = "visible") -> list[PhantomSlice]:
+    """``n_pairs`` 2D CT slices with reports naming exactly the organs visible in each (``reports="findings"``:
+    naming only the organs given a finding, see _with_findings; the slices are otherwise the same).
 
     A few low-resolution 3D subjects are generated and sliced (mostly axially, at every level, so
     different organs show). An organ is visible when it covers at least ``min_area`` of the slice
@@ -532,9 +561,12 @@ def phantom_slices(n_pairs, seed=0, image_size=64, min_area=0.0025, coronal_frac
     """
     from PIL import Image
 
+    if reports not in REPORT_STYLES:
+        raise MosmosError(f"reports {reports!r}: use one of {', '.join(REPORT_STYLES)}")
     if n_pairs <= 0:
         return []
     rng = np.random.default_rng([int(seed), 2])
+    findings_rng = np.random.default_rng([int(seed), 4])
     side = int(min(max(image_size, 16), 128))
     nz = max(16, side // 2)
     shape, spacing = (side, side, nz), (144.0 / side, 144.0 / side, 128.0 / nz)
@@ -562,8 +594,9 @@ def phantom_slices(n_pairs, seed=0, image_size=64, min_area=0.0025, coronal_frac
             if img.size != (image_size, image_size):
                 img = img.resize((image_size, image_size), Image.BILINEAR)
                 labels = labels.resize((image_size, image_size), Image.NEAREST)
-            out.append(PhantomSlice(np.asarray(img), np.asarray(labels),
-                                    _report(rng, visible, lesion, plane, s.contrast, w), visible, plane, volume))
+            item = PhantomSlice(np.asarray(img), np.asarray(labels),
+                                _report(rng, visible, lesion, plane, s.contrast, w), visible, plane, volume)
+            out.append(_with_findings(findings_rng, item) if reports == "findings" else item)
             if len(out) == n_pairs:
                 break
         volume += 1
@@ -582,13 +615,13 @@ def _split_sizes(n, splits, fractions):
 
 
 def write_roco_folder(root, n_pairs, seed=0, image_size=64, splits=("train", "validation"),
-                      split_fractions=None, image_format="jpg") -> Path:
+                      split_fractions=None, image_format="jpg", reports: str = "visible") -> Path:
     """Write phantom slice/report pairs as ROCO ships them and return ``root``:
     ``<root>/data/<split>/radiology/{captions.txt, dlinks.txt, images/<PMCID>_<figure>}``.
 
     Each split gets its own subjects (no subject is shared between splits); each subject is one
     fake PMC article whose figures are its slices. ``split_fractions`` default: 80% train, the rest
-    shared equally by the other splits.
+    shared equally by the other splits. ``reports``: what the reports name (phantom_slices).
     """
     from PIL import Image
 
@@ -602,7 +635,8 @@ def write_roco_folder(root, n_pairs, seed=0, image_size=64, splits=("train", "va
         (folder / "images").mkdir(parents=True, exist_ok=True)
         pmc = {}
         captions, dlinks = [], []
-        for fig, item in enumerate(phantom_slices(n, seed=int(seed) * 1000 + k, image_size=image_size)):
+        for fig, item in enumerate(phantom_slices(n, seed=int(seed) * 1000 + k, image_size=image_size,
+                                                            reports=reports)):
             roco_id += 1
             pmc.setdefault(item.volume, int(rng.integers(1_000_000, 9_999_999)))
             pmcid = f"PMC{pmc[item.volume]}"
