@@ -160,8 +160,7 @@ def draw_figure(path: Path, image, reference, labelmap, attention: dict, organs:
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    from .seg_losses import attention_title
-    from .tags import color_for
+    from .tags import attention_title, color_for
 
     z = int(np.argmax((reference > 0).sum(axis=(0, 1))))
 

@@ -78,13 +78,6 @@ def pta_probabilities(maps: torch.Tensor, size, epsilon: torch.Tensor | float) -
     return pta_logits(maps, size, epsilon).softmax(dim=1)
 
 
-def attention_title(tag: str, labelled: bool = True) -> str:
-    """What an attention map's values are, for its legend: for an organ the model labels, the probability
-    that it wins among the labelled classes (pta_probabilities); for an open-set organ, that it rather
-    than background is there."""
-    return f"P({tag} wins)" if labelled else f"P({tag} vs background)"
-
-
 def pta_loss(maps: torch.Tensor, labels: torch.Tensor, epsilon: torch.Tensor | float) -> torch.Tensor:
     """Dice + CE of up-sampled maps / epsilon against the labels (pixel–tag alignment)."""
     labels = _with_channel(labels, maps.dim() - 2)

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ..seg_losses import attention_title
+from ..tags import attention_title
 from .volumes import volume_from_array
 
 # Shipped with Slicer as colour files; absent from a bare scene (slicer-core), where a table of the same
@@ -44,7 +44,7 @@ def attention_volume_node(scene, attention: np.ndarray, ijkToRAS: np.ndarray, ta
     """A float volume of one tag's attention (k, j, i, probabilities in [0, 1]), window 0..1; voxels
     below 5 % are transparent when shown as a foreground layer. Its colour legend (a display node of
     the volume) appears in the slice views that show the volume; ``labelled``: whether the model
-    labels this organ (else an open-set tag, see seg_losses.attention_title)."""
+    labels this organ (else an open-set tag, see tags.attention_title)."""
     node = volume_from_array(scene, np.clip(attention, 0.0, 1.0).astype(np.float32), ijkToRAS,
                              f"{tag} attention")
     node.SetAttribute("MOSMOS.AttentionTag", tag)

@@ -1,4 +1,5 @@
-"""Organ colours: TotalSegmentator's for the organs it knows, a stable hashed colour otherwise."""
+"""Organ colours: TotalSegmentator's for the organs it knows, a stable hashed colour otherwise; and the title
+an organ's attention overlay is shown with."""
 
 from __future__ import annotations
 
@@ -50,3 +51,10 @@ def color_for(name: str) -> tuple[int, int, int]:
 def _hsv_to_rgb255(h: float, s: float, v: float) -> tuple[int, int, int]:
     r, g, b = colorsys.hsv_to_rgb(h, s, v)
     return (round(r * 255), round(g * 255), round(b * 255))
+
+
+def attention_title(tag: str, labelled: bool = True) -> str:
+    """What an attention overlay's values are, for its legend or panel title: for an organ the model labels,
+    the probability that it wins among the labelled classes (seg_losses.pta_probabilities); for an open-set
+    organ, that it rather than background is there. Torch-free: the Slicer modules import it before PyTorch."""
+    return f"P({tag} wins)" if labelled else f"P({tag} vs background)"
