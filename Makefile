@@ -4,13 +4,13 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv web test demo bench clean
+.PHONY: venv web test demo docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet $(TORCH)
-	$(PY) -m pip install --quiet -e ".[test,demo,bench]"
+	$(PY) -m pip install --quiet -e ".[test,demo,bench,docs]"
 	touch $@
 
 venv: $(VENV)/.installed
@@ -34,8 +34,12 @@ test: venv web
 demo: venv
 	$(VENV)/bin/mosmos demo --out demo-out
 
+# The documentation site, into site/. Strict: a broken link, anchor or API reference fails the build.
+docs: venv
+	NO_MKDOCS_2_WARNING=1 $(VENV)/bin/mkdocs build --strict --site-dir site
+
 bench: venv
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf $(VENV) demo-out study-out
+	rm -rf $(VENV) demo-out study-out site

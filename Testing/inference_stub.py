@@ -12,7 +12,7 @@ import torch
 import torch.nn.functional as F
 
 from mosmos.inference import register_architecture
-from mosmos.modelfile import SEGMENTATION_KIND, save_model
+from mosmos.files.modelfile import SEGMENTATION_KIND, save_model
 
 WINDOW = {"type": "window", "a_min": -175, "a_max": 250, "b_min": 0.0, "b_max": 1.0, "clip": True}
 

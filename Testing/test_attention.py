@@ -18,11 +18,11 @@ from mosmos.data.phantoms import make_phantom, phantom_affine, write_decathlon_d
 from mosmos.data.transforms import preprocessing_config
 from mosmos.errors import MosmosError
 from mosmos.inference import Segmenter
-from mosmos.metrics import read_results_csv
-from mosmos.modelfile import load_model, save_model
+from mosmos.evaluation.metrics import read_results_csv
+from mosmos.files.modelfile import load_model, save_model
 from mosmos.models.segmentation import SegmentationModel, TagEmbedder, segmentation_model_from_file_state
 from mosmos.models.unetr import MosmosUNETR
-from mosmos.seg_losses import pta_logits, upsample_maps
+from mosmos.losses.finetune import pta_logits, upsample_maps
 
 LABELS = {"0": "background", "1": "spleen", "6": "liver"}
 ROI, SPACING = 32, (6.0, 6.0, 6.0)

@@ -9,7 +9,7 @@ import numpy as np
 from PIL import Image
 
 from mosmos.cli import main
-from mosmos.demo import DEMO_TAGS
+from mosmos.experiments.demo import DEMO_TAGS
 
 
 def test_quick_demo_writes_every_promised_output(tmp_path, capsys):

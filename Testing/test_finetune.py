@@ -18,9 +18,9 @@ import torch
 from helpers import events, kill_after_checkpoint, real_data, run_cli, run_torchrun
 from mosmos.cli import main
 from mosmos.data.phantoms import write_decathlon_dataset
-from mosmos.metrics import dice_scores, read_results_csv
-from mosmos.modelcard import file_sha256
-from mosmos.modelfile import load_model
+from mosmos.evaluation.metrics import dice_scores, read_results_csv
+from mosmos.files.modelcard import file_sha256
+from mosmos.files.modelfile import load_model
 from mosmos.train.config import FinetuneConfig
 
 ORGANS = ("liver", "spleen", "right kidney", "left kidney")
@@ -77,7 +77,7 @@ def pixel_tag_maps(run, image: torch.Tensor) -> torch.Tensor:
 
 def map_dices(run, item) -> np.ndarray:
     """Per-organ Dice of the pixel–tag maps alone: argmax of the maps up-sampled to the label grid."""
-    from mosmos.seg_losses import upsample_maps
+    from mosmos.losses.finetune import upsample_maps
 
     image, label = training_view(run, item)
     pred = upsample_maps(pixel_tag_maps(run, image).float(), label.shape[2:]).argmax(1)

@@ -3,7 +3,7 @@ import math
 import pytest
 import torch
 
-from mosmos.losses import irc_loss, mlr_loss
+from mosmos.losses.pretrain import irc_loss, mlr_loss
 
 
 def _log_sigmoid(x):

@@ -1,5 +1,5 @@
 """The pixel–tag maps learn to find organs under the shipped recipe (issue 12, item 1): `mosmos finetune` with
-``demo_models.map_recipe_config`` on phantoms, scored on held-out phantoms, against a lambda-0 control.
+``experiments.recipes.map_recipe_config`` on phantoms, scored on held-out phantoms, against a lambda-0 control.
 
 In a file of its own: at 2 x 800 steps it is the suite's longest test, and the two xdist workers
 (``--dist loadfile``) then run it beside test_finetune.py instead of after it."""
@@ -13,7 +13,7 @@ import torch
 
 from mosmos.cli import main
 from mosmos.data.phantoms import write_decathlon_dataset
-from mosmos.metrics import dice_scores
+from mosmos.evaluation.metrics import dice_scores
 from mosmos.train.config import FinetuneConfig
 
 MAP_ORGANS = ("liver", "spleen", "right kidney", "left kidney", "stomach")
@@ -44,7 +44,7 @@ def held_out_dices(model: Path, data: Path) -> dict[str, dict[str, float]]:
     from mosmos.data.decathlon import load_decathlon
     from mosmos.data.transforms import build_val_transforms
     from mosmos.inference.network import load_segmentation_model
-    from mosmos.seg_losses import upsample_maps
+    from mosmos.losses.finetune import upsample_maps
 
     network, header = load_segmentation_model(model)
     spec = load_decathlon(data)
@@ -62,10 +62,10 @@ def held_out_dices(model: Path, data: Path) -> dict[str, dict[str, float]]:
 
 
 def test_finetune_recipe_teaches_the_pixel_tag_maps_to_find_held_out_organs(tmp_path):
-    """`mosmos finetune` with the shipped maps recipe (demo_models.map_recipe_config: 8^3 tokens per window,
+    """`mosmos finetune` with the shipped maps recipe (experiments.recipes.map_recipe_config: 8^3 tokens per window,
     no flips) on 4 phantoms: on 2 held-out phantoms the maps alone outline every organ, and so does the network
     that reads them; the same run without the PTA loss (lambda 0, the control) does neither."""
-    from mosmos.demo_models import MAP_ROI, MAP_SPACING, map_recipe_config
+    from mosmos.experiments.recipes import MAP_ROI, MAP_SPACING, map_recipe_config
 
     data = write_decathlon_dataset(tmp_path / "data", 4, 2, seed=0, shape=MAP_ROI, spacing=MAP_SPACING,
                                    organs=MAP_ORGANS).parent

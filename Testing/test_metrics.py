@@ -9,8 +9,7 @@ from scipy.ndimage import binary_erosion
 from scipy.spatial.distance import cdist
 
 from mosmos.errors import MosmosError
-from mosmos.metrics import (evaluate_case, evaluate_files, markdown_table, organ_metrics, read_results_csv,
-                            spacing_from_affine, summarize, wilcoxon_p, write_tables)
+from mosmos.evaluation.metrics import (evaluate_case, evaluate_files, markdown_table, organ_metrics, read_results_csv, spacing_from_affine, summarize, wilcoxon_p, write_tables)
 
 
 def _hd95_brute_force(a, b, spacing):
@@ -124,7 +123,7 @@ def test_wilcoxon_on_paired_case_means(tmp_path):
 def test_evaluate_command_scoring_maps_organs_by_name_and_reads_spacing_from_the_affine(tmp_path):
     """The evaluate command's per-case scoring: model and dataset number the organs differently, the
     reference file's rotated, anisotropic affine gives the spacing; answers computed independently."""
-    from mosmos.commands.evaluate import organ_pairs, score_case
+    from mosmos.evaluation.evaluate import organ_pairs, score_case
 
     model_labels = {0: "background", 1: "liver", 2: "spleen", 3: "pancreas"}
     dataset_labels = {0: "background", 5: "liver", 1: "spleen", 7: "left kidney"}

@@ -15,11 +15,11 @@ import numpy as np
 import pytest
 import torch
 
-from mosmos import model_store as store
+from mosmos.files import model_store as store
 from mosmos.cli import main
 from mosmos.errors import MosmosError
-from mosmos.modelcard import file_sha256
-from mosmos.modelfile import SEGMENTATION_KIND, save_model
+from mosmos.files.modelcard import file_sha256
+from mosmos.files.modelfile import SEGMENTATION_KIND, save_model
 from test_modelfile import write_v1_model
 
 LABELS = {"0": "background", "1": "spleen", "6": "liver"}
@@ -30,7 +30,7 @@ LABELS = {"0": "background", "1": "spleen", "6": "liver"}
 @pytest.fixture(scope="module")
 def tiny_files(tmp_path_factory):
     from mosmos.data.transforms import preprocessing_config
-    from mosmos.models.segbase import build_network
+    from mosmos.models.segmentation import build_network
     from mosmos.models.segmentation import SegmentationModel, TagEmbedder
 
     torch.manual_seed(0)

@@ -4,7 +4,7 @@ import pytest
 import torch
 
 from mosmos.errors import MosmosError
-from mosmos.modelfile import load_model, read_header, save_model
+from mosmos.files.modelfile import load_model, read_header, save_model
 
 
 def _tensors():
@@ -16,7 +16,7 @@ def write_v1_model(path, tensors, header):
     """A format-1 file as mosmos 0.1 wrote it: fp32 tensors, one SHA-256 over all of them."""
     from safetensors.torch import save_file
 
-    from mosmos.modelfile import tensors_digest
+    from mosmos.files.modelfile import tensors_digest
 
     tensors = {k: v.detach().contiguous() for k, v in tensors.items()}
     full = {"format_version": 1, **header, "sha256": tensors_digest(tensors)}
@@ -62,7 +62,7 @@ def test_format_1_files_still_load(tmp_path):
 
 
 def test_groups_are_read_and_verified_one_at_a_time(tmp_path):
-    from mosmos.modelfile import open_model
+    from mosmos.files.modelfile import open_model
 
     path = tmp_path / "m.safetensors"
     tensors = {"network.w": torch.randn(64), "text.w": torch.randn(64)}

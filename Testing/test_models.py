@@ -198,7 +198,7 @@ def test_openai_style_torchscript_weights(tmp_path):
 
 @pytest.mark.parametrize("backbone", ["tiny-vit", "tiny-rn"])
 def test_pretrain_forward_backward_reaches_every_parameter(backbone):
-    from mosmos.losses import irc_loss, mlr_loss
+    from mosmos.losses.pretrain import irc_loss, mlr_loss
 
     model = MosmosPretrainModel(backbone).train()
     images = torch.randn(4, 3, 64, 64)

@@ -10,7 +10,7 @@ import pytest
 
 from helpers import events, kill_after_checkpoint, run_cli, run_torchrun
 from mosmos.data.phantoms import write_roco_folder
-from mosmos.modelfile import load_model
+from mosmos.files.modelfile import load_model
 from mosmos.train.pretrain import mean_average_precision
 
 

@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from mosmos.seg_losses import MosmosSegLoss, pta_loss, seg_loss, upsample_maps
+from mosmos.losses.finetune import MosmosSegLoss, pta_loss, seg_loss, upsample_maps
 
 
 def _labels(shape):

@@ -3,7 +3,7 @@ the CPU computes it natively, windows far from the body left out on the same gri
 (windows tiling only the body's box), on a tiny MOSMOS-UNETR fine-tuned on phantoms with air beside
 the body (so that it has seen air).
 
-Speed: the tiny recipe of mosmos.demo_models (4.5 mm, 32^3 windows); each training phantom is padded
+Speed: the tiny recipe of mosmos.experiments.recipes (4.5 mm, 32^3 windows); each training phantom is padded
 with air to twice its width, the test volume to three times (half its windows hold air only)."""
 
 from __future__ import annotations
@@ -21,10 +21,10 @@ import torch
 from mosmos.cli import main
 from mosmos.data.phantoms import make_phantom, write_decathlon_dataset
 from mosmos.errors import MosmosError
-from mosmos.demo_models import tiny_finetune_config
+from mosmos.experiments.recipes import tiny_finetune_config
 from mosmos.inference import Segmenter
 from mosmos.inference import precision as precision_mod
-from mosmos.metrics import dice_scores
+from mosmos.evaluation.metrics import dice_scores
 
 AIR_WIDTH = 3  # the test volume is this many body widths along x (training phantoms: 2)
 

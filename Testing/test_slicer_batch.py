@@ -27,7 +27,7 @@ def run_batch(*args, timeout=300):
 
 @pytest.fixture(scope="module")
 def tiny_model(tmp_path_factory):
-    from mosmos.demo_models import make_tiny_segmentation_model
+    from mosmos.experiments.recipes import make_tiny_segmentation_model
 
     path = tmp_path_factory.mktemp("models") / "tiny.mosmos"
     make_tiny_segmentation_model(path)

@@ -106,7 +106,7 @@ GUARDED = ("add model", "download model", "folder check (blocking)", "folder che
 @pytest.fixture(scope="module")
 def results(tmp_path_factory):
     import torch
-    from mosmos.modelfile import save_model
+    from mosmos.files.modelfile import save_model
 
     work = tmp_path_factory.mktemp("nodeps")
     model = work / "models" / "abdomen.mosmos"

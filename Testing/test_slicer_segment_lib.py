@@ -216,7 +216,7 @@ def test_volume_table_is_voxel_count_times_voxel_volume(scene):
 
 def _model_file(path, kind="mosmos-segmentation", labels=None):
     import torch
-    from mosmos.modelfile import save_model
+    from mosmos.files.modelfile import save_model
 
     header = {"kind": kind, "modality": "CT", "config": {},
               "labels": labels or {"0": "background", "1": "spleen", "2": "liver"}}

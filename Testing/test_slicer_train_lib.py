@@ -303,7 +303,7 @@ def test_pretraining_stops_and_resumes_to_the_planned_end(pretraining):
 
 def test_pretrained_model_stays_in_the_output_folder(pretraining):
     run, state, _, _ = pretraining
-    from mosmos.modelfile import read_header
+    from mosmos.files.modelfile import read_header
 
     assert run.modelPath == run.settings.out / "pretrained.safetensors"
     assert models.model_kind(read_header(run.modelPath)) == "pretrained"
@@ -339,7 +339,7 @@ def test_failed_run_reports_the_core_error(scene, tmp_path):
 FAKE_FINETUNE = """\
     import argparse, shutil, sys
     from pathlib import Path
-    from mosmos.events import EventLog
+    from mosmos.files.events import EventLog
 
     # The README's fine-tuning contract, strictly: an unknown or missing option exits with code 2.
     assert sys.argv[1:4] == ["-m", "mosmos", "finetune"], sys.argv
@@ -383,7 +383,7 @@ def test_finetuning_registers_its_model_for_mosmos_segment(scene, tmp_path, mode
     """The job's side of fine-tuning, against a stand-in for `mosmos finetune` that checks the command line
     with the contract's options and answers with contract events."""
     import torch
-    from mosmos.modelfile import save_model
+    from mosmos.files.modelfile import save_model
 
     python = fake_python(tmp_path, FAKE_FINETUNE)
     save_model(tmp_path / "made.safetensors", {"w": torch.zeros(3)},

@@ -11,8 +11,8 @@ from PIL import Image
 from mosmos.cli import main
 from mosmos.data.phantoms import BTCV_LABELS
 from mosmos.errors import MosmosError
-from mosmos.metrics import wilcoxon_p
-from mosmos.study import StudyPlan, study_table, summarize
+from mosmos.evaluation.metrics import wilcoxon_p
+from mosmos.experiments.study import StudyPlan, study_table, summarize
 
 
 def test_quick_study_writes_its_table_runs_and_plot(tmp_path, capsys):
@@ -77,8 +77,8 @@ def test_report_pictures_show_the_body_at_the_scale_of_a_finetuning_window():
     import numpy as np
 
     from mosmos.data.phantoms import make_phantom, phantom_slices
-    from mosmos.demo_models import MAP_ROI, MAP_SPACING
-    from mosmos.study import report_image_size
+    from mosmos.experiments.recipes import MAP_ROI, MAP_SPACING
+    from mosmos.experiments.study import report_image_size
 
     size = report_image_size()
     assert size == MAP_ROI[0] == MAP_ROI[1]

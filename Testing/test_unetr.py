@@ -204,10 +204,9 @@ def test_init_from_mosmos_pretrain_state():
         other.load_pretrain_state(tensors, header)
 
 
-
 def test_model_file_round_trip(tiny, tmp_path):
-    from mosmos.modelfile import load_model, save_model
-    from mosmos.models.segbase import build_network
+    from mosmos.files.modelfile import load_model, save_model
+    from mosmos.models.segmentation import build_network
 
     save_model(tmp_path / "seg.mosmos", {k: v.detach() for k, v in tiny.state_dict().items()},
                {"kind": "segmentation", "config": tiny.config})
@@ -231,7 +230,7 @@ def test_output_block_reads_the_up_sampled_maps(tiny):
     start as L_pta's reading (map / epsilon's initial value): without the decoder's features the network's logits are
     exactly L_pta's class logits (the paper's decoder has no such inputs)."""
     from mosmos.models.segbase import EPSILON_INIT
-    from mosmos.seg_losses import pta_logits
+    from mosmos.losses.finetune import pta_logits
 
     fs = tiny.config["feature_size"]
     conv = tiny.out.conv.conv
@@ -251,7 +250,7 @@ def test_output_block_reads_the_up_sampled_maps(tiny):
 
 def test_model_files_from_before_the_output_maps_load_as_the_papers_decoder(tmp_path):
     """A file whose config has no maps_at_output entry was written by the paper's decoder: it loads unchanged."""
-    from mosmos.models.segbase import build_network
+    from mosmos.models.segmentation import build_network
 
     torch.manual_seed(0)
     old = MosmosUNETR(num_classes=3, backbone="tiny-vit", img_size=32, feature_size=4, decoder_heads=4,

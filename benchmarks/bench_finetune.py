@@ -27,7 +27,7 @@ def network_ratio(roi: int, classes: int, batch: int, steps: int, device: torch.
     from monai.networks.nets import UNETR
 
     from mosmos.models.unetr import MosmosUNETR
-    from mosmos.seg_losses import MosmosSegLoss
+    from mosmos.losses.finetune import MosmosSegLoss
     from mosmos.train.finetune import SegmentationObjective
     from mosmos.train.optim import autocast
 

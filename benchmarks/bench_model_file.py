@@ -26,7 +26,7 @@ def main() -> None:
     from safetensors.torch import save_file
 
     from mosmos.inference.network import load_segmentation_model
-    from mosmos.modelfile import save_model
+    from mosmos.files.modelfile import save_model
     from mosmos.models.segbase import build_network
     from mosmos.models.segmentation import SegmentationModel, TagEmbedder
 

@@ -18,7 +18,7 @@ from torch.utils.data import DataLoader
 
 from mosmos.data.phantoms import write_roco_folder
 from mosmos.data.roco import RocoDataset
-from mosmos.losses import irc_loss, mlr_loss
+from mosmos.losses.pretrain import irc_loss, mlr_loss
 from mosmos.models.pretrain import MosmosPretrainModel
 from mosmos.train.optim import adamw, autocast, resolve_precision
 from mosmos.train.pretrain import PairDataset, image_transforms

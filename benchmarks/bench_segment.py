@@ -34,7 +34,7 @@ LABELS = {"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidn
 
 def write_random_model(path: Path, backbone: str, roi: int) -> None:
     from mosmos.data.transforms import preprocessing_config
-    from mosmos.modelfile import save_model
+    from mosmos.files.modelfile import save_model
     from mosmos.models.segmentation import SegmentationModel, TagEmbedder
     from mosmos.models.unetr import MosmosUNETR
 

@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 
 from mosmos.inference import Segmenter, register_architecture
-from mosmos.modelfile import SEGMENTATION_KIND, save_model
+from mosmos.files.modelfile import SEGMENTATION_KIND, save_model
 
 LABELS = {"0": "background", "1": "spleen", "2": "right kidney", "3": "left kidney", "4": "gallbladder",
           "5": "esophagus", "6": "liver", "7": "stomach", "8": "aorta", "9": "inferior vena cava",

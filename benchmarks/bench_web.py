@@ -1,5 +1,5 @@
 """`mosmos web` latency in a real browser (Debian chromium, headless, Playwright), with a tiny MOSMOS-UNETR
-fine-tuned here on phantoms (mosmos.demo_models) and a real CT from Testing/Data:
+fine-tuned here on phantoms (mosmos.experiments.recipes) and a real CT from Testing/Data:
 
 1. page load: the launcher's address -> the page's controls, for the first tab (its session starts then) and
    for a later one (the spare session the launcher keeps started);
@@ -66,7 +66,7 @@ def main() -> int:
         return 0
     from playwright.sync_api import sync_playwright
 
-    from mosmos.demo_models import make_tiny_segmentation_model
+    from mosmos.experiments.recipes import make_tiny_segmentation_model
     from mosmos.web.launcher import free_port, listening
 
     with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:

@@ -99,7 +99,7 @@ def volume_jobs(args) -> list[tuple[Path, Path]]:
 def refuse_overwriting_inputs(jobs, model) -> None:
     """Before any work: no output may be an input volume (--output beside the inputs with their format) or the model."""
     from mosmos.errors import MosmosError
-    from mosmos.outputs import same_file
+    from mosmos.files.outputs import same_file
 
     inputs = [source for source, _ in jobs] + ([Path(model)] if model else [])
     for _, target in jobs:

@@ -4,7 +4,6 @@ its pixel–tag maps alone beside them, and a paired significance test between t
 from __future__ import annotations
 
 import math
-import sys
 from pathlib import Path
 
 from ..errors import MosmosError
@@ -36,7 +35,7 @@ def run(args) -> int:
         return compare(*args.compare)
     if not args.model or not args.data:
         raise MosmosError("--model and --data are required (or --compare A.csv B.csv)")
-    from ..outputs import check_output, check_output_folder
+    from ..files.outputs import check_output, check_output_folder
     from ..train.config import check_number
 
     check_number("overlap", args.overlap)
@@ -45,9 +44,11 @@ def run(args) -> int:
     check_output_folder(out, inputs)
     check_output(out / CSV_NAME, "metrics table", inputs)
     check_output(out / MD_NAME, "metrics table", inputs)
+    from ..evaluation.evaluate import evaluate
+
     results = evaluate(args.model, args.data, args.split, args.device, args.overlap)
 
-    from ..metrics import markdown_table, write_tables
+    from ..evaluation.metrics import markdown_table, write_tables
 
     out.mkdir(parents=True, exist_ok=True)
     write_tables(results, out / CSV_NAME, out / MD_NAME)
@@ -56,89 +57,8 @@ def run(args) -> int:
     return 0
 
 
-def organ_pairs(model_labels: dict[int, str], dataset_labels: dict[int, str]) -> list[tuple[str, int, int]]:
-    """(organ, model label value, dataset label value) for the organs both label, in the model's
-    order; both sides are matched by canonical tag, since their label values may differ."""
-    from ..data.decathlon import label_tag
-
-    by_tag = {label_tag(name): value for value, name in dataset_labels.items() if value != 0}
-    pairs = []
-    for value, name in sorted(model_labels.items()):
-        tag = label_tag(name)
-        if value != 0 and tag in by_tag:
-            pairs.append((tag, value, by_tag[tag]))
-    return pairs
-
-
-def evaluate(model: str, data: str, split: str = "validation", device: str = "auto",
-             overlap: float = 0.5) -> dict:
-    """{case: {organ: {"dice", "hd95", "map_dice"}}} of ``model`` on the labelled cases of ``split``; each
-    case is segmented on its own grid and scored with its own voxel spacing. map_dice scores the pixel–tag
-    maps' own label map (argmax of the up-sampled maps over the model's classes, background included)."""
-    from ..data.decathlon import check_case, load_decathlon
-    from ..inference import Segmenter
-    from ..inference.io import read_volume
-
-    spec = load_decathlon(data)
-    cases = getattr(spec, split)
-    if not cases:
-        raise MosmosError(f"{spec.json_path}: no '{split}' cases (choose another --split)")
-    unlabelled = [c["name"] for c in cases if c.get("label") is None]
-    if unlabelled:
-        raise MosmosError(f"{spec.json_path}: {split} case {unlabelled[0]} has no label map to compare with")
-    segmenter = Segmenter(model, device=device)
-    model_labels = dict(zip(segmenter.label_values, segmenter.label_names))
-    pairs = organ_pairs(model_labels, spec.labels)
-    if not pairs:
-        raise MosmosError(f"{model}: labels none of the organs of {spec.json_path} "
-                          f"(model: {', '.join(segmenter.organ_names)}; dataset: {', '.join(spec.tags)})")
-    missing = [t for t in spec.tags if t not in {p[0] for p in pairs}]
-    if missing:
-        print(f"mosmos evaluate: warning: the model does not label {', '.join(missing)}; not evaluated",
-              file=sys.stderr)
-
-    results = {}
-    for case in cases:
-        name = case["name"]
-        check_case(case, spec.labels, spatial_dims=len(segmenter.roi_size), in_channels=spec.in_channels)
-        volume = read_volume(case["image"])
-        seg = segmenter.segment(volume.array, volume.affine, overlap=overlap, modality=spec.modality,
-                                source=f"case {name}", map_labels=True)
-        results[name] = score_case(seg.labelmap, case["label"], pairs, seg.map_labelmap)
-        means = []
-        for key in ("dice", "map_dice"):
-            vals = [m[key] for m in results[name].values() if not math.isnan(m.get(key, math.nan))]
-            means.append(f"{sum(vals) / len(vals):.4f}" if vals else "undefined")
-        print(f"case {name}: mean Dice {means[0]} (pixel–tag maps alone: {means[1]})", file=sys.stderr)
-    return results
-
-
-def score_case(labelmap, label_path, pairs: list[tuple[str, int, int]], map_labelmap=None) -> dict:
-    """{organ: {"dice", "hd95"}} of a predicted label map (model label values) against the reference
-    label file (dataset label values) on the same grid, with the reference's voxel spacing in mm; with
-    ``map_labelmap`` (the pixel–tag maps' label map, same values and grid) also "map_dice"."""
-    import nibabel as nib
-    import numpy as np
-
-    from ..metrics import MAP_DICE, binary_dice, organ_metrics, spacing_from_affine
-
-    ref_img = nib.load(str(label_path))
-    ref = np.rint(np.asanyarray(ref_img.dataobj)).astype(np.int64)
-    if ref.shape != labelmap.shape:
-        raise MosmosError(f"{label_path}: shape {ref.shape} differs from the prediction's {labelmap.shape}")
-    spacing = spacing_from_affine(ref_img.affine)
-    out = {}
-    for organ, model_value, data_value in pairs:
-        truth = ref == data_value
-        dice, hd95 = organ_metrics(labelmap == model_value, truth, spacing)
-        out[organ] = {"dice": dice, "hd95": hd95}
-        if map_labelmap is not None:
-            out[organ][MAP_DICE] = binary_dice(map_labelmap == model_value, truth)
-    return out
-
-
 def compare(a: str, b: str) -> int:
-    from ..metrics import case_mean_dice, read_results_csv, wilcoxon_p
+    from ..evaluation.metrics import case_mean_dice, read_results_csv, wilcoxon_p
 
     ra, rb = read_results_csv(a), read_results_csv(b)
     p, n = wilcoxon_p(ra, rb)

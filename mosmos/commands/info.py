@@ -13,7 +13,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from ..model_store import model_info
+    from ..files.model_store import model_info
 
     info = model_info(args.file)
     if args.json:

@@ -9,15 +9,15 @@ HELP = "list, add, pull (download, resumable, verified), remove the installed mo
 
 
 def add_arguments(p) -> None:
-    from ..model_store import ENV_MODELS_DIR
+    from ..files.model_store import ENV_MODELS_DIR
 
     p.add_argument("--folder", default=None,
                    help=f"models folder (default ${ENV_MODELS_DIR}, else ~/MOSMOS/models)")
     sub = p.add_subparsers(dest="action", required=True, metavar="ACTION")
     s = sub.add_parser("list", help="the installed models: name, kind, modality, organs, size, mean Dice")
-    s.add_argument("--json", action="store_true")
+    s.add_argument("--json", action="store_true", help="as JSON, with each model's card summary")
     s = sub.add_parser("add", help="verify a model file and copy it in")
-    s.add_argument("file")
+    s.add_argument("file", help="the model file to verify and copy in")
     s.add_argument("--name", default=None, help="file name in the folder (default: the file's own)")
     s.add_argument("--force", action="store_true", help="replace a model of the same name")
     s = sub.add_parser("pull", help="download a model (URL, or --index INDEX NAME), resume, verify, install")
@@ -28,9 +28,9 @@ def add_arguments(p) -> None:
     s.add_argument("--force", action="store_true", help="replace a model of the same name")
     s.add_argument("--json-progress", action="store_true", help="JSON-lines progress events on stdout")
     s = sub.add_parser("remove", help="delete an installed model")
-    s.add_argument("name")
+    s.add_argument("name", help="the installed model's file name (as `mosmos models list` shows it)")
     s = sub.add_parser("index", help="write a model index of model files, to publish next to them")
-    s.add_argument("files", nargs="+")
+    s.add_argument("files", nargs="+", help="the model files the index lists")
     s.add_argument("--base-url", default="", help="URL prefix of the files (default: relative to the index)")
     s.add_argument("--out", required=True, help="the index file to write (JSON)")
     # the options shared by every action may also come after it ("mosmos models list --folder DIR")
@@ -39,7 +39,7 @@ def add_arguments(p) -> None:
 
 
 def run(args) -> int:
-    from .. import model_store as store
+    from ..files import model_store as store
 
     folder = args.folder
     if args.action == "list":
@@ -59,7 +59,7 @@ def run(args) -> int:
     elif args.action == "remove":
         print(f"removed {store.remove_model(args.name, folder)}")
     elif args.action == "index":
-        from ..modelfile import atomic_write_bytes
+        from ..files.atomic import atomic_write_bytes
 
         index = store.make_index(args.files, args.base_url)
         atomic_write_bytes(args.out, (json.dumps(index, indent=2) + "\n").encode())
@@ -71,7 +71,7 @@ def run(args) -> int:
 
 def _pull(args, store) -> int:
     from ..errors import MosmosError
-    from ..events import EventLog, progress_bar
+    from ..files.events import EventLog, progress_bar
 
     events = EventLog("-" if args.json_progress else None)
     bar = progress_bar(0, "download", enabled=False if args.json_progress else None)

@@ -12,17 +12,19 @@ def add_arguments(p) -> None:
     p.add_argument("--out", required=True, help="output folder: model file, checkpoint")
     p.add_argument("--backbone", default=C.backbone, help="RN50, ViT-B-16, ViT-B-32, tiny-vit, tiny-vit-8, tiny-vit-4, tiny-rn (default %(default)s)")
     p.add_argument("--weights", default=None, help="CLIP weights: a local file (open_clip or OpenAI .pt) or an open_clip tag such as 'openai'")
-    p.add_argument("--epochs", type=int, default=C.epochs)
+    p.add_argument("--epochs", type=int, default=C.epochs, help="passes over the training images (default %(default)s)")
     p.add_argument("--batch-size", type=int, default=C.batch_size, help="per process (default %(default)s)")
-    p.add_argument("--lr", type=float, default=C.lr)
-    p.add_argument("--weight-decay", type=float, default=C.weight_decay)
-    p.add_argument("--warmup-steps", type=int, default=C.warmup_steps)
+    p.add_argument("--lr", type=float, default=C.lr, help="AdamW learning rate after warm-up (default %(default)s)")
+    p.add_argument("--weight-decay", type=float, default=C.weight_decay, help="AdamW weight decay (default %(default)s)")
+    p.add_argument("--warmup-steps", type=int, default=C.warmup_steps,
+                   help="steps of linear warm-up before the cosine decay (default %(default)s)")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
-    p.add_argument("--seed", type=int, default=C.seed)
+    p.add_argument("--seed", type=int, default=C.seed, help="random seed of weights, order and augmentation (default %(default)s)")
     p.add_argument("--workers", type=int, default=C.workers, help="data-loader processes")
     p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default=C.precision,
                    help="auto: bf16 on GPUs that support it, fp32 on the CPU")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=C.device)
+    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=C.device,
+                   help="auto: the GPU of this process (LOCAL_RANK under torchrun) if any, else the CPU")
     p.add_argument("--checkpoint-every", type=int, default=C.checkpoint_every, help="steps")
     p.add_argument("--log-every", type=int, default=C.log_every, help="steps between step events")
     p.add_argument("--val-fraction", type=float, default=C.val_fraction,

@@ -9,8 +9,8 @@ import sys
 from pathlib import Path
 
 from ..errors import MosmosError
-from ..events import EventLog, progress_bar
-from ..outputs import check_output, check_output_folder
+from ..files.events import EventLog, progress_bar
+from ..files.outputs import check_output, check_output_folder
 
 HELP = "segment organs named by tags in a CT/MR volume (NIfTI, NRRD or DICOM folder) with a fine-tuned model"
 
@@ -69,7 +69,7 @@ def volumes_text(path: str, result, attention_files: dict) -> str:
 
 def check_outputs(args) -> bool:
     """Refuse, before any work, outputs that cannot be written or that would replace an input of the run or a
-    file mosmos did not write (mosmos.outputs); True when --output is a DICOM SEG."""
+    file mosmos did not write (mosmos.files.outputs); True when --output is a DICOM SEG."""
     from ..inference.dicom import is_dicom_file
     from ..inference.dicomseg import check_outside_series, highdicom, is_seg_output
     from ..inference.io import output_format

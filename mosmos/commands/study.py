@@ -20,11 +20,11 @@ def add_arguments(p) -> None:
     p.add_argument("--jobs", type=int, default=1,
                    help="fine-tuning runs at once, one process each (default %(default)s; results do not depend on it)")
     p.add_argument("--quick", action="store_true", help="a smoke run: one budget, one seed, two steps")
-    p.add_argument("--no-progress", action="store_true")
+    p.add_argument("--no-progress", action="store_true", help="no progress bars")
 
 
 def run(args) -> int:
-    from ..study import run_study
+    from ..experiments.study import run_study
 
     run_study(args.out, quick=args.quick, progress=False if args.no_progress else None, jobs=args.jobs,
               budgets=args.budgets, seeds=args.seeds, steps=args.steps, roco_pairs=args.roco_pairs,

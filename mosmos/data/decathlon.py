@@ -1,4 +1,4 @@
-"""Segmentation datasets in the Medical Segmentation Decathlon layout (DESIGN.md §4).
+"""Segmentation datasets in the Medical Segmentation Decathlon layout (docs/training/index.md).
 
 A folder holds ``dataset.json`` (or BTCV's ``dataset_0.json``) with ``labels`` ({"0": "background",
 "1": "spleen", ...}), ``training`` and optionally ``validation`` and ``test`` lists; paths are

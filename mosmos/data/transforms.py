@@ -1,4 +1,4 @@
-"""MONAI pre-processing for fine-tuning, following UNETR's BTCV recipe (DESIGN.md §2).
+"""MONAI pre-processing for fine-tuning, following UNETR's BTCV recipe (docs/method.md).
 
 RAS orientation, resampling to 1.5 x 1.5 x 2.0 mm, CT window -175..250 HU -> [0, 1] (MR:
 per-volume 0.5..99.5 percentiles -> [0, 1]), foreground crop, random label-balanced crops, flips,

@@ -9,14 +9,13 @@ Extended (process 4) needs the optional, GPL-3.0 licensed pylibjpeg-libjpeg (ext
 
 from __future__ import annotations
 
-from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import MosmosError
-from .io import LPS_TO_RAS, Volume
+from .volume import LPS_TO_RAS, Volume
 
 MEDIA_STORAGE_DIRECTORY = "1.2.840.10008.1.3.10"   # a DICOMDIR: an index of files, not an image
 PIXEL_KEYWORDS = ("PixelData", "FloatPixelData", "DoubleFloatPixelData")

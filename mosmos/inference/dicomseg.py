@@ -13,8 +13,8 @@ from pydicom.uid import JPEGLSLossless
 
 from .. import __version__
 from ..errors import MosmosError
-from ..modelcard import file_sha256
-from ..terminology import organ_codes
+from ..files.modelcard import file_sha256
+from ..tags.terminology import organ_codes
 
 SEG_SERIES_NUMBER = 4242          # after the scanner's own series numbers, recognisable in a PACS listing
 ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")

@@ -4,23 +4,14 @@ and atomic NIfTI/NRRD writers (a temporary file in the target folder, then os.re
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import MosmosError
-from ..outputs import NRRD_MARK_FIELD, VOLUME_MARKS, staging_file
-
-LPS_TO_RAS = np.diag([-1.0, -1.0, 1.0, 1.0])
-
-
-@dataclass
-class Volume:
-    array: np.ndarray          # (X, Y, Z) = (i, j, k)
-    affine: np.ndarray         # 4x4 voxel -> RAS (mm)
-    modality: str | None = None  # "CT"/"MR" when the file says (DICOM), else None
-    source: object | None = None  # dicom.DicomSource when read from a DICOM series (what a DICOM SEG references)
+from ..files.atomic import staging_file
+from ..files.outputs import NRRD_MARK_FIELD, VOLUME_MARKS
+from .volume import LPS_TO_RAS, Volume
 
 
 def _kind(path: Path) -> str:
@@ -129,7 +120,7 @@ def output_format(path) -> str:
 
 def _write_now(path: Path, array: np.ndarray, affine: np.ndarray, kind: str | None) -> None:
     """``kind`` ("label map", "attention map") marks the file as that output of mosmos, which a later run
-    may replace (mosmos.outputs.check_output)."""
+    may replace (mosmos.files.outputs.check_output)."""
     mark = VOLUME_MARKS[kind] if kind else None
     if output_format(path) == "nifti":
         import nibabel as nib

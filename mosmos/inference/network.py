@@ -11,23 +11,25 @@ label list), Q = K (map channel q belongs to the same class as logit channel q).
 
 Model files name their architecture in header["config"]["arch"]; ``register_architecture`` maps that
 name to a builder ``builder(header, tensors) -> torch.nn.Module`` that constructs the network and loads
-the weights; ``tensors`` is read lazily from the file, a group at a time (mosmos.modelfile.open_model), so a
-builder reads only what it uses. Architectures of mosmos itself are registered by mosmos.models when imported.
+the weights; ``tensors`` is read lazily from the file, a group at a time (mosmos.files.modelfile.open_model), so a
+builder reads only what it uses. mosmos's own architectures (MOSMOS_ARCHITECTURES) are built by
+mosmos.models.segmentation, which the engine imports when a file names one: the networks never import the
+engine.
 """
 
 from __future__ import annotations
 
-import importlib
 from collections.abc import Callable
 from typing import Any, Protocol, runtime_checkable
 
 import torch
 
 from ..errors import MosmosError
-from ..modelfile import SEGMENTATION_KIND, open_model
+from ..files.modelfile import SEGMENTATION_KIND, open_model
 
 Builder = Callable[[dict, dict], torch.nn.Module]
 ARCHITECTURES: dict[str, Builder] = {}
+MOSMOS_ARCHITECTURES = ("unetr", "unet2d")
 
 
 @runtime_checkable
@@ -62,14 +64,14 @@ def load_segmentation_model(path, device: torch.device | str = "cpu") -> tuple[t
         raise MosmosError(f"{path}: not a segmentation model (kind {header.get('kind')!r}); "
                           "fine-tune it first with `mosmos finetune`")
     arch = (header.get("config") or {}).get("arch")
-    if arch not in ARCHITECTURES:
-        # mosmos's own networks register themselves on import; never imported from the file's header.
-        importlib.import_module("mosmos.models")
-    if arch not in ARCHITECTURES:
-        known = ", ".join(sorted(ARCHITECTURES)) or "none"
+    builder = ARCHITECTURES.get(arch)
+    if builder is None and arch in MOSMOS_ARCHITECTURES:
+        from ..models.segmentation import segmentation_model_from_file_state as builder
+    if builder is None:
+        known = ", ".join(sorted({*MOSMOS_ARCHITECTURES, *ARCHITECTURES}))
         raise MosmosError(f"{path}: unknown network architecture {arch!r} (known: {known})")
     try:
-        network = ARCHITECTURES[arch](header, tensors)
+        network = builder(header, tensors)
     except MosmosError:
         raise
     except (RuntimeError, KeyError, ValueError, TypeError) as e:

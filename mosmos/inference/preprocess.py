@@ -10,7 +10,7 @@ lower..upper percentiles -> b_min..b_max, clipped (ScaleIntensityRangePercentile
 spacing keeps the input's (2D models: [s0, s1, -1]). An explicit
 ``"intensity": {"type": "window" | "percentile" | "none", ...}`` entry overrides the modality rule.
 Intensity is applied on the model grid, after resampling, like ScaleIntensityRange(d) after
-Spacing(d) in the recipe (DESIGN.md §2).
+Spacing(d) in the recipe (docs/method.md).
 """
 
 from __future__ import annotations
@@ -80,7 +80,6 @@ class Preprocessing:
         if self.clip:
             image.clamp_(min(self.b_min, self.b_max), max(self.b_min, self.b_max))
         return image
-
 
     def body_threshold(self, raw: torch.Tensor) -> float:
         """Intensity above which a voxel of ``raw`` (model grid, before scaling) is body, not the air

@@ -6,7 +6,7 @@ monai's Invertd does for discrete labels). Interpolating the logits slab by slab
 (smoother borders by a fraction of a model voxel) was measured at 319 s against 24 s for the whole
 run on a 512x512x300 CT on 2 CPU cores (benchmarks/bench_segment_memory.py).
 
-Attention maps are read the way L_pta trained them (seg_losses.pta_probabilities): in each window the
+Attention maps are read the way L_pta trained them (losses.finetune.pta_probabilities): in each window the
 pixel–tag maps of every class the model labels (background included) are up-sampled to the window,
 divided by the model's epsilon and soft-maxed over the classes; per organ that is the probability
 that this organ wins at the voxel, in [0, 1]. An open-set tag (a name the model was not fine-tuned
@@ -38,8 +38,8 @@ import numpy as np
 import torch
 
 from ..errors import MosmosError
-from ..modelfile import map_epsilon
-from ..seg_losses import pta_logits, pta_probabilities, upsample_maps
+from ..files.modelfile import map_epsilon
+from ..losses.finetune import pta_logits, pta_probabilities, upsample_maps
 from ..tags import color_for
 from ..train.config import check_number
 from .compilation import WindowForward, check_compile_choice
@@ -115,6 +115,11 @@ class AttentionMaps(Mapping):
 
 @dataclass
 class SegmentationResult:
+    """What ``Segmenter.segment`` gives: ``labelmap`` (integer labels on the input's grid, ``affine`` its
+    voxel->RAS matrix), ``organs`` (per selected organ: name, label, volume_ml, color), ``attention``
+    (organ name -> map on the input's grid, resampled when first read), ``notices`` (one line each: organs
+    not found, open-set tags, fallbacks), ``map_labelmap`` and ``run`` as commented below."""
+
     labelmap: np.ndarray
     affine: np.ndarray
     organs: list[dict] = field(default_factory=list)

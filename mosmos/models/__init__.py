@@ -1,8 +1,3 @@
-"""MOSMOS networks. Importing this package registers the fine-tuning architectures with the
-inference engine, so model files naming them can be loaded."""
-
-from ..inference.network import register_architecture
-from .segmentation import segmentation_model_from_file_state
-
-for _arch in ("unetr", "unet2d"):
-    register_architecture(_arch, segmentation_model_from_file_state)
+"""MOSMOS networks: CLIP encoders, the CoOp tag prompt, the tag decoder, the pre-training model and the
+fine-tuning architectures (MOSMOS-UNETR, MOSMOS-U-Net). The inference engine builds a model file's
+network through mosmos.models.segmentation."""

@@ -11,7 +11,7 @@ from open_clip.constants import OPENAI_DATASET_MEAN, OPENAI_DATASET_STD
 from torch import nn
 
 from ..errors import MosmosError
-from ..modelfile import PRETRAIN_KIND, load_model, save_model
+from ..files.modelfile import PRETRAIN_KIND, load_model, save_model
 from ..tags import PRETRAIN_TAGS
 from .backbones import ImageEncoder, canonical_backbone, create_clip, uses_quick_gelu
 from .tag_decoder import MultiLabelHead, TagDecoder
@@ -110,7 +110,7 @@ class MosmosPretrainModel(nn.Module):
             raise MosmosError(f"model config: missing or invalid entry {e}") from None
 
     def to_file_state(self) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-        """(tensors, header) for ``mosmos.modelfile.save_model``; add provenance to the header freely."""
+        """(tensors, header) for ``mosmos.files.modelfile.save_model``; add provenance to the header freely."""
         tensors = {k: v.detach() for k, v in self.state_dict().items()}
         return tensors, {"kind": MODEL_KIND, "config": dict(self.config)}
 

@@ -1,7 +1,7 @@
 """Pieces shared by the fine-tuning networks (MOSMOS-UNETR, MOSMOS-U-Net).
 
 Both networks turn tags into queries the same way: a learnable background query followed by one
-embedding per foreground class, computed once by the frozen text encoder (DESIGN.md §2) and kept in
+embedding per foreground class, computed once by the frozen text encoder (docs/method.md) and kept in
 the network as a buffer so that a saved segmentation model needs no text encoder to run.
 """
 
@@ -14,8 +14,8 @@ from monai.networks.blocks import UnetOutBlock
 from torch import nn
 
 from ..errors import MosmosError
-from ..modelfile import PRETRAIN_KIND
-from ..seg_losses import EPSILON_INIT, upsample_maps
+from ..files.modelfile import PRETRAIN_KIND
+from ..losses.finetune import EPSILON_INIT, upsample_maps
 
 
 def spread_rgb_weight(weight: torch.Tensor, in_channels: int) -> torch.Tensor:
@@ -155,21 +155,3 @@ def freeze_unused_decoder_parts(decoder: nn.Module) -> None:
     last = decoder.layers[-1]
     for part in (last.cross_attn.v, last.cross_attn.out, last.norm_mlp, last.mlp, decoder.norm):
         part.requires_grad_(False)
-
-
-def build_network(config: dict) -> nn.Module:
-    """A randomly initialised fine-tuning network from its ``config`` (as stored in model files)."""
-    from .unet2d import MosmosUNet2D
-    from .unetr import MosmosUNETR
-
-    classes = {"unetr": MosmosUNETR, "unet2d": MosmosUNet2D}
-    kwargs = dict(config)
-    arch = kwargs.pop("arch", None)
-    # Model files written before the maps reached the output block have no such entry: the paper's decoder.
-    kwargs.setdefault("maps_at_output", False)
-    if arch not in classes:
-        raise MosmosError(f"model config: unknown architecture {arch!r} (known: {', '.join(classes)})")
-    try:
-        return classes[arch](**kwargs)
-    except TypeError as e:
-        raise MosmosError(f"model config: invalid entries for {arch} ({e})") from None

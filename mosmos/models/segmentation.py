@@ -2,7 +2,7 @@
 MOSMOS-U-Net) and the frozen text side that embeds organ names.
 
 The text side is kept so that any organ name, including ones the network was not fine-tuned on
-(open-set tags), can be embedded and attended to at inference (DESIGN.md §2)."""
+(open-set tags), can be embedded and attended to at inference (docs/method.md)."""
 
 from __future__ import annotations
 
@@ -13,10 +13,26 @@ import torch
 from torch import nn
 
 from ..errors import MosmosError
-from ..modelfile import SEGMENTATION_KIND, ModelTensors
+from ..files.modelfile import SEGMENTATION_KIND, ModelTensors
 from .backbones import canonical_backbone, create_clip
-from .segbase import build_network
 from .text import TagPromptLearner, TextEncoder, get_tokenizer
+from .unet2d import MosmosUNet2D
+from .unetr import MosmosUNETR
+
+
+def build_network(config: dict) -> nn.Module:
+    """A randomly initialised fine-tuning network from its ``config`` (as stored in model files)."""
+    classes = {"unetr": MosmosUNETR, "unet2d": MosmosUNet2D}
+    kwargs = dict(config)
+    arch = kwargs.pop("arch", None)
+    # Model files written before the maps reached the output block have no such entry: the paper's decoder.
+    kwargs.setdefault("maps_at_output", False)
+    if arch not in classes:
+        raise MosmosError(f"model config: unknown architecture {arch!r} (known: {', '.join(classes)})")
+    try:
+        return classes[arch](**kwargs)
+    except TypeError as e:
+        raise MosmosError(f"model config: invalid entries for {arch} ({e})") from None
 
 
 class TagEmbedder(nn.Module):
@@ -62,7 +78,7 @@ class SegmentationModel(nn.Module):
             self.embedder = embedder
         else:
             self.embedder, self._load_embedder = None, embedder
-        # L_pta's learnt temperature: maps / epsilon are the class logits it trained (seg_losses.pta_logits).
+        # L_pta's learnt temperature: maps / epsilon are the class logits it trained (losses.finetune.pta_logits).
         self.epsilon = None if epsilon is None else float(epsilon)
         self._embedding_cache: dict[tuple[str, ...], torch.Tensor] = {}
 

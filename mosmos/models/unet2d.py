@@ -1,4 +1,4 @@
-"""MOSMOS-U-Net: the CLIP ModifiedResNet (RN50) stages as a 2D U-Net encoder (DESIGN.md §2).
+"""MOSMOS-U-Net: the CLIP ModifiedResNet (RN50) stages as a 2D U-Net encoder (docs/method.md).
 
 The stem's first convolution reads the input channels through the summed RGB kernels. The tag
 decoder reads the last stage's dense features, projected to the joint space C through the

@@ -1,4 +1,4 @@
-"""MOSMOS-UNETR: the CLIP ViT as a 3D UNETR encoder, guided by pixel–tag maps (DESIGN.md §2).
+"""MOSMOS-UNETR: the CLIP ViT as a 3D UNETR encoder, guided by pixel–tag maps (docs/method.md).
 
 The 2D CLIP patch embedding is inflated to 3D (RGB summed, repeated over the depth of a patch and
 divided by it), the 2D positional grid is interpolated to the 3D token grid (class token dropped),
@@ -161,7 +161,7 @@ class MosmosUNETR(nn.Module):
     def load_pretrain_state(self, tensors: dict[str, torch.Tensor], header: dict,
                             source: str = "pre-trained model") -> None:
         """Initialise the encoder and tag decoder from a MOSMOS pre-training model file
-        (``mosmos.modelfile.load_model`` output); build the network with
+        (``mosmos.files.modelfile.load_model`` output); build the network with
         ``segbase.pretrain_arch_kwargs(header["config"])`` so the architectures agree."""
         visual_state, decoder_state = split_pretrain_state(tensors, header, self.config, source)
         visual = create_clip(self.config["backbone"], quick_gelu=self.config["quick_gelu"]).visual

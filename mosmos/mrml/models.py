@@ -1,15 +1,13 @@
-"""The models folder as the Slicer modules see it: the core's mosmos.model_store (one copy of the logic for
+"""The models folder as the Slicer modules see it: the core's mosmos.files.model_store (one copy of the logic for
 the GUI, the batch script and `mosmos models`), plus what the model selector shows and the background pull."""
 
 from __future__ import annotations
 
 import os
 
-from mosmos import model_store
+from mosmos.files import model_store
 from mosmos.errors import MosmosError
-from mosmos.model_store import (  # noqa: F401  (the names the modules use)
-    ENV_MODELS_DIR, ModelInfo, default_models_dir, list_models, model_info, model_kind,
-)
+from mosmos.files.model_store import (ENV_MODELS_DIR, ModelInfo, default_models_dir, list_models, model_info, model_kind)
 
 from . import deps
 

@@ -40,7 +40,7 @@ def resolve_model(model, folder=None) -> Path:
             if info.kind != "segmentation":
                 raise MosmosError(f"{path}: a {info.kind or 'non-segmentation'} model cannot segment; "
                                   "choose a fine-tuned segmentation model")
-            return path
+            return path.resolve()  # the segmentation runs in a child process with its own working folder
     installed = modelsLib.list_models(folder)
     if model:
         for info in installed:

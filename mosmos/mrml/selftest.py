@@ -14,7 +14,7 @@ def segmentation_inputs(scene, folder) -> tuple[object, Path]:
     """A phantom CT volume node in ``scene`` and a tiny segmentation model file in ``folder``."""
     deps.ensure_dependencies()
     from mosmos.data.phantoms import make_phantom
-    from mosmos.demo_models import make_tiny_segmentation_model
+    from mosmos.experiments.recipes import make_tiny_segmentation_model
 
     phantom = make_phantom(0, shape=(48, 48, 32), spacing=(3.0, 3.0, 4.0))
     volumeNode = volume_from_array(scene, phantom.image.transpose(2, 1, 0), phantom.affine, "phantom CT")

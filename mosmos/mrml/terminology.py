@@ -2,12 +2,12 @@
 holding the 20 organs MOSMOS segments) is the one source: segments carry entries into it, serialised the way
 Slicer's Terminologies module stores them (vtkSlicerTerminologiesModuleLogic::SerializeTerminologyEntry), and
 Slicer's terminologies logic loads it (load_context) so that its terminology selector resolves every segment.
-The context file and its codes live in the core (mosmos.terminology), which DICOM SEG output reads too."""
+The context file and its codes live in the core (mosmos.tags.terminology), which DICOM SEG output reads too."""
 
 from __future__ import annotations
 
 from mosmos.errors import MosmosError
-from mosmos.terminology import CONTEXT_FILE, context_name, known_tags, organ_codes  # noqa: F401 (re-exported)
+from mosmos.tags.terminology import CONTEXT_FILE, context_name, known_tags, organ_codes  # noqa: F401 (re-exported)
 
 ANATOMIC_CONTEXT = "Anatomic codes - DICOM master list"
 

@@ -3,7 +3,8 @@
 - vocabulary: the tags and the shared text normalisation;
 - lexicon + report: report or caption text -> tags (rules as data, applied by a token pipeline);
 - names: typed organ names and dataset label names -> tags;
-- colors: a colour for any organ name, and its attention overlay's title.
+- colors: a colour for any organ name, and its attention overlay's title;
+- terminology: the SNOMED CT codes of each organ (DICOM SEG, Slicer's terminology selector).
 """
 
 from .colors import OPEN_SET_TAGS, ORGAN_COLORS, attention_title, color_for

@@ -55,6 +55,6 @@ def _hsv_to_rgb255(h: float, s: float, v: float) -> tuple[int, int, int]:
 
 def attention_title(tag: str, labelled: bool = True) -> str:
     """What an attention overlay's values are, for its legend or panel title: for an organ the model labels,
-    the probability that it wins among the labelled classes (seg_losses.pta_probabilities); for an open-set
+    the probability that it wins among the labelled classes (losses.finetune.pta_probabilities); for an open-set
     organ, that it rather than background is there. Torch-free: the Slicer modules import it before PyTorch."""
     return f"P({tag} wins)" if labelled else f"P({tag} vs background)"

@@ -1,7 +1,7 @@
 """Resume checkpoints (model, optimiser, scheduler, step) written atomically by rank 0.
 
 They are this program's own files, read back with ``weights_only=True`` so that loading one never
-runs code; the shareable artefact of a run is the model file (mosmos.modelfile), not these."""
+runs code; the shareable artefact of a run is the model file (mosmos.files.modelfile), not these."""
 
 from __future__ import annotations
 
@@ -12,8 +12,7 @@ from typing import Any
 import torch
 
 from ..errors import MosmosError
-from ..modelfile import atomic_write_bytes
-
+from ..files.atomic import atomic_write_bytes
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:

@@ -78,6 +78,10 @@ def check_values(cfg) -> None:
 
 @dataclass
 class PretrainConfig:
+    """One pre-training run. Each field is the ``mosmos pretrain`` option of the same name (``batch_size`` is
+    ``--batch-size``), with the same default and meaning: see the CLI reference. Invalid values raise
+    MosmosError naming the option."""
+
     roco: str
     out: str
     backbone: str = "ViT-B-16"
@@ -103,6 +107,11 @@ class PretrainConfig:
 
 @dataclass
 class FinetuneConfig:
+    """One fine-tuning run. Each field is the ``mosmos finetune`` option of the same name (``label_ratio`` is
+    ``--label-ratio``; ``augment=False`` is ``--no-augment``, ``maps_at_output=False`` ``--paper-decoder``),
+    with the same default and meaning: see the CLI reference. Invalid values raise MosmosError naming the
+    option."""
+
     data: str
     out: str
     arch: str = "unetr"

@@ -85,7 +85,7 @@ def cleanup(info: DistInfo) -> None:
 
 def gather_digests(state: dict[str, torch.Tensor], info: DistInfo) -> list[str]:
     """Each rank's SHA-256 of its parameters: DDP replicas must end identical."""
-    from ..modelfile import tensors_digest
+    from ..files.modelfile import tensors_digest
 
     mine = tensors_digest(state)
     if not info.enabled:

@@ -17,8 +17,8 @@ from torch.utils.data import Dataset
 
 from .. import __version__
 from ..errors import MosmosError
-from ..modelcard import init_record, training_card
-from ..modelfile import load_model, save_model
+from ..files.modelcard import init_record, training_card
+from ..files.modelfile import load_model, save_model
 from . import distributed as D
 from .config import FinetuneConfig
 from .loop import TrainingRun
@@ -62,7 +62,8 @@ def split_cases(spec, label_ratio: float, seed: int) -> tuple[list[dict], list[d
 
 def build_networks(cfg: FinetuneConfig, spec, roi: list[int]):
     """(network, tag embedder) initialised as ``cfg.init`` asks, tag embeddings set."""
-    from ..models.segbase import build_network, pretrain_arch_kwargs
+    from ..models.segbase import pretrain_arch_kwargs
+    from ..models.segmentation import build_network
     from ..models.segmentation import TagEmbedder
 
     if cfg.init not in INITS:
@@ -127,7 +128,7 @@ class FinetuneRun(TrainingRun):
 
         from ..data.decathlon import check_case, load_decathlon
         from ..data.transforms import build_train_transforms, build_val_transforms, preprocessing_config
-        from ..seg_losses import MosmosSegLoss
+        from ..losses.finetune import MosmosSegLoss
 
         super().__init__(cfg, resume, events, progress)
         cfg = self.cfg
@@ -206,7 +207,7 @@ class FinetuneRun(TrainingRun):
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:
-        from ..metrics import dice_scores
+        from ..evaluation.metrics import dice_scores
 
         names = self.spec.tags
         sums = torch.zeros(len(names), 2, dtype=torch.float64)  # dice sum, cases where the organ is defined

@@ -16,8 +16,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from ..events import EventLog, progress_bar
-from ..outputs import check_output, check_output_folder
+from ..files.events import EventLog, progress_bar
+from ..files.outputs import check_output, check_output_folder
 from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CHECKPOINT_NAME

@@ -14,9 +14,9 @@ from torch.utils.data import Dataset
 
 from .. import __version__
 from ..errors import MosmosError
-from ..losses import irc_loss, mlr_loss
-from ..modelcard import init_record, training_card
-from ..modelfile import save_model
+from ..files.modelcard import init_record, training_card
+from ..files.modelfile import save_model
+from ..losses.pretrain import irc_loss, mlr_loss
 from . import distributed as D
 from .config import PretrainConfig
 from .loop import TrainingRun

@@ -14,7 +14,7 @@ import numpy as np
 from mosmos.errors import MosmosError
 from mosmos.inference import io as coreio
 from mosmos.inference.tagselect import select_tags
-from mosmos.modelfile import load_model
+from mosmos.files.modelfile import load_model
 from mosmos.mrml import models as modelsLib
 from mosmos.mrml import pipeline, segmentation, volumes
 from mosmos.mrml.attention import attention_color_node

@@ -7,7 +7,7 @@ import dataclasses
 import tempfile
 from pathlib import Path
 
-from .modelfile import atomic_write_bytes
+from ..files.atomic import atomic_write_bytes
 
 # A tiny MOSMOS-UNETR on 4.5 mm phantoms: one 32^3 window holds the whole body (2^3 tokens of the
 # tiny ViT). Two crops per step: on the CPU, PyTorch runs batch-1 3D convolutions of this size on a
@@ -23,7 +23,7 @@ def tiny_finetune_config(data, out, steps: int, seed: int = 0, pretrained: str |
     """The tiny recipe: no flips, rotations or intensity shifts, so that a few dozen steps learn
     (augmentation is for generalising over hundreds of epochs; an x-flip also swaps the kidneys). The paper's
     decoder: 2^3 tokens of 72 mm are too coarse a start for the output block (README, deviations)."""
-    from .train.config import FinetuneConfig
+    from ..train.config import FinetuneConfig
 
     return FinetuneConfig(data=str(data), out=str(out), arch="unetr", backbone="tiny-vit",
                           init="mosmos" if pretrained else "random", pretrained=pretrained, epochs=10**6,
@@ -58,8 +58,8 @@ def map_recipe_config(data, out, steps: int, seed: int = 0, pretrained: str | No
 def make_tiny_segmentation_model(path, steps: int = 30, seed: int = 0, pretrained: str | None = None) -> Path:
     """Fine-tune a tiny MOSMOS-UNETR on two generated phantoms for ``steps`` steps and write the
     model file to ``path``; from random weights, or from a MOSMOS pre-trained file."""
-    from .data.phantoms import write_decathlon_dataset
-    from .train.finetune import finetune
+    from ..data.phantoms import write_decathlon_dataset
+    from ..train.finetune import finetune
 
     path = Path(path)
     with tempfile.TemporaryDirectory(prefix="mosmos-tiny-") as tmp:

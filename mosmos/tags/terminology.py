@@ -1,6 +1,6 @@
 """SNOMED CT codes of the organs MOSMOS segments (segmented property category, type and laterality modifier).
 
-One source, the MOSMOS terminology context (resources/SegmentationCategoryTypeModifier-MOSMOS.json, a Slicer
+One source, the MOSMOS terminology context (mosmos/resources/SegmentationCategoryTypeModifier-MOSMOS.json, a Slicer
 terminology JSON): DICOM SEG output reads its codes here, and the Slicer modules load the same file into
 Slicer's terminologies logic so that its terminology selector resolves every segment."""
 
@@ -11,7 +11,7 @@ import json
 from pathlib import Path
 from typing import NamedTuple
 
-CONTEXT_FILE = str(Path(__file__).with_name("resources") / "SegmentationCategoryTypeModifier-MOSMOS.json")
+CONTEXT_FILE = str(Path(__file__).parents[1] / "resources" / "SegmentationCategoryTypeModifier-MOSMOS.json")
 
 
 class Code(NamedTuple):

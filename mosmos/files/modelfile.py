@@ -23,7 +23,8 @@ from collections.abc import Iterable, Iterator, Mapping
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from .errors import MosmosError
+from ..errors import MosmosError
+from .atomic import atomic_write_bytes
 
 if TYPE_CHECKING:  # torch is imported only where tensors are handled: listing model files needs none
     import torch
@@ -60,25 +61,6 @@ def group_digests(tensors: Mapping[str, "torch.Tensor"]) -> dict[str, str]:
     for name, t in tensors.items():
         groups.setdefault(tensor_group(name), {})[name] = t
     return {g: tensors_digest(members) for g, members in sorted(groups.items())}
-
-
-def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
-    """Write ``data`` to ``path`` so that readers see the old file or the whole new one."""
-    from .outputs import staging_file
-
-    path = Path(path)
-    tmp = staging_file(path)
-    try:
-        with open(tmp, "wb") as f:
-            f.write(data)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException as e:
-        Path(tmp).unlink(missing_ok=True)
-        if isinstance(e, OSError):
-            raise MosmosError(f"{path}: cannot write ({e.strerror or e})") from None
-        raise
 
 
 def _storage_form(t: "torch.Tensor") -> "torch.Tensor":

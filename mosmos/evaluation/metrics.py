@@ -30,8 +30,8 @@ import numpy as np
 import torch
 from monai.metrics import compute_hausdorff_distance
 
-from .errors import MosmosError
-from .modelfile import atomic_write_bytes
+from ..errors import MosmosError
+from ..files.atomic import atomic_write_bytes
 
 FIELDS = ("case", "organ", "dice", "hd95")
 MAP_DICE = "map_dice"  # optional column: present when the results have the maps' Dice

@@ -1,5 +1,5 @@
-"""Files the commands write: refused before any work when writing them would destroy something, and staged
-in a temporary file with the mode ``open()`` would give (the user's umask), for an atomic rename.
+"""Files the commands write, refused before any work when writing them would destroy something (the writing
+itself is atomic: mosmos.files.atomic).
 
 An output may replace only a file this program wrote earlier for the same purpose (a label map over a label
 map, a model file over a model file): never one of the run's inputs, and never any other existing file,
@@ -9,11 +9,10 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 import zipfile
 from pathlib import Path
 
-from .errors import MosmosError
+from ..errors import MosmosError
 
 # The NIfTI ``descrip`` / NRRD ``mosmos`` field that marks a volume written by mosmos, per kind.
 VOLUME_MARKS = {"label map": "MOSMOS label map", "attention map": "MOSMOS attention map"}
@@ -120,31 +119,3 @@ def volume_mark(path: Path) -> str | None:
             return None
         return VOLUME_MARKS["label map" if ds.get("Modality") == "SEG" else "attention map"]
     return None
-
-
-def staging_file(path: Path, suffix: str = ".part") -> Path:
-    """A new empty file beside ``path`` for an atomic write (then ``os.replace``), with the mode ``open()``
-    gives a new file under the user's umask (mkstemp's own is 0600: a colleague could not read the result)."""
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
-        try:
-            os.fchmod(fd, 0o666 & ~current_umask())
-        finally:
-            os.close(fd)
-    except OSError as e:
-        raise MosmosError(f"{path}: cannot write ({e.strerror or e})") from None
-    return Path(tmp)
-
-
-def current_umask() -> int:
-    try:  # Linux says it without changing it (other threads may be creating files meanwhile)
-        with open("/proc/self/status") as f:
-            for line in f:
-                if line.startswith("Umask:"):
-                    return int(line.split()[1], 8)
-    except (OSError, ValueError):
-        pass
-    mask = os.umask(0o022)  # elsewhere reading the umask means setting it: put it straight back
-    os.umask(mask)
-    return mask

@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from .data.phantoms import REPORT_STYLES
-from .errors import MosmosError
-from .modelfile import atomic_write_bytes
+from ..data.phantoms import REPORT_STYLES
+from ..errors import MosmosError
+from ..files.atomic import atomic_write_bytes
 
 INITS = ("mosmos", "random")
 STUDY_TAGS = ("liver", "spleen", "right kidney", "left kidney", "stomach")
@@ -61,7 +61,7 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
     once, one process each; the results do not depend on it): ``runs.csv`` (one row per run),
     ``study.md`` (mean ± sd Dice per budget and initialisation, wins, Wilcoxon p), ``study.png`` and
     ``study.json``; returns the summary."""
-    from .data.phantoms import write_decathlon_dataset
+    from ..data.phantoms import write_decathlon_dataset
 
     plan = StudyPlan.of(quick, **changes)
     if jobs < 1:
@@ -119,8 +119,8 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
 def study_run(data: Path, run_dir: Path, steps: int, seed: int, pretrained: str | None, label_ratio: float,
               row: dict, progress: bool | None) -> dict:
     """Fine-tune one run of the study and score it on the held-out phantoms: ``row`` with its Dice and time."""
-    from .demo_models import map_recipe_config
-    from .train.finetune import finetune
+    from ..train.finetune import finetune
+    from .recipes import map_recipe_config
 
     t = time.perf_counter()
     cfg = map_recipe_config(data, run_dir, steps, seed=seed, pretrained=pretrained, label_ratio=label_ratio)
@@ -136,10 +136,10 @@ def pretrain_on_phantom_reports(out: Path, pairs: int, epochs: int, seed: int = 
 
     The pictures show the body at the scale one fine-tuning window does (the backbone's image size is
     the window's in-plane size, so an organ covers as many tokens in both and the positional grids agree)."""
-    from .data.phantoms import write_roco_folder
-    from .demo_models import MAP_BACKBONE
-    from .train.config import PretrainConfig
-    from .train.pretrain import pretrain
+    from ..data.phantoms import write_roco_folder
+    from ..train.config import PretrainConfig
+    from ..train.pretrain import pretrain
+    from .recipes import MAP_BACKBONE
 
     roco = write_roco_folder(out / "roco", pairs, seed=seed, image_size=report_image_size(), reports=reports)
     return pretrain(PretrainConfig(
@@ -152,8 +152,8 @@ def report_image_size() -> int:
     """Side of the phantom report pictures: the maps' backbone's image size (checked against the window)."""
     import open_clip
 
-    from .demo_models import MAP_BACKBONE, MAP_ROI
-    from .models.backbones import canonical_backbone
+    from ..models.backbones import canonical_backbone
+    from .recipes import MAP_BACKBONE, MAP_ROI
 
     size = open_clip.get_model_config(canonical_backbone(MAP_BACKBONE))["vision_cfg"]["image_size"]
     if MAP_ROI[:2] != [size, size]:
@@ -163,7 +163,7 @@ def report_image_size() -> int:
 
 
 def _phantom_grid() -> dict:
-    from .demo_models import MAP_ROI, MAP_SPACING
+    from .recipes import MAP_ROI, MAP_SPACING
 
     return {"shape": tuple(MAP_ROI), "spacing": tuple(MAP_SPACING)}
 
@@ -173,8 +173,8 @@ def held_out_dice(model: Path, data: Path) -> float:
     import contextlib
     import io
 
-    from .commands.evaluate import evaluate
-    from .metrics import case_mean_dice
+    from ..evaluation.evaluate import evaluate
+    from ..evaluation.metrics import case_mean_dice
 
     with contextlib.redirect_stderr(io.StringIO()):  # evaluate's per-case lines
         results = evaluate(str(model), str(data), "validation", device="cpu")
@@ -189,7 +189,7 @@ def pretrained_map_auc(model: Path, pictures: int = 200, seed: int = 777) -> dic
     randomly initialised model of that architecture (organs are brighter than air: not 0.5)."""
     import torch
 
-    from .models.pretrain import MosmosPretrainModel
+    from ..models.pretrain import MosmosPretrainModel
 
     trained = MosmosPretrainModel.from_file(model)
     torch.manual_seed(seed)
@@ -201,8 +201,8 @@ def _map_auc(net, pictures: int, seed: int) -> dict:
     import torch
     from PIL import Image
 
-    from .data.phantoms import BTCV_LABELS, phantom_slices
-    from .train.pretrain import image_transforms
+    from ..data.phantoms import BTCV_LABELS, phantom_slices
+    from ..train.pretrain import image_transforms
 
     net.eval()
     config = net.config
@@ -235,7 +235,7 @@ def _map_auc(net, pictures: int, seed: int) -> dict:
 
 def summarize(rows: list[dict], plan: StudyPlan) -> dict:
     """Mean ± sd per budget and init, the seeds where MOSMOS init wins, and the paired Wilcoxon p."""
-    from .metrics import wilcoxon_p
+    from ..evaluation.metrics import wilcoxon_p
 
     table = []
     for budget in plan.budgets:

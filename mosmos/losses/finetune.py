@@ -1,4 +1,4 @@
-"""Fine-tuning losses (DESIGN.md §2): L = L_seg + lambda * L_pta, both Dice + cross-entropy.
+"""Fine-tuning losses (docs/method.md): L = L_seg + lambda * L_pta, both Dice + cross-entropy.
 
 L_pta supervises the pixel–tag maps f^M (one per class, background included): divided by a
 learnable temperature epsilon (init 0.07) and up-sampled linearly to the label grid, they are

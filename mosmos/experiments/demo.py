@@ -18,8 +18,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .demo_models import MAP_ROI, MAP_SPACING, map_recipe_config
-from .errors import MosmosError
+from ..errors import MosmosError
+from .recipes import MAP_ROI, MAP_SPACING, map_recipe_config
 
 DEMO_TAGS = ["liver", "spleen", "right kidney", "left kidney", "stomach", "aorta"]
 HELD_OUT_SEED = 10_000
@@ -67,12 +67,12 @@ class _Timer:
 
 
 def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool | None = None) -> dict:
-    from .data.phantoms import make_phantom, write_decathlon_dataset
-    from .inference.io import write_volume
-    from .inference.segmenter import Segmenter
-    from .metrics import binary_dice, evaluate_case, spacing_from_affine
+    from ..data.phantoms import make_phantom, write_decathlon_dataset
+    from ..evaluation.metrics import binary_dice, evaluate_case, spacing_from_affine
+    from ..inference.io import write_volume
+    from ..inference.segmenter import Segmenter
+    from ..train.finetune import finetune
     from .study import pretrain_on_phantom_reports
-    from .train.finetune import finetune
 
     out = Path(out)
     if out.exists() and any(out.iterdir()) and not (out / "summary.json").exists():
@@ -160,7 +160,7 @@ def draw_figure(path: Path, image, reference, labelmap, attention: dict, organs:
     import matplotlib.pyplot as plt
     from matplotlib.colors import ListedColormap
 
-    from .tags import attention_title, color_for
+    from ..tags import attention_title, color_for
 
     z = int(np.argmax((reference > 0).sum(axis=(0, 1))))
 
@@ -172,7 +172,7 @@ def draw_figure(path: Path, image, reference, labelmap, attention: dict, organs:
     palette = np.zeros((max(values) + 1, 4))
     for o in organs:
         palette[o["label"]] = [*np.array(o["color"]) / 255, 0.6]
-    from .data.phantoms import BTCV_LABELS
+    from ..data.phantoms import BTCV_LABELS
 
     for v in values:
         if v and not palette[v, 3]:

@@ -19,8 +19,8 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urljoin, urlparse
 
+from ..errors import MosmosError
 from . import modelcard
-from .errors import MosmosError
 from .modelfile import PRETRAIN_KIND, SEGMENTATION_KIND
 
 ENV_MODELS_DIR = "MOSMOS_MODELS_DIR"

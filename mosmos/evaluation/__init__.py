@@ -1,0 +1,2 @@
+"""Scoring segmentations: Dice, HD95 and result tables (metrics), and a model on a labelled dataset split
+(evaluate)."""
