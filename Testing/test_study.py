@@ -87,3 +87,85 @@ def test_report_pictures_show_the_body_at_the_scale_of_a_finetuning_window():
     volumes = [make_phantom([5, k], MAP_ROI, MAP_SPACING) for k in range(3)]
     window_width = np.mean([(v.image[:, MAP_ROI[1] // 2, MAP_ROI[2] // 2] > -175).sum() for v in volumes])
     assert abs(picture_width - window_width) <= 0.1 * window_width, (picture_width, window_width)
+
+
+def test_unet2d_study_by_label_ratio_writes_table_plot_and_scores_both_inits_on_the_same_cases(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["study", "--out", str(out), "--quick", "--arch", "unet2d", "--ratios", "0.25", "1.0",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| label ratio |" in printed and "MOSMOS-U-Net on 2D slices" in printed
+
+    summary = json.loads((out / "study.json").read_text())
+    assert summary["plan"]["arch"] == "unet2d" and [e["budget"] for e in summary["table"]] == [0.25, 1.0]
+    assert summary["held_out"] and "pretrained_maps" not in summary  # tiny-rn's maps: 2 x 2 cells, no diagnosis
+    study_md = (out / "study.md").read_text()
+    assert "74.86" in study_md and "Fig. 6" in study_md and "Table 4, row 3" in study_md
+    with Image.open(out / "study.png") as fig:
+        assert fig.size[0] > 200
+    configs = {}
+    for ratio, train_cases in (("0.25", 1), ("1.0", 4)):  # a share of the 4 training volumes, same held-out set
+        for init in ("mosmos", "random"):
+            header = json.loads((out / "runs" / f"b{ratio}-s0-{init}" / "events.jsonl").read_text().splitlines()[0])
+            assert header["config"]["arch"] == "unet2d" and header["preprocessing"]["spatial_dims"] == 2
+            assert header["train_cases"] == train_cases and header["val_cases"] == len(summary["held_out"])
+            assert (header["config"]["pretrained"] is not None) == (init == "mosmos")
+            configs[ratio, init] = header["config"]
+    assert len({c["data"] for c in configs.values()}) == 1
+    assert len({c["lr"] for c in configs.values()}) == 1 and len({c["max_steps"] for c in configs.values()}) == 1
+
+
+def test_a_killed_study_resumes_and_runs_each_run_once(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    out = tmp_path / "study"
+    args = ["study", "--out", str(out), "--quick", "--arch", "unet2d", "--ratios", "0.25", "0.5", "1.0",
+            "--no-progress"]
+    child = subprocess.Popen([sys.executable, "-m", "mosmos", *args], stdout=subprocess.DEVNULL,
+                             stderr=subprocess.DEVNULL, start_new_session=True)
+    try:
+        deadline = time.monotonic() + 240
+        while time.monotonic() < deadline and child.poll() is None:
+            if (out / "runs.csv").is_file() and len((out / "runs.csv").read_text().splitlines()) >= 2:
+                break
+            time.sleep(0.2)
+        assert child.poll() is None, "the study finished before it could be killed"
+        os.killpg(child.pid, signal.SIGKILL)
+    finally:
+        child.wait()
+    with open(out / "runs.csv", newline="") as f:
+        before = list(csv.DictReader(f))
+    assert 1 <= len(before) < 6 and not (out / "study.json").exists()
+
+    assert main(args) == 0
+    with open(out / "runs.csv", newline="") as f:
+        after = list(csv.DictReader(f))
+    keys = [(r["budget"], r["seed"], r["init"]) for r in after]
+    assert sorted(keys) == sorted((b, "0", i) for b in ("0.25", "0.5", "1.0") for i in ("mosmos", "random"))
+    assert all(row in after for row in before)  # what the killed study measured is kept, not run again
+    pretrain_starts = [line for line in (out / "pretrain" / "events.jsonl").read_text().splitlines()
+                       if '"event": "start"' in line]
+    assert len(pretrain_starts) == 1
+
+
+def test_study_budget_options_that_cannot_be_run_are_error_lines(tmp_path, capsys):
+    with pytest.raises(MosmosError, match="--budgets or as --ratios, not both"):
+        StudyPlan.of(False, budgets=[1], ratios=[0.5])
+    assert main(["study", "--out", str(tmp_path / "s"), "--ratios", "0", "1.5", "--no-progress"]) == 1
+    assert "--ratios 0.0 1.5: each must be in (0, 1]" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
+    assert StudyPlan.of(False, arch="unet2d").steps == 400 and StudyPlan.of(False).steps == 200
+    assert StudyPlan.of(False, ratios=[0.25, 1]).label_shares() == [(0.25, 0.25), (1.0, 1.0)]
+
+
+def test_a_study_folder_of_another_plan_is_refused(tmp_path, capsys):
+    out = tmp_path / "study"
+    assert main(["study", "--out", str(out), "--quick", "--arch", "unet2d", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert main(["study", "--out", str(out), "--quick", "--arch", "unet2d", "--ratios", "0.5",
+                 "--no-progress"]) == 1
+    assert "holds a study of another plan" in capsys.readouterr().err

@@ -29,6 +29,9 @@ def add_arguments(p) -> None:
     p.add_argument("--log-every", type=int, default=C.log_every, help="steps between step events")
     p.add_argument("--val-fraction", type=float, default=C.val_fraction,
                    help="share of train held out when the folder has no validation split")
+    p.add_argument("--ablate", choices=["irc", "mlr", "prompt"], default=None,
+                   help="leave one part of the method out (the paper's ablation): the irc or mlr loss, or the "
+                        "learnt tag prompt (its context stays as initialised)")
     p.add_argument("--description", default="", help="free text for the model card (`mosmos info` shows it)")
     p.add_argument("--resume", action="store_true", help="continue from OUT/checkpoint.pt")
     p.add_argument("--events", default=None, help="JSON-lines events file ('-' for stdout)")
@@ -43,7 +46,8 @@ def run(args) -> int:
                          weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, seed=args.seed,
                          workers=args.workers, precision=args.precision, device=args.device,
                          checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                         val_fraction=args.val_fraction, max_steps=args.max_steps, description=args.description)
+                         val_fraction=args.val_fraction, max_steps=args.max_steps, description=args.description,
+                         ablate=args.ablate)
     from ..train.distributed import is_main_process  # torch: only once the options are known to be valid
     from ..train.pretrain import pretrain
 

@@ -1,11 +1,12 @@
-"""The pre-training study (MOSMOS §4, the claim of its Table 2 and Fig. 5 at phantom scale): does
+"""The pre-training study (the claim of the paper's Table 2 and Fig. 6, at phantom scale): does
 report-supervised pre-training help segmentation, and most when labels are few?
 
 One MOSMOS model is pre-trained once on phantom slices with reports (ROCO layout). Then, for each
-label budget (number of labelled training volumes) and each seed, MOSMOS-UNETR is fine-tuned from the
-pre-trained model and from random weights with the same recipe and the same number of steps, on the
-same seeded subset of training volumes, and both are evaluated on the same held-out phantoms. Nothing
-is selected on the held-out set: each run keeps its last model.
+label budget (number of labelled training volumes, or a share of them: ``ratios``) and each seed,
+MOSMOS-UNETR (``arch="unetr"``, 3D) or MOSMOS-U-Net (``arch="unet2d"``, 2D slices, no inflation) is
+fine-tuned from the pre-trained model and from random weights with the same recipe and the same number of
+steps, on the same seeded subset of training volumes, and both are evaluated on the same held-out phantoms.
+Nothing is selected on the held-out set: each run keeps its last model.
 
 The 2D report images are axial (and some coronal) slices of subjects drawn by the same generator as
 the 3D phantoms, so what pre-training learns about these organs can transfer to them.
@@ -16,7 +17,9 @@ from __future__ import annotations
 import csv
 import io
 import json
+import shutil
 import time
+import dataclasses
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
@@ -25,9 +28,21 @@ import numpy as np
 from ..data.phantoms import REPORT_STYLES
 from ..errors import MosmosError
 from ..files.atomic import atomic_write_bytes
+from .recipes import STUDY_RECIPES
 
 INITS = ("mosmos", "random")
 STUDY_TAGS = ("liver", "spleen", "right kidney", "left kidney", "stomach")
+TRAIN_VOLUMES = 4  # labelled phantom training volumes of a plan given as label ratios
+REAL_RATIOS = (0.25, 0.5, 0.75, 1.0)  # a real dataset's default label ratios: the paper's Fig. 6
+REAL_BACKBONES = {"unetr": "ViT-B-16", "unet2d": "RN50"}  # the paper's encoders
+# What the paper reports for each architecture (mean Dice in %, BTCV; Tian et al., arXiv:2409.02418), to be read
+# beside the phantom table: Table 2 (random init -> MOSMOS init, all labels) and the label-ratio result of Fig. 6.
+PAPER = {
+    "unetr": "Table 2, UNETR: 78.53 from scratch -> 80.36 with MOSMOS pre-training (+1.83). Table 4, row 3: "
+             "MOSMOS pre-training without CLIP initialisation 78.77 (+0.24 over scratch).",
+    "unet2d": "Table 2, U-Net (ResNet-50): 74.86 from scratch -> 80.10 with MOSMOS pre-training (+5.24), the "
+              "paper's largest gain. Fig. 6: with 25 % of the labels MOSMOS is about 7 % ahead of scratch.",
+}
 
 
 @dataclass(frozen=True)
@@ -39,21 +54,78 @@ class StudyPlan:
     roco_pairs: int
     pretrain_epochs: int
     reports: str = "visible"  # what the phantom reports name (data.phantoms.REPORT_STYLES)
+    arch: str = "unetr"  # fine-tuning network: "unetr" (3D) or "unet2d" (2D slices)
+    ratios: tuple[float, ...] | None = None  # label budgets as shares of the training set, instead of budgets
+    roco: str | None = None  # a ROCO folder to pre-train on instead of phantom reports (with data)
+    data: str | None = None  # a Decathlon-layout dataset to fine-tune on, scored on its own validation split
+    weights: str | None = None  # CLIP weights pre-training (and the "clip" arm) starts from; None: random
+    backbone: str | None = None  # None: the recipe's on phantoms, REAL_BACKBONES on a real dataset
+    device: str = "auto"
+    clip_arm: bool = False  # a third arm: fine-tuned from the CLIP weights without report pre-training
+    ablate: str | None = None  # the part of pre-training left out (PretrainConfig.ablate)
+    roi_size: tuple[int, ...] | None = None  # the fine-tuning window on a real dataset (None: fine-tuning's own)
+    spacing: tuple[float, ...] | None = None
 
     @classmethod
     def of(cls, quick: bool, **changes) -> "StudyPlan":
         """The default (or ``quick``) plan with the ``changes`` that are not None."""
         plan = (cls(budgets=(1,), seeds=1, held_out=1, steps=2, roco_pairs=64, pretrain_epochs=1) if quick else
                 cls(budgets=(1, 2, 4), seeds=5, held_out=4, steps=200, roco_pairs=1600, pretrain_epochs=10))
-        changes = {k: tuple(v) if k == "budgets" else str(v) if k == "reports" else int(v)
-                   for k, v in changes.items() if v is not None}
+        def absolute(v):
+            return str(Path(v).resolve())
+
+        kinds = {"budgets": lambda v: tuple(int(b) for b in v), "ratios": lambda v: tuple(float(r) for r in v),
+                 "reports": str, "arch": str, "roco": absolute, "data": absolute, "backbone": str, "device": str,
+                 "weights": lambda v: absolute(v) if Path(v).is_file() else str(v), "clip_arm": bool,
+                 "ablate": str, "roi_size": lambda v: tuple(int(x) for x in v),
+                 "spacing": lambda v: tuple(float(x) for x in v)}
+        changes = {k: kinds.get(k, int)(v) for k, v in changes.items() if v is not None and v is not False}
+        if "ratios" in changes and "budgets" in changes:
+            raise MosmosError("study: give label budgets as --budgets or as --ratios, not both")
+        if ("roco" in changes) != ("data" in changes):
+            raise MosmosError("study: --roco and --data go together: pre-training on one folder, fine-tuning on "
+                              "the other")
+        if "data" in changes:
+            if "budgets" in changes:
+                raise MosmosError("study: on a real dataset give label budgets as --ratios of its training set")
+            changes.setdefault("ratios", (1.0,) if quick else REAL_RATIOS)
+        elif "roi_size" in changes or "spacing" in changes:
+            raise MosmosError("study: --roi-size and --spacing set the grid of a real dataset (--data); the "
+                              "phantom study keeps its recipe's")
+        if changes.get("clip_arm") and "weights" not in changes:
+            raise MosmosError("study: --init clip needs --weights: the CLIP weights that arm starts from")
+        if changes.get("ablate") not in (None, "irc", "mlr", "prompt"):
+            raise MosmosError(f"study: --ablate {changes['ablate']}: use one of irc, mlr, prompt")
+        if "ratios" in changes:
+            changes["budgets"] = (TRAIN_VOLUMES,)
+        if not quick and "steps" not in changes:
+            changes["steps"] = STUDY_RECIPES.get(changes.get("arch", plan.arch), STUDY_RECIPES[plan.arch]).steps
         plan = cls(**{**asdict(plan), **changes})
         if min(plan.budgets) < 1 or min(plan.seeds, plan.steps, plan.roco_pairs, plan.pretrain_epochs) < 1:
             raise MosmosError(f"study: budgets, seeds, steps, report pairs and pre-training epochs must be at "
                               f"least 1 (got {asdict(plan)})")
+        if plan.ratios is not None and not all(0 < r <= 1 for r in plan.ratios):
+            raise MosmosError(f"study: --ratios {' '.join(map(str, plan.ratios))}: each must be in (0, 1]")
         if plan.reports not in REPORT_STYLES:
             raise MosmosError(f"study: --reports {plan.reports}: use one of {', '.join(REPORT_STYLES)}")
+        if plan.arch not in STUDY_RECIPES:
+            raise MosmosError(f"study: --arch {plan.arch}: use one of {', '.join(STUDY_RECIPES)}")
         return plan
+
+    def inits(self) -> tuple[str, ...]:
+        """The initialisations each budget and seed is fine-tuned from."""
+        return INITS + (("clip",) if self.clip_arm else ())
+
+    def pretrain_backbone(self) -> str:
+        if self.backbone:
+            return self.backbone
+        return REAL_BACKBONES[self.arch] if self.data else STUDY_RECIPES[self.arch].backbone
+
+    def label_shares(self) -> list[tuple[float, float]]:
+        """(budget as the table shows it, label ratio of the training set) per budget of the plan."""
+        if self.ratios is not None:
+            return [(r, r) for r in self.ratios]
+        return [(b, b / max(self.budgets)) for b in self.budgets]
 
 
 def run_study(out: str | Path, quick: bool = False, progress: bool | None = None, jobs: int = 1, **changes) -> dict:
@@ -64,31 +136,48 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
     from ..data.phantoms import write_decathlon_dataset
 
     plan = StudyPlan.of(quick, **changes)
+    recipe = STUDY_RECIPES[plan.arch]
     if jobs < 1:
         raise MosmosError(f"study: --jobs must be at least 1 (got {jobs})")
+    if plan.data:
+        _check_real_folders(plan)
     out = Path(out)
-    if out.exists() and any(out.iterdir()) and not (out / "study.json").exists():
-        raise MosmosError(f"{out}: folder exists and is not an earlier study output; choose another --out")
+    started = _started_study(out, plan)
     out.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     n_train = max(plan.budgets)
-    print(f"study: {len(plan.budgets)} label budgets x {plan.seeds} seeds x {len(INITS)} inits, "
+    shares = plan.label_shares()
+    print(f"study: {plan.arch}, {len(shares)} label budgets x {plan.seeds} seeds x {len(plan.inits())} inits, "
           f"{plan.steps} fine-tuning steps each", flush=True)
-    pretrained = pretrain_on_phantom_reports(out, plan.roco_pairs, plan.pretrain_epochs, seed=0, progress=progress,
-                                             reports=plan.reports)
-    print(f"study: pre-trained once in {time.perf_counter() - t0:.0f} s", flush=True)
-    data = write_decathlon_dataset(out / "dataset", n_train, plan.held_out, seed=1, organs=STUDY_TAGS,
-                                   **_phantom_grid()).parent
+    pretrained = started.get("pretrained")
+    if pretrained and Path(pretrained).is_file():
+        print(f"study: resuming; pre-trained model {pretrained}", flush=True)
+    else:
+        _write_started(out, plan, None)
+        pretrained = (pretrain_on_roco(out, plan, progress) if plan.roco else
+                      pretrain_on_phantom_reports(out, plan.roco_pairs, plan.pretrain_epochs, seed=0,
+                                                  progress=progress, reports=plan.reports, arch=plan.arch,
+                                                  weights=plan.weights, ablate=plan.ablate))
+        _write_started(out, plan, pretrained)
+        print(f"study: pre-trained once in {time.perf_counter() - t0:.0f} s", flush=True)
+    data = Path(plan.data) if plan.data else write_decathlon_dataset(
+        out / "dataset", n_train, plan.held_out, seed=1, organs=STUDY_TAGS, shape=recipe.shape,
+        spacing=recipe.spacing).parent
 
-    runs = [dict(data=data, run_dir=out / "runs" / f"b{budget}-s{seed}-{init}", steps=plan.steps, seed=seed,
-                 pretrained=str(pretrained) if init == "mosmos" else None, label_ratio=budget / n_train,
-                 row={"budget": budget, "seed": seed, "init": init})
-            for budget in plan.budgets for seed in range(plan.seeds) for init in INITS]
-    rows = []
+    runs = [dict(cfg=finetune_config(plan, data, out / "runs" / f"b{budget}-s{seed}-{init}", seed, init,
+                                     pretrained, ratio), row={"budget": budget, "seed": seed, "init": init})
+            for budget, ratio in shares for seed in range(plan.seeds) for init in plan.inits()]
+    rows = _read_runs_csv(out / "runs.csv", plan) if started else []
+    done = {(r["budget"], r["seed"], r["init"]) for r in rows}
+    runs = [run for run in runs if tuple(run["row"].values()) not in done]
+    if done:
+        print(f"study: {len(done)} runs already in runs.csv, {len(runs)} to go", flush=True)
+    for run in runs:  # a run a kill interrupted starts again from nothing
+        shutil.rmtree(run["cfg"].out, ignore_errors=True)
 
     def record(row: dict) -> None:
         rows.append(row)
-        rows.sort(key=lambda r: (r["budget"], r["seed"], INITS.index(r["init"])))
+        rows.sort(key=lambda r: (r["budget"], r["seed"], plan.inits().index(r["init"])))
         print(f"study: budget {row['budget']}, seed {row['seed']}, {row['init']} init: held-out mean Dice "
               f"{row['dice']:.3f}", flush=True)
         _write_runs_csv(out / "runs.csv", rows)  # after every run: a stopped study keeps what it measured
@@ -105,7 +194,9 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
                 record(done.result())
 
     summary = summarize(rows, plan)
-    summary["pretrained_maps"] = pretrained_map_auc(pretrained, pictures=20 if quick else 200)
+    summary["held_out"] = held_out_cases(data)
+    if recipe.map_diagnosis:
+        summary["pretrained_maps"] = pretrained_map_auc(pretrained, pictures=20 if quick else 200)
     summary["seconds"] = round(time.perf_counter() - t0, 1)
     atomic_write_bytes(out / "study.md", study_table(summary).encode())
     draw_study(out / "study.png", summary)
@@ -116,59 +207,99 @@ def run_study(out: str | Path, quick: bool = False, progress: bool | None = None
     return summary
 
 
-def study_run(data: Path, run_dir: Path, steps: int, seed: int, pretrained: str | None, label_ratio: float,
-              row: dict, progress: bool | None) -> dict:
-    """Fine-tune one run of the study and score it on the held-out phantoms: ``row`` with its Dice and time."""
+def finetune_config(plan: StudyPlan, data: Path, run_dir: Path, seed: int, init: str, pretrained: Path,
+                    label_ratio: float):
+    """The fine-tuning of one run: the architecture's phantom recipe, or on a real dataset fine-tuning's own
+    defaults (the paper's) for ``plan.steps`` steps; from the pre-trained model, the CLIP weights or random."""
+    from ..train.config import FinetuneConfig
+
+    start = {"mosmos": str(pretrained), "clip": plan.weights, "random": None}[init]
+    if plan.data is None:
+        cfg = STUDY_RECIPES[plan.arch].config(data, run_dir, plan.steps, seed=seed, label_ratio=label_ratio)
+        return dataclasses.replace(cfg, init=init, pretrained=start, backbone=plan.pretrain_backbone(),
+                                   device=plan.device)
+    return FinetuneConfig(data=str(data), out=str(run_dir), arch=plan.arch, backbone=plan.pretrain_backbone(),
+                          init=init, pretrained=start, epochs=10**6, max_steps=plan.steps, label_ratio=label_ratio,
+                          seed=seed, device=plan.device, val_every=10**6, checkpoint_every=10**6,
+                          roi_size=list(plan.roi_size) if plan.roi_size else None,
+                          spacing=list(plan.spacing) if plan.spacing else None)
+
+
+def study_run(cfg, row: dict, progress: bool | None) -> dict:
+    """Fine-tune one run of the study (``cfg``) and score it on the held-out cases: ``row`` with its Dice and
+    time."""
     from ..train.finetune import finetune
-    from .recipes import map_recipe_config
 
     t = time.perf_counter()
-    cfg = map_recipe_config(data, run_dir, steps, seed=seed, pretrained=pretrained, label_ratio=label_ratio)
-    model = finetune(cfg, events=str(run_dir / "events.jsonl"), progress=progress)
-    return {**row, "dice": held_out_dice(model, data), "seconds": round(time.perf_counter() - t, 1)}
+    model = finetune(cfg, events=str(Path(cfg.out) / "events.jsonl"), progress=progress)
+    return {**row, "dice": held_out_dice(model, Path(cfg.data), cfg.device), "seconds": round(time.perf_counter() - t, 1)}
+
+
+def _check_real_folders(plan: StudyPlan) -> None:
+    """Fail before any work on a dataset with nothing to score on or a ROCO folder that is not there."""
+    from ..data.decathlon import load_decathlon
+
+    if not Path(plan.roco).is_dir():
+        raise MosmosError(f"{plan.roco}: ROCO folder not found")
+    spec = load_decathlon(plan.data)
+    if not spec.validation:
+        raise MosmosError(f"{spec.json_path}: no 'validation' cases; the study scores every run on them")
+
+
+def held_out_cases(data: Path) -> list[str]:
+    from ..data.decathlon import load_decathlon
+
+    return [str(case["image"]) for case in load_decathlon(str(data)).validation]
+
+
+def pretrain_on_roco(out: Path, plan: StudyPlan, progress: bool | None) -> Path:
+    """Pre-train on the plan's ROCO folder into ``out/pretrain`` with pre-training's own defaults (the paper's),
+    from the plan's CLIP weights; returns the pre-trained model file."""
+    from ..train.config import PretrainConfig
+    from ..train.pretrain import pretrain
+
+    return pretrain(PretrainConfig(roco=plan.roco, out=str(out / "pretrain"), backbone=plan.pretrain_backbone(),
+                                   weights=plan.weights, epochs=plan.pretrain_epochs, seed=0, device=plan.device,
+                                   ablate=plan.ablate),
+                    events=str(out / "pretrain" / "events.jsonl"), progress=progress)
 
 
 def pretrain_on_phantom_reports(out: Path, pairs: int, epochs: int, seed: int = 0, progress: bool | None = None,
-                                log_every: int = 10, reports: str = "visible") -> Path:
+                                log_every: int = 10, reports: str = "visible", arch: str = "unetr",
+                                weights: str | None = None, ablate: str | None = None) -> Path:
     """Write ``pairs`` phantom slices with reports (naming what ``reports`` says: data.phantoms.phantom_slices)
-    to ``out/roco`` (ROCO layout) and pre-train the maps' backbone on them into ``out/pretrain``; returns the
-    pre-trained model file (as the study and the demo do).
+    to ``out/roco`` (ROCO layout) and pre-train the backbone of ``arch``'s study recipe on them into
+    ``out/pretrain``; returns the pre-trained model file (as the study and the demo do).
 
     The pictures show the body at the scale one fine-tuning window does (the backbone's image size is
     the window's in-plane size, so an organ covers as many tokens in both and the positional grids agree)."""
     from ..data.phantoms import write_roco_folder
     from ..train.config import PretrainConfig
     from ..train.pretrain import pretrain
-    from .recipes import MAP_BACKBONE
 
-    roco = write_roco_folder(out / "roco", pairs, seed=seed, image_size=report_image_size(), reports=reports)
+    roco = write_roco_folder(out / "roco", pairs, seed=seed, image_size=report_image_size(arch), reports=reports)
     return pretrain(PretrainConfig(
-        roco=str(roco), out=str(out / "pretrain"), backbone=MAP_BACKBONE, epochs=epochs, batch_size=32, lr=1e-3,
-        warmup_steps=10, workers=0, seed=seed, log_every=log_every),
+        roco=str(roco), out=str(out / "pretrain"), backbone=STUDY_RECIPES[arch].backbone, weights=weights,
+        epochs=epochs, batch_size=32, lr=1e-3, warmup_steps=10, workers=0, seed=seed, log_every=log_every,
+        ablate=ablate),
         events=str(out / "pretrain" / "events.jsonl"), progress=progress)
 
 
-def report_image_size() -> int:
-    """Side of the phantom report pictures: the maps' backbone's image size (checked against the window)."""
+def report_image_size(arch: str = "unetr") -> int:
+    """Side of the phantom report pictures: the backbone's image size (checked against the window)."""
     import open_clip
 
     from ..models.backbones import canonical_backbone
-    from .recipes import MAP_BACKBONE, MAP_ROI
 
-    size = open_clip.get_model_config(canonical_backbone(MAP_BACKBONE))["vision_cfg"]["image_size"]
-    if MAP_ROI[:2] != [size, size]:
-        raise MosmosError(f"{MAP_BACKBONE}: image size {size} is not the fine-tuning window's in-plane size "
-                          f"{MAP_ROI[:2]}; report pictures and windows would show organs at different scales")
+    recipe = STUDY_RECIPES[arch]
+    size = open_clip.get_model_config(canonical_backbone(recipe.backbone))["vision_cfg"]["image_size"]
+    if recipe.window != (size, size):
+        raise MosmosError(f"{recipe.backbone}: image size {size} is not the fine-tuning window's in-plane size "
+                          f"{list(recipe.window)}; report pictures and windows would show organs at different scales")
     return size
 
 
-def _phantom_grid() -> dict:
-    from .recipes import MAP_ROI, MAP_SPACING
-
-    return {"shape": tuple(MAP_ROI), "spacing": tuple(MAP_SPACING)}
-
-
-def held_out_dice(model: Path, data: Path) -> float:
+def held_out_dice(model: Path, data: Path, device: str = "cpu") -> float:
     """Mean over held-out cases of the case's mean organ Dice (the network's segmentation)."""
     import contextlib
     import io
@@ -177,7 +308,7 @@ def held_out_dice(model: Path, data: Path) -> float:
     from ..evaluation.metrics import case_mean_dice
 
     with contextlib.redirect_stderr(io.StringIO()):  # evaluate's per-case lines
-        results = evaluate(str(model), str(data), "validation", device="cpu")
+        results = evaluate(str(model), str(data), "validation", device=device)
     return float(np.nanmean(list(case_mean_dice(results).values())))
 
 
@@ -238,9 +369,9 @@ def summarize(rows: list[dict], plan: StudyPlan) -> dict:
     from ..evaluation.metrics import wilcoxon_p
 
     table = []
-    for budget in plan.budgets:
+    for budget, _ in plan.label_shares():
         by_init = {init: {r["seed"]: r["dice"] for r in rows if r["budget"] == budget and r["init"] == init}
-                   for init in INITS}
+                   for init in plan.inits()}
         entry = {"budget": budget}
         for init, values in by_init.items():
             v = np.array(list(values.values()))
@@ -256,18 +387,55 @@ def summarize(rows: list[dict], plan: StudyPlan) -> dict:
     return {"plan": asdict(plan), "tags": list(STUDY_TAGS), "table": table}
 
 
+def study_setting(plan: dict) -> str:
+    """One sentence: the network, what was pre-trained on what, and the fine-tuning steps."""
+    arch = plan.get("arch", "unetr")
+    network = "MOSMOS-U-Net on 2D slices" if arch == "unet2d" else "MOSMOS-UNETR"
+    backbone = plan.get("backbone") or (REAL_BACKBONES[arch] if plan.get("data") else STUDY_RECIPES[arch].backbone)
+    start = "CLIP weights " + Path(plan["weights"]).name if plan.get("weights") else "random weights"
+    if plan.get("roco"):
+        source = f"the ROCO folder {plan['roco']}, fine-tuned on {plan['data']} and scored on its validation split"
+    else:
+        named = "every visible organ" if plan.get("reports", "visible") == "visible" else "only organs with a finding"
+        source = f"{plan['roco_pairs']} phantom pictures whose reports name {named}"
+    ablated = f", without {plan['ablate']}" if plan.get("ablate") else ""
+    return (f"{network}, {backbone} pre-trained from {start} {plan['pretrain_epochs']} epochs on {source}{ablated}; "
+            f"{plan['steps']} fine-tuning steps per run.")
+
+
+def paper_context(plan: dict) -> str:
+    """What the paper reports for this arm, and whether this setting is the one it reports it for."""
+    arch = plan.get("arch", "unetr")
+    text = f"The paper: {PAPER[arch]}"
+    if plan.get("roco") and plan.get("weights"):
+        return text + " This study's setting (CLIP weights, ROCO, a real dataset) is the paper's."
+    return (text + " Its gains are from CLIP-initialised encoders pre-trained on ROCO and fine-tuned on BTCV; "
+            "pre-training encoders from random weights, as here, is the setting where its own ablation "
+            "(Table 4, row 3) finds almost no gain.")
+
+
+def budget_heading(plan: dict) -> str:
+    return "label ratio" if plan.get("ratios") is not None else "labelled volumes"
+
+
+def init_name(init: str, plan: dict) -> str:
+    """An arm as the table names it: MOSMOS (less what the plan ablates), CLIP or random."""
+    if init == "mosmos":
+        return f"MOSMOS w/o {plan['ablate']}" if plan.get("ablate") else "MOSMOS"
+    return {"clip": "CLIP", "random": "random"}[init]
+
+
 def study_table(summary: dict) -> str:
-    lines = ["| labelled volumes | MOSMOS init Dice | random init Dice | MOSMOS ahead (seeds) | Wilcoxon p |",
-             "|---|---|---|---|---|"]
+    plan = summary.get("plan") or {}
+    inits = [init for init in ("mosmos", "random", "clip") if init in summary["table"][0]]
+    lines = [f"| {budget_heading(plan)} | " + " | ".join(f"{init_name(i, plan)} init Dice" for i in inits) +
+             " | MOSMOS ahead of random (seeds) | Wilcoxon p |", "|---" * (len(inits) + 3) + "|"]
     for e in summary["table"]:
         p = "n/a" if e["wilcoxon_p"] is None else f"{e['wilcoxon_p']:.3f}"
-        lines.append(f"| {e['budget']} | {e['mosmos']['mean']:.3f} ± {e['mosmos']['sd']:.3f} | "
-                     f"{e['random']['mean']:.3f} ± {e['random']['sd']:.3f} | {e['mosmos_wins']}/{e['pairs']} | {p} |")
-    plan = summary.get("plan")
+        lines.append(f"| {e['budget']} | " + " | ".join(f"{e[i]['mean']:.3f} ± {e[i]['sd']:.3f}" for i in inits) +
+                     f" | {e['mosmos_wins']}/{e['pairs']} | {p} |")
     if plan:
-        named = "every visible organ" if plan.get("reports", "visible") == "visible" else "only organs with a finding"
-        lines += ["", f"Pre-trained {plan['pretrain_epochs']} epochs on {plan['roco_pairs']} phantom pictures whose "
-                  f"reports name {named}; {plan['steps']} fine-tuning steps per run."]
+        lines += ["", study_setting(plan), "", paper_context(plan)]
     if "pretrained_maps" in summary:
         m = summary["pretrained_maps"]
         lines += ["", f"Pre-trained model's own 2D maps on {m['pictures']} held-out report pictures: AUC of an organ's "
@@ -275,6 +443,42 @@ def study_table(summary: dict) -> str:
                   f"initialised model {m['random']['mean_auc']:.3f}); after subtracting each token's mean over "
                   f"tags {m['tag_centred_auc']:.3f} (random {m['random']['tag_centred_auc']:.3f}; 0.5 = chance)."]
     return "\n".join(lines) + "\n"
+
+
+STARTED = "plan.json"  # the plan of a study begun in a folder, and its pre-trained model once there is one
+
+
+def _started_study(out: Path, plan: StudyPlan) -> dict:
+    """What an earlier start of this same plan in ``out`` left ({} for a fresh study); refuses a folder that
+    holds something else, or a study of another plan."""
+    if not out.exists() or not any(out.iterdir()):
+        return {}
+    if not (out / STARTED).is_file():
+        if (out / "study.json").is_file():
+            return {}  # a finished study of an earlier version, without a plan to resume
+        raise MosmosError(f"{out}: folder exists and is not an earlier study output; choose another --out")
+    try:
+        started = json.loads((out / STARTED).read_text())
+    except (OSError, ValueError) as e:
+        raise MosmosError(f"{out / STARTED}: unreadable ({e}); choose another --out") from None
+    if started.get("plan") != json.loads(json.dumps(asdict(plan))):
+        raise MosmosError(f"{out}: holds a study of another plan ({out / STARTED}); give the same options to "
+                          f"resume it, or choose another --out")
+    return started
+
+
+def _write_started(out: Path, plan: StudyPlan, pretrained: Path | None) -> None:
+    atomic_write_bytes(out / STARTED, json.dumps({"plan": asdict(plan), "pretrained": pretrained and
+                                                   str(Path(pretrained).resolve())}, indent=2).encode())
+
+
+def _read_runs_csv(path: Path, plan: StudyPlan) -> list[dict]:
+    if not path.is_file():
+        return []
+    budget = float if plan.ratios is not None else int
+    with open(path, newline="") as f:
+        return [{"budget": budget(r["budget"]), "seed": int(r["seed"]), "init": r["init"],
+                 "dice": float(r["dice"]), "seconds": float(r["seconds"])} for r in csv.DictReader(f)]
 
 
 def _write_runs_csv(path: Path, rows: list[dict]) -> None:
@@ -295,13 +499,16 @@ def draw_study(path: Path, summary: dict) -> None:
 
     fig, ax = plt.subplots(figsize=(4.2, 3.2))
     budgets = [e["budget"] for e in summary["table"]]
-    for init, colour in zip(INITS, ("tab:red", "tab:gray")):
+    for init, colour in (("mosmos", "tab:red"), ("random", "tab:gray"), ("clip", "tab:blue")):
+        if init not in summary["table"][0]:
+            continue
         mean = [e[init]["mean"] for e in summary["table"]]
         sd = [e[init]["sd"] for e in summary["table"]]
-        ax.errorbar(budgets, mean, yerr=sd, marker="o", capsize=3, color=colour, label=f"{init} init")
+        ax.errorbar(budgets, mean, yerr=sd, marker="o", capsize=3, color=colour,
+                    label=f"{init_name(init, summary['plan'])} init")
     ax.set_xscale("log", base=2)
     ax.set_xticks(budgets, [str(b) for b in budgets])
-    ax.set_xlabel("labelled training volumes")
+    ax.set_xlabel("label ratio" if summary["plan"].get("ratios") is not None else "labelled training volumes")
     ax.set_ylabel("held-out mean Dice")
     ax.set_title(f"{summary['plan']['seeds']} seeds, {summary['plan']['steps']} steps", fontsize=9)
     ax.legend(fontsize=8)

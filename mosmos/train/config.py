@@ -41,7 +41,7 @@ RANGES = {
 INTEGERS = {"epochs", "batch_size", "num_samples", "warmup_steps", "feature_size", "val_every", "seed", "workers",
             "checkpoint_every", "log_every", "max_steps", "roi_size"}
 CHOICES = {"precision": ("auto", "bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda"),
-           "arch": ("unetr", "unet2d"), "init": ("mosmos", "clip", "random")}
+           "arch": ("unetr", "unet2d"), "init": ("mosmos", "clip", "random"), "ablate": ("irc", "mlr", "prompt")}
 
 
 def option(name: str) -> str:
@@ -100,6 +100,9 @@ class PretrainConfig:
     val_fraction: float = 0.05
     max_steps: int | None = None
     description: str = ""  # the model card's free text
+    # One part of the method left out, for the paper's ablation (Table 4): "irc" or "mlr" (that loss), or
+    # "prompt" (the tags' CoOp context stays at its initialisation instead of being learnt).
+    ablate: str | None = None
 
     def __post_init__(self):
         check_values(self)

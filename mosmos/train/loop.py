@@ -87,8 +87,10 @@ class TrainingRun:
     def ddp(self, module: nn.Module) -> nn.Module:
         if not self.dist.enabled:
             return module
+        # an ablated loss leaves some parameters out of the graph, which DDP must be told to expect
         return nn.parallel.DistributedDataParallel(
-            module, device_ids=[self.device.index] if self.device.type == "cuda" else None)
+            module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            find_unused_parameters=getattr(self.cfg, "ablate", None) in ("irc", "mlr"))
 
     def loader(self, dataset, sampler, batch_size: int, collate_fn=None) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.workers,

@@ -99,6 +99,8 @@ class PretrainRun(TrainingRun):
         super().__init__(cfg, resume, events, progress)
         cfg = self.cfg
         self.model = MosmosPretrainModel(cfg.backbone, weights=cfg.weights).to(self.device)
+        if cfg.ablate == "prompt":
+            self.model.tag_prompt.ctx.requires_grad_(False)
         roco = RocoDataset(cfg.roco)
         train_idx, val_idx = split_train_val(roco, cfg.val_fraction, cfg.seed)
         if len(train_idx) < cfg.batch_size * self.dist.world_size:
@@ -143,7 +145,8 @@ class PretrainRun(TrainingRun):
     def train_step(self, batch):
         images, tokens, tags = self._to_device(batch)
         l_irc, l_mlr, _ = self._losses(self.ddp_model, images, tokens, tags)
-        return l_irc + l_mlr, {"irc": l_irc.detach(), "mlr": l_mlr.detach()}, images.shape[0]
+        loss = pretrain_objective(l_irc, l_mlr, self.cfg.ablate)
+        return loss, {"irc": l_irc.detach(), "mlr": l_mlr.detach()}, images.shape[0]
 
     @torch.no_grad()
     def validate(self, epoch: int) -> dict:
@@ -160,7 +163,7 @@ class PretrainRun(TrainingRun):
         sums = D.all_reduce_sum(sums, self.dist)
         n = max(sums[2].item(), 1.0)
         val = {"val_irc": sums[0].item() / n, "val_mlr": sums[1].item() / n}
-        val["val_loss"] = val["val_irc"] + val["val_mlr"]
+        val["val_loss"] = pretrain_objective(val["val_irc"], val["val_mlr"], self.cfg.ablate)
         s, t = D.all_gather_cat(torch.cat(scores), self.dist), D.all_gather_cat(torch.cat(targets), self.dist)
         val["val_map"] = mean_average_precision(s.numpy(), t.numpy())
         return val
@@ -178,6 +181,11 @@ class PretrainRun(TrainingRun):
             init=init_record("clip", self.cfg.weights) if self.cfg.weights else {"kind": "random"},
             description=self.cfg.description)
         save_model(self.out / MODEL_NAME, tensors, header)
+
+
+def pretrain_objective(l_irc, l_mlr, ablate: str | None = None):
+    """L = L_irc + L_mlr, less the term an ablation (PretrainConfig.ablate) leaves out."""
+    return {"irc": l_mlr, "mlr": l_irc}.get(ablate, l_irc + l_mlr)
 
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, events: str | None = None,
