@@ -169,3 +169,60 @@ def test_a_study_folder_of_another_plan_is_refused(tmp_path, capsys):
     assert main(["study", "--out", str(out), "--quick", "--arch", "unet2d", "--ratios", "0.5",
                  "--no-progress"]) == 1
     assert "holds a study of another plan" in capsys.readouterr().err
+
+
+def test_study_on_real_folders_with_clip_weights_a_clip_arm_and_an_ablation(tmp_path, capsys):
+    """The real-folder mode on a tiny ROCO folder and a tiny Decathlon dataset, from a tiny CLIP weights file as
+    open_clip's models save their state: pre-trained once without L_mlr, three arms scored on the dataset's own
+    validation split."""
+    import open_clip
+    import torch
+
+    from mosmos.data.phantoms import write_decathlon_dataset, write_roco_folder
+    from mosmos.experiments.study import STUDY_TAGS
+    from mosmos.models.backbones import canonical_backbone
+
+    roco = write_roco_folder(tmp_path / "roco", 80, image_size=64)
+    data = write_decathlon_dataset(tmp_path / "btcv", 2, 1, shape=(64, 64, 32), spacing=(3.0, 3.0, 6.0),
+                                   organs=STUDY_TAGS).parent
+    weights = tmp_path / "tiny-rn-clip.pt"
+    torch.save(open_clip.create_model(canonical_backbone("tiny-rn")).state_dict(), weights)
+    out = tmp_path / "study"
+    assert main(["study", "--out", str(out), "--quick", "--arch", "unet2d", "--roco", str(roco), "--data", str(data),
+                 "--weights", str(weights), "--backbone", "tiny-rn", "--init", "clip", "--ablate", "mlr",
+                 "--roi-size", "64", "64", "--spacing", "3", "3", "6", "--device", "cpu", "--workers", "0",
+                 "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "| label ratio | MOSMOS w/o mlr init Dice | random init Dice | CLIP init Dice |" in printed
+
+    summary = json.loads((out / "study.json").read_text())
+    [entry] = summary["table"]
+    assert entry["budget"] == 1.0 and all(0.0 <= entry[i]["mean"] <= 1.0 for i in ("mosmos", "random", "clip"))
+    assert summary["held_out"] == [str(data / "imagesTr" / "phantom_002.nii.gz")]  # the dataset's validation case
+    pretrain = [json.loads(line) for line in (out / "pretrain" / "events.jsonl").read_text().splitlines()]
+    assert pretrain[0]["config"]["ablate"] == "mlr" and pretrain[0]["config"]["weights"] == str(weights)
+    assert pretrain[0]["config"]["roco"] == str(roco)
+    starts = {}
+    for init in ("mosmos", "random", "clip"):
+        header = json.loads((out / "runs" / f"b1.0-s0-{init}" / "events.jsonl").read_text().splitlines()[0])
+        assert header["config"]["data"] == str(data) and header["train_cases"] == 2 and header["val_cases"] == 1
+        starts[init] = header["config"]["init"], header["config"]["pretrained"]
+    assert starts["clip"] == ("clip", str(weights)) and starts["random"] == ("random", None)
+    assert starts["mosmos"][0] == "mosmos" and starts["mosmos"][1].startswith(str(out / "pretrain"))
+    study_md = (out / "study.md").read_text()
+    assert "without mlr" in study_md and "This study's setting (CLIP weights, ROCO, a real dataset) is the paper's" \
+        in study_md
+
+
+def test_real_folder_options_that_cannot_be_run_are_error_lines(tmp_path, capsys):
+    with pytest.raises(MosmosError, match="--roco and --data go together"):
+        StudyPlan.of(False, roco=str(tmp_path))
+    with pytest.raises(MosmosError, match="--init clip needs --weights"):
+        StudyPlan.of(False, clip_arm=True)
+    with pytest.raises(MosmosError, match="--roi-size and --spacing set the grid of a real dataset"):
+        StudyPlan.of(False, roi_size=[64, 64])
+    assert StudyPlan.of(False, roco=str(tmp_path), data=str(tmp_path)).ratios == (0.25, 0.5, 0.75, 1.0)
+    assert main(["study", "--out", str(tmp_path / "s"), "--roco", str(tmp_path / "missing"), "--data",
+                 str(tmp_path), "--no-progress"]) == 1
+    assert "missing: ROCO folder not found" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()

@@ -32,6 +32,7 @@ def add_arguments(p) -> None:
                       help="pre-train without the irc or mlr loss, or without learning the tag prompt (Table 4)")
     real.add_argument("--roi-size", type=int, nargs="+", metavar="N", help="fine-tuning window on --data")
     real.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="voxel spacing on --data")
+    real.add_argument("--workers", type=int, help="data-loading processes of each run on real folders (default 4)")
     p.add_argument("--seeds", type=int, help="seeds per budget and init (default 5)")
     p.add_argument("--steps", type=int, help="fine-tuning steps of every run (default 200 for unetr, 400 for unet2d)")
     p.add_argument("--roco-pairs", type=int, help="phantom image-report pairs to pre-train on (default 1600)")
@@ -52,5 +53,6 @@ def run(args) -> int:
               budgets=args.budgets, ratios=args.ratios, arch=args.arch, seeds=args.seeds, steps=args.steps,
               roco_pairs=args.roco_pairs, pretrain_epochs=args.pretrain_epochs, reports=args.reports,
               roco=args.roco, data=args.data, weights=args.weights, backbone=args.backbone, device=args.device,
-              clip_arm=args.clip_arm == "clip", ablate=args.ablate, roi_size=args.roi_size, spacing=args.spacing)
+              clip_arm=args.clip_arm == "clip", ablate=args.ablate, roi_size=args.roi_size, spacing=args.spacing,
+              workers=args.workers)
     return 0

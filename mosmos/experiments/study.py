@@ -65,6 +65,7 @@ class StudyPlan:
     ablate: str | None = None  # the part of pre-training left out (PretrainConfig.ablate)
     roi_size: tuple[int, ...] | None = None  # the fine-tuning window on a real dataset (None: fine-tuning's own)
     spacing: tuple[float, ...] | None = None
+    workers: int = 4  # data-loading processes of each run on real folders
 
     @classmethod
     def of(cls, quick: bool, **changes) -> "StudyPlan":
@@ -104,6 +105,8 @@ class StudyPlan:
         if min(plan.budgets) < 1 or min(plan.seeds, plan.steps, plan.roco_pairs, plan.pretrain_epochs) < 1:
             raise MosmosError(f"study: budgets, seeds, steps, report pairs and pre-training epochs must be at "
                               f"least 1 (got {asdict(plan)})")
+        if plan.workers < 0:
+            raise MosmosError(f"study: --workers {plan.workers}: must be at least 0")
         if plan.ratios is not None and not all(0 < r <= 1 for r in plan.ratios):
             raise MosmosError(f"study: --ratios {' '.join(map(str, plan.ratios))}: each must be in (0, 1]")
         if plan.reports not in REPORT_STYLES:
@@ -221,7 +224,7 @@ def finetune_config(plan: StudyPlan, data: Path, run_dir: Path, seed: int, init:
     return FinetuneConfig(data=str(data), out=str(run_dir), arch=plan.arch, backbone=plan.pretrain_backbone(),
                           init=init, pretrained=start, epochs=10**6, max_steps=plan.steps, label_ratio=label_ratio,
                           seed=seed, device=plan.device, val_every=10**6, checkpoint_every=10**6,
-                          roi_size=list(plan.roi_size) if plan.roi_size else None,
+                          workers=plan.workers, roi_size=list(plan.roi_size) if plan.roi_size else None,
                           spacing=list(plan.spacing) if plan.spacing else None)
 
 
@@ -260,7 +263,7 @@ def pretrain_on_roco(out: Path, plan: StudyPlan, progress: bool | None) -> Path:
 
     return pretrain(PretrainConfig(roco=plan.roco, out=str(out / "pretrain"), backbone=plan.pretrain_backbone(),
                                    weights=plan.weights, epochs=plan.pretrain_epochs, seed=0, device=plan.device,
-                                   ablate=plan.ablate),
+                                   workers=plan.workers, ablate=plan.ablate),
                     events=str(out / "pretrain" / "events.jsonl"), progress=progress)
 
 
@@ -308,7 +311,7 @@ def held_out_dice(model: Path, data: Path, device: str = "cpu") -> float:
     from ..evaluation.metrics import case_mean_dice
 
     with contextlib.redirect_stderr(io.StringIO()):  # evaluate's per-case lines
-        results = evaluate(str(model), str(data), "validation", device=device)
+        results = evaluate(str(model), str(data), "validation", device=device, compile="off")
     return float(np.nanmean(list(case_mean_dice(results).values())))
 
 
