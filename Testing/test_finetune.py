@@ -355,3 +355,23 @@ def test_bad_dataset_is_one_error_line_and_exit_code_1(tmp_path, capsys, how):
     err = [line for line in capsys.readouterr().err.splitlines() if line.strip()]
     assert code == 1
     assert len(err) == 1 and err[0].startswith("mosmos finetune: error:") and must_name in err[0], err
+
+
+def test_a_learnt_prompt_trains_the_tag_context_and_the_file_keeps_the_embeddings_of_it(tmp_path):
+    """--learn-prompt (the paper updates the CoOp context in fine-tuning too): the context moves, and the network's
+    stored tag embeddings are the ones the text side computes from the context the model file saves, so organs
+    the network labels and open-set names are embedded by the same prompt."""
+    from mosmos.train.finetune import FinetuneRun
+
+    data = phantoms(tmp_path / "data", 1, 0)
+    runs = {}
+    for learn in (False, True):
+        cfg = config(data, tmp_path / str(learn), 3, 10**6, **{**UNETR, "learn_prompt": learn})
+        runs[learn] = run = FinetuneRun(cfg)
+        start = run.embedder.tag_prompt.ctx.detach().clone()
+        saved = load_model(run.run())[0]
+        ctx = run.embedder.tag_prompt.ctx
+        assert torch.equal(ctx, start) != learn
+        torch.testing.assert_close(saved["text.tag_prompt.ctx"], ctx, rtol=1e-3, atol=1e-4)  # stored as fp16
+        assert torch.equal(run.network.queries.tag_embeddings, run.embedder(run.spec.tags))
+    assert torch.equal(runs[False].embedder.tag_prompt.ctx, start)  # the same seeded start for both

@@ -42,6 +42,9 @@ def add_arguments(p) -> None:
     p.add_argument("--paper-decoder", action="store_true",
                    help="the pixel-tag maps join the decoder only at the bottleneck, as in the paper (default: also, "
                         "up-sampled, before the output block)")
+    p.add_argument("--learn-prompt", action="store_true",
+                   help="train the tags' prompt context in fine-tuning too, as the paper does (default: the tag "
+                        "embeddings stay those pre-training left)")
     p.add_argument("--val-every", type=int, default=C.val_every, help="epochs between validations")
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--seed", type=int, default=C.seed,
@@ -68,7 +71,8 @@ def run(args) -> int:
         lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lambda_pta=args.lambda_pta,
         label_ratio=args.label_ratio, roi_size=args.roi_size, spacing=args.spacing,
         feature_size=args.feature_size, augment=not args.no_augment,
-        scale_augment=args.scale_augment, maps_at_output=not args.paper_decoder, val_every=args.val_every,
+        scale_augment=args.scale_augment, maps_at_output=not args.paper_decoder,
+        learn_prompt=args.learn_prompt, val_every=args.val_every,
         seed=args.seed,
         workers=args.workers, precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
         log_every=args.log_every, max_steps=args.max_steps, description=args.description)

@@ -33,6 +33,8 @@ def add_arguments(p) -> None:
     real.add_argument("--roi-size", type=int, nargs="+", metavar="N", help="fine-tuning window on --data")
     real.add_argument("--spacing", type=float, nargs="+", metavar="MM", help="voxel spacing on --data")
     real.add_argument("--workers", type=int, help="data-loading processes of each run on real folders (default 4)")
+    p.add_argument("--learn-prompt", action="store_true",
+                   help="every run trains the tags' prompt context in fine-tuning too (mosmos finetune --learn-prompt)")
     p.add_argument("--seeds", type=int, help="seeds per budget and init (default 5)")
     p.add_argument("--steps", type=int, help="fine-tuning steps of every run (default 200 for unetr, 400 for unet2d)")
     p.add_argument("--roco-pairs", type=int, help="phantom image-report pairs to pre-train on (default 1600)")
@@ -54,5 +56,5 @@ def run(args) -> int:
               roco_pairs=args.roco_pairs, pretrain_epochs=args.pretrain_epochs, reports=args.reports,
               roco=args.roco, data=args.data, weights=args.weights, backbone=args.backbone, device=args.device,
               clip_arm=args.clip_arm == "clip", ablate=args.ablate, roi_size=args.roi_size, spacing=args.spacing,
-              workers=args.workers)
+              workers=args.workers, learn_prompt=args.learn_prompt)
     return 0

@@ -66,6 +66,7 @@ class StudyPlan:
     roi_size: tuple[int, ...] | None = None  # the fine-tuning window on a real dataset (None: fine-tuning's own)
     spacing: tuple[float, ...] | None = None
     workers: int = 4  # data-loading processes of each run on real folders
+    learn_prompt: bool = False  # fine-tuning trains the tags' prompt context too (FinetuneConfig.learn_prompt)
 
     @classmethod
     def of(cls, quick: bool, **changes) -> "StudyPlan":
@@ -78,7 +79,7 @@ class StudyPlan:
         kinds = {"budgets": lambda v: tuple(int(b) for b in v), "ratios": lambda v: tuple(float(r) for r in v),
                  "reports": str, "arch": str, "roco": absolute, "data": absolute, "backbone": str, "device": str,
                  "weights": lambda v: absolute(v) if Path(v).is_file() else str(v), "clip_arm": bool,
-                 "ablate": str, "roi_size": lambda v: tuple(int(x) for x in v),
+                 "learn_prompt": bool, "ablate": str, "roi_size": lambda v: tuple(int(x) for x in v),
                  "spacing": lambda v: tuple(float(x) for x in v)}
         changes = {k: kinds.get(k, int)(v) for k, v in changes.items() if v is not None and v is not False}
         if "ratios" in changes and "budgets" in changes:
@@ -220,11 +221,12 @@ def finetune_config(plan: StudyPlan, data: Path, run_dir: Path, seed: int, init:
     if plan.data is None:
         cfg = STUDY_RECIPES[plan.arch].config(data, run_dir, plan.steps, seed=seed, label_ratio=label_ratio)
         return dataclasses.replace(cfg, init=init, pretrained=start, backbone=plan.pretrain_backbone(),
-                                   device=plan.device)
+                                   device=plan.device, learn_prompt=plan.learn_prompt)
     return FinetuneConfig(data=str(data), out=str(run_dir), arch=plan.arch, backbone=plan.pretrain_backbone(),
                           init=init, pretrained=start, epochs=10**6, max_steps=plan.steps, label_ratio=label_ratio,
                           seed=seed, device=plan.device, val_every=10**6, checkpoint_every=10**6,
-                          workers=plan.workers, roi_size=list(plan.roi_size) if plan.roi_size else None,
+                          workers=plan.workers, learn_prompt=plan.learn_prompt,
+                          roi_size=list(plan.roi_size) if plan.roi_size else None,
                           spacing=list(plan.spacing) if plan.spacing else None)
 
 
@@ -235,7 +237,8 @@ def study_run(cfg, row: dict, progress: bool | None) -> dict:
 
     t = time.perf_counter()
     model = finetune(cfg, events=str(Path(cfg.out) / "events.jsonl"), progress=progress)
-    return {**row, "dice": held_out_dice(model, Path(cfg.data), cfg.device), "seconds": round(time.perf_counter() - t, 1)}
+    dice = held_out_dice(model, Path(cfg.data), cfg.device)
+    return {**row, "dice": dice, "seconds": round(time.perf_counter() - t, 1)}
 
 
 def _check_real_folders(plan: StudyPlan) -> None:
@@ -403,7 +406,8 @@ def study_setting(plan: dict) -> str:
         source = f"{plan['roco_pairs']} phantom pictures whose reports name {named}"
     ablated = f", without {plan['ablate']}" if plan.get("ablate") else ""
     return (f"{network}, {backbone} pre-trained from {start} {plan['pretrain_epochs']} epochs on {source}{ablated}; "
-            f"{plan['steps']} fine-tuning steps per run.")
+            f"{plan['steps']} fine-tuning steps per run" +
+            (", the tags' prompt context learnt in fine-tuning too." if plan.get("learn_prompt") else "."))
 
 
 def paper_context(plan: dict) -> str:

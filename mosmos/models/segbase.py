@@ -109,8 +109,11 @@ class TagQueries(nn.Module):
             )
         self.tag_embeddings.copy_(embeddings.detach().to(self.tag_embeddings))
 
-    def forward(self) -> torch.Tensor:
-        return torch.cat([self.background, self.tag_embeddings.to(self.background.dtype)], dim=0)
+    def forward(self, tag_embeddings: torch.Tensor | None = None) -> torch.Tensor:
+        """[background] + ``tag_embeddings`` (the stored ones when None; fine-tuning that learns the prompt
+        passes the embeddings of its current context, with their gradient)."""
+        tags = self.tag_embeddings if tag_embeddings is None else tag_embeddings
+        return torch.cat([self.background, tags.to(self.background.dtype)], dim=0)
 
 
 def pretrain_arch_kwargs(config: dict) -> dict:

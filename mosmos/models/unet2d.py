@@ -150,9 +150,9 @@ class MosmosUNet2D(nn.Module):
         bottom = self.encode(x)[-1]
         return self._maps(bottom, queries.to(bottom.dtype))
 
-    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(self, x: torch.Tensor, tag_embeddings: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         s1, s2, s3, s4, bottom = self.encode(x)
-        maps = self._maps(bottom, self.queries())
+        maps = self._maps(bottom, self.queries(tag_embeddings))
         skips = [self.encoder1(x)] + [adapt(s) for adapt, s in zip(self.skips, (s1, s2, s3, s4))]
         y = torch.cat([bottom, maps.to(bottom.dtype)], dim=1)
         for up, skip in zip(self.ups, reversed(skips)):

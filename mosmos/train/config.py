@@ -135,6 +135,7 @@ class FinetuneConfig:
     augment: bool = True
     scale_augment: float = 0.0  # random zoom by up to this fraction (data.transforms "scale_range"); 0: none
     maps_at_output: bool = True  # the maps also join the last decoder features (False: the paper's decoder)
+    learn_prompt: bool = False  # the tags' CoOp context is trained in fine-tuning too (the paper's Fig. 3)
     val_every: int = 50
     seed: int = 0
     workers: int = 4

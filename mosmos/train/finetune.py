@@ -1,7 +1,8 @@
 """Fine-tuning: MOSMOS-UNETR (3D) or MOSMOS-U-Net (2D) with pixel–tag attention,
 L = L_seg + lambda * L_pta, on a Medical Segmentation Decathlon-style folder (MOSMOS §3.2).
 
-The text encoder is frozen: tag embeddings are computed once, before training. Initialisations:
+The text encoder is frozen: tag embeddings are computed once, before training, unless the CoOp context is
+learnt here too (``learn_prompt``, as the paper does in both stages). Initialisations:
 ``mosmos`` (a MOSMOS pre-training model file), ``clip`` (CLIP weights) and ``random``."""
 
 from __future__ import annotations
@@ -101,18 +102,24 @@ class SegmentationObjective(nn.Module):
     (the learnable epsilon) is then averaged over the ranks like the network's, so the ranks stay equal.
 
     forward(image, label) -> (total loss, parts); the network runs under autocast, the loss in fp32.
+
+    With a ``tag_prompt`` (the text side's prompt learner) and the ``tags`` it embeds, the tag embeddings are
+    computed from its context at every step, in fp32, so its context learns with the network.
     """
 
-    def __init__(self, network: nn.Module, loss: nn.Module, amp_dtype: torch.dtype | None):
+    def __init__(self, network: nn.Module, loss: nn.Module, amp_dtype: torch.dtype | None,
+                 tag_prompt: nn.Module | None = None, tags: tuple[str, ...] = ()):
         super().__init__()
         self.network, self.loss = network, loss
         self.amp_dtype = amp_dtype
+        self.tag_prompt, self.tags = tag_prompt, tuple(tags)
         if loss.lambda_pta == 0:  # epsilon then gets no gradient; DDP wants every trainable one to get one
             loss.requires_grad_(False)
 
     def forward(self, image: torch.Tensor, label: torch.Tensor):
+        embeddings = None if self.tag_prompt is None else self.tag_prompt(self.tags)
         with autocast(image.device, self.amp_dtype):
-            logits, maps = self.network(image)
+            logits, maps = self.network(image, embeddings)
         return self.loss(logits.float(), maps, label)
 
 
@@ -148,7 +155,10 @@ class FinetuneRun(TrainingRun):
         network, self.embedder = build_networks(cfg, spec, self.prep["roi_size"])
         self.network = network.to(self.device)
         self.seg_loss = MosmosSegLoss(lambda_pta=cfg.lambda_pta)
-        objective = SegmentationObjective(self.network, self.seg_loss, self.amp_dtype)
+        if cfg.learn_prompt:
+            self.embedder.tag_prompt.ctx.requires_grad_(True)
+        objective = SegmentationObjective(self.network, self.seg_loss, self.amp_dtype,
+                                          self.embedder.tag_prompt if cfg.learn_prompt else None, spec.tags)
         objective.to(self.device)
 
         def as_dicts(cases):
@@ -210,6 +220,8 @@ class FinetuneRun(TrainingRun):
         from ..evaluation.metrics import dice_scores
 
         names = self.spec.tags
+        if self.cfg.learn_prompt:  # validation and the model file use the stored embeddings: those of the context now
+            self.network.set_tag_embeddings(self.embedder(names))
         sums = torch.zeros(len(names), 2, dtype=torch.float64)  # dice sum, cases where the organ is defined
         for i in range(self.dist.rank, len(self.val_set), self.dist.world_size):
             item = self.val_set[i]
