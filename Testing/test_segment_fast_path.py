@@ -329,3 +329,25 @@ def test_windows_run_channels_last_with_the_outputs_of_the_network_as_trained(tr
         for hook in hooks:
             hook.remove()
     assert run["precision"] == "bf16" and seen == {"first convolution": True, "output block input": True}
+
+
+def test_windows_keep_the_thread_share_omp_num_threads_pins(trained, monkeypatch):
+    """A process whose OMP_NUM_THREADS pins its share of the cores (test workers, torchrun ranks, the study's
+    parallel runs) runs its windows at that share; one that does not uses every core it may, and either way
+    the caller's setting is back afterwards."""
+    from mosmos.inference.segmenter import cpu_count
+
+    seg, image, affine, _ = trained
+    seen = []
+    forward = seg.network.forward
+    monkeypatch.setattr(seg.network, "forward", lambda x, *a, **k: seen.append(torch.get_num_threads()) or
+                        forward(x, *a, **k))
+    part = image[:96, :, :32]
+    monkeypatch.setenv("OMP_NUM_THREADS", "1")
+    torch.set_num_threads(1)
+    seg.segment(part, affine, tags="liver", compile="off")
+    assert seen and set(seen) == {1}
+    seen.clear()
+    monkeypatch.delenv("OMP_NUM_THREADS")
+    seg.segment(part, affine, tags="liver", compile="off")
+    assert set(seen) == {cpu_count()} and torch.get_num_threads() == 1

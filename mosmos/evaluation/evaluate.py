@@ -24,11 +24,11 @@ def organ_pairs(model_labels: dict[int, str], dataset_labels: dict[int, str]) ->
 
 
 def evaluate(model: str, data: str, split: str = "validation", device: str = "auto",
-             overlap: float = 0.5, compile: str = "auto") -> dict:
+             overlap: float = 0.5, compile: str = "auto", precision: str = "auto") -> dict:
     """{case: {organ: {"dice", "hd95", "map_dice"}}} of ``model`` on the labelled cases of ``split``; each
     case is segmented on its own grid and scored with its own voxel spacing. map_dice scores the pixel–tag
     maps' own label map (argmax of the up-sampled maps over the model's classes, background included).
-    ``compile``: as Segmenter.segment's (one model scored once on a few cases seldom pays for a compile)."""
+    ``compile``, ``precision``: as Segmenter.segment's."""
     from ..data.decathlon import check_case, load_decathlon
     from ..inference import Segmenter
     from ..inference.io import read_volume
@@ -57,7 +57,8 @@ def evaluate(model: str, data: str, split: str = "validation", device: str = "au
         check_case(case, spec.labels, spatial_dims=len(segmenter.roi_size), in_channels=spec.in_channels)
         volume = read_volume(case["image"])
         seg = segmenter.segment(volume.array, volume.affine, overlap=overlap, modality=spec.modality,
-                                source=f"case {name}", map_labels=True, compile=compile)
+                                source=f"case {name}", map_labels=True, compile=compile,
+                               precision=precision)
         results[name] = score_case(seg.labelmap, case["label"], pairs, seg.map_labelmap)
         means = []
         for key in ("dice", "map_dice"):

@@ -146,6 +146,16 @@ def resolve_device(device: str | torch.device) -> torch.device:
     return dev
 
 
+def window_threads() -> int:
+    """Threads for the windows on the CPU: every core this process may use, unless OMP_NUM_THREADS pins its
+    share (test workers, torchrun ranks, the study's parallel runs, a scheduler's slot). More threads than its
+    share of the cores make each operation wait for threads the kernel has descheduled: a tiny 2D window took
+    2.5 s instead of 0.02 s with two threads in each of two processes on a loaded 2-core machine."""
+    if os.environ.get("OMP_NUM_THREADS", "").strip():
+        return torch.get_num_threads()
+    return cpu_count()
+
+
 def cpu_count() -> int:
     try:
         return len(os.sched_getaffinity(0))
@@ -230,7 +240,7 @@ class Segmenter:
 
         threads = torch.get_num_threads()
         if self.device.type == "cpu":
-            torch.set_num_threads(cpu_count())
+            torch.set_num_threads(window_threads())
         try:
             with torch.inference_mode():
                 labels_oriented, map_labels_oriented, maps, more = self._run(
