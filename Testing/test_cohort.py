@@ -37,7 +37,7 @@ def cohort(tmp_path_factory):
         x, y, z = rng.integers(2, 12, 3)
         vol[x:x + 20, y:y + 16, z:z + 8] = 200 + 40 * n
         nib.save(nib.Nifti1Image(vol, np.diag([1.5, 1.5, 2.0, 1.0])), inputs / f"{name}.nii.gz")
-    model = write_stub_model(root / "stub.mosmos", roi=(16, 16, 16), spacing=(1.5, 1.5, 2.0))
+    model = write_stub_model(root / "stub.mosmos", roi=(16, 16, 16), spacing=(3, 3, 3))   # a few windows a case
     reference = root / "reference"
     done = subprocess.run(_cmd(inputs, model, reference), capture_output=True, text=True, timeout=300)
     assert done.returncode == 0, done.stderr
@@ -76,13 +76,13 @@ def test_killed_run_resumes_to_the_same_outputs(cohort, tmp_path):
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(_cmd(inputs, model, out), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     rng = random.Random()
-    target = rng.randint(1, 4)          # SIGKILL somewhere after 1..4 finished cases, at a random moment
+    target = rng.randint(1, 3)          # SIGKILL after 1..3 finished cases, within the next case: a random moment
     deadline = time.time() + 120
     while time.time() < deadline and proc.poll() is None:
-        if (out / "cases.csv").exists() and len(_log(out)) >= target:
+        if (out / "cases.csv").exists() and len(log := _log(out)) >= target:
+            time.sleep(rng.uniform(0, float(log[-1]["seconds"])))
             break
-        time.sleep(0.02)
-    time.sleep(rng.uniform(0, 0.5))
+        time.sleep(0.01)
     proc.send_signal(signal.SIGKILL)
     proc.wait()
     finished = [p.name for p in out.iterdir() if p.is_dir() and not p.name.startswith(".")]
