@@ -209,3 +209,19 @@ def test_cut_download_is_retried_then_one_line(signed_in, tmp_path, capsys, cuts
     finally:
         proxy.shutdown()
         proxy.server_close()
+
+
+def test_cohort_of_study_uids_stores_each_seg_once(signed_in, tmp_path, capsys):
+    server, study, model, _ = signed_in
+    manifest = tmp_path / "studies.csv"
+    manifest.write_text(f"case,study\nct3,{study}\nrefused,{REFUSED_STUDY}\n")
+    args = ["--inputs", manifest, "--out", tmp_path / "out", "--dicomweb", server.dicomweb, "--model", model,
+            "--store"]
+    before = len(_instances(server, study, "SEG"))
+    assert _segment(*args) == 1                               # the refused study fails, alone
+    log = (tmp_path / "out" / "cases.csv").read_text().splitlines()
+    assert log[1].startswith("ct3,done,") and log[2].startswith("refused,failed,") and "403 Forbidden" in log[2]
+    assert sorted(p.name for p in (tmp_path / "out" / "ct3").iterdir()) == ["labels.nii.gz", "volumes.json"]
+    assert len(_instances(server, study, "SEG")) == max(before, 1)   # the same UIDs as any earlier run's SEG
+    assert _segment(*args) == 1                               # resumed: ct3 is complete, only the failure is redone
+    assert (tmp_path / "out" / "cases.csv").read_text().count("ct3,") == 1
