@@ -33,10 +33,6 @@ DICOM_SEG_SUFFIX = ".dcm"
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="MOSMOSSegmentBatch", description=__doc__.split("\n\n")[0])
     p.add_argument("--input", help="a volume file, a folder of volume files, or a DICOM series folder")
-    p.add_argument("--dicomweb", metavar="URL", help="DICOMweb service root to fetch the --study from instead of --input")
-    p.add_argument("--study", metavar="UID", help="with --dicomweb: the Study Instance UID to segment")
-    p.add_argument("--store", action="store_true", help="with --dicomweb: send the DICOM SEG back into the study "
-                   "(STOW-RS) once it is written")
     p.add_argument("--model", help="model file, or a model's name in the models folder (default: the only one)")
     p.add_argument("--tags", default="", help='organs, e.g. "liver, spleen" (default: every organ of the model)')
     p.add_argument("--output", required=True, help="output file for one input, or a folder")
@@ -48,6 +44,12 @@ def parse_args(argv):
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--attention", metavar="DIR", help="also write DIR/<input name>/<organ>.nii.gz: per organ the "
                    "probability that it wins at each voxel (the attention overlay of MOSMOSSegment)")
+    try:
+        from mosmos.commands.segment import add_dicomweb_arguments
+    except ImportError:   # no core: main() says so in one line
+        pass
+    else:
+        add_dicomweb_arguments(p)
     return p.parse_args(argv)
 
 

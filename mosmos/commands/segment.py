@@ -47,13 +47,7 @@ def add_arguments(parser) -> None:
                         "when the windows left after the first would save more than a first compile costs; "
                         "falls back to uncompiled where compiling fails")
     parser.add_argument("--json-progress", action="store_true", help="JSON-lines progress events on stdout")
-    web = parser.add_argument_group("DICOMweb (credentials: MOSMOS_DICOMWEB_TOKEN, or MOSMOS_DICOMWEB_USER and "
-                                    "MOSMOS_DICOMWEB_PASSWORD, or a netrc entry for the host)")
-    web.add_argument("--dicomweb", metavar="URL", help="DICOMweb service root (e.g. http://pacs:8042/dicom-web) "
-                     "to read the series from (QIDO-RS, WADO-RS) instead of INPUT")
-    web.add_argument("--study", metavar="UID", help="with --dicomweb: the Study Instance UID to segment")
-    web.add_argument("--store", action="store_true", help="with --dicomweb: send the DICOM SEG (and with --attention "
-                     "the attention parametric maps) back into the study with STOW-RS")
+    add_dicomweb_arguments(parser)
     cohort = parser.add_argument_group("cohorts (one model load for many cases; shards by RANK/WORLD_SIZE of "
                                        "torchrun or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT)")
     cohort.add_argument("--inputs", metavar="LIST|DIR", help="a folder of volumes and DICOM series folders, or a "
@@ -61,6 +55,18 @@ def add_arguments(parser) -> None:
                         "--dicomweb)")
     cohort.add_argument("--out", metavar="DIR", help="with --inputs: one folder per case (labels.nii.gz, "
                         "volumes.json, attention/) and the cases.csv log; cases already complete are skipped")
+
+
+def add_dicomweb_arguments(parser) -> None:
+    """--dicomweb, --study and --store (mosmos.inference.dicomweb), as `mosmos segment` and the batch script
+    take them."""
+    web = parser.add_argument_group("DICOMweb (credentials: MOSMOS_DICOMWEB_TOKEN, or MOSMOS_DICOMWEB_USER and "
+                                    "MOSMOS_DICOMWEB_PASSWORD, or a netrc entry for the host)")
+    web.add_argument("--dicomweb", metavar="URL", help="DICOMweb service root (e.g. http://pacs:8042/dicom-web) "
+                     "to read the series from (QIDO-RS, WADO-RS) instead of an input file or folder")
+    web.add_argument("--study", metavar="UID", help="with --dicomweb: the Study Instance UID to segment")
+    web.add_argument("--store", action="store_true", help="with --dicomweb: send the DICOM SEG (and from "
+                     "`mosmos segment --attention` the attention parametric maps) back into the study with STOW-RS")
 
 
 def attention_file_name(tag: str, output: str) -> str:
