@@ -17,9 +17,10 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import run_torchrun
+from helpers import real_data
 from inference_stub import write_stub_model
 from mosmos.cli import main
+from mosmos.inference.io import read_volume
 
 STUB_CLI = Path(__file__).resolve().parent / "stub_mosmos.py"
 CASES = [f"case{n}" for n in range(6)]
@@ -168,7 +169,10 @@ def test_manifest_of_paths_and_its_missing_files(cohort, tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert err == f"mosmos segment: error: {manifest}: 1 missing file (line 3: missing.nii.gz)"
     assert not (tmp_path / "out").exists()
-    manifest.write_text("case,path\nfirst," + str(inputs / "case0.nii.gz") + "\n")
+    ct3 = real_data("dcmqi_ct3slice/ct-3slice")     # a DICOM series folder is a case too
+    manifest.write_text(f"case,path\nfirst,{inputs / 'case0.nii.gz'}\nct,{ct3}\n")
     assert main(_cmd(manifest, model, tmp_path / "out")[2:]) == 0
     assert (tmp_path / "out" / "first" / "volumes.json").read_bytes() == \
         (reference / "case0" / "volumes.json").read_bytes()
+    labels = nib.load(tmp_path / "out" / "ct" / "labels.nii.gz")
+    assert labels.shape == read_volume(ct3).array.shape
