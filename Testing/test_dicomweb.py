@@ -71,7 +71,7 @@ def _segment(*args):
 
 def _instances(server, study, modality):
     client = dicomweb.connect(server.dicomweb)
-    return [s for s in client.search_for_instances(study_instance_uid=study, search_filters={"Modality": modality})]
+    return client.search_for_instances(study_instance_uid=study, search_filters={"Modality": modality})
 
 
 def test_pull_segment_store_and_read_the_seg_back(signed_in, tmp_path, capsys):
@@ -133,7 +133,7 @@ def test_bad_servers_studies_and_series_are_one_line_errors(signed_in, tmp_path,
     down = f"http://127.0.0.1:{free_port()}/dicom-web"
     assert "failed after 4 tries (ConnectionError" in _one_line_error(
         capsys, "--dicomweb", down, "--study", study, "--model", model, "--output", out)
-    assert f"no study 1.2.3.4" in _one_line_error(
+    assert "no study 1.2.3.4" in _one_line_error(
         capsys, "--dicomweb", server.dicomweb, "--study", "1.2.3.4", "--model", model, "--output", out)
     assert "has no series 1.2.3" in _one_line_error(
         capsys, "--dicomweb", server.dicomweb, "--study", study, "--series", "1.2.3", "--model", model, "--output", out)
