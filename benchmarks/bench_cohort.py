@@ -6,7 +6,7 @@ the threads shared out so that every run uses the same cores (2 processes: 1 thr
 The model is a MOSMOS-UNETR of the given backbone with random weights (timing does not depend on them); the cases
 are CT-like volumes of the given shape.
 
-    python benchmarks/bench_cohort.py [--cases 8] [--shape 96 96 48] [--backbone tiny-vit] [--roi 32]
+    python benchmarks/bench_cohort.py [--cases 6] [--shape 64 64 32] [--backbone tiny-vit] [--roi 32]
 """
 
 from __future__ import annotations
@@ -45,8 +45,8 @@ def timed(cmd: str, threads: int) -> float:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--cases", type=int, default=8)
-    ap.add_argument("--shape", type=int, nargs=3, default=[96, 96, 48])
+    ap.add_argument("--cases", type=int, default=6)
+    ap.add_argument("--shape", type=int, nargs=3, default=[64, 64, 32])
     ap.add_argument("--backbone", default="tiny-vit")
     ap.add_argument("--roi", type=int, default=32)
     ap.add_argument("--cores", type=int, default=min(2, os.cpu_count() or 1))
