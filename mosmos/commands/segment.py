@@ -141,7 +141,7 @@ def check_source(args) -> None:
     elif not args.input:
         raise MosmosError("no input: give a volume or DICOM folder, --dicomweb URL --study UID, or --inputs LIST|DIR")
     if not args.output and not args.store:
-        raise MosmosError("no output: give --output FILE" + (" or --store" if args.dicomweb else ""))
+        raise MosmosError("no output: --output FILE is required" + (" (or --store)" if args.dicomweb else ""))
     if args.attention_raw and not args.attention:
         raise MosmosError("--attention-raw needs --attention DIR (where the maps go)")
     if args.attention_raw and (args.store or (args.output and is_seg_path(args.output))):
