@@ -131,6 +131,8 @@ def check_outputs(args, dicom_in: bool | None = None) -> bool:
 
 def check_source(args) -> None:
     """Exactly one source: INPUT, --dicomweb with --study, or (mosmos.inference.cohort) --inputs."""
+    from ..inference.dicomseg import is_seg_output
+
     if args.dicomweb:
         if args.input:
             raise MosmosError(f"{args.input}: give either INPUT or --dicomweb URL --study UID, not both")
@@ -144,15 +146,9 @@ def check_source(args) -> None:
         raise MosmosError("no output: --output FILE is required" + (" (or --store)" if args.dicomweb else ""))
     if args.attention_raw and not args.attention:
         raise MosmosError("--attention-raw needs --attention DIR (where the maps go)")
-    if args.attention_raw and (args.store or (args.output and is_seg_path(args.output))):
+    if args.attention_raw and (args.store or (args.output and is_seg_output(args.output))):
         raise MosmosError("--attention-raw: DICOM parametric maps hold probabilities in [0, 1]; "
                           "write raw scores with a .nii.gz or .nrrd --output")
-
-
-def is_seg_path(path) -> bool:
-    from ..inference.dicomseg import is_seg_output
-
-    return is_seg_output(path)
 
 
 def run(args) -> int:
@@ -165,6 +161,7 @@ def run(args) -> int:
     check_source(args)
     from ..inference import Segmenter  # torch: only once the options are known to be valid
     from ..inference.allocator import keep_window_buffers
+    from ..inference.dicomseg import is_seg_output
 
     check_outputs(args, dicom_in=True if args.dicomweb else None)
     with tempfile.TemporaryDirectory(prefix="mosmos-dicomweb-") as fetched:
@@ -177,7 +174,7 @@ def run(args) -> int:
     if not args.json_progress:
         for o in result.organs:
             print(f"{o['name']}: {o['volume_ml']:.1f} mL (label {o['label']})")
-        if output is not None and is_seg_path(args.output):
+        if output is not None and is_seg_output(args.output):
             print(f"DICOM SEG: {output}")
         if args.store:
             print(f"stored in study {args.study} at {args.dicomweb}")
@@ -189,7 +186,7 @@ def run(args) -> int:
 def read_source(args, fetched: str):
     """The volume of ``args.input`` or of the --dicomweb study (fetched into the folder ``fetched``); a SEG's
     source must carry the UIDs the SEG references, checked before the inference rather than after it."""
-    from ..inference.dicomseg import check_referencable
+    from ..inference.dicomseg import check_referencable, is_seg_output
     from ..inference.io import read_volume
 
     if args.dicomweb:
@@ -200,7 +197,7 @@ def read_source(args, fetched: str):
         volume = read_volume(args.input, args.series)
     for note in getattr(volume.source, "notices", []):
         print(f"mosmos segment: note: {note}", file=sys.stderr)
-    if (args.output and is_seg_path(args.output)) or args.store:
+    if (args.output and is_seg_output(args.output)) or args.store:
         check_referencable(volume.source)
     return volume
 
@@ -245,11 +242,11 @@ def write_results(args, volume, result, output, attention, volumes):
     the attention maps' file names by tag."""
     from pydicom.uid import generate_uid
 
-    from ..inference.dicomseg import attention_dataset, segmentation_dataset, seg_file
+    from ..inference.dicomseg import attention_dataset, is_seg_output, segmentation_dataset, seg_file
     from ..inference.io import StagedWriter
 
     inputs = (args.input, args.model)
-    seg_out = bool(output) and is_seg_path(output)
+    seg_out = bool(output) and is_seg_output(output)
     dicom = seg_out or args.store
     attention_files = {}
     if attention:  # their names follow from the tags, known only now; still nothing is written yet
