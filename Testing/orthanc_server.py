@@ -17,10 +17,15 @@ from pathlib import Path
 import pytest
 
 PLUGIN = Path("/usr/share/orthanc/plugins/libOrthancDicomWeb.so")
-# Refuses, like a PACS policy would, STOW-RS into the study named here (403 Forbidden; Testing/test_dicomweb.py).
+# PACS policies (Testing/test_dicomweb.py): STOW-RS into one study is refused (403 Forbidden); a SEG sent into
+# another is answered with success but dropped (Orthanc's ReceivedInstanceFilter does that to STOW-RS).
 REFUSING_LUA = """
 function IncomingHttpRequestFilter(method, uri, ip, username, httpHeaders)
   return not (method == 'POST' and string.find(uri, '{study}', 1, true))
+end
+
+function ReceivedInstanceFilter(dicom, origin, info)
+  return not (dicom.Modality == 'SEG' and dicom.StudyInstanceUID == '{dropped}')
 end
 """
 
@@ -64,15 +69,16 @@ def orthanc_or_skip() -> str:
     return executable
 
 
-def start_orthanc(folder: Path, refused_study: str = "none"):
-    """Start Orthanc with its storage in ``folder``; returns (Orthanc, process). SEG sent into ``refused_study``
-    are refused by a Lua filter."""
+def start_orthanc(folder: Path, refused_study: str = "none", dropped_study: str = "none"):
+    """Start Orthanc with its storage in ``folder``; returns (Orthanc, process). STOW-RS into ``refused_study`` is
+    refused, and a SEG sent into ``dropped_study`` dropped after a success reply, by Lua filters."""
     import requests
 
     executable = orthanc_or_skip()
     port = free_port()
     server = Orthanc(f"http://127.0.0.1:{port}", "mosmos", secrets.token_hex(8))
-    (folder / "filter.lua").write_text(REFUSING_LUA.replace("{study}", refused_study))
+    (folder / "filter.lua").write_text(REFUSING_LUA.replace("{study}", refused_study).replace("{dropped}",
+                                                                                             dropped_study))
     config = {
         "Name": "MOSMOS-test", "StorageDirectory": str(folder / "db"), "IndexDirectory": str(folder / "db"),
         "HttpPort": port, "DicomServerEnabled": False, "RemoteAccessAllowed": False,

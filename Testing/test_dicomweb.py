@@ -21,6 +21,7 @@ from orthanc_server import free_port, start_orthanc, stop
 
 REFUSED_STUDY = "1.2.826.0.1.3680043.8.498.2700001"     # the Lua filter refuses SEG sent into this study
 NO_FRAME_STUDY = "1.2.826.0.1.3680043.8.498.2700002"    # a copy without Frame of Reference UID
+DROPPED_STUDY = "1.2.826.0.1.3680043.8.498.2700003"     # a SEG sent here is answered with success, then dropped
 
 
 def _copy(ct3, folder, study, drop=()):
@@ -43,11 +44,12 @@ def pacs(tmp_path_factory):
     """One Orthanc for the module, holding the real CT, a copy in the refusing study and a copy without UIDs."""
     root = tmp_path_factory.mktemp("orthanc")
     ct3 = real_data("dcmqi_ct3slice/ct-3slice")
-    server, proc = start_orthanc(root, refused_study=REFUSED_STUDY)
+    server, proc = start_orthanc(root, refused_study=REFUSED_STUDY, dropped_study=DROPPED_STUDY)
     try:
         server.upload(sorted(ct3.iterdir()))
         server.upload(_copy(ct3, root / "refused", REFUSED_STUDY))
         server.upload(_copy(ct3, root / "noframe", NO_FRAME_STUDY, drop=("FrameOfReferenceUID",)))
+        server.upload(_copy(ct3, root / "dropped", DROPPED_STUDY))
         study = str(pydicom.dcmread(next(ct3.iterdir()), stop_before_pixels=True).StudyInstanceUID)
         model = write_stub_model(root / "stub.mosmos", roi=(16, 16, 16), spacing=(4, 4, 4), epsilon=0.5)
         yield server, study, model, ct3
@@ -141,6 +143,9 @@ def test_bad_servers_studies_and_series_are_one_line_errors(signed_in, tmp_path,
         capsys, "--dicomweb", server.dicomweb, "--study", NO_FRAME_STUDY, "--model", model, "--store")
     assert "STOW-RS store refused" in _one_line_error(
         capsys, "--dicomweb", server.dicomweb, "--study", REFUSED_STUDY, "--model", model, "--output", out,
+        "--store")
+    assert "answered success but holds 0 of 1 instances" in _one_line_error(
+        capsys, "--dicomweb", server.dicomweb, "--study", DROPPED_STUDY, "--model", model, "--output", out,
         "--store")
     assert not out.exists() and list(tmp_path.iterdir()) == []               # nothing half-written
     assert _instances(server, REFUSED_STUDY, "SEG") == []

@@ -149,8 +149,9 @@ def read_series(url: str, study: str, series: str | None, folder, client=None):
 
 
 def store(url: str, datasets: list, client=None) -> None:
-    """Send ``datasets`` (a SEG and maps of one study) with one STOW-RS request. Each keeps its SOP Instance
-    UID, so a request repeated after a cut connection stores nothing twice; refused or partly refused -> error."""
+    """Send ``datasets`` (a SEG and maps of one study) with one STOW-RS request, then ask the server (QIDO-RS)
+    whether it holds them. Each keeps its SOP Instance UID, so a request repeated after a cut connection stores
+    nothing twice; refused, partly refused or silently dropped -> error."""
     if not datasets:
         return
     client = client or connect(url)
@@ -161,3 +162,14 @@ def store(url: str, datasets: list, client=None) -> None:
         reasons = ", ".join(f"{item.get('ReferencedSOPInstanceUID', '?')} (reason "
                             f"{item.get('FailureReason', '?')})" for item in failed)
         raise MosmosError(f"{url}: STOW-RS store refused {len(failed)} of {len(datasets)} instances: {reasons}")
+    # A server may answer success and still drop an instance (Orthanc's ReceivedInstanceFilter does): ask it back.
+    held = set()
+    for series in {str(ds.SeriesInstanceUID) for ds in datasets}:
+        found = _call(url, "QIDO-RS check of the stored instances", lambda: client.search_for_instances(
+            study_instance_uid=study, series_instance_uid=series, fields=["SOPInstanceUID"]))
+        held.update(_value(item, "00080018") for item in found)
+    missing = [str(ds.SOPInstanceUID) for ds in datasets if str(ds.SOPInstanceUID) not in held]
+    if missing:
+        kept = len(datasets) - len(missing)
+        raise MosmosError(f"{url}: STOW-RS store refused: the server answered success but holds {kept} of "
+                          f"{len(datasets)} instances (filtered out by its policy?), e.g. {missing[0]}")
