@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv web test demo docs bench clean
+.PHONY: venv web orthanc test demo docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -27,8 +27,15 @@ $(VENV)/.web: $(VENV)/.installed
 
 web: $(VENV)/.web
 
+# Debian's Orthanc and its DICOMweb plugin, which Testing/test_dicomweb.py starts on 127.0.0.1, where this user may
+# install them (else those tests skip, saying why).
+orthanc:
+	-[ -x /usr/sbin/Orthanc ] && [ -e /usr/share/orthanc/plugins/libOrthancDicomWeb.so ] || { [ "$$(id -u)" = 0 ] && \
+		command -v apt-get >/dev/null && apt-get update -qq && \
+		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; }
+
 # Two workers, one file each at a time (module fixtures are built once), one thread each (Testing/conftest.py).
-test: venv web
+test: venv web orthanc
 	$(PY) -m pytest -q -n 2 --dist loadfile Testing
 
 demo: venv

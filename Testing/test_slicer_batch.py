@@ -105,3 +105,37 @@ def test_batch_writes_a_dicom_seg_of_a_dicom_folder_never_into_it(tiny_model, tm
     assert batch.main(args + [str(series / "seg.dcm")]) == 1
     assert "inside the input DICOM folder" in capsys.readouterr().err
     assert sorted(p.name for p in series.iterdir()) == ["IM0000", "IM0001", "IM0002"]
+
+
+def test_batch_fetches_a_study_from_dicomweb_and_stores_the_seg(tiny_model, tmp_path, scene, capsys, monkeypatch):
+    """--dicomweb/--study/--store against a real Orthanc (orthanc_server.py), in-process like the test above."""
+    import importlib.util
+
+    import pydicom
+    from dicom_series import MR_SMALL, make_series
+    from orthanc_server import start_orthanc, stop
+
+    from mosmos.inference import dicomweb
+
+    spec = importlib.util.spec_from_file_location("MOSMOSSegmentBatch", SCRIPT)
+    batch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(batch)
+    files = make_series(MR_SMALL, tmp_path / "series")
+    study = str(pydicom.dcmread(files[0], stop_before_pixels=True).StudyInstanceUID)
+    (tmp_path / "orthanc").mkdir()
+    server, proc = start_orthanc(tmp_path / "orthanc")
+    try:
+        server.upload(files)
+        monkeypatch.setenv(dicomweb.USER_ENV, server.user)
+        monkeypatch.setenv(dicomweb.PASSWORD_ENV, server.password)
+        args = ["--dicomweb", server.dicomweb, "--study", study, "--model", str(tiny_model), "--tags", "liver, spleen",
+                "--device", "cpu", "--output", str(tmp_path / "out"), "--store"]
+        assert batch.main(args) == 0, capsys.readouterr().err
+        assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{study}.dcm"]
+        found = dicomweb.connect(server.dicomweb).search_for_instances(
+            study_instance_uid=study, search_filters={"Modality": "SEG"})
+        assert len(found) == 1
+        assert batch.main(args[:-1] + ["--store", "--format", "nii.gz"]) == 1
+        assert "--store sends a DICOM SEG" in capsys.readouterr().err
+    finally:
+        stop(proc)

@@ -3,11 +3,15 @@
   Slicer --no-splash --no-main-window --python-script MOSMOSSegmentBatch.py \\
       --input CT.nii.gz|FOLDER|DICOM_FOLDER --model MODEL --tags "liver, spleen" \\
       --output OUT.seg.nrrd|OUT.nii.gz|OUT.dcm|FOLDER [--series UID] [--attention DIR]
+  Slicer ... --python-script MOSMOSSegmentBatch.py --dicomweb URL --study UID [--series UID] --model MODEL \\
+      --output FOLDER [--store]
 
 Also runs with plain Python where slicer-core is installed. Writes .seg.nrrd (named, coloured, coded segments),
 a NIfTI/NRRD label map, or for a DICOM series folder a DICOM SEG (.dcm) that references it; with --attention,
 per input and organ, the map that the MOSMOSSegment overlay shows: the probability that the organ wins at each
-voxel, in [0, 1]. Exits non-zero with a one-line message on failure."""
+voxel, in [0, 1]. With --dicomweb the series is fetched from a PACS (QIDO-RS, WADO-RS; credentials from
+MOSMOS_DICOMWEB_TOKEN, or MOSMOS_DICOMWEB_USER and MOSMOS_DICOMWEB_PASSWORD, or a netrc file), and --store sends
+the DICOM SEG back into its study (STOW-RS). Exits non-zero with a one-line message on failure."""
 
 from __future__ import annotations
 
@@ -28,7 +32,7 @@ DICOM_SEG_SUFFIX = ".dcm"
 
 def parse_args(argv):
     p = argparse.ArgumentParser(prog="MOSMOSSegmentBatch", description=__doc__.split("\n\n")[0])
-    p.add_argument("--input", required=True, help="a volume file, a folder of volume files, or a DICOM series folder")
+    p.add_argument("--input", help="a volume file, a folder of volume files, or a DICOM series folder")
     p.add_argument("--model", help="model file, or a model's name in the models folder (default: the only one)")
     p.add_argument("--tags", default="", help='organs, e.g. "liver, spleen" (default: every organ of the model)')
     p.add_argument("--output", required=True, help="output file for one input, or a folder")
@@ -40,6 +44,12 @@ def parse_args(argv):
     p.add_argument("--device", default="auto", help="auto, cuda or cpu")
     p.add_argument("--attention", metavar="DIR", help="also write DIR/<input name>/<organ>.nii.gz: per organ the "
                    "probability that it wins at each voxel (the attention overlay of MOSMOSSegment)")
+    try:
+        from mosmos.commands.segment import add_dicomweb_arguments
+    except ImportError:   # no core: main() says so in one line
+        pass
+    else:
+        add_dicomweb_arguments(p)
     return p.parse_args(argv)
 
 
@@ -123,7 +133,8 @@ def read_input(source: Path, scene, series):
     return node, volume.source
 
 
-def write_output(outputs, volumeNode, path: Path, dicomSource, model) -> None:
+def write_output(outputs, volumeNode, path: Path, dicomSource, model, store: str | None = None) -> None:
+    """``store``: a DICOMweb URL to send a DICOM SEG to (STOW-RS) before the file is committed."""
     from mosmos.mrml import segmentation, volumes
 
     path.parent.mkdir(parents=True, exist_ok=True)
@@ -135,6 +146,10 @@ def write_output(outputs, volumeNode, path: Path, dicomSource, model) -> None:
         dataset = segmentation_dataset(dicomSource, outputs.labelmap.transpose(2, 1, 0), outputs.organs, model)
         with StagedWriter() as writer:
             writer.dataset(path, dataset)
+            if store:
+                from mosmos.inference.dicomweb import store as stow
+
+                stow(store, [dataset])
             writer.commit()
         return
     if path.name.lower().endswith(SEGMENTATION_SUFFIX):
@@ -171,6 +186,10 @@ def run(args) -> None:
         vtk.vtkObject.GlobalWarningDisplayOff()
         slicer.mrmlScene = slicer.vtkMRMLScene()
     scene = slicer.mrmlScene
+    if args.dicomweb or args.study or args.store:
+        fetch_study(args)
+    if not args.input:
+        raise MosmosError("no input: give --input, or --dicomweb URL --study UID")
     jobs = plan(args)
     model = pipeline.resolve_model(args.model)
     for i, (source, target) in enumerate(jobs, 1):
@@ -180,7 +199,9 @@ def run(args) -> None:
             raise MosmosError(f"{source}: --series applies to a DICOM folder only")
         outputs = pipeline.segment_volume_node(volumeNode, args.tags, model, args.device,
                                                attention=bool(args.attention))
-        write_output(outputs, volumeNode, target, dicomSource, model)
+        if args.store and not target.name.lower().endswith(DICOM_SEG_SUFFIX):
+            raise MosmosError(f"{target}: --store sends a DICOM SEG; write .dcm (--format dcm)")
+        write_output(outputs, volumeNode, target, dicomSource, model, args.dicomweb if args.store else None)
         if args.attention:
             write_attention(outputs, Path(args.attention) / stem(source))
         for organ in outputs.organs:
@@ -188,6 +209,28 @@ def run(args) -> None:
         for notice in outputs.notices:
             print(f"    note: {notice}", flush=True)
         scene.Clear(0)
+
+
+def fetch_study(args) -> None:
+    """Fetch the --study's series from --dicomweb into a temporary folder named by the study, which becomes --input
+    (removed when the process ends)."""
+    import atexit
+    import shutil
+    import tempfile
+
+    from mosmos.errors import MosmosError
+    from mosmos.inference.dicomweb import retrieve_series
+
+    if not (args.dicomweb and args.study):
+        raise MosmosError("--dicomweb URL and --study UID go together" + (", and --store needs them"
+                                                                           if args.store else ""))
+    if args.input:
+        raise MosmosError(f"{args.input}: give either --input or --dicomweb URL --study UID, not both")
+    root = tempfile.mkdtemp(prefix="mosmos-dicomweb-")
+    atexit.register(shutil.rmtree, root, True)
+    folder = Path(root) / args.study
+    args.series = retrieve_series(args.dicomweb, args.study, args.series, folder)
+    args.input = str(folder)
 
 
 def main(argv=None) -> int:

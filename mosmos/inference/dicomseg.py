@@ -67,10 +67,12 @@ def check_referencable(source) -> None:
                                   "write the label map as .nii.gz or .nrrd instead")
 
 
-def segmentation_dataset(source, labelmap: np.ndarray, organs: list[dict], model_path):
+def segmentation_dataset(source, labelmap: np.ndarray, organs: list[dict], model_path, series_uid: str | None = None,
+                         sop_uid: str | None = None):
     """A DICOM SEG dataset for ``labelmap`` (X, Y, Z, on the grid of ``source``, a dicom.DicomSource) with one
     segment per entry of ``organs`` ({"name", "label", "color"}); organs with no voxel are left out (a SEG
-    segment needs at least one frame), and at least one organ must have voxels."""
+    segment needs at least one frame), and at least one organ must have voxels. ``series_uid``/``sop_uid``:
+    the SEG's UIDs (default: new ones)."""
     from pydicom.sr.codedict import codes
 
     hd = highdicom()
@@ -98,7 +100,8 @@ def segmentation_dataset(source, labelmap: np.ndarray, organs: list[dict], model
         return hd.seg.Segmentation(
             source_images=headers, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[_segment_description(n, o, algorithm) for n, o in enumerate(present, 1)],
-            series_instance_uid=hd.UID(), series_number=SEG_SERIES_NUMBER, sop_instance_uid=hd.UID(),
+            series_instance_uid=series_uid or hd.UID(), series_number=SEG_SERIES_NUMBER,
+            sop_instance_uid=sop_uid or hd.UID(),
             instance_number=1, content_label="MOSMOS",
             content_description=f"MOSMOS organ segmentation of {first.get('Modality', '')} "
             f"series {first.get('SeriesNumber', '')}".strip()[:64],
@@ -148,10 +151,12 @@ def check_outside_series(series_folder, *outputs) -> None:
                               "write results elsewhere, never into the source series")
 
 
-def attention_dataset(source, tag: str, probability: np.ndarray, model_path, series_uid: str, number: int):
+def attention_dataset(source, tag: str, probability: np.ndarray, model_path, series_uid: str, number: int,
+                      sop_uid: str | None = None):
     """An attention map (X, Y, Z, values in [0, 1]: the probability that ``tag`` wins at the voxel) as a DICOM
     Parametric Map on the source grid: 16-bit integers (the IOD's smallest) with a real-world value mapping back
-    to [0, 1], JPEG-LS lossless (smooth maps compress well), as one instance of the run's map series."""
+    to [0, 1], JPEG-LS lossless (smooth maps compress well), as one instance of the run's map series
+    (``sop_uid``: its SOP Instance UID, default a new one)."""
     hd = highdicom()
     check_referencable(source)
     frames = np.round(np.clip(np.transpose(probability, (2, 1, 0)), 0, 1) * 65535).astype(np.uint16)
@@ -163,7 +168,7 @@ def attention_dataset(source, tag: str, probability: np.ndarray, model_path, ser
     with _quiet():
         pm = hd.pm.ParametricMap(
             source_images=source.headers, pixel_array=frames, series_instance_uid=series_uid,
-            series_number=SEG_SERIES_NUMBER + 1, sop_instance_uid=hd.UID(), instance_number=number,
+            series_number=SEG_SERIES_NUMBER + 1, sop_instance_uid=sop_uid or hd.UID(), instance_number=number,
             contains_recognizable_visual_features=False,
             real_world_value_mappings=[mapping], window_center=32767.5, window_width=65535,
             transfer_syntax_uid=JPEGLSLossless, content_label="ATTENTION",

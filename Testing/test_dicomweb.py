@@ -1,0 +1,232 @@
+"""DICOMweb in and out against a real Orthanc (orthanc_server.py, authentication on): the real 3-slice CT pulled with
+QIDO-RS/WADO-RS, segmented, the DICOM SEG and attention maps sent back with STOW-RS, queried back and read with
+highdicom (equal voxel for voxel to the file output); stored once however often a case is redone; and the ways
+it goes wrong (server down, wrong credentials, unknown study, a series without the UIDs a SEG needs, STOW
+refused, a connection cut mid-download), each one line, exit 1, nothing written or stored."""
+
+import socket
+import socketserver
+import threading
+
+import numpy as np
+import pydicom
+import pytest
+
+from helpers import real_data
+from inference_stub import write_stub_model
+from mosmos.cli import main
+from mosmos.inference import dicomweb
+from mosmos.inference.io import read_volume
+from orthanc_server import free_port, start_orthanc, stop
+
+REFUSED_STUDY = "1.2.826.0.1.3680043.8.498.2700001"     # the Lua filter refuses SEG sent into this study
+NO_FRAME_STUDY = "1.2.826.0.1.3680043.8.498.2700002"    # a copy without Frame of Reference UID
+DROPPED_STUDY = "1.2.826.0.1.3680043.8.498.2700003"     # a SEG sent here is answered with success, then dropped
+
+
+def _copy(ct3, folder, study, drop=()):
+    """The 3-slice CT as a new study (new series and instance UIDs), without the attributes ``drop``."""
+    folder.mkdir()
+    series = pydicom.uid.generate_uid(entropy_srcs=[study, "series"])
+    for n, f in enumerate(sorted(ct3.iterdir())):
+        ds = pydicom.dcmread(f)
+        ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series
+        ds.SOPInstanceUID = pydicom.uid.generate_uid(entropy_srcs=[study, str(n)])
+        ds.file_meta.MediaStorageSOPInstanceUID = ds.SOPInstanceUID
+        for keyword in drop:
+            delattr(ds, keyword)
+        ds.save_as(folder / f"{n}.dcm", enforce_file_format=True)
+    return sorted(folder.iterdir())
+
+
+@pytest.fixture(scope="module")
+def pacs(tmp_path_factory):
+    """One Orthanc for the module, holding the real CT, a copy in the refusing study and a copy without UIDs."""
+    root = tmp_path_factory.mktemp("orthanc")
+    ct3 = real_data("dcmqi_ct3slice/ct-3slice")
+    server, proc = start_orthanc(root, refused_study=REFUSED_STUDY, dropped_study=DROPPED_STUDY)
+    try:
+        server.upload(sorted(ct3.iterdir()))
+        server.upload(_copy(ct3, root / "refused", REFUSED_STUDY))
+        server.upload(_copy(ct3, root / "noframe", NO_FRAME_STUDY, drop=("FrameOfReferenceUID",)))
+        server.upload(_copy(ct3, root / "dropped", DROPPED_STUDY))
+        study = str(pydicom.dcmread(next(ct3.iterdir()), stop_before_pixels=True).StudyInstanceUID)
+        model = write_stub_model(root / "stub.mosmos", roi=(16, 16, 16), spacing=(4, 4, 4), epsilon=0.5)
+        yield server, study, model, ct3
+    finally:
+        stop(proc)
+
+
+@pytest.fixture
+def signed_in(pacs, monkeypatch):
+    server = pacs[0]
+    monkeypatch.setenv(dicomweb.USER_ENV, server.user)
+    monkeypatch.setenv(dicomweb.PASSWORD_ENV, server.password)
+    monkeypatch.delenv(dicomweb.TOKEN_ENV, raising=False)
+    monkeypatch.setattr(dicomweb, "RETRY_DELAYS", (0.01, 0.02, 0.04))
+    return pacs
+
+
+def _segment(*args):
+    return main(["segment", "--tags", "liver, spleen", "--device", "cpu", *map(str, args)])
+
+
+def _instances(server, study, modality):
+    client = dicomweb.connect(server.dicomweb)
+    return client.search_for_instances(study_instance_uid=study, search_filters={"Modality": modality})
+
+
+def test_pull_segment_store_and_read_the_seg_back(signed_in, tmp_path, capsys):
+    import highdicom as hd
+
+    server, study, model, ct3 = signed_in
+    out = tmp_path / "labels.nii.gz"
+    assert _segment("--dicomweb", server.dicomweb, "--study", study, "--model", model, "--output", out,
+                    "--attention", tmp_path / "maps", "--store") == 0
+    assert f"stored in study {study}" in capsys.readouterr().out
+    seg_found = _instances(server, study, "SEG")
+    assert len(seg_found) == 1
+    client = dicomweb.connect(server.dicomweb)
+    uid = lambda item, tag: item[tag]["Value"][0]   # noqa: E731
+    seg = hd.seg.Segmentation.from_dataset(client.retrieve_instance(
+        study, uid(seg_found[0], "0020000E"), uid(seg_found[0], "00080018")))
+    ct = read_volume(ct3)
+    labels = read_volume(out).array
+    assert set(np.unique(labels)) == {0, 1}
+    pixels = seg.get_pixels_by_source_instance(source_sop_instance_uids=[h.SOPInstanceUID for h in ct.source.headers],
+                                               combine_segments=True, skip_overlap_checks=True)
+    np.testing.assert_array_equal(pixels.transpose(2, 1, 0), labels)          # voxel for voxel
+    maps = [s for s in client.search_for_instances(study_instance_uid=study)
+            if uid(s, "00080016") == "1.2.840.10008.5.1.4.1.1.30"]            # Parametric Map Storage
+    assert len(maps) == 2                                                       # liver and spleen
+
+    # Redone (a resumed cohort, a second click): the same UIDs, so the study still holds one SEG.
+    assert _segment("--dicomweb", server.dicomweb, "--study", study, "--model", model, "--store") == 0
+    assert len(_instances(server, study, "SEG")) == 1
+
+
+def test_netrc_and_token_credentials(signed_in, tmp_path, monkeypatch, capsys):
+    server, study, model, _ = signed_in
+    monkeypatch.delenv(dicomweb.USER_ENV)
+    netrc = tmp_path / "netrc"
+    netrc.write_text(f"machine 127.0.0.1 login {server.user} password {server.password}\n")
+    netrc.chmod(0o600)
+    monkeypatch.setenv("NETRC", str(netrc))
+    assert dicomweb.find_series(server.dicomweb, study)[1] == 3    # signed in through the netrc file
+    monkeypatch.setenv("NETRC", str(tmp_path / "none"))
+    monkeypatch.setenv(dicomweb.TOKEN_ENV, "not-a-valid-token")     # Orthanc's basic auth refuses a bearer token
+    assert _segment("--dicomweb", server.dicomweb, "--study", study, "--model", model, "--output",
+                    tmp_path / "l.nii.gz") == 1
+    err = capsys.readouterr().err.strip()
+    assert "401 Unauthorized" in err and dicomweb.TOKEN_ENV in err and len(err.splitlines()) == 1
+    assert not (tmp_path / "l.nii.gz").exists()
+
+
+def _one_line_error(capsys, *args):
+    assert _segment(*args) == 1
+    lines = capsys.readouterr().err.strip().splitlines()     # progress lines may come first, never a traceback
+    assert lines[-1].startswith("mosmos segment: error:") and not any("Traceback" in line for line in lines), lines
+    return lines[-1]
+
+
+def test_bad_servers_studies_and_series_are_one_line_errors(signed_in, tmp_path, monkeypatch, capsys):
+    server, study, model, _ = signed_in
+    out = tmp_path / "l.nii.gz"
+    down = f"http://127.0.0.1:{free_port()}/dicom-web"
+    assert "failed after 4 tries (ConnectionError" in _one_line_error(
+        capsys, "--dicomweb", down, "--study", study, "--model", model, "--output", out)
+    assert "no study 1.2.3.4" in _one_line_error(
+        capsys, "--dicomweb", server.dicomweb, "--study", "1.2.3.4", "--model", model, "--output", out)
+    assert "has no series 1.2.3" in _one_line_error(
+        capsys, "--dicomweb", server.dicomweb, "--study", study, "--series", "1.2.3", "--model", model, "--output", out)
+    assert "no Frame of Reference UID" in _one_line_error(
+        capsys, "--dicomweb", server.dicomweb, "--study", NO_FRAME_STUDY, "--model", model, "--store")
+    assert "STOW-RS store refused" in _one_line_error(
+        capsys, "--dicomweb", server.dicomweb, "--study", REFUSED_STUDY, "--model", model, "--output", out,
+        "--store")
+    assert "answered success but holds 0 of 1 instances" in _one_line_error(
+        capsys, "--dicomweb", server.dicomweb, "--study", DROPPED_STUDY, "--model", model, "--output", out,
+        "--store")
+    assert not out.exists() and list(tmp_path.iterdir()) == []               # nothing half-written
+    assert _instances(server, REFUSED_STUDY, "SEG") == []
+    monkeypatch.setenv(dicomweb.PASSWORD_ENV, "wrong")
+    assert "401 Unauthorized" in _one_line_error(
+        capsys, "--dicomweb", server.dicomweb, "--study", study, "--model", model, "--output", out)
+    assert "--study applies to --dicomweb" in _one_line_error(capsys, "x.nii.gz", "--study", study, "--model", model,
+                                                              "--output", out)
+
+
+class CuttingProxy(socketserver.ThreadingTCPServer):
+    """Forwards HTTP to Orthanc one request per connection, but cuts the first ``cuts`` WADO-RS series downloads
+    after a few kilobytes, as a dropped VPN or a restarting load balancer does."""
+    daemon_threads = True
+    allow_reuse_address = True
+
+    def __init__(self, target_port: int, cuts: int):
+        self.target_port, self.cuts, self.cut = target_port, cuts, 0
+        super().__init__(("127.0.0.1", 0), ProxyHandler)
+
+
+class ProxyHandler(socketserver.BaseRequestHandler):
+    def handle(self):
+        data = b""
+        while b"\r\n\r\n" not in data:
+            chunk = self.request.recv(65536)
+            if not chunk:
+                return
+            data += chunk
+        head, _, body = data.partition(b"\r\n\r\n")
+        length = next((int(line.split(b":")[1]) for line in head.split(b"\r\n")
+                       if line.lower().startswith(b"content-length:")), 0)
+        while len(body) < length:
+            body += self.request.recv(65536)
+        lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")]
+        request = b"\r\n".join(lines + [b"Connection: close"]) + b"\r\n\r\n" + body
+        with socket.create_connection(("127.0.0.1", self.server.target_port)) as upstream:
+            upstream.sendall(request)
+            reply = b""
+            while chunk := upstream.recv(65536):
+                reply += chunk
+        series_download = lines[0].startswith(b"GET") and lines[0].split(b" ")[1].rstrip(b"/").split(b"/")[-2] \
+            == b"series"
+        if series_download and self.server.cut < self.server.cuts:
+            self.server.cut += 1
+            reply = reply[:4096]
+        self.request.sendall(reply)
+
+
+@pytest.mark.parametrize("cuts", [2, 100])
+def test_cut_download_is_retried_then_one_line(signed_in, tmp_path, capsys, cuts):
+    server, study, model, _ = signed_in
+    proxy = CuttingProxy(int(server.root.rsplit(":", 1)[1]), cuts)
+    threading.Thread(target=proxy.serve_forever, daemon=True).start()
+    out = tmp_path / "l.nii.gz"
+    try:
+        args = ("--dicomweb", f"http://127.0.0.1:{proxy.server_address[1]}/dicom-web", "--study", study,
+                "--model", model, "--output", out)
+        if cuts == 2:
+            assert _segment(*args) == 0 and proxy.cut == 2
+            assert out.exists()
+        else:
+            err = _one_line_error(capsys, *args)
+            assert "WADO-RS retrieval" in err and "failed after 4 tries" in err and proxy.cut >= 3
+            assert not out.exists()
+    finally:
+        proxy.shutdown()
+        proxy.server_close()
+
+
+def test_cohort_of_study_uids_stores_each_seg_once(signed_in, tmp_path, capsys):
+    server, study, model, _ = signed_in
+    manifest = tmp_path / "studies.csv"
+    manifest.write_text(f"case,study\nct3,{study}\nrefused,{REFUSED_STUDY}\n")
+    args = ["--inputs", manifest, "--out", tmp_path / "out", "--dicomweb", server.dicomweb, "--model", model,
+            "--store"]
+    before = len(_instances(server, study, "SEG"))
+    assert _segment(*args) == 1                               # the refused study fails, alone
+    log = (tmp_path / "out" / "cases.csv").read_text().splitlines()
+    assert log[1].startswith("ct3,done,") and log[2].startswith("refused,failed,") and "403 Forbidden" in log[2]
+    assert sorted(p.name for p in (tmp_path / "out" / "ct3").iterdir()) == ["labels.nii.gz", "volumes.json"]
+    assert len(_instances(server, study, "SEG")) == max(before, 1)   # the same UIDs as any earlier run's SEG
+    assert _segment(*args) == 1                               # resumed: ct3 is complete, only the failure is redone
+    assert (tmp_path / "out" / "cases.csv").read_text().count("ct3,") == 1
