@@ -163,27 +163,25 @@ def _uploads(server, page) -> list[str]:
     return sorted(p.name for p in folders[0].iterdir())
 
 
+def _websocket_status(port: int, path: str, cookie: str | None) -> int:
+    """The status of a websocket handshake (101: switching protocols, the socket opens)."""
+    import base64
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+    conn.request("GET", path, headers=headers | ({"Cookie": cookie} if cookie else {}))
+    try:
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
 def _session_processes(server) -> int:
     import psutil
 
     return sum("mosmos.web.app" in " ".join(c.cmdline()) for c in psutil.Process(server["proc"].pid).children())
-
-
-def _ping_while_results_load(page) -> list[dict]:
-    """Ping the server through the page every 20 ms from the click on Segment until the results are shown:
-    each ping's round trip and what the page said meanwhile."""
-    return page.evaluate("""async () => {
-        const pings = [];
-        document.querySelector('#segment').click();
-        const start = performance.now();
-        while (!(document.querySelector('#info').innerText.startsWith('Done.')) && performance.now() - start < 120000) {
-            const t = performance.now();
-            await trame.trigger('mosmos_ping');
-            pings.push({ms: performance.now() - t, info: document.querySelector('#info').innerText});
-            await new Promise((resolve) => setTimeout(resolve, 20));
-        }
-        return pings;
-    }""")
 
 
 def _message(page, fragment: str) -> None:
@@ -208,9 +206,8 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
     axial = views.nth(AXIAL)
 
     # Without the token: 401 for the launcher's page, the session's page and its websocket; no session starts.
-    import aiohttp
-    import asyncio
     import urllib.error
+    import urllib.parse
     import urllib.request
 
     sessions = _session_processes(server)
@@ -219,18 +216,10 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
             urllib.request.urlopen(url, timeout=10)
         assert refused.value.code == 401
 
-    async def websocket_status(cookies):
-        async with aiohttp.ClientSession(cookies=cookies) as http:
-            try:
-                async with http.ws_connect(page.url.replace("index.html", "") + "ws") as ws:
-                    await ws.close()
-                    return 101
-            except aiohttp.WSServerHandshakeError as e:
-                return e.status
-
-    signedIn = {c["name"]: c["value"] for c in page.context.cookies()}
-    assert asyncio.run(websocket_status({})) == 401
-    assert asyncio.run(websocket_status(signedIn)) == 101       # the page's own cookie opens it
+    wsPath = urllib.parse.urlsplit(page.url).path.replace("index.html", "") + "ws"
+    signedIn = "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())
+    assert _websocket_status(server["port"], wsPath, None) == 401
+    assert _websocket_status(server["port"], wsPath, signedIn) == 101       # the page's own cookie opens it
     assert _session_processes(server) == sessions
 
     # An upload above the limit (1 MB here): the message, and nothing kept in the session's upload folder.
@@ -334,10 +323,13 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
 
     # Both tabs segment at once through the one port; the first pings the server through the page while it
     # runs, and the page answers while the results load into the scene.
+    other.select_option("#model", "stub.mosmos")
     other.fill("#organs", "liver")
     other.click("#segment")
-    pings = _ping_while_results_load(page)
-    whileLoading = [p["ms"] for p in pings if p["info"].startswith("Loading the results")]
+    from mosmos.web.app import LOADING, TIMED_PINGS_SCRIPT
+
+    pings = page.evaluate(TIMED_PINGS_SCRIPT)      # clicks Segment, pings until the results are shown
+    whileLoading = [p["ms"] for p in pings if p["info"].startswith(LOADING)]
     print(f"pings while results load: {len(whileLoading)}, slowest {max(whileLoading, default=0):.0f} ms")
     assert whileLoading, pings[-5:]
     assert page.inner_text("#info").startswith("Done.")

@@ -29,6 +29,25 @@ from .session import Session, data_files
 
 LOG = logging.getLogger("mosmos.web")
 LAYOUT = "Quad View"   # axial, coronal, sagittal and 3D
+# Run in the page by the browser tests and benchmarks/bench_web.py: click Segment, then ping the server through
+# the page every 20 ms until the run's results are shown; each ping's round trip (ms) and the page's #info then.
+TIMED_PINGS_SCRIPT = """async () => {
+    const pings = [];
+    const info = () => document.querySelector('#info').innerText;
+    document.querySelector('#segment').click();
+    const start = performance.now();
+    let started = false;   // the page says "Done." of an earlier run until the server has answered the click
+    while (performance.now() - start < 600000) {
+        started = started || !info().startsWith('Done.');
+        if (started && info().startsWith('Done.')) break;
+        const t = performance.now();
+        await trame.trigger('mosmos_ping');
+        pings.push({ms: performance.now() - t, info: info()});
+        await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    return pings;
+}"""
+LOADING = "Loading the results"
 LOAD_PAUSE_S = 0.01    # between the steps of loading results: long enough for the loop to answer waiting messages
 UPLOAD_CHUNK = 1 << 20  # bytes per websocket message: small enough for wslink's 4 MiB limit once base64-encoded
 
@@ -206,17 +225,19 @@ class MosmosWebApp(TrameApp):
         self.state.ticked = [t for t in self.state.ticked if t in organs]
 
     # --- segmentation -------------------------------------------------------------------------------
-    def segment(self) -> None:
+    def segment(self, organText: str, ticked: list[str], model: str, quickPreview: bool) -> None:
+        """The page's fields come with the click: the browser may send a field's last edit after the click
+        when it is busy, so the server's copy of them can lag behind what the user saw."""
         self.state.message = ""
-        tags = split_organs(self.state.organ_text, self.state.ticked)
+        self.state.update({"organ_text": organText, "ticked": ticked, "model": model, "quick_preview": quickPreview})
+        tags = split_organs(organText, ticked)
         try:
-            self.session.start(tags, self.session.modelsFolder / self.state.model if self.state.model else None,
-                               fast=bool(self.state.quick_preview))
+            self.session.start(tags, self.session.modelsFolder / model if model else None, fast=bool(quickPreview))
         except Exception as e:  # noqa: BLE001
             self._fail(e)
             return
         self.state.running, self.state.progress = True, 0
-        self.state.info = f"Segmenting {', '.join(tags)}{' (quick preview)' if self.state.quick_preview else ''} ..."
+        self.state.info = f"Segmenting {', '.join(tags)}{' (quick preview)' if quickPreview else ''} ..."
         self._watcher = asyncio.get_running_loop().create_task(self._watch())  # a reference keeps it alive
 
     async def _watch(self) -> None:
@@ -235,7 +256,7 @@ class MosmosWebApp(TrameApp):
                     elif e["event"] == "status":  # a long step with no progress to show (a first compile)
                         self.state.info = f"Segmenting: {e.get('message', '')}"
                 if exited:
-                    self.state.loading, self.state.info = True, "Loading the results ..."
+                    self.state.loading, self.state.info = True, f"{LOADING} ..."
             if exited:
                 await self._load_results()
                 return
@@ -367,7 +388,7 @@ class MosmosWebApp(TrameApp):
                     html.Span(" Quick preview")
                 with html.Div(classes="d-flex align-center mb-2"):
                     v.VBtn("Segment", id="segment", color="primary", disabled=("running || !volume_name",),
-                           click=self.segment, classes="mr-2")
+                           click=(self.segment, "[organ_text, ticked, model, quick_preview]"), classes="mr-2")
                     v.VBtn("Cancel", id="cancel", disabled=("!running || loading",), click=self.cancel)
                 v.VProgressLinear(model_value=("progress",), v_show=("running",), id="progress", height=6,
                                   color="primary", classes="mb-2")
