@@ -26,13 +26,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--models", help="models folder (default: $MOSMOS_MODELS_DIR or ~/MOSMOS/models)")
     parser.add_argument("--data", help="server-side folder of volumes the page offers to open")
     parser.add_argument("--max-sessions", type=int, default=4, help="browser tabs served at once (default 4)")
-    parser.add_argument("--token", action="store_true",
+    signIn = parser.add_mutually_exclusive_group()
+    signIn.add_argument("--token", action="store_true",
                         help=f"ask for the token on 127.0.0.1 too (the token: ${TOKEN_ENV}, else one made at "
                              "start and printed)")
-    parser.add_argument("--users", metavar="FILE",
+    signIn.add_argument("--users", metavar="FILE",
                         help="sign in with a name and password from FILE (lines 'name:hash', made with "
                              "--hash-password) instead of the token")
-    parser.add_argument("--no-sign-in", action="store_true",
+    signIn.add_argument("--no-sign-in", action="store_true",
                         help="serve a non-loopback --host without sign-in (only behind a proxy that signs users in)")
     parser.add_argument("--idle-timeout", type=float, default=30.0,
                         help="end a session whose tab has done nothing for this many minutes (default 30)")
