@@ -36,7 +36,8 @@ def add_arguments(parser) -> None:
     signIn.add_argument("--no-sign-in", action="store_true",
                         help="serve a non-loopback --host without sign-in (only behind a proxy that signs users in)")
     parser.add_argument("--idle-timeout", type=float, default=30.0,
-                        help="end a session whose tab has done nothing for this many minutes (default 30)")
+                        help="end a session when nothing has passed between it and its tab for this many minutes "
+                             "(default 30)")
     parser.add_argument("--max-upload-mb", type=float, default=2048.0,
                         help="largest volume a tab may upload, in MB (default 2048)")
     parser.add_argument("--hash-password", metavar="NAME",

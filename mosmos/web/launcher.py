@@ -3,8 +3,8 @@ client that connects, so each tab still gets a session process of its own, liste
 launcher sends the tab to ``session/<id>/`` and forwards that path's HTTP and websocket traffic to the session's
 process, so one SSH tunnel or one reverse-proxy location reaches everything. Sign-in (auth.py) is checked before
 anything else: a refused request gets 401 and starts no session. A session ends when its tab has been gone for
-``sessionTimeout`` seconds (the trame server exits by itself), or when its tab has sent nothing for ``idleTimeout``
-seconds (the launcher stops it); either way its upload folder goes with it. One spare session is kept started so
+``sessionTimeout`` seconds (the trame server exits by itself), or when nothing has passed between it and its tab for
+``idleTimeout`` seconds (the launcher stops it); either way its upload folder goes with it. One spare session is kept started so
 that a new tab opens without waiting."""
 
 from __future__ import annotations
@@ -200,7 +200,7 @@ class Launcher:
             return response
         response = await handler(request)
         if cookie is not None and not response.prepared:
-            response.set_cookie(COOKIE, cookie, httponly=True, samesite="Strict", path="/",
+            response.set_cookie(COOKIE, cookie, httponly=True, samesite="Lax", path="/",
                                 secure=request.secure)
         return response
 
@@ -247,10 +247,10 @@ class Launcher:
         await browser.prepare(request)
         try:
             async with self._client.ws_connect(url, max_msg_size=0) as upstream:
-                async def pump(source, target, fromBrowser: bool) -> None:
+                async def pump(source, target) -> None:
                     async for msg in source:
-                        if fromBrowser:
-                            session.lastActive = time.monotonic()
+                        # Either way: a running segmentation's progress keeps its session from idling out.
+                        session.lastActive = time.monotonic()
                         if msg.type == aiohttp.WSMsgType.TEXT:
                             await target.send_str(msg.data)
                         elif msg.type == aiohttp.WSMsgType.BINARY:
@@ -258,8 +258,7 @@ class Launcher:
                         else:
                             break
 
-                pumps = [asyncio.ensure_future(pump(browser, upstream, True)),
-                         asyncio.ensure_future(pump(upstream, browser, False))]
+                pumps = [asyncio.ensure_future(pump(browser, upstream)), asyncio.ensure_future(pump(upstream, browser))]
                 _, pending = await asyncio.wait(pumps, return_when=asyncio.FIRST_COMPLETED)
                 for task in pending:
                     task.cancel()
