@@ -238,6 +238,7 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
     nib.save(nib.Nifti1Image(np.zeros((32, 32, 1), np.int16), np.eye(4)), flat)
     page.set_input_files("#upload", str(flat))
     _message(page, "flat.nii.gz: a 2D image")
+    assert _uploads(server, page) == []     # what could not be opened is not kept either
 
     page.set_input_files("#upload", str(CT))
     _wait_text(page, "#volume-name", lambda t: t == "example_ct_sm")

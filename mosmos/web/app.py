@@ -153,17 +153,19 @@ class MosmosWebApp(TrameApp):
         self.state.flush()
 
     # --- volume -------------------------------------------------------------------------------------
-    def _open(self, path: Path, name: str) -> None:
+    def _open(self, path: Path, name: str) -> bool:
+        """Show the volume at ``path``; False (and the page's message) when it cannot be opened."""
         self.state.message = ""
         try:
             node = self.session.open_volume(path, name)
         except Exception as e:  # noqa: BLE001 - any reader failure must stay a message on the page
             self._fail(e)
-            return
+            return False
         self.state.volume_name = node.GetName()
         self.state.is_dicom = self.session.dicomSource is not None
         self._show_results()
         self.state.info = f"{node.GetName()}: {'x'.join(map(str, node.GetImageData().GetDimensions()))} voxels"
+        return True
 
     def upload_begin(self, name: str, size: int) -> bool:
         """A file of ``size`` bytes is about to arrive: refuse it (False, with the page's message) above the
@@ -203,7 +205,8 @@ class MosmosWebApp(TrameApp):
         if up["received"] == up["size"]:
             self._upload = None
             self.state.uploading = False
-            self._open(up["path"], None)
+            if not self._open(up["path"], None):
+                up["path"].unlink()    # the session's folder keeps only the volume on show
         return True
 
     def _discard_upload(self) -> None:
