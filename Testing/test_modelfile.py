@@ -131,3 +131,24 @@ def test_unwritable_destination(tmp_path):
     blocker.write_text("x")
     with pytest.raises(MosmosError, match="cannot write"):
         save_model(blocker / "m.safetensors", _tensors(), {})
+
+
+def test_verify_model_reads_each_version_of_a_file_once(tmp_path):
+    """The web server checks the model before every run: an unchanged file (same path, size and mtime) is not
+    read again, a changed one is."""
+    import os
+
+    from mosmos.files.modelfile import verify_model
+
+    path = tmp_path / "m.mosmos"
+    save_model(path, _tensors(), {"kind": "pretrained"})
+    verify_model(path)
+    stat = path.stat()
+    data = bytearray(path.read_bytes())
+    data[-3] ^= 0xFF
+    path.write_bytes(bytes(data))
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns))
+    verify_model(path)                      # the same size and mtime: the remembered verdict
+    os.utime(path, ns=(stat.st_atime_ns, stat.st_mtime_ns + 1_000_000))
+    with pytest.raises(MosmosError, match="checksum mismatch"):
+        verify_model(path)

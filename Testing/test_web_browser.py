@@ -1,6 +1,8 @@
 """`mosmos web` in a real browser: Debian's chromium, headless, driven by Playwright, against the command started
 on a free loopback port with a stand-in model made here (Testing/inference_stub.py, registered in the server's
-processes through sitecustomize). Checks come from screenshots of Slicer's views and from the page's own text.
+processes through sitecustomize). One launcher serves every check: every tab through its one port, with the
+token asked for (--token), at most two sessions and a 1 MB upload limit. Checks come from screenshots of
+Slicer's views and from the page's own text.
 
 Skips, with the reason, where chromium, Playwright or trame-slicer are missing (`make test` installs them where
 it can); MOSMOS_REQUIRE_BROWSER=1 (set by .ci/run) turns that skip into a failure."""
@@ -26,6 +28,8 @@ from helpers import mosmos_cmd, real_data
 ROOT = Path(__file__).resolve().parents[1]
 CT = real_data("totalseg_example/example_ct_sm.nii.gz")
 DICOM = real_data("totalseg_example/example_ct_dicom")
+CT3 = real_data("dcmqi_ct3slice/ct-3slice")     # a real series with its UIDs, so a DICOM SEG can reference it
+TOKEN = "test-token-29"
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 # Quad View, in page order: coronal, sagittal (left column), 3D, axial (right column).
 AXIAL, THREE_D = 3, 2
@@ -96,20 +100,25 @@ def server(tmp_path_factory):
     broken = bytearray(Path(stub).read_bytes())
     broken[8 + int.from_bytes(broken[:8], "little")] ^= 0xFF   # a tensor byte changes; header and checksum stay
     (models / "broken.mosmos").write_bytes(bytes(broken))
-    with zipfile.ZipFile(data / "example_ct_dicom.zip", "w") as archive:    # a zipped DICOM series
-        for f in sorted(DICOM.iterdir()):
-            archive.write(f, f"{DICOM.name}/{f.name}")
+    for series in (DICOM, CT3):
+        with zipfile.ZipFile(data / f"{series.name}.zip", "w") as archive:    # a zipped DICOM series
+            for f in sorted(series.iterdir()):
+                archive.write(f, f"{series.name}/{f.name}")
     (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(ROOT / 'Testing')!r})\n"
                                            "import inference_stub\n")
     from mosmos.web.launcher import free_port
 
     port = free_port("127.0.0.1")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(site)]), OMP_NUM_THREADS="1")
+    (tmp / "tmpdir").mkdir()   # the launcher keeps the sessions' upload folders in here
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(site)]), OMP_NUM_THREADS="1",
+               MOSMOS_WEB_TOKEN=TOKEN, TMPDIR=str(tmp / "tmpdir"))
     log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen(mosmos_cmd("web", "--port", str(port), "--models", str(models), "--data", str(data)),
+    proc = subprocess.Popen(mosmos_cmd("web", "--port", str(port), "--models", str(models), "--data", str(data),
+                                       "--token", "--max-sessions", "2", "--max-upload-mb", "1"),
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        yield {"url": f"http://127.0.0.1:{port}/", "proc": proc, "tmp": tmp, "stub": stub, "log": tmp / "server.log"}
+        yield {"url": f"http://127.0.0.1:{port}/", "port": port, "proc": proc, "tmp": tmp, "stub": stub,
+               "log": tmp / "server.log"}
     finally:
         proc.terminate()  # the launcher stops its sessions on the way out
         try:
@@ -130,19 +139,49 @@ def browser(server):
         chromium.close()
 
 
-def _open_tab(browser, server):
+def _open_tab(browser, server, ready=True):
     page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
     deadline = time.monotonic() + 90
     while True:   # the launcher listens a moment after the command starts
         try:
-            page.goto(server["url"], timeout=90000)
+            page.goto(f"{server['url']}?token={TOKEN}", timeout=90000)
             break
         except Exception:
             assert server["proc"].poll() is None, server["log"].read_text()[-2000:]
             assert time.monotonic() < deadline
             time.sleep(0.5)
-    page.wait_for_selector("#segment", timeout=90000)
+    if ready:
+        page.wait_for_selector("#segment", timeout=90000)
     return page
+
+
+def _uploads(server, page) -> list[str]:
+    """The files in the upload folder of ``page``'s session (the launcher's, under the server's TMPDIR)."""
+    sid = page.url.split("/session/")[1].split("/")[0]
+    folders = list((server["tmp"] / "tmpdir").glob(f"mosmos-web-uploads-*/{sid}"))
+    assert len(folders) == 1, folders
+    return sorted(p.name for p in folders[0].iterdir())
+
+
+def _websocket_status(port: int, path: str, cookie: str | None) -> int:
+    """The status of a websocket handshake (101: switching protocols, the socket opens)."""
+    import base64
+    import http.client
+
+    conn = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+    headers = {"Upgrade": "websocket", "Connection": "Upgrade", "Sec-WebSocket-Version": "13",
+               "Sec-WebSocket-Key": base64.b64encode(os.urandom(16)).decode()}
+    conn.request("GET", path, headers=headers | ({"Cookie": cookie} if cookie else {}))
+    try:
+        return conn.getresponse().status
+    finally:
+        conn.close()
+
+
+def _session_processes(server) -> int:
+    import psutil
+
+    return sum("mosmos.web.app" in " ".join(c.cmdline()) for c in psutil.Process(server["proc"].pid).children())
 
 
 def _message(page, fragment: str) -> None:
@@ -162,9 +201,33 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
     cli = {o["name"]: o["volume_ml"] for o in json.loads((out / "volumes.json").read_text())["organs"]}
 
     page = _open_tab(browser, server)
-    assert "127.0.0.1" in page.url
+    assert page.url.startswith(f"{server['url']}session/")    # the one port: the launcher forwards the session
     views = page.locator(".remote-controlled-area")
     axial = views.nth(AXIAL)
+
+    # Without the token: 401 for the launcher's page, the session's page and its websocket; no session starts.
+    import urllib.error
+    import urllib.parse
+    import urllib.request
+
+    sessions = _session_processes(server)
+    for url in (server["url"], page.url, f"{server['url']}?token=wrong"):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 401
+
+    wsPath = urllib.parse.urlsplit(page.url).path.replace("index.html", "") + "ws"
+    signedIn = "; ".join(f"{c['name']}={c['value']}" for c in page.context.cookies())
+    assert _websocket_status(server["port"], wsPath, None) == 401
+    assert _websocket_status(server["port"], wsPath, signedIn) == 101       # the page's own cookie opens it
+    assert _session_processes(server) == sessions
+
+    # An upload above the limit (1 MB here): the message, and nothing kept in the session's upload folder.
+    big = tmp_path / "big.nii.gz"
+    big.write_bytes(os.urandom(1_500_000))
+    page.set_input_files("#upload", str(big))
+    _message(page, "big.nii.gz: 1.5 MB, more than this server accepts (1 MB)")
+    assert _uploads(server, page) == []
 
     # Bad inputs: each one a message, and the page keeps working.
     notes = tmp_path / "notes.txt"
@@ -175,9 +238,12 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
     nib.save(nib.Nifti1Image(np.zeros((32, 32, 1), np.int16), np.eye(4)), flat)
     page.set_input_files("#upload", str(flat))
     _message(page, "flat.nii.gz: a 2D image")
+    assert _uploads(server, page) == []     # what could not be opened is not kept either
 
     page.set_input_files("#upload", str(CT))
     _wait_text(page, "#volume-name", lambda t: t == "example_ct_sm")
+    assert _uploads(server, page) == ["example_ct_sm.nii.gz"]
+    assert page.evaluate("trame.state.get('upload_progress')") == 100
     before = _wait_view(axial, lambda im: im.std() > 20)            # the CT slice has arrived
 
     page.fill("#organs", "liver, xyzzy")
@@ -245,12 +311,51 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
     assert sorted(zipfile.ZipFile(tmp_path / "attention.zip").namelist()) == [
         "liver_attention.nii.gz", "spleen_attention.nii.gz"]
 
+    assert not page.query_selector("#download-dicom-seg")     # a NIfTI input: no DICOM SEG to offer
+
     # A second tab is a session of its own: it starts empty, opens a zipped DICOM series from the data folder,
     # and the first keeps its volume and results.
     other = _open_tab(browser, server)
     assert other.url != page.url and other.inner_text("#volume-name") == ""
-    other.select_option("#data", "example_ct_dicom.zip")
-    _wait_text(other, "#volume-name", lambda t: t == "example_ct_dicom")
-    assert "512x512x20" in other.inner_text("#info")
+    other.select_option("#data", "ct-3slice.zip")
+    _wait_text(other, "#volume-name", lambda t: t == "ct-3slice")
+    assert "512x512x3" in other.inner_text("#info")
     assert page.inner_text("#volume-name") == "example_ct_sm" and page.query_selector("#results")
+
+    # Both tabs segment at once through the one port; the first pings the server through the page while it
+    # runs, and the page answers while the results load into the scene.
+    other.select_option("#model", "stub.mosmos")
+    other.fill("#organs", "liver")
+    other.click("#segment")
+    from mosmos.web.app import LOADING, TIMED_PINGS_SCRIPT
+
+    pings = page.evaluate(TIMED_PINGS_SCRIPT)      # clicks Segment, pings until the results are shown
+    whileLoading = [p["ms"] for p in pings if p["info"].startswith(LOADING)]
+    print(f"pings while results load: {len(whileLoading)}, slowest {max(whileLoading, default=0):.0f} ms")
+    assert whileLoading, pings[-5:]
+    assert page.inner_text("#info").startswith("Done.")
+    other.wait_for_selector("#download-dicom-seg", timeout=120000)
+    assert other.inner_text("[data-organ=\"liver\"] td.ml")
+
+    # The DICOM input downloads a DICOM SEG that references its series (the writer of `mosmos segment`).
+    import highdicom as hd
+
+    with other.expect_download() as download:
+        other.click("#download-dicom-seg")
+    segDcm = tmp_path / "web_seg.dcm"
+    download.value.save_as(segDcm)
+    seg = hd.seg.segread(segDcm)
+    assert seg.Modality == "SEG" and [s.SegmentLabel for s in seg.SegmentSequence] == ["liver"]
+    from mosmos.inference.io import read_volume
+
+    source = read_volume(CT3).source.headers
+    assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == source[0].SeriesInstanceUID
+    if shutil.which("dciodvfy"):
+        out = subprocess.run(["dciodvfy", str(segDcm)], capture_output=True, text=True, timeout=60)
+        errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
+        assert errors == [] and "Segmentation" in out.stdout + out.stderr, errors
+
+    # A third tab beyond --max-sessions 2: a clear message, not a hang.
+    third = _open_tab(browser, server, ready=False)
+    assert "2 sessions are open, the most this server runs at once" in third.inner_text("#message")
     assert server["proc"].poll() is None

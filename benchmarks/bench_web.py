@@ -5,7 +5,10 @@ fine-tuned here on phantoms (mosmos.experiments.recipes) and a real CT from Test
    for a later one (the spare session the launcher keeps started);
 2. open to first slice: choosing the CT from the data folder -> its axial slice rendered in the page;
 3. segment to overlay: clicking Segment -> the organs' colours in the axial view, against the baseline
-   `mosmos segment` on the command line for the same input and model (ratio: the web path's overhead).
+   `mosmos segment` on the command line for the same input and model (ratio: the web path's overhead);
+4. the page while the results load into the scene: a ping through the page (a trame trigger the server
+   answers at once) every 20 ms from the click on Segment; the slowest round trip while the page said it was
+   loading the results, against the baseline of the same ping on an idle page (median of 20).
 
     python benchmarks/bench_web.py [--input Testing/Data/totalseg_example/example_ct.nii.gz]
                                    [--tags "liver, spleen, kidneys"] [--screenshot PATH]
@@ -67,6 +70,7 @@ def main() -> int:
     from playwright.sync_api import sync_playwright
 
     from mosmos.experiments.recipes import make_tiny_segmentation_model
+    from mosmos.web.app import LOADING, TIMED_PINGS_SCRIPT
     from mosmos.web.launcher import free_port, listening
 
     with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
@@ -114,9 +118,13 @@ def main() -> int:
                 wait_until(lambda: image(axial.screenshot()).std() > 20)
                 firstSlice = time.perf_counter() - t
 
+                idle = sorted(page.evaluate("""async () => { const ms = [];
+                    for (let i = 0; i < 20; i++) { const t = performance.now(); await trame.trigger('mosmos_ping');
+                    ms.push(performance.now() - t); } return ms; }"""))
                 page.fill("#organs", args.tags)
                 t = time.perf_counter()
-                page.click("#segment")
+                pings = page.evaluate(TIMED_PINGS_SCRIPT)       # clicks Segment; returns when the results show
+                loading = [p["ms"] for p in pings if p["info"].startswith(LOADING)]
                 page.wait_for_selector("#results", timeout=600000)
                 wait_until(lambda: coloured(image(axial.screenshot())) > 200)
                 segmentToOverlay = time.perf_counter() - t
@@ -138,7 +146,12 @@ def main() -> int:
                       "open_to_first_slice_s": round(firstSlice, 2),
                       "segment_to_overlay_s": round(segmentToOverlay, 2),
                       "baseline": "mosmos segment on the command line, same input and model",
-                      "baseline_s": round(cli, 2), "ratio": round(segmentToOverlay / cli, 2)}))
+                      "baseline_s": round(cli, 2), "ratio": round(segmentToOverlay / cli, 2),
+                      "pings_while_loading": len(loading),
+                      "ping_while_loading_max_s": round(max(loading, default=float("nan")) / 1000, 3),
+                      "ping_baseline": "the same ping on an idle page, median of 20",
+                      "ping_idle_s": round(idle[len(idle) // 2] / 1000, 4),
+                      "ping_ratio": round(max(loading, default=float("nan")) / idle[len(idle) // 2], 1)}))
     return 0
 
 

@@ -12,10 +12,12 @@ from pathlib import Path
 from typing import Any
 
 from .. import __version__
+from .filecache import once_per_file_version
 
 
+@once_per_file_version
 def file_sha256(path: str | os.PathLike) -> str:
-    """SHA-256 of a file's bytes (what a model index lists and ``--sha256`` checks)."""
+    """SHA-256 of a file's bytes (what a model index lists, ``--sha256`` checks and a DICOM SEG names)."""
     h = hashlib.sha256()
     with open(path, "rb") as f:
         for block in iter(lambda: f.read(1 << 20), b""):

@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any
 
 from ..errors import MosmosError
 from .atomic import atomic_write_bytes
+from .filecache import once_per_file_version
 
 if TYPE_CHECKING:  # torch is imported only where tensors are handled: listing model files needs none
     import torch
@@ -200,6 +201,13 @@ def load_model(path: str | os.PathLike) -> tuple[dict[str, "torch.Tensor"], dict
     if isinstance(tensors, ModelTensors):
         tensors.read_groups(sorted({tensor_group(n) for n in tensors}))
     return dict(tensors), header
+
+
+@once_per_file_version
+def verify_model(path: str | os.PathLike) -> None:
+    """Raise MosmosError unless every tensor of the model file matches its checksums. Once per version of the
+    file: a server checking its models before each run reads each one once."""
+    load_model(path)
 
 
 def _load_v1(path: Path, header: dict[str, Any]) -> dict[str, "torch.Tensor"]:

@@ -95,6 +95,17 @@ class SegmentationJob:
 
     def finish(self) -> SegmentationOutputs:
         """Read the child's outputs into the scene (call after a successful exit)."""
+        steps = self.finish_steps()
+        while True:
+            try:
+                next(steps)
+            except StopIteration as done:
+                return done.value
+
+    def finish_steps(self):
+        """finish() one step at a time: a generator that pauses after each file read and each node built and
+        returns the SegmentationOutputs, so that a caller on an event loop (the web page) serves its other
+        requests between steps instead of freezing until all of them are done."""
         self.process.check()
         scene = self.volumeNode.GetScene()
         try:
@@ -105,20 +116,25 @@ class SegmentationJob:
         inputShape = tuple(reversed(self.volumeNode.GetImageData().GetDimensions()))
         ijkToRAS = ijk_to_ras(self.volumeNode)
         labelmap = self._readArray(self.outputPath, inputShape, ijkToRAS, labelmap=True)
+        yield
 
         name = f"{self.volumeNode.GetName()} segmentation"
         segNode = build_segmentation_node(scene, labelmap, ijkToRAS, organs, name, self.volumeNode,
                                           self.segmentationNode)
+        yield
         volumes = organ_volumes_ml(labelmap, ijkToRAS, organs)
         rows = [(o["name"], int(o["label"]), volumes[o["name"]]) for o in organs]
         tableNode = volume_table_node(scene, rows, f"{self.volumeNode.GetName()} organ volumes", self.tableNode)
+        yield
 
         attentionNodes = {}
         if self.attentionDir is not None:
             for tag, fileName in (summary.get("attention") or {}).items():
                 att = self._readArray(self.attentionDir / fileName, inputShape, ijkToRAS)
+                yield
                 attentionNodes[tag] = attention_volume_node(scene, att, ijkToRAS, tag, self.volumeNode,
                                                             labelled=tag in {o["name"] for o in organs})
+                yield
         return SegmentationOutputs(segNode, tableNode, attentionNodes, organs, list(summary.get("notices", [])),
                                    labelmap)
 

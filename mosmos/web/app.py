@@ -5,16 +5,18 @@ views. Widgets only call Session (session.py); every error becomes the page's on
 from __future__ import annotations
 
 import asyncio
+import base64
 import logging
+import shutil
 import sys
 import tempfile
+import time
 import traceback
 from pathlib import Path
 
 from trame.app import TrameApp
-from trame.app.file_upload import ClientFile
 from trame.ui.vuetify3 import VAppLayout
-from trame.widgets import html
+from trame.widgets import client, html
 from trame.widgets import vuetify3 as v
 from trame_slicer import module as trame_slicer_module
 from trame_slicer.core import LayoutManager, SlicerApp
@@ -27,6 +29,44 @@ from .session import Session, data_files
 
 LOG = logging.getLogger("mosmos.web")
 LAYOUT = "Quad View"   # axial, coronal, sagittal and 3D
+# Run in the page by the browser tests and benchmarks/bench_web.py: click Segment, then ping the server through
+# the page every 20 ms until the run's results are shown; each ping's round trip (ms) and the page's #info then.
+TIMED_PINGS_SCRIPT = """async () => {
+    const pings = [];
+    const info = () => document.querySelector('#info').innerText;
+    document.querySelector('#segment').click();
+    const start = performance.now();
+    let started = false;   // the page says "Done." of an earlier run until the server has answered the click
+    while (performance.now() - start < 600000) {
+        started = started || !info().startsWith('Done.');
+        if (started && info().startsWith('Done.')) break;
+        const t = performance.now();
+        await trame.trigger('mosmos_ping');
+        pings.push({ms: performance.now() - t, info: info()});
+        await new Promise((resolve) => setTimeout(resolve, 20));
+    }
+    return pings;
+}"""
+LOADING = "Loading the results"
+LOAD_PAUSE_S = 0.01    # between the steps of loading results: long enough for the loop to answer waiting messages
+UPLOAD_CHUNK = 1 << 20  # bytes per websocket message: small enough for wslink's 4 MiB limit once base64-encoded
+
+# The browser sends a chosen file in chunks, each answered before the next, so the server can refuse it at once
+# (too large) and the page can show how much has arrived.
+UPLOAD_SCRIPT = """
+window.mosmosUpload = async function (file, begin, chunk) {
+  if (!file || !(await trame.trigger(begin, [file.name, file.size]))) return;
+  for (let offset = 0; offset < file.size; offset += %d) {
+    const data = await new Promise((resolve, reject) => {
+      const reader = new FileReader();
+      reader.onload = () => resolve(reader.result.slice(reader.result.indexOf(',') + 1));
+      reader.onerror = () => reject(reader.error);
+      reader.readAsDataURL(file.slice(offset, offset + %d));
+    });
+    if (!(await trame.trigger(chunk, [offset, data]))) return;
+  }
+};
+""" % (UPLOAD_CHUNK, UPLOAD_CHUNK)
 
 
 def _hex(rgb) -> str:
@@ -40,7 +80,10 @@ def split_organs(text: str, ticked: list[str]) -> list[str]:
 
 
 class MosmosWebApp(TrameApp):
-    def __init__(self, server=None, models: str | None = None, data: str | None = None):
+    def __init__(self, server=None, models: str | None = None, data: str | None = None,
+                 uploads: str | Path | None = None, maxUploadMb: float = 2048):
+        """``uploads``: this session's folder for uploaded files (the launcher removes it when the session ends);
+        ``maxUploadMb``: the largest upload accepted."""
         super().__init__(server)
         self.server.enable_module(trame_slicer_module)
         self.slicer = SlicerApp()
@@ -48,9 +91,11 @@ class MosmosWebApp(TrameApp):
         self.layoutManager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
         self.layoutManager.register_layout_dict(LayoutManager.default_grid_configuration())
         self.layoutManager.set_layout(LAYOUT)
-        self.session = Session(self.slicer, models)
+        self.uploads = Path(uploads) if uploads else Path(tempfile.mkdtemp(prefix="mosmos-web-uploads-"))
+        self.session = Session(self.slicer, models, self.uploads)
         self.dataFolder = Path(data) if data else None
-        self._uploaded: list[dict] = []
+        self.maxUploadBytes = int(maxUploadMb * 1e6)
+        self._upload: dict | None = None     # the upload under way: path, size, received
         self._watcher: asyncio.Task | None = None
         self._init_state()
         self._build_ui()
@@ -71,7 +116,11 @@ class MosmosWebApp(TrameApp):
         s.ticked = []
         s.quick_preview = False
         s.running = False
+        s.loading = False
         s.progress = 0
+        s.uploading = False
+        s.upload_progress = 0
+        s.is_dicom = False
         s.rows = []
         s.overlay_tag = None
         s.overlay_opacity = 0.6
@@ -104,31 +153,67 @@ class MosmosWebApp(TrameApp):
         self.state.flush()
 
     # --- volume -------------------------------------------------------------------------------------
-    def _open(self, path: Path, name: str) -> None:
+    def _open(self, path: Path, name: str) -> bool:
+        """Show the volume at ``path``; False (and the page's message) when it cannot be opened."""
         self.state.message = ""
         try:
             node = self.session.open_volume(path, name)
         except Exception as e:  # noqa: BLE001 - any reader failure must stay a message on the page
             self._fail(e)
-            return
+            return False
         self.state.volume_name = node.GetName()
+        self.state.is_dicom = self.session.dicomSource is not None
         self._show_results()
         self.state.info = f"{node.GetName()}: {'x'.join(map(str, node.GetImageData().GetDimensions()))} voxels"
+        return True
 
-    async def load_chunk(self, files: list[dict]) -> None:
-        """Upload, chunk by chunk; an empty list marks the end."""
-        if files:
-            self._uploaded.extend(files)
-            return
-        uploaded, self._uploaded = self._uploaded, []
-        if not uploaded:
-            return
-        client = ClientFile(uploaded[0])
-        with tempfile.TemporaryDirectory(prefix="mosmos-upload-") as tmp:
-            path = Path(tmp) / Path(client.name).name
-            path.write_bytes(client.content or b"")
-            with self.state:
-                self._open(path, None)
+    def upload_begin(self, name: str, size: int) -> bool:
+        """A file of ``size`` bytes is about to arrive: refuse it (False, with the page's message) above the
+        limit; otherwise drop the previous upload and expect this one's chunks."""
+        self._discard_upload()
+        name = Path(str(name)).name or "upload"
+        if int(size) == 0:
+            self.state.message = f"{name}: an empty file"
+            return False
+        if int(size) > self.maxUploadBytes:
+            self.state.message = (f"{name}: {int(size) / 1e6:.1f} MB, more than this server accepts "
+                                  f"({self.maxUploadBytes / 1e6:g} MB); choose it from the data folder or ask "
+                                  "for a larger --max-upload-mb")
+            return False
+        self.state.message = ""
+        for old in self.uploads.iterdir():   # one upload at a time is kept: the volume on show
+            shutil.rmtree(old) if old.is_dir() else old.unlink()
+        self._upload = {"path": self.uploads / name, "size": int(size), "received": 0}
+        self._upload["path"].write_bytes(b"")
+        self.state.uploading, self.state.upload_progress = True, 0
+        return True
+
+    def upload_chunk(self, offset: int, data: str) -> bool:
+        """Append one base64 chunk; the last one opens the file. False stops the browser's upload."""
+        up = self._upload
+        if up is None or int(offset) != up["received"]:
+            return False
+        chunk = base64.b64decode(data)
+        if up["received"] + len(chunk) > min(up["size"], self.maxUploadBytes):
+            self._discard_upload()
+            self.state.message = f"{up['path'].name}: more data than announced; upload refused"
+            return False
+        with up["path"].open("ab") as f:
+            f.write(chunk)
+        up["received"] += len(chunk)
+        self.state.upload_progress = round(100 * up["received"] / max(up["size"], 1))
+        if up["received"] == up["size"]:
+            self._upload = None
+            self.state.uploading = False
+            if not self._open(up["path"], None):
+                up["path"].unlink()    # the session's folder keeps only the volume on show
+        return True
+
+    def _discard_upload(self) -> None:
+        if self._upload is not None:
+            self._upload["path"].unlink(missing_ok=True)
+            self._upload = None
+        self.state.uploading = False
 
     def _on_data_choice(self, data_choice, **_) -> None:
         if data_choice and self.dataFolder is not None:
@@ -143,17 +228,19 @@ class MosmosWebApp(TrameApp):
         self.state.ticked = [t for t in self.state.ticked if t in organs]
 
     # --- segmentation -------------------------------------------------------------------------------
-    def segment(self) -> None:
+    def segment(self, organText: str, ticked: list[str], model: str, quickPreview: bool) -> None:
+        """The page's fields come with the click: the browser may send a field's last edit after the click
+        when it is busy, so the server's copy of them can lag behind what the user saw."""
         self.state.message = ""
-        tags = split_organs(self.state.organ_text, self.state.ticked)
+        self.state.update({"organ_text": organText, "ticked": ticked, "model": model, "quick_preview": quickPreview})
+        tags = split_organs(organText, ticked)
         try:
-            self.session.start(tags, self.session.modelsFolder / self.state.model if self.state.model else None,
-                               fast=bool(self.state.quick_preview))
+            self.session.start(tags, self.session.modelsFolder / model if model else None, fast=bool(quickPreview))
         except Exception as e:  # noqa: BLE001
             self._fail(e)
             return
         self.state.running, self.state.progress = True, 0
-        self.state.info = f"Segmenting {', '.join(tags)}{' (quick preview)' if self.state.quick_preview else ''} ..."
+        self.state.info = f"Segmenting {', '.join(tags)}{' (quick preview)' if quickPreview else ''} ..."
         self._watcher = asyncio.get_running_loop().create_task(self._watch())  # a reference keeps it alive
 
     async def _watch(self) -> None:
@@ -162,30 +249,47 @@ class MosmosWebApp(TrameApp):
             if self.session.job is None:
                 break
             try:
-                events, outputs = self.session.poll()
+                events, exited = self.session.poll()
             except Cancelled:
                 break
-            except Exception as e:  # noqa: BLE001
-                with self.state:
-                    self.state.running = False
-                    self.state.info = "Segmentation failed."
-                    self._fail(e)
-                return
             with self.state:
                 for e in events:
                     if e["event"] == "progress" and int(e.get("total", 0)) > 0:
                         self.state.progress = round(100 * int(e["done"]) / int(e["total"]))
                     elif e["event"] == "status":  # a long step with no progress to show (a first compile)
                         self.state.info = f"Segmenting: {e.get('message', '')}"
-                if outputs is not None:
-                    self.state.running = False
-                    self.state.progress = 100
-                    self._show_results()
-                    notices = "; ".join(outputs.notices)
-                    self.state.info = "Done." + (f" {notices}" if notices else "")
-                    return
+                if exited:
+                    self.state.loading, self.state.info = True, f"{LOADING} ..."
+            if exited:
+                await self._load_results()
+                return
+
+    async def _load_results(self) -> None:
+        """The finished run's outputs into the scene a step at a time, giving the loop to the page's other
+        requests (view rendering, clicks, pings) between steps."""
+        steps = self.session.load_results()
+        try:
+            while True:
+                next(steps)
+                await asyncio.sleep(LOAD_PAUSE_S)
+        except StopIteration as done:
+            outputs = done.value
+        except Exception as e:  # noqa: BLE001
+            with self.state:
+                self.state.running = self.state.loading = False
+                self.state.info = "Segmentation failed."
+                self._fail(e)
+            return
+        with self.state:
+            self.state.running = self.state.loading = False
+            self.state.progress = 100
+            self._show_results()
+            notices = "; ".join(outputs.notices)
+            self.state.info = "Done." + (f" {notices}" if notices else "")
 
     def cancel(self) -> None:
+        if self.state.loading:   # the run has finished: its results are on their way in
+            return
         self.session.cancel()
         self.state.running, self.state.progress = False, 0
         self.state.info = "Cancelled."
@@ -225,8 +329,15 @@ class MosmosWebApp(TrameApp):
     def download_nifti(self):
         return self._attachment(self.session.segmentation_nifti)
 
+    def download_dicom_seg(self):
+        return self._attachment(self.session.segmentation_dicom_seg)
+
     def download_attention(self):
         return self._attachment(self.session.attention_zip)
+
+    def ping(self) -> float:
+        """Answered at once: the page (and the benchmark) times it to see whether the server loop is free."""
+        return time.time()
 
     # --- page ---------------------------------------------------------------------------------------
     def _download_button(self, label: str, element_id: str, fileName: str, handler) -> None:
@@ -237,8 +348,10 @@ class MosmosWebApp(TrameApp):
                      "'application/octet-stream')")
 
     def _build_ui(self) -> None:
-        upload = self.server.trigger_name(self.load_chunk)
+        begin, chunk = self.server.trigger_name(self.upload_begin), self.server.trigger_name(self.upload_chunk)
+        self.server.trigger("mosmos_ping")(self.ping)
         with VAppLayout(self.server, full_height=True, theme="dark") as layout:
+            client.Script(UPLOAD_SCRIPT)
             with v.VNavigationDrawer(permanent=True, width=380, classes="pa-3"):
                 html.H3("MOSMOS", classes="mb-2")
                 v.VAlert(v_if=("message",), text=("message",), type="error", density="compact",
@@ -248,8 +361,10 @@ class MosmosWebApp(TrameApp):
                 html.Div("Volume (NIfTI, NRRD or zipped DICOM)", classes="text-subtitle-2")
                 html.Input(type="file", id="upload", accept=".nii,.gz,.nrrd,.nhdr,.zip,*/*",
                            disabled=("running",),
-                           change=f"window.load_files_by_chunks($event.target.files, "
-                                  f"{{ trigger_name: '{upload}' }}); $event.target.value = null;")
+                           change=f"window.mosmosUpload($event.target.files[0], '{begin}', '{chunk}'); "
+                                  "$event.target.value = null;")
+                v.VProgressLinear(model_value=("upload_progress",), v_show=("uploading",), id="upload-progress",
+                                  height=6, color="secondary", classes="mt-1")
                 with html.Select(v_model=("data_choice",), id="data", v_if=("data_choices.length",),
                                  disabled=("running",), classes="mt-1", style="color: inherit; width: 100%"):
                     html.Option("choose from the data folder", value="")
@@ -276,8 +391,8 @@ class MosmosWebApp(TrameApp):
                     html.Span(" Quick preview")
                 with html.Div(classes="d-flex align-center mb-2"):
                     v.VBtn("Segment", id="segment", color="primary", disabled=("running || !volume_name",),
-                           click=self.segment, classes="mr-2")
-                    v.VBtn("Cancel", id="cancel", disabled=("!running",), click=self.cancel)
+                           click=(self.segment, "[organ_text, ticked, model, quick_preview]"), classes="mr-2")
+                    v.VBtn("Cancel", id="cancel", disabled=("!running || loading",), click=self.cancel)
                 v.VProgressLinear(model_value=("progress",), v_show=("running",), id="progress", height=6,
                                   color="primary", classes="mb-2")
 
@@ -309,6 +424,8 @@ class MosmosWebApp(TrameApp):
                         html.Span("1")
                     self._download_button(".seg.nrrd", "download-seg", ".seg.nrrd", self.download_seg_nrrd)
                     self._download_button("NIfTI", "download-nifti", "_labels.nii.gz", self.download_nifti)
+                    with html.Span(v_if=("is_dicom",)):
+                        self._download_button("DICOM SEG", "download-dicom-seg", "_seg.dcm", self.download_dicom_seg)
                     self._download_button("Attention maps", "download-attention", "_attention.zip",
                                           self.download_attention)
             with v.VMain():
@@ -318,7 +435,8 @@ class MosmosWebApp(TrameApp):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One session's server (started by the launcher): --host, --port, --models, --data, --timeout."""
+    """One session's server (started by the launcher): --host, --port, --models, --data, --timeout, --uploads,
+    --max-upload-mb."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="mosmos.web.app")
@@ -327,9 +445,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models")
     parser.add_argument("--data")
     parser.add_argument("--timeout", type=int, default=300, help="exit this many seconds after the last tab closed")
+    parser.add_argument("--uploads", help="this session's upload folder")
+    parser.add_argument("--max-upload-mb", type=float, default=2048)
     args, _ = parser.parse_known_args(argv)
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    app = MosmosWebApp(models=args.models, data=args.data)
+    app = MosmosWebApp(models=args.models, data=args.data, uploads=args.uploads, maxUploadMb=args.max_upload_mb)
     app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False,
                      timeout=args.timeout)
     return 0

@@ -13,8 +13,10 @@ import numpy as np
 
 from mosmos.errors import MosmosError
 from mosmos.inference import io as coreio
+from mosmos.inference.dicom import DicomSource
+from mosmos.inference.dicomseg import segmentation_dataset
 from mosmos.inference.tagselect import select_tags
-from mosmos.files.modelfile import load_model
+from mosmos.files.modelfile import verify_model
 from mosmos.mrml import models as modelsLib
 from mosmos.mrml import pipeline, segmentation, volumes
 from mosmos.mrml.attention import attention_color_node
@@ -32,11 +34,12 @@ def data_files(folder: str | Path | None) -> list[Path]:
                   if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES + (".zip",)))
 
 
-def read_upload(path: Path):
+def read_upload(path: Path, workDir: Path | None = None):
     """A volume file or a zipped DICOM series -> core Volume (the reader `mosmos segment` uses, so the
-    browser and the command line see the same grid). Raises MosmosError naming the file."""
+    browser and the command line see the same grid). A zip is unpacked in ``workDir`` (default: the system's
+    temporary folder) and removed after reading. Raises MosmosError naming the file."""
     if path.name.lower().endswith(".zip"):
-        with tempfile.TemporaryDirectory(prefix="mosmos-dicom-") as tmp:
+        with tempfile.TemporaryDirectory(prefix="mosmos-dicom-", dir=workDir) as tmp:
             try:
                 with zipfile.ZipFile(path) as archive:
                     archive.extractall(tmp)
@@ -60,11 +63,15 @@ def read_upload(path: Path):
 class Session:
     """The state of one page: its scene (from trame-slicer's SlicerApp), volume, running job and results."""
 
-    def __init__(self, slicerApp, modelsFolder: str | Path | None = None):
+    def __init__(self, slicerApp, modelsFolder: str | Path | None = None, workDir: str | Path | None = None):
+        """``workDir``: where uploads are unpacked (the session's upload folder)."""
         self.app = slicerApp
         self.scene = slicerApp.scene
         self.modelsFolder = Path(modelsFolder) if modelsFolder else modelsLib.default_models_dir()
+        self.workDir = Path(workDir) if workDir else None
         self.volumeNode = None
+        self.dicomSource: DicomSource | None = None      # the series' headers, for a DICOM SEG of the results
+        self.modelPath: Path | None = None               # the model of the results on show
         self.job: pipeline.SegmentationJob | None = None
         self.outputs: pipeline.SegmentationOutputs | None = None
 
@@ -77,13 +84,14 @@ class Session:
         """Read ``path`` into a new volume node and show it; on any error the scene is left as it was."""
         if self.job is not None:
             raise MosmosError("a segmentation is running: cancel it before opening another volume")
-        vol = read_upload(Path(path))
+        vol = read_upload(Path(path), self.workDir)
         name = name or volumes._stem(str(path))
         array = np.ascontiguousarray(np.asarray(vol.array).transpose(2, 1, 0))
         self.clear_results()
         if self.volumeNode is not None:
             self.scene.RemoveNode(self.volumeNode)
         self.volumeNode = node = volumes.volume_from_array(self.scene, array, vol.affine, name)
+        self.dicomSource = vol.source if isinstance(vol.source, DicomSource) else None
         self.app.display_manager.show_volume(node, do_reset_views=True)
         return node
 
@@ -100,7 +108,7 @@ class Session:
         # The core's own checks of the names and of the model file (tensors and checksum), here so that a typo
         # or a broken file is reported at once rather than after a process has started.
         select_tags(tags, list(modelsLib.model_info(modelPath).organs), open_set_supported=True)
-        load_model(modelPath)
+        verify_model(modelPath)
         job = pipeline.SegmentationJob(self.volumeNode, tags, modelPath, device, attention=True,
                                        modelsFolder=self.modelsFolder, fast=fast)
         try:
@@ -109,24 +117,30 @@ class Session:
             job.cleanup()
             raise
         self.job = job
+        self.modelPath = modelPath
 
-    def poll(self) -> tuple[list[dict], pipeline.SegmentationOutputs | None]:
-        """The child's events so far; when it has exited, its outputs in the scene (or its error raised)."""
+    def poll(self) -> tuple[list[dict], bool]:
+        """The child's events so far, and whether it has exited (then call load_results)."""
         events = self.job.process.poll()
-        if not any(e["event"] == "exit" for e in events):
-            return events, None
-        job, self.job = self.job, None
+        return events, any(e["event"] == "exit" for e in events)
+
+    def load_results(self):
+        """After the child exited: its outputs into the scene (or its error raised), one step per next() (a
+        generator, see pipeline.SegmentationJob.finish_steps); returns the outputs."""
+        job = self.job
         try:
-            outputs = job.finish()
+            outputs = yield from job.finish_steps()
         finally:
+            self.job = None
             job.cleanup()
         self.clear_results()
         self.outputs = outputs
+        yield
         outputs.segmentationNode.CreateClosedSurfaceRepresentation()  # the 3D view shows surfaces
-        return events, outputs
+        return outputs
 
     def cancel(self) -> None:
-        if self.job is not None:
+        if self.job is not None and self.job.process.running:   # loading finished results is not cancelled
             job, self.job = self.job, None
             job.cleanup()
 
@@ -170,6 +184,17 @@ class Session:
     def segmentation_nifti(self) -> bytes:
         self._need_outputs()
         return _nifti_bytes(self.outputs.labelmap, volumes.ijk_to_ras(self.volumeNode))
+
+    def segmentation_dicom_seg(self) -> bytes:
+        """The results as a DICOM SEG referencing the input series (the writer of `mosmos segment`)."""
+        self._need_outputs()
+        if self.dicomSource is None:
+            raise MosmosError(f"{self._name()}: DICOM SEG needs a DICOM series as input; download .seg.nrrd or NIfTI")
+        dataset = segmentation_dataset(self.dicomSource, self.outputs.labelmap.transpose(2, 1, 0),
+                                       self.outputs.organs, self.modelPath)
+        buf = io.BytesIO()
+        dataset.save_as(buf, enforce_file_format=True)
+        return buf.getvalue()
 
     def attention_zip(self) -> bytes:
         """One NIfTI per organ's attention map, zipped."""
