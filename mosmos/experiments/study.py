@@ -19,8 +19,7 @@ import io
 import json
 import shutil
 import time
-import dataclasses
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -73,12 +72,9 @@ class StudyPlan:
         """The default (or ``quick``) plan with the ``changes`` that are not None."""
         plan = (cls(budgets=(1,), seeds=1, held_out=1, steps=2, roco_pairs=64, pretrain_epochs=1) if quick else
                 cls(budgets=(1, 2, 4), seeds=5, held_out=4, steps=200, roco_pairs=1600, pretrain_epochs=10))
-        def absolute(v):
-            return str(Path(v).resolve())
-
         kinds = {"budgets": lambda v: tuple(int(b) for b in v), "ratios": lambda v: tuple(float(r) for r in v),
-                 "reports": str, "arch": str, "roco": absolute, "data": absolute, "backbone": str, "device": str,
-                 "weights": lambda v: absolute(v) if Path(v).is_file() else str(v), "clip_arm": bool,
+                 "reports": str, "arch": str, "roco": _absolute, "data": _absolute, "backbone": str, "device": str,
+                 "weights": lambda v: _absolute(v) if Path(v).is_file() else str(v), "clip_arm": bool,
                  "learn_prompt": bool, "ablate": str, "roi_size": lambda v: tuple(int(x) for x in v),
                  "spacing": lambda v: tuple(float(x) for x in v)}
         changes = {k: kinds.get(k, int)(v) for k, v in changes.items() if v is not None and v is not False}
@@ -130,6 +126,10 @@ class StudyPlan:
         if self.ratios is not None:
             return [(r, r) for r in self.ratios]
         return [(b, b / max(self.budgets)) for b in self.budgets]
+
+
+def _absolute(path) -> str:
+    return str(Path(path).resolve())
 
 
 def run_study(out: str | Path, quick: bool = False, progress: bool | None = None, jobs: int = 1, **changes) -> dict:
@@ -220,7 +220,7 @@ def finetune_config(plan: StudyPlan, data: Path, run_dir: Path, seed: int, init:
     start = {"mosmos": str(pretrained), "clip": plan.weights, "random": None}[init]
     if plan.data is None:
         cfg = STUDY_RECIPES[plan.arch].config(data, run_dir, plan.steps, seed=seed, label_ratio=label_ratio)
-        return dataclasses.replace(cfg, init=init, pretrained=start, backbone=plan.pretrain_backbone(),
+        return replace(cfg, init=init, pretrained=start, backbone=plan.pretrain_backbone(),
                                    device=plan.device, learn_prompt=plan.learn_prompt)
     return FinetuneConfig(data=str(data), out=str(run_dir), arch=plan.arch, backbone=plan.pretrain_backbone(),
                           init=init, pretrained=start, epochs=10**6, max_steps=plan.steps, label_ratio=label_ratio,

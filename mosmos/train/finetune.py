@@ -155,7 +155,8 @@ class FinetuneRun(TrainingRun):
         network, self.embedder = build_networks(cfg, spec, self.prep["roi_size"])
         self.network = network.to(self.device)
         self.seg_loss = MosmosSegLoss(lambda_pta=cfg.lambda_pta)
-        if cfg.learn_prompt:
+        if cfg.learn_prompt:  # the prompt learner uses the text encoder without owning it: both move here
+            self.embedder.to(self.device)
             self.embedder.tag_prompt.ctx.requires_grad_(True)
         objective = SegmentationObjective(self.network, self.seg_loss, self.amp_dtype,
                                           self.embedder.tag_prompt if cfg.learn_prompt else None, spec.tags)
