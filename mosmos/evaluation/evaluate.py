@@ -58,7 +58,7 @@ def evaluate(model: str, data: str, split: str = "validation", device: str = "au
         volume = read_volume(case["image"])
         seg = segmenter.segment(volume.array, volume.affine, overlap=overlap, modality=spec.modality,
                                 source=f"case {name}", map_labels=True, compile=compile,
-                               precision=precision)
+                                precision=precision)
         results[name] = score_case(seg.labelmap, case["label"], pairs, seg.map_labelmap)
         means = []
         for key in ("dice", "map_dice"):

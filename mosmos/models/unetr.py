@@ -221,7 +221,7 @@ class MosmosUNETR(nn.Module):
 
     def forward(self, x: torch.Tensor, tag_embeddings: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
         tokens, taps, grid = self.encode(x)
-        maps = self.pixel_tag_maps(tokens, grid, None if tag_embeddings is None else self.queries(tag_embeddings))
+        maps = self.pixel_tag_maps(tokens, grid, self.queries(tag_embeddings))
 
         def as_volume(t: torch.Tensor) -> torch.Tensor:
             return t.transpose(1, 2).reshape(t.shape[0], t.shape[2], *grid)
