@@ -142,16 +142,39 @@ def test_interrupted_cli_leaves_no_files(files, tmp_path, capsys, monkeypatch):
     assert [p for p in (tmp_path / "out").rglob("*") if p.is_file()] == []
 
 
-def test_json_progress_lines(files, tmp_path, capsys):
+def test_json_progress_lines_with_the_seconds_of_each_stage(files, tmp_path, capsys):
     _, model, image = files
     code, stdout, _ = _run(capsys, image, "--model", model, "--tags", "liver", "--output", tmp_path / "s.nii.gz",
-                           "--json-progress")
+                           "--attention", tmp_path / "att", "--json-progress")
     assert code == 0
     events = [json.loads(line) for line in stdout.splitlines()]
     progress = [e for e in events if e["event"] == "progress"]
     assert progress[0]["done"] == 0 and progress[-1]["done"] == progress[-1]["total"] > 0
     assert [e["done"] for e in progress] == list(range(len(progress)))
     assert events[-1]["event"] == "done" and events[-1]["organs"][0]["name"] == "liver"
+    stages = [e for e in events if e["event"] == "stage"]
+    assert [e["stage"] for e in stages] == ["read", "load model", "resample", "windows", "stitch", "map back",
+                                            "write"]
+    assert all(e["seconds"] >= 0 for e in stages) and sum(e["seconds"] for e in stages) > 0
+    assert events.index(stages[2]) > events.index(progress[-1])  # the segmenter's stages: once it has finished
+
+
+def test_attention_maps_are_stored_as_scaled_16_bit_integers(files, tmp_path):
+    """Probabilities in [0, 1] go into .nii.gz as uint16 steps of 1/65535 (half the bytes of float32 to
+    compress), as close to the values Segmenter gives as their own float16 rounding; raw scores stay float32."""
+    _, model, image = files
+    volume = nib.load(image)
+    expected = Segmenter(model, device="cpu").segment(np.asarray(volume.dataobj), volume.affine,
+                                                      tags="liver").attention["liver"]
+    assert main(["segment", str(image), "--model", str(model), "--tags", "liver", "--output",
+                 str(tmp_path / "s.nii.gz"), "--attention", str(tmp_path / "att")]) == 0
+    stored = nib.load(tmp_path / "att" / "liver.nii.gz")
+    assert stored.get_data_dtype() == np.uint16 and stored.dataobj.slope == pytest.approx(1 / 65535, rel=1e-6)
+    assert stored.dataobj.inter == 0 and stored.header.get_intent()[0] == "none" and expected.max() > 0.5
+    np.testing.assert_allclose(np.asarray(stored.dataobj), expected, atol=2 ** -12 + 1e-5)
+    assert main(["segment", str(image), "--model", str(model), "--tags", "liver", "--output",
+                 str(tmp_path / "r.nii.gz"), "--attention", str(tmp_path / "raw"), "--attention-raw"]) == 0
+    assert nib.load(tmp_path / "raw" / "liver.nii.gz").get_data_dtype() == np.float32
 
 
 def _bad_inputs(root, image):

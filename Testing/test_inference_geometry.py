@@ -145,3 +145,57 @@ def test_dicom_and_nrrd_of_ct_3slice_share_one_grid(tmp_path):
         np.testing.assert_allclose(back.affine, ct.affine, atol=1e-5)
         np.testing.assert_array_equal(back.array, res.labelmap)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.mosmos", "seg.nii.gz", "seg.nrrd"]
+
+
+@pytest.mark.parametrize("kji", [False, True])
+def test_attention_maps_map_back_as_trilinear_sampling_does(kji):
+    """The attention maps reach the input grid by three passes of 1D linear interpolation (separable, as the
+    model grid is the input's scaled per axis): the trilinear samples of grid_sample at every input voxel,
+    within the float16 rounding the maps keep, for a permuted, flipped and oblique-free grid in either array
+    order."""
+    import torch
+
+    from mosmos.inference.geometry import _coords, from_oriented, resample
+    from mosmos.inference.segmenter import AttentionMaps, half_precision
+
+    affine = np.array([[0, -1.1, 0, 5], [0, 0, 2.2, 3], [-0.9, 0, 0, 1], [0, 0, 0, 1.0]])
+    grid = model_grid((50, 41, 37), affine, (1.5, 1.5, 2.0))
+    assert grid.perm != (0, 1, 2) and any(grid.flip)
+    maps = torch.rand(2, *grid.shape, generator=torch.Generator().manual_seed(0)).half()
+    got = AttentionMaps(["a", "b"], maps, grid, kji)["b"]
+
+    samples = resample(maps[1:2], [_coords(grid.oriented_shape[j], 1 / grid.ratio[j], "cpu") for j in range(3)])
+    expected = samples[0].clamp(0, 1).numpy()
+    half_precision(expected)
+    expected = from_oriented(expected, grid)
+    assert got.dtype == np.float32 and got.flags.c_contiguous
+    np.testing.assert_allclose(got, expected.T if kji else expected, atol=2 ** -11)
+    assert np.mean(got == (expected.T if kji else expected)) > 0.99
+
+
+def test_staged_volumes_are_written_on_a_thread_all_or_none(tmp_path):
+    """StagedWriter writes volumes on a worker thread while the caller makes the next one: a volume that
+    cannot be written fails the commit with one line naming it, and nothing is left, neither the volumes
+    written before it nor any temporary; otherwise all appear at once, readable."""
+    from mosmos.errors import MosmosError
+    from mosmos.inference.io import StagedWriter
+
+    affine = np.diag([1.5, 1.5, 2.0, 1.0])
+    maps = [np.random.default_rng(i).integers(0, 65536, (20, 16, 12), dtype=np.uint16) for i in range(3)]
+    (tmp_path / "blocked").write_text("a file where a folder should be")
+    with pytest.raises(MosmosError, match=r"blocked/c\.nii\.gz: cannot write"):
+        with StagedWriter() as writer:
+            writer.volume(tmp_path / "a.nii.gz", maps[0], affine, scale=1 / 65535)
+            writer.volume(tmp_path / "b.nrrd", maps[1], affine, scale=1 / 65535)
+            writer.volume(tmp_path / "blocked" / "c.nii.gz", maps[2], affine, scale=1 / 65535)
+            writer.commit()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["blocked"]
+
+    with StagedWriter() as writer:
+        for name, a in zip(("a.nii.gz", "b.nii", "c.nrrd"), maps):
+            writer.volume(tmp_path / name, a, affine, scale=1 / 65535)
+        assert not (tmp_path / "a.nii.gz").exists()
+        writer.commit()
+    for name, a in zip(("a.nii.gz", "b.nii", "c.nrrd"), maps):
+        np.testing.assert_allclose(read_volume(tmp_path / name).array, a / 65535, rtol=1e-6)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["a.nii.gz", "b.nii", "blocked", "c.nrrd"]

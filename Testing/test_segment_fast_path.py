@@ -248,30 +248,100 @@ def test_the_slab_by_slab_blend_is_the_whole_volume_blend(shape, batch):
     assert (logits[0][~covered] == 1).all() and not logits[1:, ~covered].any() and (maps[0][~covered] == 0.25).all()
 
 
-def test_compile_auto_skips_short_runs_and_a_failed_compile_runs_eagerly(trained, monkeypatch):
-    """auto compiles only when the windows left after the timed first one would save more than a
-    cold compile costs; where compiling fails (no C++ compiler, as in Slicer on Windows) the windows
-    run eagerly, and asked for explicitly, a notice says so."""
-    from mosmos.inference import compilation
+def test_the_label_map_is_the_argmax_of_the_whole_volume_blend_bit_for_bit(trained):
+    """The slab-by-slab labels (a class at a time, label_argmax) equal torch's argmax of the whole-volume blend,
+    mapped to the input grid by nearest model voxel: the label map of the eager fp32 path, voxel for voxel."""
+    from mosmos.inference.geometry import from_oriented, model_grid, nearest_model_indices
+    from mosmos.inference.segmenter import label_argmax
+    from mosmos.inference.sliding import sliding_window
+    from mosmos.inference.tagselect import select_tags
 
     seg, image, affine, _ = trained
-    part = image[:96]  # the body: 6 windows
-    eager = seg.segment(part, affine, tags="liver", compile="off")
-    assert eager.run["compiled"] is False
-    auto = seg.segment(part, affine, tags="liver")  # 6 tiny windows: compiling would not pay
-    assert auto.run == eager.run and np.array_equal(auto.labelmap, eager.labelmap)
-    # a ViT-B window: the exact mode's 175 windows of a full CT pay, --fast's 30 do not
-    assert compilation.pays_to_compile(2.3, 174) and not compilation.pays_to_compile(2.3, 29)
+    tags = "liver, spleen, right kidney, left kidney"
+    result = seg.segment(image, affine, tags=tags, precision="fp32", compile="off")
+    assert result.run["windows_skipped"] > 0 and set(result.seconds) == {"resample", "windows", "stitch", "map back"}
+
+    selection = select_tags(tags, seg.organ_names, False)
+    selected = [seg.label_names.index(n) for n in selection.labelled]
+    grid = model_grid(image.shape, affine, seg.preprocessing.spacing)
+    with torch.inference_mode():
+        model_image, body = seg._model_image(image, grid, seg.device, body=True)
+        shape = tuple(model_image.shape[1:])
+        box, starts = seg._windows(body, shape, seg.roi_size, 0.5, False, True)
+        predict = seg._predictor(selection, selected, False, "fp32", {"windows": 0.0})
+        logits, _ = sliding_window(model_image[(slice(None), *box)], seg.roi_size, predict, len(seg.label_values),
+                                   len(selected), 0.5, 1, starts=starts, uncovered_maps=[1.0] + [0.0] * 3)
+    lut = torch.zeros(len(seg.label_values), dtype=torch.int64)
+    for k in selected:
+        lut[k] = seg.label_values[k]
+    labels = np.zeros(shape, np.uint8)
+    labels[box] = lut[logits.argmax(0)].numpy()
+    expected = from_oriented(labels[np.ix_(*nearest_model_indices(grid))], grid)
+    assert len(np.unique(expected)) >= 3  # background and two organs at least (the tiny model misses some)
+    np.testing.assert_array_equal(result.labelmap, expected)
+
+    # ties go to the first class, as torch.argmax's; label values above 255 in wider label maps
+    scores = torch.tensor([[[1.0, 2.0, 3.0]], [[1.0, 5.0, 3.0]], [[0.5, 5.0, 4.0]]])[..., None].expand(3, 1, 3, 2)
+    for values, dtype in (([0, 7, 9], np.uint8), ([0, 300, 301], np.uint16)):
+        out = np.zeros((1, 3, 2), dtype)
+        label_argmax(scores, torch.tensor(values), out)
+        np.testing.assert_array_equal(out, np.asarray(values)[scores.argmax(0).numpy()])
+
+
+def test_compile_auto_compiles_only_on_a_warm_cache_that_pays_and_a_failed_compile_runs_eagerly(
+        trained, monkeypatch, tmp_path):
+    """auto never compiles on a cold inductor cache (a compile then costs more than a full CT's windows on 2
+    cores); a compiled run leaves a record in the cache folder, and with it auto compiles when the windows
+    left save more than the warm compile costs. Where compiling fails (no C++ compiler, as in Slicer on
+    Windows) the windows run eagerly, and asked for explicitly, a notice says so. The compiler here is a
+    stand-in that returns the network itself (the real one is the next test's)."""
+    from mosmos.inference import compilation
+
+    seg, part, affine, _ = trained
+    opts = {"tags": "liver", "overlap": 0.8}  # enough windows for two timed ones and three compiled
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "inductor"))
+    eager = seg.segment(part, affine, **opts, compile="off")
+    assert eager.run["compiled"] is False and eager.run["windows"] >= compilation.TIMED_WINDOWS + 3
+
+    compiles = []
+
+    def stand_in(network, **kwargs):
+        compiles.append(kwargs)
+        return network
+    monkeypatch.setattr(compilation.torch, "compile", stand_in)
+    statuses = []
+    cold = Segmenter(seg.model_file, device="cpu").segment(part, affine, **opts, status=statuses.append)
+    assert cold.run == eager.run and not compiles and not statuses and not list(tmp_path.rglob("*.json"))
+    assert not compilation.pays_to_compile(1.9, 174, None)  # a cold cache never pays, however long the run
+    record = {"compiled_window_s": 0.7, "warm_compile_s": 7.0}
+    assert compilation.pays_to_compile(1.9, 174, record) and not compilation.pays_to_compile(1.9, 5, record)
+    assert not compilation.pays_to_compile(0.6, 174, record)
+
+    on = Segmenter(seg.model_file, device="cpu").segment(part, affine, **opts, compile="on")
+    assert on.run == {**eager.run, "compiled": True} and compiles == [{"dynamic": False}]
+    records = list((tmp_path / "inductor" / "mosmos").glob("*.json"))
+    assert len(records) == 1 and set(json.loads(records[0].read_text())) == {"compiled_window_s", "cold_compile_s"}
+    np.testing.assert_array_equal(on.labelmap, eager.labelmap)
+
+    # warm: the windows pay for a free compile; the first two are timed eagerly
+    records[0].write_text(json.dumps({"compiled_window_s": 0.0, "warm_compile_s": 0.0}))
+    warm = Segmenter(seg.model_file, device="cpu")
+    auto = warm.segment(part, affine, **opts, status=statuses.append)
+    assert auto.run["compiled"] is True and statuses == [compilation.COMPILING] and len(compiles) == 2
+    assert len(warm.forward.eager_s) == compilation.TIMED_WINDOWS
+    assert json.loads(records[0].read_text())["warm_compile_s"] >= 0  # the record now holds a warm compile's cost
+    other = Segmenter(seg.model_file, device="cpu").segment(part, affine, **opts, precision="fp32")
+    if eager.run["precision"] != "fp32":  # another number format is other compiled code: cold again
+        assert other.run["compiled"] is False
 
     def no_compiler(*a, **k):
         def fails(x):
             raise RuntimeError("InductorError: no working C++ compiler found")
         return fails
-    fresh = Segmenter(seg.model_file, device="cpu")
     monkeypatch.setattr(compilation.torch, "compile", no_compiler)
-    statuses = []  # a compile is announced before it starts (minutes when cold, with no window done)
-    assert seg.segment(part, affine, tags="liver", status=statuses.append).run == eager.run and not statuses
-    fallback = fresh.segment(part, affine, tags="liver", compile="on", status=statuses.append)
+    statuses.clear()
+    fallback = Segmenter(seg.model_file, device="cpu").segment(part, affine, **opts, compile="on",
+                                                               status=statuses.append)
     assert statuses == [compilation.COMPILING] and "compiling the network" in statuses[0]
     assert fallback.run["compiled"] is False
     assert "torch.compile failed (RuntimeError: InductorError" in fallback.notices[-1]

@@ -7,6 +7,7 @@ import io
 import json
 import sys
 import tempfile
+import time
 from pathlib import Path
 
 from ..errors import MosmosError
@@ -28,7 +29,8 @@ def add_arguments(parser) -> None:
                         "the --dicomweb study) holds several series (default: the largest)")
     parser.add_argument("--attention", metavar="DIR",
                         help="write one attention map per tag into DIR: the probability that the organ wins at "
-                             "each voxel (open-set tags: that the tag rather than background does), in [0, 1]")
+                             "each voxel (open-set tags: that the tag rather than background does), in [0, 1] "
+                             "(NIfTI: 16-bit integers with a scale factor, which readers apply)")
     parser.add_argument("--attention-raw", action="store_true",
                         help="with --attention: write the raw up-sampled pixel–tag scores instead of probabilities")
     parser.add_argument("--volumes", metavar="FILE", help="organ volumes (mL) as .json or .csv")
@@ -41,11 +43,12 @@ def add_arguments(parser) -> None:
                         help="network number format: auto (default) is bf16 where the GPU or CPU computes it "
                         "natively (AMX, AVX512-BF16), fp32 elsewhere")
     parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
-                        help="torch.compile the network (measured on 2 CPU cores: a ViT-B window in 0.36-0.6 of "
-                        "the time while other jobs load the machine, no net gain on an idle one; the first call "
-                        "compiles, about 2 min the first time, seconds once cached): auto (default) on the CPU "
-                        "when the windows left after the first would save more than a first compile costs; "
-                        "falls back to uncompiled where compiling fails")
+                        help="torch.compile the network on the CPU: auto (default) only where inductor's cache "
+                        "already holds its compiled code (a run with 'on' left it, with a record of what it "
+                        "measured) and the windows left would save more than loading it costs (about 7 s), never "
+                        "on a cold cache (a first compile takes about 2 min on 2 cores, more than a full CT's "
+                        "windows could save); on: always (builds the cache); off: never; falls back to "
+                        "uncompiled where compiling fails")
     parser.add_argument("--json-progress", action="store_true", help="JSON-lines progress events on stdout")
     add_dicomweb_arguments(parser)
     cohort = parser.add_argument_group("cohorts (one model load for many cases; shards by RANK/WORLD_SIZE of "
@@ -164,13 +167,18 @@ def run(args) -> int:
     from ..inference.dicomseg import is_seg_output
 
     check_outputs(args, dicom_in=True if args.dicomweb else None)
+    events = EventLog("-" if args.json_progress else None)
     with tempfile.TemporaryDirectory(prefix="mosmos-dicomweb-") as fetched:
+        start = time.perf_counter()
         volume = read_source(args, fetched)
+        stage(events, "read", start)
+        start = time.perf_counter()
         keep_window_buffers()  # this process is ours: reuse each window's activations (allocator.py)
         segmenter = Segmenter(args.model, device=args.device)
-        events = EventLog("-" if args.json_progress else None)
+        stage(events, "load model", start)
         result = segment_volume(segmenter, volume, args, events)
-        output, attention_files = write_results(args, volume, result, args.output, args.attention, args.volumes)
+        output, attention_files = write_results(args, volume, result, args.output, args.attention, args.volumes,
+                                                events)
     if not args.json_progress:
         for o in result.organs:
             print(f"{o['name']}: {o['volume_ml']:.1f} mL (label {o['label']})")
@@ -202,8 +210,15 @@ def read_source(args, fetched: str):
     return volume
 
 
+def stage(events, name: str, start: float | None = None, seconds: float | None = None) -> None:
+    """A "stage" event of --json-progress: ``name`` took ``seconds`` (or the time since ``start``)."""
+    seconds = time.perf_counter() - start if seconds is None else seconds
+    events.emit("stage", stage=name, seconds=round(seconds, 3))
+
+
 def segment_volume(segmenter, volume, args, events):
-    """One volume through ``segmenter`` with the run's options, progress bar and messages."""
+    """One volume through ``segmenter`` with the run's options, progress bar and messages; a "stage" event
+    for each of the segmenter's stages but the label maps' map back (write_results adds it to the maps')."""
     bar = progress_bar(0, "segment", enabled=None if not args.json_progress else False)
 
     def progress(done: int, total: int) -> bool:
@@ -226,6 +241,8 @@ def segment_volume(segmenter, volume, args, events):
         bar.close()
     events.emit("run", **result.run)
     run = result.run
+    for name in ("resample", "windows", "stitch"):
+        stage(events, name, seconds=result.seconds[name])
     print(f"mosmos segment: {run['windows']} windows in {run['precision']}{', compiled' if run['compiled'] else ''} "
           f"(overlap {run['overlap']}), "
           f"{run['windows_skipped']} outside the body skipped", file=sys.stderr)
@@ -235,15 +252,18 @@ def segment_volume(segmenter, volume, args, events):
     return result
 
 
-def write_results(args, volume, result, output, attention, volumes):
+def write_results(args, volume, result, output, attention, volumes, events):
     """The label map (or DICOM SEG) at ``output``, attention maps into the folder ``attention`` and organ volumes
     at ``volumes`` (each optional), all or none; with ``args.store`` the SEG (and maps) go to the study with
     STOW-RS first, and the files are committed only once the server has them. Returns the label map's path and
-    the attention maps' file names by tag."""
+    the attention maps' file names by tag. Ends with the "stage" events "map back" (label and attention maps to
+    the input grid) and "write" (the rest: encoding, compressing, storing; volumes are written on a thread while
+    the next map is mapped back)."""
     from pydicom.uid import generate_uid
 
     from ..inference.dicomseg import attention_dataset, is_seg_output, segmentation_dataset, seg_file
     from ..inference.io import StagedWriter
+    from ..inference.segmenter import QUANTUM
 
     inputs = (args.input, args.model)
     seg_out = bool(output) and is_seg_output(output)
@@ -256,6 +276,18 @@ def write_results(args, volume, result, output, attention, volumes):
 
     def uid(*what):
         return stored_uid(volume.source, args.model, result, *what) if args.store else None
+
+    mapping = 0.0  # seconds making the attention maps on the input grid
+
+    def mapped_back(tag: str, quantized: bool = False):
+        """The map as float32, or as 16-bit steps of QUANTUM."""
+        nonlocal mapping
+        start = time.perf_counter()
+        try:
+            return result.attention.quantized(tag) if quantized else result.attention[tag]
+        finally:
+            mapping += time.perf_counter() - start
+    start = time.perf_counter()
     with StagedWriter() as writer:
         stored = []
         if dicom:
@@ -270,13 +302,16 @@ def write_results(args, volume, result, output, attention, volumes):
         maps_series = uid("maps series") or generate_uid()   # one series holds the run's maps
         for number, (tag, name) in enumerate(attention_files.items(), 1):
             if dicom:
-                pm = attention_dataset(volume.source, tag, result.attention[tag], args.model, maps_series, number,
+                pm = attention_dataset(volume.source, tag, mapped_back(tag), args.model, maps_series, number,
                                        uid("map", tag))
                 stored.append(pm)
             if name.endswith(".dcm"):   # beside a SEG file, or with --store and no --output
                 writer.dataset(Path(attention) / name, pm)
+            elif args.attention_raw or not name.endswith((".nii.gz", ".nii")):
+                writer.volume(Path(attention) / name, mapped_back(tag), result.affine, "attention map")
             else:
-                writer.volume(Path(attention) / name, result.attention[tag], result.affine, "attention map")
+                writer.volume(Path(attention) / name, mapped_back(tag, quantized=True), result.affine, "attention map",
+                              scale=QUANTUM)
         if volumes:
             writer.text(volumes, volumes_text(volumes, result, attention_files))
         if args.store:
@@ -284,6 +319,8 @@ def write_results(args, volume, result, output, attention, volumes):
 
             store(args.dicomweb, stored)
         writer.commit()
+    stage(events, "map back", seconds=result.seconds.get("map back", 0.0) + mapping)
+    stage(events, "write", seconds=time.perf_counter() - start - mapping)
     return output, attention_files
 
 
@@ -338,14 +375,15 @@ def run_cohort(args) -> int:
         segmenter = Segmenter(args.model, device=args.device)   # once for all the cases
         events = EventLog("-" if args.json_progress else None)
 
-        def work(case, stage: Path) -> None:
+        def work(case, staging: Path) -> None:
             opts = argparse.Namespace(**{**vars(args), "input": str(case.path) if case.path else None,
                                          "study": case.study, "series": case.series})
             with tempfile.TemporaryDirectory(prefix="mosmos-dicomweb-") as fetched:
                 volume = read_source(opts, fetched)
                 result = segment_volume(segmenter, volume, opts, events)
-                write_results(opts, volume, result, str(stage / cohort.LABELS),
-                              str(stage / args.attention) if args.attention else None, str(stage / cohort.VOLUMES))
+                write_results(opts, volume, result, str(staging / cohort.LABELS),
+                              str(staging / args.attention) if args.attention else None, str(staging / cohort.VOLUMES),
+                              events)
 
         for case in todo:
             failed += cohort.run_case(case, out, rank, work, events) == "failed"

@@ -70,7 +70,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
     from ..data.phantoms import make_phantom, write_decathlon_dataset
     from ..evaluation.metrics import binary_dice, evaluate_case, spacing_from_affine
     from ..inference.io import write_volume
-    from ..inference.segmenter import Segmenter
+    from ..inference.segmenter import QUANTUM, Segmenter
     from ..train.finetune import finetune
     from .study import pretrain_on_phantom_reports
 
@@ -118,7 +118,8 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
         attention = {}
         for tag in DEMO_TAGS:
             attention[tag] = best.attention[tag]
-            write_volume(attention_dir / f"{tag.replace(' ', '_')}.nii.gz", attention[tag], held.affine)
+            write_volume(attention_dir / f"{tag.replace(' ', '_')}.nii.gz", best.attention.quantized(tag),
+                         held.affine, scale=QUANTUM)
         figure = out / "figure.png"
         draw_figure(figure, held.image, held.label, best.labelmap, attention, best.organs)
 

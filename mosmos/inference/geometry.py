@@ -10,6 +10,7 @@ a world position come back at the same world position.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import os
@@ -154,9 +155,50 @@ def resample_to_model(oriented: torch.Tensor, grid: ModelGrid) -> torch.Tensor:
     return resample(oriented, [_coords(grid.shape[j], grid.ratio[j], oriented.device) for j in range(3)])
 
 
-def resample_to_input(model: torch.Tensor, grid: ModelGrid) -> torch.Tensor:
-    """(C, model grid) -> (C, oriented input grid) float32, linear."""
-    return resample(model, [_coords(grid.oriented_shape[j], 1.0 / grid.ratio[j], model.device) for j in range(3)])
+def oriented_view(a: np.ndarray, grid: ModelGrid) -> np.ndarray:
+    """An input-order array (X, Y, Z) seen in RAS-like axis order, as to_oriented sees a tensor (a view)."""
+    a = np.transpose(a, grid.perm)
+    return a[tuple(slice(None, None, -1) if f else slice(None) for f in grid.flip)]
+
+
+BLOCK_BYTES = 32 << 20  # float32 output per block of resample_to_input
+
+
+def _linear_steps(n_out: int, step: float, n: int, device):
+    """Per output voxel along one axis: the two source voxels (border clamped) and the second's weight."""
+    c = _coords(n_out, step, device).clamp(0, n - 1)
+    lo = c.floor().long().clamp(max=max(n - 2, 0))
+    return lo, (lo + 1).clamp(max=n - 1), c - lo
+
+
+def _lerp_along(a: torch.Tensor, dim: int, lo: torch.Tensor, hi: torch.Tensor, w: torch.Tensor) -> torch.Tensor:
+    w = w.view([-1 if d == dim else 1 for d in range(a.dim())])
+    return torch.lerp(a.index_select(dim, lo), a.index_select(dim, hi), w)
+
+
+def resample_to_input(model: torch.Tensor, grid: ModelGrid, out: np.ndarray,
+                      finish: Callable[[torch.Tensor], None] | None = None) -> None:
+    """Linear samples of ``model`` (one channel on the model grid) at the oriented input grid's voxels, written
+    into ``out`` (float32, oriented input shape: an oriented_view of the caller's array in its own axis order),
+    a block of axis-0 rows at a time, each block first passed to ``finish`` to edit in place.
+
+    Trilinear interpolation is separable, and the model grid is the input's scaled per axis, so the samples are
+    three passes of 1D linear interpolation: about a tenth of grid_sample's time for a full CT's map (which
+    also made a whole float32 copy of it and one of its sampling grid)."""
+    steps = [_linear_steps(grid.oriented_shape[j], 1.0 / grid.ratio[j], model.shape[j], model.device)
+             for j in range(3)]
+    lo0, hi0, w0 = steps[0]
+    rows = max(1, BLOCK_BYTES // (4 * out.shape[1] * out.shape[2]))
+    for r0 in range(0, out.shape[0], rows):
+        r1 = min(r0 + rows, out.shape[0])
+        first, last = int(lo0[r0]), int(hi0[r1 - 1])
+        block = model[first:last + 1].float()
+        for dim in (2, 1):
+            block = _lerp_along(block, dim, *steps[dim])
+        block = _lerp_along(block, 0, lo0[r0:r1] - first, hi0[r0:r1] - first, w0[r0:r1])
+        if finish is not None:
+            finish(block)
+        out[r0:r1] = block.cpu().numpy()
 
 
 def nearest_model_indices(grid: ModelGrid) -> list[np.ndarray]:

@@ -31,6 +31,7 @@ weights as in the reference; only air may differ, where a trained model says bac
 from __future__ import annotations
 
 import os
+import time
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 
@@ -44,7 +45,7 @@ from ..tags import color_for
 from ..train.config import check_number
 from .compilation import WindowForward, check_compile_choice
 from .geometry import (ModelGrid, check_grid_memory, from_oriented, model_grid, nearest_model_indices,
-                       resample_to_input, resample_to_model, to_oriented)
+                       oriented_view, resample_to_input, resample_to_model, to_oriented)
 from .layout import channels_last
 from .network import load_segmentation_model, roi_size_of
 from .precision import resolve_precision
@@ -63,6 +64,7 @@ SKIP_MARGIN = 1
 # Attention probabilities are kept on the model grid in float16 (half the memory): in [0, 1] its
 # rounding is at most 2^-12 = 0.00024. Raw scores stay float32.
 MAP_DTYPE = torch.float16
+QUANTUM = 1 / 65535  # the step of the 16-bit attention maps of the NIfTI outputs: at most 7.6e-6 off
 
 
 def label_counts(labels: np.ndarray, n: int) -> np.ndarray:
@@ -97,14 +99,26 @@ class AttentionMaps(Mapping):
         self.probabilities = probabilities
 
     def __getitem__(self, name: str) -> np.ndarray:
-        i = self._index[name]
+        def probabilities(block: torch.Tensor) -> None:
+            block.clamp_(0.0, 1.0)  # linear rounding can overshoot by an ulp
+            half_precision(block.numpy())
+        return self._read(name, np.float32, probabilities if self.probabilities else None)
+
+    def quantized(self, name: str) -> np.ndarray:
+        """A probability map as uint16 steps of QUANTUM (value k is k * QUANTUM), as NIfTI outputs store it:
+        made a block at a time, without a float32 copy of the whole map (half the memory, and no pass to scale
+        it while writing)."""
+        if not self.probabilities:
+            raise ValueError("raw scores are not in [0, 1]: read them as float32")
+        return self._read(name, np.uint16, lambda block: block.clamp_(0.0, 1.0).div_(QUANTUM).round_())
+
+    def _read(self, name: str, dtype, finish) -> np.ndarray:
+        grid = self._grid
+        out = np.empty(grid.input_shape[::-1] if self._kji else grid.input_shape, dtype)
         with torch.inference_mode():
-            full = resample_to_input(self._maps[i:i + 1], self._grid)[0].cpu().numpy()
-        if self.probabilities:
-            np.clip(full, 0.0, 1.0, out=full)  # trilinear rounding can overshoot by an ulp
-            half_precision(full)
-        out = from_oriented(full, self._grid)
-        return np.ascontiguousarray(out.T if self._kji else out, dtype=np.float32)
+            resample_to_input(self._maps[self._index[name]], grid, oriented_view(out.T if self._kji else out, grid),
+                              finish)
+        return out
 
     def __iter__(self) -> Iterator[str]:
         return iter(self._index)
@@ -127,8 +141,11 @@ class SegmentationResult:
     notices: list[str] = field(default_factory=list)
     # with map_labels: the pixel–tag maps' own label map (argmax over the classes), like ``labelmap``
     map_labelmap: np.ndarray | None = None
-    # how the windows ran: precision ("fp32" | "bf16"), overlap, windows (run), windows_skipped
+    # how the windows ran: precision ("fp32" | "bf16"), overlap, windows (run), windows_skipped, compiled
     run: dict = field(default_factory=dict)
+    # seconds per stage: resample (the image to the model grid), windows (the network), stitch (the blend and
+    # its argmax), map back (the label maps to the input grid; the attention maps are mapped back when read)
+    seconds: dict = field(default_factory=dict)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -170,7 +187,7 @@ class Segmenter:
         self.device = resolve_device(device)
         self.model_file = str(model_file)
         self.network, self.header = load_segmentation_model(model_file, self.device)
-        self.forward = WindowForward(self.network)
+        self.forward = WindowForward(self.network, self.header.get("config") or {})
         try:
             labels = sorted((int(v), str(n)) for v, n in self.header["labels"].items())
         except (TypeError, ValueError):
@@ -210,10 +227,12 @@ class Segmenter:
         ``precision``: "auto" (bf16 where native, else fp32), "fp32" or "bf16". ``fast``: a quick
         preview (see the module docstring); ``overlap`` defaults to OVERLAP, or FAST_OVERLAP when fast.
         ``skip_air``: False runs every window of the default mode, also those far from the body (the
-        reference the skipping is checked against). ``compile``: "auto" (torch.compile on the CPU for a
-        run it shortens, judged on the first window: compilation.py), "on" or "off". ``status(message)``
-        hears what a long silent step is about to do (a compile before the next window). A volume with no
-        body (all air) or one value everywhere gives an empty label map and a notice.
+        reference the skipping is checked against). ``compile``: "auto" (torch.compile on the CPU
+        where inductor's cache already holds this network's code and the run is long enough to pay
+        for loading it: compilation.py), "on" or "off". ``status(message)`` hears what a long silent
+        step is about to do (a compile before the next window). A volume with no body (all air) or
+        one value everywhere gives an empty label map and a notice. ``seconds`` of the result: per
+        stage, as SegmentationResult says.
         """
         if overlap is None:
             overlap = FAST_OVERLAP if fast else OVERLAP
@@ -237,6 +256,7 @@ class Segmenter:
         precision, more = resolve_precision(precision, self.device)
         notices += more
         run = {"precision": precision, "overlap": overlap, "windows": 0, "windows_skipped": 0, "compiled": False}
+        seconds = {"resample": 0.0, "windows": 0.0, "stitch": 0.0, "map back": 0.0}
 
         threads = torch.get_num_threads()
         if self.device.type == "cpu":
@@ -245,7 +265,7 @@ class Segmenter:
             with torch.inference_mode():
                 labels_oriented, map_labels_oriented, maps, more = self._run(
                     arr, grid, selection, progress, overlap, sw_batch_size, attention_raw, map_labels, precision,
-                    fast, skip_air, constant, run, source, compile, status)
+                    fast, skip_air, constant, run, seconds, source, compile, status)
         finally:
             torch.set_num_threads(threads)
         notices += more
@@ -254,8 +274,10 @@ class Segmenter:
             out = from_oriented(oriented, grid)
             return np.ascontiguousarray(out.T if kji else out)
 
+        start = time.perf_counter()
         labelmap = on_input(labels_oriented)
         map_labelmap = None if map_labels_oriented is None else on_input(map_labels_oriented)
+        seconds["map back"] += time.perf_counter() - start
         voxel_ml = abs(float(np.linalg.det(affine[:3, :3]))) / 1000.0
         counts = label_counts(labelmap, max(self.label_values) + 1)
         organs = []
@@ -267,7 +289,7 @@ class Segmenter:
                 notices.append(f"{name}: not found in this volume (no voxels labelled)")
         map_names = selection.labelled + (selection.open_set if hasattr(self.network, "open_set_maps") else [])
         attention = AttentionMaps(map_names, maps, grid, kji, not attention_raw) if maps is not None else {}
-        return SegmentationResult(labelmap, np.array(affine), organs, attention, notices, map_labelmap, run)
+        return SegmentationResult(labelmap, np.array(affine), organs, attention, notices, map_labelmap, run, seconds)
 
     # ---------------------------------------------------------------------------------------
     @staticmethod
@@ -330,16 +352,23 @@ class Segmenter:
         blocks = body_blocks(image, self.preprocessing.body_threshold(image), BODY_BLOCK)
         return self.preprocessing.scale_intensity(image), blocks
 
-    def _predictor(self, selection, stitched: list[int], raw: bool, precision: str):
+    def _predictor(self, selection, stitched: list[int], raw: bool, precision: str, seconds: dict):
         """predict(windows) -> (logits, attention) for sliding_window; attention holds the classes in
         ``stitched`` (channel positions), then the open-set tags, up-sampled to the window; the
-        network through self.forward (compiled as its plan says)."""
+        network through self.forward (compiled as its plan says); adds its time to ``seconds["windows"]``."""
         net, forward, roi, device, epsilon = self.network, self.forward, self.roi_size, self.device, self.epsilon
         two_d = len(roi) == 2
         open_set = selection.open_set if hasattr(net, "open_set_maps") else []
         # to(), not contiguous(): a one-channel window is contiguous in both orders, and only a restrided
         # one makes the first convolutions (bf16) write channels-last
         layout = torch.channels_last_3d if self.channels_last else torch.preserve_format
+
+        def timed(windows: torch.Tensor):
+            start = time.perf_counter()
+            try:
+                return predict(windows)
+            finally:
+                seconds["windows"] += time.perf_counter() - start
 
         def predict(windows: torch.Tensor):
             x = windows[..., 0] if two_d else windows.to(memory_format=layout)
@@ -362,11 +391,11 @@ class Segmenter:
             attention = torch.cat(parts, dim=1)
             return logits, attention[..., None] if two_d else attention
 
-        return predict
+        return timed
 
     def _run(self, arr, grid, selection, progress, overlap, sw_batch_size, raw: bool, map_labels: bool,
-             precision: str, fast: bool, skip_air: bool, constant: bool, run: dict, source: str, compile: str,
-             status: Callable[[str], None] | None):
+             precision: str, fast: bool, skip_air: bool, constant: bool, run: dict, seconds: dict, source: str,
+             compile: str, status: Callable[[str], None] | None):
         notices: list[str] = []
         selected = [self.label_names.index(n) for n in selection.labelled]
         # The maps' own label map needs every class; otherwise only the selected ones are stitched.
@@ -385,7 +414,9 @@ class Segmenter:
         stitch_devices = [self.device] + ([torch.device("cpu")] if self.device.type == "cuda" else [])
         for attempt, stitch in enumerate(stitch_devices):
             try:
+                start = time.perf_counter()
                 image, body = self._model_image(arr, grid, self.device, body=True)
+                seconds["resample"] += time.perf_counter() - start
                 shape = tuple(image.shape[1:])
                 box, starts = (None, []) if constant else self._windows(body, shape, roi, overlap, fast, skip_air)
                 if box is None and not constant:
@@ -397,15 +428,21 @@ class Segmenter:
                 kept = KeptOutputs(shape, box, lut, len(stitched) if map_labels else 0, attention_channels, unrun,
                                    np.uint8 if max(self.label_values) < 256 else np.uint16)
                 if ran:
-                    self.forward.plan(compile, self.device, ran, status)
-                    predict = self._predictor(selection, stitched, raw, precision)
+                    self.forward.plan(compile, self.device, ran, (batch, image.shape[0], *roi), precision, status)
+                    predict = self._predictor(selection, stitched, raw, precision, seconds)
+                    start, windows = time.perf_counter(), seconds["windows"]
                     sliding_window(image[(slice(None), *box)], roi, predict, len(self.label_values), n_maps, overlap,
                                    batch, stitch, progress, starts, unrun, on_slab=kept.slab)
+                    seconds["stitch"] += time.perf_counter() - start - (seconds["windows"] - windows)
+                    self.forward.finish(self.device)
                     run["compiled"] = self.forward.compiling
-                    if compile == "on" and self.forward.failure:
+                    if self.forward.use and self.forward.failure:
                         notices.append(f"torch.compile failed ({self.forward.failure}): the windows ran uncompiled")
                 del image
-                return *kept.labels_on_input(grid), kept.finished_maps(), notices
+                start = time.perf_counter()
+                labels = kept.labels_on_input(grid)
+                seconds["map back"] += time.perf_counter() - start
+                return *labels, kept.finished_maps(), notices
             except torch.cuda.OutOfMemoryError:
                 image = kept = None
                 torch.cuda.empty_cache()
@@ -433,6 +470,21 @@ class Segmenter:
         return box, plan_windows([b.stop - b.start for b in box], roi, overlap, sub, BODY_BLOCK)
 
 
+def label_argmax(scores: torch.Tensor, lut: torch.Tensor, out: np.ndarray) -> None:
+    """``out[...] = lut[scores.argmax(0)]`` (the first class of the highest score), a class at a time: torch's
+    argmax over the first axis of a slab cut from the stitching buffers took 46 % of the stitching of a full CT
+    (1.3 s a slab on 2 cores), elementwise comparisons a tenth of that."""
+    best = scores[0].clone()
+    values = torch.full(best.shape, int(lut[0]), dtype=torch.int32 if out.dtype != np.uint8 else torch.uint8,
+                        device=scores.device)
+    better = torch.empty(best.shape, dtype=torch.bool, device=scores.device)
+    for k in range(1, scores.shape[0]):
+        torch.gt(scores[k], best, out=better)
+        values.masked_fill_(better, int(lut[k]))
+        torch.maximum(best, scores[k], out=best)
+    out[...] = values.cpu().numpy()
+
+
 class KeptOutputs:
     """What a run keeps of the blend, slab by slab (sliding.SlabSink), on the whole model grid (CPU):
     the label map (argmax over every class, as label values; background outside ``box`` and where no
@@ -457,12 +509,11 @@ class KeptOutputs:
     def slab(self, part: tuple[slice, ...], logits: torch.Tensor, maps: torch.Tensor | None,
              uncovered: torch.Tensor) -> None:
         where = tuple(slice(b.start + p.start, b.start + p.stop) for b, p in zip(self.box, part))
-        lut = self.lut.to(logits.device)
-        self.labels[where] = lut[logits.argmax(0)].cpu().numpy()
+        label_argmax(logits, self.lut, self.labels[where])
         if maps is None:
             return
         if self.map_labels is not None:
-            self.map_labels[where] = lut[maps[:self.n_map_classes].argmax(0)].cpu().numpy()
+            label_argmax(maps[:self.n_map_classes], self.lut, self.map_labels[where])
         if self.maps is not None:
             self.maps[(slice(None), *where)] = maps[self.channels].cpu()
             if self.unset is not None:

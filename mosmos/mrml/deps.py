@@ -27,6 +27,7 @@ REQUIREMENTS = {
     "scipy": "scipy>=1.10",
     "tqdm": "tqdm>=4.60",
     "psutil": "psutil",
+    "isal": "isal>=1.6",
     "gdcm": "python-gdcm>=3.0.22",  # decodes JPEG Lossless DICOM; Slicer ships pydicom and highdicom, not gdcm
 }
 # Distributions Slicer (or the PyTorch extension) owns: pinned to the installed version while installing.
