@@ -138,6 +138,66 @@ def test_segmentation_skips_organs_found_nowhere_and_rejects_duplicates(scene):
         segmentation.build_segmentation_node(scene, labels, np.eye(4), organs + [dict(organs[0], name="x")])
 
 
+def _normals_agree(surface, reference, flip=np.eye(3)) -> float:
+    """The share of ``surface``'s points whose normal points the way that of the nearest point of ``reference``
+    (mapped by ``flip``) does."""
+    from scipy.spatial import cKDTree
+    from vtkmodules.util.numpy_support import vtk_to_numpy
+
+    points, normals = vtk_to_numpy(surface.GetPoints().GetData()), vtk_to_numpy(surface.GetPointData().GetNormals())
+    refPoints = vtk_to_numpy(reference.GetPoints().GetData()) @ flip.T
+    refNormals = vtk_to_numpy(reference.GetPointData().GetNormals()) @ flip.T
+    _, nearest = cKDTree(refPoints).query(points)
+    return float(np.mean(np.sum(normals * refNormals[nearest], axis=1) > 0))
+
+
+def test_closed_surfaces_are_slicers_and_the_node_shows_them(scene):
+    labels, affine, organs = real_organs()
+    few = [o for o in organs if o["name"] in ("liver", "spleen", "left kidney")]
+    wanted = {o["name"]: o["label"] for o in few} | {"pancreas": 250}    # a label found nowhere gets no surface
+    logic = slicer.vtkSlicerSegmentationsModuleLogic()
+    logic.SetMRMLScene(scene)     # registers Slicer's conversion rules, as the Slicer application does
+    representation = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
+    ours = segmentation.build_segmentation_node(scene, labels, affine, few, "ours")
+    theirs = segmentation.build_segmentation_node(scene, labels, affine, few, "Slicer's")
+    assert theirs.CreateClosedSurfaceRepresentation()
+
+    surfaces = segmentation.closed_surfaces(labels, affine, wanted)
+    assert sorted(surfaces) == ["left kidney", "liver", "spleen"]
+    for name, surface in surfaces.items():
+        slicers = theirs.GetSegmentation().GetSegment(segmentation.segment_id(theirs, name)).GetRepresentation(
+            representation)
+        assert (surface.GetNumberOfPoints(), surface.GetNumberOfPolys()) == (
+            slicers.GetNumberOfPoints(), slicers.GetNumberOfPolys()), name
+        for mesh in (surface, slicers):
+            mass = vtk.vtkMassProperties()
+            mass.SetInputData(mesh)
+            mass.Update()
+            measured = (mass.GetVolume(), mass.GetSurfaceArea())
+            if mesh is surface:
+                ourMeasures = measured
+        # The same mesh, smoothed a little differently where the organ meets the end of the scan (all three do).
+        assert ourMeasures[0] == pytest.approx(measured[0], rel=0.01), name
+        assert ourMeasures[1] == pytest.approx(measured[1], rel=0.05), name
+        voxelMl = abs(np.linalg.det(affine[:3, :3])) / 1000
+        organ = next(o for o in few if o["name"] == name)
+        assert ourMeasures[0] / 1000 == pytest.approx(np.count_nonzero(labels == organ["label"]) * voxelMl, rel=0.15)
+        # Normals face the way Slicer's do, out of the organ (the 3D view's lighting) ...
+        assert _normals_agree(surface, slicers) > 0.95, name
+    # ... on an LPS grid too, where the mapping to RAS turns the mesh inside out unless its triangles are turned.
+    lps = np.diag([-1.0, -1.0, 1.0, 1.0])
+    flipped = segmentation.closed_surfaces(labels, lps @ affine, {"liver": wanted["liver"]})["liver"]
+    assert _normals_agree(flipped, surfaces["liver"], lps[:3, :3]) > 0.95
+
+    segmentation.set_closed_surfaces(ours, surfaces)
+    assert ours.GetSegmentation().ContainsRepresentation(representation)
+    ours.CreateDefaultDisplayNodes()
+    assert ours.GetDisplayNode().GetDisplayRepresentationName3D() == representation
+    liver = ours.GetSegmentation().GetSegment(segmentation.segment_id(ours, "liver"))
+    assert ours.CreateClosedSurfaceRepresentation()       # already there: Slicer keeps it rather than converting
+    assert liver.GetRepresentation(representation) is surfaces["liver"]
+
+
 def test_attention_volume_and_colour_map(scene):
     rng = np.random.default_rng(0)
     att = rng.uniform(-0.2, 1.2, (6, 7, 8)).astype(np.float32)

@@ -9,6 +9,7 @@ it can); MOSMOS_REQUIRE_BROWSER=1 (set by .ci/run) turns that skip into a failur
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -106,19 +107,26 @@ def server(tmp_path_factory):
                 archive.write(f, f"{series.name}/{f.name}")
     (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(ROOT / 'Testing')!r})\n"
                                            "import inference_stub\n")
+    with _mosmos_web(tmp, {"PYTHONPATH": os.pathsep.join([str(ROOT), str(site)]), "MOSMOS_WEB_TOKEN": TOKEN},
+                     "--models", str(models), "--data", str(data), "--token", "--max-sessions", "2",
+                     "--max-upload-mb", "1") as server:
+        yield server | {"stub": stub}
+
+
+@contextlib.contextmanager
+def _mosmos_web(tmp: Path, env: dict, *options):
+    """`mosmos web` with ``options`` on a free loopback port, its log in tmp/server.log, the sessions' upload
+    folders under tmp/tmpdir; stopped (with its sessions) on the way out."""
     from mosmos.web.launcher import free_port
 
     port = free_port("127.0.0.1")
-    (tmp / "tmpdir").mkdir()   # the launcher keeps the sessions' upload folders in here
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(ROOT), str(site)]), OMP_NUM_THREADS="1",
-               MOSMOS_WEB_TOKEN=TOKEN, TMPDIR=str(tmp / "tmpdir"))
+    (tmp / "tmpdir").mkdir()
+    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TMPDIR=str(tmp / "tmpdir")) | env
     log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen(mosmos_cmd("web", "--port", str(port), "--models", str(models), "--data", str(data),
-                                       "--token", "--max-sessions", "2", "--max-upload-mb", "1"),
+    proc = subprocess.Popen(mosmos_cmd("web", "--port", str(port), *options),
                             stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
     try:
-        yield {"url": f"http://127.0.0.1:{port}/", "port": port, "proc": proc, "tmp": tmp, "stub": stub,
-               "log": tmp / "server.log"}
+        yield {"url": f"http://127.0.0.1:{port}/", "port": port, "proc": proc, "tmp": tmp, "log": tmp / "server.log"}
     finally:
         proc.terminate()  # the launcher stops its sessions on the way out
         try:
@@ -359,3 +367,22 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
     third = _open_tab(browser, server, ready=False)
     assert "2 sessions are open, the most this server runs at once" in third.inner_text("#message")
     assert server["proc"].poll() is None
+
+
+def test_a_tab_left_idle_loses_its_session_and_its_upload(browser, tmp_path):
+    """--idle-timeout against a live session: a tab that opened a volume and then did nothing is ended by the
+    launcher (its process stopped, its upload folder removed), and its page then says so."""
+    with _mosmos_web(tmp_path, {}, "--idle-timeout", "0.05", "--max-sessions", "1") as idle:   # 3 s
+        page = _open_tab(browser, idle)
+        page.set_input_files("#upload", str(CT))
+        _wait_text(page, "#volume-name", lambda t: t == "example_ct_sm")
+        assert _uploads(idle, page) == ["example_ct_sm.nii.gz"]
+        assert _session_processes(idle) == 1
+        folders = list((tmp_path / "tmpdir").glob("mosmos-web-uploads-*/*"))
+        deadline = time.monotonic() + 120
+        while _session_processes(idle) or any(f.exists() for f in folders):
+            assert time.monotonic() < deadline, "the idle session was not ended"
+            time.sleep(1)
+        page.reload()
+        assert "this session has ended" in page.inner_text("#message")
+        assert idle["proc"].poll() is None

@@ -4,6 +4,7 @@ the page (app.py) only translates widgets to these calls."""
 
 from __future__ import annotations
 
+import functools
 import io
 import tempfile
 import zipfile
@@ -92,7 +93,14 @@ class Session:
             self.scene.RemoveNode(self.volumeNode)
         self.volumeNode = node = volumes.volume_from_array(self.scene, array, vol.affine, name)
         self.dicomSource = vol.source if isinstance(vol.source, DicomSource) else None
-        self.app.display_manager.show_volume(node, do_reset_views=True)
+        # In the slice views only, as the Slicer module shows it: a volume-rendered frame of the 3D view took 2 s
+        # with Mesa's software renderer (2 cores), on the loop that answers the page.
+        self.app.display_manager.show_volume_in_slice_background(node)
+        self.app.display_manager.reset_views()
+        bounds = [0.0] * 6
+        node.GetRASBounds(bounds)
+        for view in self.app.view_manager.get_threed_views():
+            view.renderer().ResetCamera(bounds)   # framed for the organs' surfaces to come, which it shows alone
         return node
 
     # --- segmentation -------------------------------------------------------------------------------
@@ -126,7 +134,9 @@ class Session:
 
     def load_results(self):
         """After the child exited: its outputs into the scene (or its error raised), one step per next() (a
-        generator, see pipeline.SegmentationJob.finish_steps); returns the outputs."""
+        generator, see pipeline.SegmentationJob.finish_steps); returns the outputs. The organs' 3D surfaces
+        are the one slow step: it is yielded as a function that touches no node, to be run off the server's
+        loop (in a worker thread), and its result is expected back through send()."""
         job = self.job
         try:
             outputs = yield from job.finish_steps()
@@ -136,7 +146,12 @@ class Session:
         self.clear_results()
         self.outputs = outputs
         yield
-        outputs.segmentationNode.CreateClosedSurfaceRepresentation()  # the 3D view shows surfaces
+        segNode = outputs.segmentationNode
+        labels = {o["name"]: int(o["label"]) for o in outputs.organs if segmentation.segment_id(segNode, o["name"])}
+        surfaces = yield functools.partial(segmentation.closed_surfaces, outputs.labelmap,
+                                           volumes.ijk_to_ras(self.volumeNode), labels)
+        segmentation.set_closed_surfaces(segNode, surfaces)
+        yield    # the 3D view draws the surfaces (its slowest frame) before the page says the results are in
         return outputs
 
     def cancel(self) -> None:
