@@ -7,7 +7,8 @@ about two thirds of the field of view, air with scanner noise around it), with o
 attention maps:
 
 - plain MONAI ``sliding_window_inference`` (gaussian, fp32, every window, overlap 0.5) of the same network
-  on the same model-grid image, in this process: the baseline every ratio divides by;
+  on the same model-grid image, in this process with the allocator setting `mosmos segment` uses
+  (mosmos.inference.allocator): the baseline every ratio divides by;
 - cold: `python -m mosmos segment` (exact, then --fast) as child processes with an empty inductor cache (a
   fresh TORCHINDUCTOR_CACHE_DIR), as on a new machine, a new Slicer install or a new container;
 - then `--compile on` (exact) in that cache folder: what building the compiled code costs, once;
@@ -99,6 +100,7 @@ def main() -> None:
     from monai.inferers import sliding_window_inference
 
     from mosmos.inference import Segmenter
+    from mosmos.inference.allocator import keep_window_buffers
     from mosmos.inference.geometry import model_grid
     from mosmos.inference.network import load_segmentation_model
     from mosmos.inference.precision import cpu_has_native_bf16
@@ -123,6 +125,7 @@ def main() -> None:
         result["model_grid"] = list(grid.shape)
 
         plain, _ = load_segmentation_model(model)  # the network as trained (not the Segmenter's channels-last one)
+        keep_window_buffers()  # the allocator setting `mosmos segment` uses: no page faults held against MONAI
         with torch.inference_mode():
             image = seg._model_image(ct, grid, seg.device)
             t = time.perf_counter()
