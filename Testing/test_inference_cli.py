@@ -175,6 +175,12 @@ def test_attention_maps_are_stored_as_scaled_16_bit_integers(files, tmp_path):
     assert main(["segment", str(image), "--model", str(model), "--tags", "liver", "--output",
                  str(tmp_path / "r.nii.gz"), "--attention", str(tmp_path / "raw"), "--attention-raw"]) == 0
     assert nib.load(tmp_path / "raw" / "liver.nii.gz").get_data_dtype() == np.float32
+    # an uncompressed label map asked for: the maps are uncompressed too
+    assert main(["segment", str(image), "--model", str(model), "--tags", "liver", "--output",
+                 str(tmp_path / "u.nii"), "--attention", str(tmp_path / "plain")]) == 0
+    plain = tmp_path / "plain" / "liver.nii"
+    assert plain.read_bytes()[344:348] == b"n+1\0"   # the NIfTI magic where gzip's header would be
+    np.testing.assert_array_equal(np.asarray(nib.load(plain).dataobj), np.asarray(stored.dataobj))
 
 
 def _bad_inputs(root, image):

@@ -75,8 +75,10 @@ def add_dicomweb_arguments(parser) -> None:
 def attention_file_name(tag: str, output: str) -> str:
     from ..inference.dicomseg import is_seg_output
 
-    # Next to a DICOM SEG the maps are DICOM Parametric Maps; otherwise they follow the label map's format.
-    ext = ".dcm" if is_seg_output(output) else ".nrrd" if str(output).lower().endswith(".nrrd") else ".nii.gz"
+    # Next to a DICOM SEG the maps are DICOM Parametric Maps; otherwise they follow the label map's format, an
+    # uncompressed .nii included (no time spent compressing, where the user would rather have that).
+    name = str(output).lower()
+    ext = ".dcm" if is_seg_output(output) else next((e for e in (".nrrd", ".nii") if name.endswith(e)), ".nii.gz")
     return tag.replace(" ", "_") + ext
 
 
