@@ -166,5 +166,5 @@ class WindowForward:
         try:
             records_folder().mkdir(parents=True, exist_ok=True)
             atomic_write_bytes(records_folder() / f"{self.key}.json", (json.dumps(record) + "\n").encode())
-        except OSError:
+        except (OSError, MosmosError):  # atomic_write_bytes says MosmosError
             pass  # a read-only cache folder: later runs are judged as on a cold cache
