@@ -179,12 +179,12 @@ def _lerp_along(a: torch.Tensor, dim: int, lo: torch.Tensor, hi: torch.Tensor, w
 def resample_to_input(model: torch.Tensor, grid: ModelGrid, out: np.ndarray,
                       finish: Callable[[torch.Tensor], None] | None = None) -> None:
     """Linear samples of ``model`` (one channel on the model grid) at the oriented input grid's voxels, written
-    into ``out`` (float32, oriented input shape: an oriented_view of the caller's array in its own axis order),
-    a block of axis-0 rows at a time, each block first passed to ``finish`` to edit in place.
+    into ``out`` (oriented input shape: an oriented_view of the caller's array in its own axis order and type),
+    a block of axis-0 rows at a time, each float32 block first passed to ``finish`` to edit in place.
 
     Trilinear interpolation is separable, and the model grid is the input's scaled per axis, so the samples are
-    three passes of 1D linear interpolation: about a tenth of grid_sample's time for a full CT's map (which
-    also made a whole float32 copy of it and one of its sampling grid)."""
+    three passes of 1D linear interpolation: 1.6 s against grid_sample's 4.6 s for a full CT's map on 2 loaded
+    cores, without grid_sample's whole float32 copy of the map and of its sampling grid."""
     steps = [_linear_steps(grid.oriented_shape[j], 1.0 / grid.ratio[j], model.shape[j], model.device)
              for j in range(3)]
     lo0, hi0, w0 = steps[0]

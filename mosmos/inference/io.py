@@ -174,24 +174,22 @@ def _write_now(path: Path, array: np.ndarray, affine: np.ndarray, kind: str | No
 class StagedWriter:
     """Writes every output to a temporary file next to its target, and renames them all only on
     commit(): on any error or cancel no output (and no temporary) is left behind. Volumes are written
-    on a worker thread (compression and nibabel's scaling release the GIL), so the caller can make the
-    next one meanwhile; at most one more waits its turn, which bounds the memory held."""
+    on a worker thread (compression releases the GIL), so the caller can make the next one meanwhile;
+    one at a time, so at most the volume being written and the one being made are held."""
 
     def __init__(self):
         from concurrent.futures import ThreadPoolExecutor
 
         self._staged: list[tuple[Path, Path]] = []
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mosmos-write")
-        self._pending = []
+        self._writing = None   # the Future of the volume being written
 
     def volume(self, path, array: np.ndarray, affine: np.ndarray, kind: str | None = None,
                scale: float | None = None) -> None:
         """``scale``: ``array`` holds integers that stand for themselves times ``scale`` (NIfTI's scale factor,
         which every reader applies; NRRD gets the products as float32)."""
-        while self._pending:
-            self._pending.pop(0).result()
-        self._pending.append(self._pool.submit(self._stage, path, lambda tmp: _write_now(tmp, array, affine, kind,
-                                                                                          scale)))
+        self._wait()
+        self._writing = self._pool.submit(self._stage, path, lambda tmp: _write_now(tmp, array, affine, kind, scale))
 
     def text(self, path, text: str) -> None:
         self._stage(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
@@ -211,12 +209,10 @@ class StagedWriter:
             raise MosmosError(f"{path}: cannot write ({e.strerror or e})") from None
 
     def _wait(self) -> None:
-        """Every volume written (the first error raised), or, on an error, none still being written."""
-        try:
-            for future in self._pending:
-                future.result()
-        finally:
-            self._pending.clear()
+        """The volume being written, finished (its error raised)."""
+        writing, self._writing = self._writing, None
+        if writing is not None:
+            writing.result()
 
     def commit(self) -> None:
         try:
@@ -229,10 +225,8 @@ class StagedWriter:
             self.discard()
 
     def discard(self) -> None:
-        for future in self._pending:
-            future.cancel()
         self._pool.shutdown(wait=True)   # a volume still being written finishes before its file is removed
-        self._pending.clear()
+        self._writing = None
         for tmp, _ in self._staged:
             tmp.unlink(missing_ok=True)
         self._staged.clear()
