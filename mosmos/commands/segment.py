@@ -12,6 +12,7 @@ from pathlib import Path
 
 from ..errors import MosmosError
 from ..files.events import EventLog, progress_bar
+from ..files.redact import shown_url
 from ..files.outputs import check_output, check_output_folder
 
 HELP = "segment organs named by tags in a CT/MR volume (NIfTI, NRRD or DICOM folder) with a fine-tuned model"
@@ -187,7 +188,7 @@ def run(args) -> int:
         if output is not None and is_seg_output(args.output):
             print(f"DICOM SEG: {output}")
         if args.store:
-            print(f"stored in study {args.study} at {args.dicomweb}")
+            print(f"stored in study {args.study} at {shown_url(args.dicomweb)}")
     events.emit("done", output=str(output), organs=result.organs, attention=attention_files,
                 notices=result.notices)
     return 0
