@@ -264,6 +264,7 @@ def write_results(args, volume, result, output, attention, volumes, events):
     the next map is mapped back)."""
     from pydicom.uid import generate_uid
 
+    from ..files.folders import new_folders_removed_on_error
     from ..inference.dicomseg import attention_dataset, is_seg_output, segmentation_dataset, seg_file
     from ..inference.io import StagedWriter
     from ..inference.segmenter import QUANTUM
@@ -291,7 +292,7 @@ def write_results(args, volume, result, output, attention, volumes, events):
         finally:
             mapping += time.perf_counter() - start
     start = time.perf_counter()
-    with StagedWriter() as writer:
+    with new_folders_removed_on_error(output, attention, volumes), StagedWriter() as writer:
         stored = []
         if dicom:
             dataset = segmentation_dataset(volume.source, result.labelmap, result.organs, args.model,
