@@ -19,6 +19,8 @@ import pytest
 from helpers import real_data
 from inference_stub import write_stub_model
 from mosmos.cli import main
+from mosmos.errors import MosmosError
+from mosmos.files.redact import has_user_info, shown_url
 from mosmos.inference import dicomweb
 from mosmos.inference.io import read_volume
 from orthanc_server import free_port, start_orthanc, stop
@@ -332,3 +334,17 @@ def test_no_secret_is_ever_shown(signed_in, tmp_path, capfd, caplog):
     for text in shown:
         assert secret not in text and user_info not in text
     assert secret.encode() not in _shown(tmp_path)
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://pacs:8042/dicom-web", "http://pacs:8042/dicom-web"),
+    ("https://user:pw@pacs/dicom-web", "https://pacs/dicom-web"),
+    ("http://user:p@ss/w#rd?@pacs:8042/dicom-web", "http://pacs:8042/dicom-web"),   # unescaped, not URL syntax
+    ("http://token%40x@pacs/dicom-web", "http://pacs/dicom-web"),
+    ("user:pw@pacs/dicom-web", "pacs/dicom-web"),                                   # typed without a scheme
+])
+def test_urls_are_shown_without_user_info(url, shown):
+    assert shown_url(url) == shown and has_user_info(url) == (url != shown)
+    if url != shown:
+        with pytest.raises(MosmosError, match=f"^{shown}: credentials do not go in the DICOMweb URL"):
+            dicomweb.check_url(url)
