@@ -34,9 +34,9 @@ LOG_NAME = "cases.csv"
 LOG_FIELDS = ("case", "status", "seconds", "error", "rank")
 LABELS, VOLUMES = "labels.nii.gz", "volumes.json"
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
-OWN_NAMES = (".lock", ".part")   # OUT/.<case>.lock and OUT/.<case>.part, the longest names a case adds to OUT
+LOCK_SUFFIX, STAGING_SUFFIX = ".lock", ".part"   # OUT/.<case>.lock and OUT/.<case>.part, the cohort's own names
 # Bytes in a case name: a file name holds 255 (Linux, macOS, Windows), the lock's adds a dot and its suffix.
-NAME_BYTES = 255 - 1 - max(map(len, OWN_NAMES))
+NAME_BYTES = 255 - 1 - max(len(LOCK_SUFFIX), len(STAGING_SUFFIX))
 
 
 @dataclass
@@ -172,7 +172,7 @@ def staging_folder(out: Path, name: str) -> Path:
     """Where case ``name`` is written before it is renamed to OUT/<name>: one exact name, the case's alone (its
     lock keeps any other run out), so a killed run's leftover is found without a pattern that could match
     another case's (``p`` and ``p.x``, dotted study UIDs, a name with ``*``)."""
-    return out / f".{name}{OWN_NAMES[1]}"
+    return out / f".{name}{STAGING_SUFFIX}"
 
 
 class CaseLock:
@@ -180,7 +180,7 @@ class CaseLock:
     host is gone (a killed run), never while it lives or when it ran on another host."""
 
     def __init__(self, out: Path, name: str):
-        self.path = out / f".{name}{OWN_NAMES[0]}"
+        self.path = out / f".{name}{LOCK_SUFFIX}"
         self.held = False
 
     def acquire(self) -> bool:
