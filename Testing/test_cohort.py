@@ -236,7 +236,7 @@ def test_a_case_clears_only_its_own_staging_folder(cohort, tmp_path, capsys):
 
     _, inputs, model, reference = cohort
     volume = str(inputs / "case0.nii.gz")
-    names = ["p", "p.x", "1.2.3", "1.2.3.4", "*", "a.b"]
+    names = ["p", "p.x", "1.2.3", "1.2.3.4", "*", "a", "a.b"]
     manifest = _manifest(tmp_path / "manifest.csv", [(name, volume) for name in names])
     out = tmp_path / "out"
     out.mkdir()
@@ -252,7 +252,7 @@ def test_a_case_clears_only_its_own_staging_folder(cohort, tmp_path, capsys):
         (leftover / "labels.nii.gz").write_text("a killed run's")
         assert main(_cmd(manifest, model, out)[2:]) == 0
         log = {r["case"]: r["status"] for r in _log(out)}
-        assert log == {"p": "done", "1.2.3": "done", "*": "done"}     # the others were skipped: claimed
+        assert log == {"p": "done", "1.2.3": "done", "*": "done", "a": "done"}     # the others: claimed, skipped
         for name in in_flight:
             assert (runner.staging_folder(out, name) / "labels.nii.gz").read_text() == "half-written", name
         assert not leftover.exists()

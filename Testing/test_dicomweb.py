@@ -309,7 +309,7 @@ def test_no_secret_is_ever_shown(signed_in, tmp_path, capfd, caplog):
     secret, user_info = server.password, f"{server.user}:{server.password}@"
     with_password = server.dicomweb.replace("://", f"://{user_info}")
     manifest = tmp_path / "studies.csv"
-    manifest.write_text(f"case,study\nct3,{study}\nrefused,{REFUSED_STUDY}\n")
+    manifest.write_text(f"case,study\nrefused,{REFUSED_STUDY}\n")
     for source in (("--study", study, "--output", tmp_path / "l.nii.gz"), ("--inputs", manifest, "--out", tmp_path)):
         assert _segment("--dicomweb", with_password, *source, "--model", model, "--json-progress") == 1
         out, err = capfd.readouterr()
