@@ -300,3 +300,16 @@ def test_a_missing_pyproject_names_the_file(tmp_path, monkeypatch):
     monkeypatch.setattr(deps, "_installed_core", lambda: False)
     with pytest.raises(MosmosError, match=re.escape(str(tmp_path / "pyproject.toml"))):
         deps.requirements(tmp_path / "pyproject.toml")
+
+
+def test_a_core_installed_from_a_wheel_reads_its_metadata(tmp_path, monkeypatch):
+    """No pyproject.toml beside a pip-installed core (the web app's): the distribution's Requires-Dist, made
+    from that list, stands in; extras are not the core's needs."""
+    from packaging.utils import canonicalize_name
+
+    from mosmos.mrml import deps
+
+    monkeypatch.setattr(deps, "PYPROJECT", tmp_path / "pyproject.toml")
+    names = {canonicalize_name(r.name) for r in deps.requirements()}
+    assert {"monai", "open-clip-torch", "nibabel", "safetensors"} <= names
+    assert not names & {"torch", "numpy", "pytest", "mkdocs", "playwright"}
