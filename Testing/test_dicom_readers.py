@@ -54,7 +54,8 @@ def run(tmp_path_factory):
         ds = pydicom.dcmread(f)
         ds.StudyInstanceUID, ds.SeriesInstanceUID = study, series_uid
         # The export kept the SOP UIDs in the file meta information only.
-        ds.SOPClassUID, ds.SOPInstanceUID = ds.file_meta.MediaStorageSOPClassUID, ds.file_meta.MediaStorageSOPInstanceUID
+        meta = ds.file_meta
+        ds.SOPClassUID, ds.SOPInstanceUID = meta.MediaStorageSOPClassUID, meta.MediaStorageSOPInstanceUID
         ds.save_as(series / f.name, enforce_file_format=True)
     # epsilon 0.5: the stub's maps (pooled intensities) vary smoothly, over the slices too
     model = write_stub_model(root / "stub.mosmos", labels=LABELS, roi=(16, 16, 16), spacing=(4, 4, 4), epsilon=0.5)
