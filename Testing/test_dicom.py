@@ -259,7 +259,7 @@ def test_attention_maps_as_parametric_maps_on_the_series_grid(ct3_seg):
         values = pm.pixel_array.transpose(2, 1, 0)
         same = read_volume(root / "maps_nrrd" / f"{tag}.nrrd").array        # the maps of the NRRD run
         assert values.dtype == np.float32 and same.std() > 1e-3
-        np.testing.assert_allclose(values, same, atol=1e-6)
+        np.testing.assert_allclose(values, same, atol=8e-6)    # the 16-bit steps of the maps (1 / 65535)
     assert len(series) == 1
 
 

@@ -2,9 +2,10 @@
 with the right values and geometry (dcmqi's paramap2itkimage and so Slicer, highdicom, the OHIF adapter of
 @cornerstonejs/adapters and dcmjs; see docs/user-guide/dicom.md):
 
-- 32-bit float probabilities in Float Pixel Data with a Real World Value Mapping of slope 1 over [0, 1] and a
-  Quantity (Slicer's parametric-map plugin needs one); the OHIF adapter ignores the mapping, so values are stored
-  as they are meant, and no compressed transfer syntax holds floats, so the file is deflated instead;
+- 32-bit float probabilities (in the 16-bit steps of the NIfTI maps) in Float Pixel Data with a Real World
+  Value Mapping of slope 1 over [0, 1] and a Quantity (Slicer's parametric-map plugin needs one); the OHIF
+  adapter ignores the mapping, so values are stored as they are meant, and no compressed transfer syntax holds
+  floats, so the file is deflated instead;
 - frame n is slice n of the series (ascending along the slice normal): dcmqi and the OHIF adapter put frame n
   at slice n whatever the frame's position says;
 - the Frame Anatomy (the organ and its laterality), which the IOD requires and highdicom does not write."""
@@ -31,9 +32,14 @@ def attention_dataset(source, tag: str, probability: np.ndarray, model_path, ser
     """An attention map (X, Y, Z, values in [0, 1]: the probability that ``tag`` wins at the voxel) as a DICOM
     Parametric Map on the grid of ``source`` (a dicom.DicomSource), one instance of the run's map series
     (``sop_uid``: its SOP Instance UID, default a new one)."""
+    from .segmenter import QUANTUM
+
     hd = highdicom()
     check_referencable(source)
-    frames = np.ascontiguousarray(np.clip(np.transpose(probability, (2, 1, 0)), 0, 1), dtype=np.float32)
+    # In the NIfTI maps' 16-bit steps (at most 7.6e-6 off): a trained model's near-zero probabilities become
+    # exact zeros, which deflate to a sixth of their size (as float noise they hardly deflate at all).
+    steps = np.round(np.clip(np.transpose(probability, (2, 1, 0)), 0, 1) / QUANTUM)
+    frames = np.ascontiguousarray(steps * QUANTUM, dtype=np.float32)
     mapping = hd.pm.RealWorldValueMapping(
         lut_label="probability", lut_explanation=f"MOSMOS pixel-tag attention: {tag}"[:64],
         unit=concept(NO_UNITS), value_range=(0.0, 1.0), slope=1, intercept=0, quantity_definition=concept(QUANTITY))
