@@ -1,6 +1,6 @@
 """DICOM SEG out: a label map on a DICOM series' own grid -> a DICOM Segmentation (BINARY, highdicom) that
-references the source series and frames, with one SNOMED CT coded segment per organ, numbered by the organ's
-value in the label map, and MOSMOS (version, model file SHA-256) as the segmentation algorithm. The attention
+references the source series and frames, with one SNOMED CT coded segment per organ (numbered 1..N in
+ascending label value) and MOSMOS (version, model file SHA-256) as the segmentation algorithm. The attention
 maps' Parametric Maps (mosmos.inference.parametric_map) share the organ codes and equipment written here."""
 
 from __future__ import annotations
