@@ -265,7 +265,8 @@ def write_results(args, volume, result, output, attention, volumes, events):
     from pydicom.uid import generate_uid
 
     from ..files.folders import new_folders_removed_on_error
-    from ..inference.dicomseg import attention_dataset, is_seg_output, segmentation_dataset, seg_file
+    from ..inference.dicomseg import is_seg_output, segmentation_dataset, seg_file
+    from ..inference.parametric_map import attention_dataset
     from ..inference.io import StagedWriter
     from ..inference.segmenter import QUANTUM
 
