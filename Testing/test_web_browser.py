@@ -24,7 +24,7 @@ import numpy as np
 import pytest
 
 from helpers import real_data
-from web_server import mosmos_web, session_folders, session_processes
+from web_server import mosmos_web, session_folders, session_processes, stub_models
 
 ROOT = Path(__file__).resolve().parents[1]
 CT = real_data("totalseg_example/example_ct_sm.nii.gz")
@@ -90,14 +90,11 @@ def server(tmp_path_factory):
     _require(CHROMIUM is not None, "no chromium on PATH (apt-get install chromium)")
     _require(_importable("playwright"), "Playwright for Python is not installed (pip install playwright)")
     _require(_importable("trame_slicer") and _importable("slicer"), "the web extra is not installed (trame-slicer)")
-    sys.path.insert(0, str(ROOT / "Testing"))
-    import inference_stub
-
     tmp = tmp_path_factory.mktemp("web")
-    models, data, site = tmp / "models", tmp / "data", tmp / "site"
-    for folder in (models, data, site):
-        folder.mkdir()
-    stub = inference_stub.write_stub_model(models / "stub.mosmos", spacing=(3.0, 3.0, 3.0))
+    models, env = stub_models(tmp)
+    stub = str(models / "stub.mosmos")
+    data = tmp / "data"
+    data.mkdir()
     broken = bytearray(Path(stub).read_bytes())
     broken[8 + int.from_bytes(broken[:8], "little")] ^= 0xFF   # a tensor byte changes; header and checksum stay
     (models / "broken.mosmos").write_bytes(bytes(broken))
@@ -105,11 +102,9 @@ def server(tmp_path_factory):
         with zipfile.ZipFile(data / f"{series.name}.zip", "w") as archive:    # a zipped DICOM series
             for f in sorted(series.iterdir()):
                 archive.write(f, f"{series.name}/{f.name}")
-    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(ROOT / 'Testing')!r})\n"
-                                           "import inference_stub\n")
-    with mosmos_web(tmp, {"PYTHONPATH": os.pathsep.join([str(ROOT), str(site)]), "MOSMOS_WEB_TOKEN": TOKEN},
-                     "--models", str(models), "--data", str(data), "--token", "--max-sessions", "2",
-                     "--max-upload-mb", "1") as server:
+    with mosmos_web(tmp, env | {"MOSMOS_WEB_TOKEN": TOKEN},
+                    "--models", str(models), "--data", str(data), "--token", "--max-sessions", "2",
+                    "--max-upload-mb", "1") as server:
         yield server | {"stub": stub}
 
 
@@ -197,6 +192,12 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
     for url in (server["url"], page.url, f"{server['url']}?token=wrong"):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 401
+    # Not ASCII (it was a 500): a Bearer value, a cookie, the token in the address; 401 like any other refusal.
+    for headers, query in (({"Authorization": "Bearer tökén"}, ""), ({"Cookie": "mosmos_signin=ü.1.ß"}, ""),
+                           ({}, "?token=%C3%BC")):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(server["url"] + query, headers=headers), timeout=10)
         assert refused.value.code == 401
 
     wsPath = urllib.parse.urlsplit(page.url).path.replace("index.html", "") + "ws"

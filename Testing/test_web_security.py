@@ -278,3 +278,22 @@ def test_ctrl_c_ends_the_launcher_its_sessions_and_their_folders_within_5_s(serv
     assert gone(sessions, timeout=1)
     assert session_folders(server) == [] and files_left(server) == []
     assert list((server["tmp"] / "tmpdir").glob("mosmos-web-*/launcher-*")) == []
+
+
+def test_a_run_dies_with_the_process_that_started_it():
+    """mosmos.mrml.process: a segmentation run (any BackgroundProcess) gets SIGKILL from the kernel when the
+    process that started it dies, even by SIGKILL, which runs no clean-up of its own."""
+    import psutil
+
+    from web_server import ROOT
+
+    parent = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
+                               "from mosmos.mrml.process import BackgroundProcess\n"
+                               "run = BackgroundProcess([sys.executable, '-c', 'import time; time.sleep(60)']).start()\n"
+                               "print(run.pid, flush=True)\ntime.sleep(60)\n"],
+                              stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    run = psutil.Process(int(parent.stdout.readline()))
+    assert run.is_running()
+    parent.kill()
+    parent.wait()
+    assert gone([run], timeout=10)

@@ -87,3 +87,23 @@ def gone(procs, timeout: float) -> bool:
 
     _, alive = psutil.wait_procs(procs, timeout=timeout)
     return not alive
+
+
+def stub_models(tmp: Path) -> tuple[Path, dict]:
+    """A models folder holding the stand-in model (Testing/inference_stub.py) as stub.mosmos, and the environment
+    that registers its architecture in the server's processes (through sitecustomize) but the launcher's: it
+    imports no torch in production, and with torch loaded its interpreter's exit alone took over 5 s on 2 busy
+    cores."""
+    import sys
+
+    sys.path.insert(0, str(ROOT / "Testing"))
+    import inference_stub
+
+    models, site = tmp / "models", tmp / "site"
+    models.mkdir()
+    site.mkdir()
+    inference_stub.write_stub_model(models / "stub.mosmos", spacing=(3.0, 3.0, 3.0))
+    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(ROOT / 'Testing')!r})\n"
+                                           "if sys.orig_argv[1:4] != ['-m', 'mosmos', 'web']:\n"
+                                           "    import inference_stub\n")
+    return models, {"PYTHONPATH": os.pathsep.join([str(ROOT), str(site)])}
