@@ -14,7 +14,6 @@ import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -26,7 +25,6 @@ import pytest
 from helpers import real_data
 from web_server import mosmos_web, session_folders, session_processes, stub_models
 
-ROOT = Path(__file__).resolve().parents[1]
 CT = real_data("totalseg_example/example_ct_sm.nii.gz")
 DICOM = real_data("totalseg_example/example_ct_dicom")
 CT3 = real_data("dcmqi_ct3slice/ct-3slice")     # a real series with its UIDs, so a DICOM SEG can reference it
