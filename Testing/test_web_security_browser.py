@@ -1,7 +1,8 @@
 """`mosmos web` in headless Chromium (Debian's, through Playwright) where an attacker or an unlucky operator needs
 the page: uploads announced with a name or size the server does not take, a zip bomb, a model path set in the
-page's state, a session killed during a run, and the launcher killed (as the OOM killer would) during a run. After
-each, no file of the uploaded CT is left under the server's temporary folder. Real launcher, real session
+page's state, a session killed during a run, the launcher killed (as the OOM killer would) during a run, and the
+next launcher stopped with SIGTERM during a run. After each, no file of the uploaded CT is left under the server's
+temporary folder (and, once the launchers are gone, no file at all). Real launcher, real session
 processes, the stand-in model (Testing/inference_stub.py), loopback only.
 
 Skips, with the reason, where chromium, Playwright or trame-slicer are missing; MOSMOS_REQUIRE_BROWSER=1 (set by
@@ -165,12 +166,18 @@ def test_uploads_models_and_killed_processes_leave_no_patient_data(browser, tmp_
         stale = list((tmp_path / "tmpdir").glob("mosmos-web-*/launcher-*"))
         assert len(stale) == 1
 
-    # The next launcher on this machine removes it at start; SIGTERM ends it within 5 s, nothing left.
+    # The next launcher on this machine removes it at start. SIGTERM during a run ends it within 5 s, with its
+    # sessions, their runs and every file they had.
     with mosmos_web(tmp_path, env, "--models", str(models)) as server:
         wait_listening(server)
         assert not stale[0].exists()
+        page = _open_tab(browser, server)
+        _upload_ct(page)
+        copies, runs = _start_run(page, server)
+        processes = session_processes(server) + runs
         t = time.monotonic()
         server["proc"].send_signal(signal.SIGTERM)
         server["proc"].wait(timeout=30)
         assert time.monotonic() - t < 5
+        assert gone(processes, timeout=1)
         assert list((tmp_path / "tmpdir").glob("mosmos-web-*/launcher-*")) == [] and files_left(server) == []
