@@ -251,7 +251,7 @@ def test_a_zip_is_unpacked_within_its_limits(tmp_path):
     out.mkdir()
     t = time.perf_counter()
     with pytest.raises(MosmosError, match=r"^bomb.zip: unpacks to more than 5 MB \(10 x the upload limit\); refused$"):
-        unpack_zip(bomb, out, maxBytes=5_000_000)
+        unpack_zip(bomb, out, max_bytes=5_000_000)
     assert time.perf_counter() - t < 5    # stopped on the way, not after 30 MB
     assert sum(p.stat().st_size for p in out.rglob("*") if p.is_file()) <= 5_000_000
 
@@ -261,7 +261,7 @@ def test_a_zip_is_unpacked_within_its_limits(tmp_path):
             archive.writestr(f"s/{i}.dcm", b"x")
         archive.writestr("../../escaped.dcm", b"x")
     with pytest.raises(MosmosError, match=r"^many.zip: 5 files in the zip archive, more than the 4 this server"):
-        unpack_zip(many, tmp_path / "many", maxFiles=4)
+        unpack_zip(many, tmp_path / "many", max_files=4)
     unpack_zip(many, tmp_path / "many")
     assert sorted(str(p.relative_to(tmp_path)) for p in (tmp_path / "many").rglob("*.dcm")) == [
         "many/escaped.dcm", "many/s/0.dcm", "many/s/1.dcm", "many/s/2.dcm", "many/s/3.dcm"]
@@ -289,7 +289,8 @@ def test_a_run_dies_with_the_process_that_started_it():
 
     parent = subprocess.Popen([sys.executable, "-c", "import sys, time\n"
                                "from mosmos.mrml.process import BackgroundProcess\n"
-                               "run = BackgroundProcess([sys.executable, '-c', 'import time; time.sleep(60)']).start()\n"
+                               "sleep = [sys.executable, '-c', 'import time; time.sleep(60)']\n"
+                               "run = BackgroundProcess(sleep).start()\n"
                                "print(run.pid, flush=True)\ntime.sleep(60)\n"],
                               stdout=subprocess.PIPE, text=True, env=dict(os.environ, PYTHONPATH=str(ROOT)))
     run = psutil.Process(int(parent.stdout.readline()))

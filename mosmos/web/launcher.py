@@ -121,7 +121,7 @@ class Launcher:
         self.signIn, self.idleTimeout, self.maxUploadMb = signIn, idleTimeout, maxUploadMb
         self.sessions: dict[str, SessionProcess] = {}    # claimed by a tab, by session id
         self._spare: tuple[str, SessionProcess] | None = None
-        self.root, self._rootLock = temporary_root()
+        self.root, self._root_lock = temporary_root()
         self.failures = FailedSignIns()
         # Password hashes are computed here, off the event loop, one at a time: guessing cannot take every core.
         self._hashing = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mosmos-sign-in")
@@ -240,7 +240,7 @@ class Launcher:
         await self.stop([s.proc for s in [*self.sessions.values(), *spare]])
         self.sessions, self._spare = {}, None
         shutil.rmtree(self.root, ignore_errors=True)
-        self._rootLock.close()
+        self._root_lock.close()
 
     # --- requests -----------------------------------------------------------------------------------
     @web.middleware

@@ -41,16 +41,17 @@ def data_files(folder: str | Path | None) -> list[Path]:
                   if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES + (".zip",)))
 
 
-def unpack_zip(path: Path, folder: Path, maxBytes: int | None = None, maxFiles: int = MAX_ZIP_FILES) -> None:
+def unpack_zip(path: Path, folder: Path, max_bytes: int | None = None,
+               max_files: int = MAX_ZIP_FILES) -> None:
     """Unpack the archive ``path`` into ``folder``, counting the bytes as they are written (the sizes an archive
-    declares can lie) and refusing it, with one line, past ``maxBytes`` in all or ``maxFiles`` files. Members'
+    declares can lie) and refusing it, with one line, past ``max_bytes`` in all or ``max_files`` files. Members'
     paths keep their folders but can only land inside ``folder``."""
     try:
         with zipfile.ZipFile(path) as archive:
             members = [m for m in archive.infolist() if not m.is_dir()]
-            if len(members) > maxFiles:
+            if len(members) > max_files:
                 raise MosmosError(f"{path.name}: {len(members)} files in the zip archive, more than the "
-                                  f"{maxFiles} this server unpacks")
+                                  f"{max_files} this server unpacks")
             written = 0
             for number, member in enumerate(members):
                 parts = [p for p in PurePosixPath(member.filename.replace("\\", "/")).parts
@@ -60,22 +61,22 @@ def unpack_zip(path: Path, folder: Path, maxBytes: int | None = None, maxFiles: 
                 with archive.open(member) as source, target.open("wb") as out:
                     while chunk := source.read(UNZIP_CHUNK):
                         written += len(chunk)
-                        if maxBytes is not None and written > maxBytes:
-                            raise MosmosError(f"{path.name}: unpacks to more than {maxBytes / 1e6:g} MB "
+                        if max_bytes is not None and written > max_bytes:
+                            raise MosmosError(f"{path.name}: unpacks to more than {max_bytes / 1e6:g} MB "
                                               f"({UNZIP_FACTOR} x the upload limit); refused")
                         out.write(chunk)
     except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as e:
         raise MosmosError(f"{path.name}: not a readable zip archive ({e})") from None
 
 
-def read_upload(path: Path, workDir: Path | None = None, maxUnpackedBytes: int | None = None):
+def read_upload(path: Path, workDir: Path | None = None, max_unpacked_bytes: int | None = None):
     """A volume file or a zipped DICOM series -> core Volume (the reader `mosmos segment` uses, so the
     browser and the command line see the same grid). A zip is unpacked in ``workDir`` (default: the system's
-    temporary folder), at most ``maxUnpackedBytes`` of it, and removed after reading. Raises MosmosError naming
+    temporary folder), at most ``max_unpacked_bytes`` of it, and removed after reading. Raises MosmosError naming
     the file."""
     if path.name.lower().endswith(".zip"):
         with tempfile.TemporaryDirectory(prefix="mosmos-dicom-", dir=workDir) as tmp:
-            unpack_zip(path, Path(tmp), maxUnpackedBytes)
+            unpack_zip(path, Path(tmp), max_unpacked_bytes)
             folders = sorted({p.parent for p in Path(tmp).rglob("*") if p.is_file()})
             if not folders:
                 raise MosmosError(f"{path.name}: the zip archive is empty")
@@ -95,14 +96,14 @@ class Session:
     """The state of one page: its scene (from trame-slicer's SlicerApp), volume, running job and results."""
 
     def __init__(self, slicerApp, modelsFolder: str | Path | None = None, workDir: str | Path | None = None,
-                 maxUnpackedBytes: int | None = None):
-        """``workDir``: where uploads are unpacked (the session's upload folder); ``maxUnpackedBytes``: the most
+                 max_unpacked_bytes: int | None = None):
+        """``workDir``: where uploads are unpacked (the session's upload folder); ``max_unpacked_bytes``: the most
         a zipped upload may unpack to."""
         self.app = slicerApp
         self.scene = slicerApp.scene
         self.modelsFolder = Path(modelsFolder) if modelsFolder else modelsLib.default_models_dir()
         self.workDir = Path(workDir) if workDir else None
-        self.maxUnpackedBytes = maxUnpackedBytes
+        self.max_unpacked_bytes = max_unpacked_bytes
         self.volumeNode = None
         self.dicomSource: DicomSource | None = None      # the series' headers, for a DICOM SEG of the results
         self.modelPath: Path | None = None               # the model of the results on show
@@ -127,7 +128,7 @@ class Session:
         """Read ``path`` into a new volume node and show it; on any error the scene is left as it was."""
         if self.job is not None:
             raise MosmosError("a segmentation is running: cancel it before opening another volume")
-        vol = read_upload(Path(path), self.workDir, self.maxUnpackedBytes)
+        vol = read_upload(Path(path), self.workDir, self.max_unpacked_bytes)
         name = name or volumes._stem(str(path))
         array = np.ascontiguousarray(np.asarray(vol.array).transpose(2, 1, 0))
         self.clear_results()
