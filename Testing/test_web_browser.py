@@ -9,13 +9,11 @@ it can); MOSMOS_REQUIRE_BROWSER=1 (set by .ci/run) turns that skip into a failur
 
 from __future__ import annotations
 
-import contextlib
 import io
 import json
 import os
 import shutil
 import subprocess
-import sys
 import time
 import zipfile
 from pathlib import Path
@@ -24,9 +22,9 @@ import nibabel as nib
 import numpy as np
 import pytest
 
-from helpers import mosmos_cmd, real_data
+from helpers import real_data
+from web_server import mosmos_web, session_folders, session_processes, stub_models
 
-ROOT = Path(__file__).resolve().parents[1]
 CT = real_data("totalseg_example/example_ct_sm.nii.gz")
 DICOM = real_data("totalseg_example/example_ct_dicom")
 CT3 = real_data("dcmqi_ct3slice/ct-3slice")     # a real series with its UIDs, so a DICOM SEG can reference it
@@ -90,14 +88,11 @@ def server(tmp_path_factory):
     _require(CHROMIUM is not None, "no chromium on PATH (apt-get install chromium)")
     _require(_importable("playwright"), "Playwright for Python is not installed (pip install playwright)")
     _require(_importable("trame_slicer") and _importable("slicer"), "the web extra is not installed (trame-slicer)")
-    sys.path.insert(0, str(ROOT / "Testing"))
-    import inference_stub
-
     tmp = tmp_path_factory.mktemp("web")
-    models, data, site = tmp / "models", tmp / "data", tmp / "site"
-    for folder in (models, data, site):
-        folder.mkdir()
-    stub = inference_stub.write_stub_model(models / "stub.mosmos", spacing=(3.0, 3.0, 3.0))
+    models, env = stub_models(tmp)
+    stub = str(models / "stub.mosmos")
+    data = tmp / "data"
+    data.mkdir()
     broken = bytearray(Path(stub).read_bytes())
     broken[8 + int.from_bytes(broken[:8], "little")] ^= 0xFF   # a tensor byte changes; header and checksum stay
     (models / "broken.mosmos").write_bytes(bytes(broken))
@@ -105,35 +100,10 @@ def server(tmp_path_factory):
         with zipfile.ZipFile(data / f"{series.name}.zip", "w") as archive:    # a zipped DICOM series
             for f in sorted(series.iterdir()):
                 archive.write(f, f"{series.name}/{f.name}")
-    (site / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(ROOT / 'Testing')!r})\n"
-                                           "import inference_stub\n")
-    with _mosmos_web(tmp, {"PYTHONPATH": os.pathsep.join([str(ROOT), str(site)]), "MOSMOS_WEB_TOKEN": TOKEN},
-                     "--models", str(models), "--data", str(data), "--token", "--max-sessions", "2",
-                     "--max-upload-mb", "1") as server:
+    with mosmos_web(tmp, env | {"MOSMOS_WEB_TOKEN": TOKEN},
+                    "--models", str(models), "--data", str(data), "--token", "--max-sessions", "2",
+                    "--max-upload-mb", "1") as server:
         yield server | {"stub": stub}
-
-
-@contextlib.contextmanager
-def _mosmos_web(tmp: Path, env: dict, *options):
-    """`mosmos web` with ``options`` on a free loopback port, its log in tmp/server.log, the sessions' upload
-    folders under tmp/tmpdir; stopped (with its sessions) on the way out."""
-    from mosmos.web.launcher import free_port
-
-    port = free_port("127.0.0.1")
-    (tmp / "tmpdir").mkdir()
-    env = dict(os.environ, PYTHONPATH=str(ROOT), OMP_NUM_THREADS="1", TMPDIR=str(tmp / "tmpdir")) | env
-    log = (tmp / "server.log").open("w")
-    proc = subprocess.Popen(mosmos_cmd("web", "--port", str(port), *options),
-                            stdout=log, stderr=subprocess.STDOUT, env=env, start_new_session=True)
-    try:
-        yield {"url": f"http://127.0.0.1:{port}/", "port": port, "proc": proc, "tmp": tmp, "log": tmp / "server.log"}
-    finally:
-        proc.terminate()  # the launcher stops its sessions on the way out
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, 9)
-        log.close()
 
 
 @pytest.fixture(scope="module")
@@ -166,9 +136,9 @@ def _open_tab(browser, server, ready=True):
 def _uploads(server, page) -> list[str]:
     """The files in the upload folder of ``page``'s session (the launcher's, under the server's TMPDIR)."""
     sid = page.url.split("/session/")[1].split("/")[0]
-    folders = list((server["tmp"] / "tmpdir").glob(f"mosmos-web-uploads-*/{sid}"))
+    folders = [f for f in session_folders(server) if f.name == sid]
     assert len(folders) == 1, folders
-    return sorted(p.name for p in folders[0].iterdir())
+    return sorted(p.name for p in (folders[0] / "uploads").iterdir())
 
 
 def _websocket_status(port: int, path: str, cookie: str | None) -> int:
@@ -187,9 +157,7 @@ def _websocket_status(port: int, path: str, cookie: str | None) -> int:
 
 
 def _session_processes(server) -> int:
-    import psutil
-
-    return sum("mosmos.web.app" in " ".join(c.cmdline()) for c in psutil.Process(server["proc"].pid).children())
+    return len(session_processes(server))
 
 
 def _message(page, fragment: str) -> None:
@@ -222,6 +190,12 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
     for url in (server["url"], page.url, f"{server['url']}?token=wrong"):
         with pytest.raises(urllib.error.HTTPError) as refused:
             urllib.request.urlopen(url, timeout=10)
+        assert refused.value.code == 401
+    # Not ASCII (it was a 500): a Bearer value, a cookie, the token in the address; 401 like any other refusal.
+    for headers, query in (({"Authorization": "Bearer tökén"}, ""), ({"Cookie": "mosmos_signin=ü.1.ß"}, ""),
+                           ({}, "?token=%C3%BC")):
+        with pytest.raises(urllib.error.HTTPError) as refused:
+            urllib.request.urlopen(urllib.request.Request(server["url"] + query, headers=headers), timeout=10)
         assert refused.value.code == 401
 
     wsPath = urllib.parse.urlsplit(page.url).path.replace("index.html", "") + "ws"
@@ -372,13 +346,13 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
 def test_a_tab_left_idle_loses_its_session_and_its_upload(browser, tmp_path):
     """--idle-timeout against a live session: a tab that opened a volume and then did nothing is ended by the
     launcher (its process stopped, its upload folder removed), and its page then says so."""
-    with _mosmos_web(tmp_path, {}, "--idle-timeout", "0.05", "--max-sessions", "1") as idle:   # 3 s
+    with mosmos_web(tmp_path, {}, "--idle-timeout", "0.05", "--max-sessions", "1") as idle:   # 3 s
         page = _open_tab(browser, idle)
         page.set_input_files("#upload", str(CT))
         _wait_text(page, "#volume-name", lambda t: t == "example_ct_sm")
         assert _uploads(idle, page) == ["example_ct_sm.nii.gz"]
         assert _session_processes(idle) == 1
-        folders = list((tmp_path / "tmpdir").glob("mosmos-web-uploads-*/*"))
+        folders = session_folders(idle)
         deadline = time.monotonic() + 120
         while _session_processes(idle) or any(f.exists() for f in folders):
             assert time.monotonic() < deadline, "the idle session was not ended"

@@ -3,6 +3,7 @@ browser tests, test_web_browser.py, drive the whole server through its one port)
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import io
 import subprocess
@@ -61,7 +62,7 @@ def test_idle_and_exited_sessions_end_with_their_upload_folders():
         now = time.monotonic()
         sessions = {}
         for sid, lastActive in (("idle", now - 61), ("busy", now - 10), ("exited", now)):
-            folder = launcher.uploadsRoot / sid
+            folder = launcher.root / sid
             folder.mkdir()
             (folder / "ct.nii.gz").write_bytes(b"x")
             proc = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"] if sid != "exited"
@@ -69,11 +70,11 @@ def test_idle_and_exited_sessions_end_with_their_upload_folders():
             sessions[sid] = SessionProcess(proc, 0, folder, now - 100, lastActive)
         sessions["exited"].proc.wait()
         launcher.sessions = dict(sessions)
-        launcher.reap(now)
+        asyncio.run(launcher.reap(now))
         assert list(launcher.sessions) == ["busy"]
-        assert sessions["idle"].proc.poll() is not None and not sessions["idle"].uploads.exists()
-        assert not sessions["exited"].uploads.exists()
-        assert sessions["busy"].proc.poll() is None and sessions["busy"].uploads.exists()
+        assert sessions["idle"].proc.poll() is not None and not sessions["idle"].folder.exists()
+        assert not sessions["exited"].folder.exists()
+        assert sessions["busy"].proc.poll() is None and sessions["busy"].folder.exists()
     finally:
-        launcher.stop_all()
-    assert sessions["busy"].proc.poll() is not None and not launcher.uploadsRoot.exists()
+        asyncio.run(launcher.stop_all())
+    assert sessions["busy"].proc.poll() is not None and not launcher.root.exists()

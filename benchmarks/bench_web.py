@@ -14,12 +14,22 @@ fine-tuned here on phantoms (mosmos.experiments.recipes) and a real CT from Test
                                    [--tags "liver, spleen, kidneys"] [--screenshot PATH] [--model FILE]
 
 --screenshot writes the page with the first organ's attention overlay switched on (the README's picture), after the
-figures are printed."""
+figures are printed.
+
+    python benchmarks/bench_web.py --guessing [--requests 40] [--guess-seconds 20]
+
+measures instead, without a browser (aiohttp), a signed-in user's page (her session's index.html through the
+launcher, with her cookie) on a launcher with a users file: median latency on an idle server, then while 4 clients
+guess her password as fast as they are answered, from her own address (so the limit on failed sign-ins applies to
+them and must not to her); the target is a median within 2x of idle."""
 
 from __future__ import annotations
 
 import argparse
+import asyncio
+import base64
 import io
+import statistics
 import json
 import os
 import shutil
@@ -57,6 +67,83 @@ def wait_until(predicate, timeout: float = 300.0, poll: float = 0.1, what: str =
         time.sleep(poll)
 
 
+async def signed_in_page_while_guessing(url: str, password: str, requests: int, seconds: float) -> dict:
+    """Latency of alice's session page (ms) idle and while 4 clients guess her password (see the docstring)."""
+    import aiohttp
+
+    def basic(pw: str) -> dict:
+        return {"Authorization": "Basic " + base64.b64encode(f"alice:{pw}".encode()).decode()}
+
+    timeout = aiohttp.ClientTimeout(total=600)
+    async with aiohttp.ClientSession(cookie_jar=aiohttp.CookieJar(unsafe=True), timeout=timeout) as alice, \
+            aiohttp.ClientSession(timeout=timeout) as guessers:
+        async with alice.get(url, headers=basic(password), allow_redirects=False) as r:   # her tab: a session
+            page = url + r.headers["Location"] + "index.html"
+
+        async def page_ms() -> float:
+            t = time.perf_counter()
+            async with alice.get(page) as response:
+                await response.read()
+                assert response.status == 200, response.status
+            return (time.perf_counter() - t) * 1000
+
+        for _ in range(5):
+            await page_ms()
+        idle = []
+        for _ in range(requests):
+            idle.append(await page_ms())
+            await asyncio.sleep(0.05)
+        answers: dict[int, int] = {}
+        guessing = True
+
+        async def guess(n: int) -> None:
+            i = 0
+            while guessing:
+                async with guessers.get(url, headers=basic(f"guess {n}.{i}"), allow_redirects=False) as response:
+                    answers[response.status] = answers.get(response.status, 0) + 1
+                i += 1
+
+        t = time.perf_counter()
+        tasks = [asyncio.ensure_future(guess(n)) for n in range(4)]
+        busy = []
+        while len(busy) < requests or time.perf_counter() - t < seconds:   # past the limit on failures too
+            busy.append(await page_ms())
+            await asyncio.sleep(0.05)
+        guessing = False
+        await asyncio.gather(*tasks)
+        window = time.perf_counter() - t
+    return {"bench": "web-sign-in", "requests_idle": len(idle), "requests_while_guessing": len(busy),
+            "page_idle_median_ms": round(statistics.median(idle), 1),
+            "page_while_guessing_median_ms": round(statistics.median(busy), 1),
+            "page_while_guessing_max_ms": round(max(busy), 1),
+            "ratio": round(statistics.median(busy) / statistics.median(idle), 2),
+            "guesses_refused_401": answers.get(401, 0), "guesses_refused_429": answers.get(429, 0),
+            "guessing_s": round(window, 1)}
+
+
+def guessing(requests: int, seconds: float) -> int:
+    from mosmos.web.auth import hash_password
+    from mosmos.web.launcher import free_port, listening
+
+    password = "correct horse battery staple"
+    with tempfile.TemporaryDirectory(prefix="bench-web-") as tmp:
+        users = Path(tmp) / "users.txt"
+        users.write_text(f"alice:{hash_password(password)}\n")
+        port = free_port("127.0.0.1")
+        server = subprocess.Popen([sys.executable, "-m", "mosmos", "web", "--port", str(port), "--users", str(users),
+                                   "--max-sessions", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                  start_new_session=True)
+        try:
+            wait_until(lambda: server.poll() is None and asyncio.run(listening("127.0.0.1", port)), timeout=120)
+            result = asyncio.run(signed_in_page_while_guessing(f"http://127.0.0.1:{port}/", password, requests,
+                                                                       seconds))
+        finally:
+            server.terminate()
+            server.wait(timeout=30)
+    print(json.dumps(result | {"load_average": [round(x, 2) for x in os.getloadavg()]}), flush=True)
+    return 0
+
+
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--input", default=str(ROOT / "Testing/Data/totalseg_example/example_ct.nii.gz"))
@@ -65,7 +152,13 @@ def main() -> int:
     parser.add_argument("--screenshot", help="write a PNG of the page with an attention overlay on")
     parser.add_argument("--model", help="serve this model file instead of fine-tuning the tiny one (for the "
                         "README's picture: `mosmos demo`'s model, on its held-out phantom)")
+    parser.add_argument("--guessing", action="store_true",
+                        help="the signed-in page while 4 clients guess a password, against idle (no browser)")
+    parser.add_argument("--requests", type=int, default=40, help="page requests timed in each phase (--guessing)")
+    parser.add_argument("--guess-seconds", type=float, default=20.0, help="the guessing phase's least length")
     args = parser.parse_args()
+    if args.guessing:
+        return guessing(args.requests, args.guess_seconds)
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
         print(json.dumps({"bench": "web", "skipped": "no chromium on PATH (apt-get install chromium)"}))
@@ -105,7 +198,8 @@ def main() -> int:
                     "--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader"])
                 page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
                 url = f"http://127.0.0.1:{port}/"
-                wait_until(lambda: server.poll() is None and listening("127.0.0.1", port), timeout=120)
+                wait_until(lambda: server.poll() is None and asyncio.run(listening("127.0.0.1", port)),
+                           timeout=120)
                 t = time.perf_counter()
                 page.goto(url, timeout=180000)
                 page.wait_for_selector("#segment", timeout=180000)

@@ -39,7 +39,8 @@ def add_arguments(parser) -> None:
                         help="end a session when nothing has passed between it and its tab for this many minutes "
                              "(default 30)")
     parser.add_argument("--max-upload-mb", type=float, default=2048.0,
-                        help="largest volume a tab may upload, in MB (default 2048)")
+                        help="largest volume a tab may upload, in MB (default 2048); a zipped DICOM series may "
+                             "unpack to 10 times that")
     parser.add_argument("--hash-password", metavar="NAME",
                         help="print a users-file line for NAME (the password is read from the terminal or "
                              "standard input) and exit")

@@ -17,6 +17,26 @@ from pathlib import Path
 from mosmos.errors import MosmosError
 
 DEVICES = ("auto", "cuda", "cpu")
+PR_SET_PDEATHSIG = 1   # linux/prctl.h
+
+
+def die_with_parent(sig: int = signal.SIGKILL):
+    """A ``preexec_fn`` that has the kernel send ``sig`` to the child when the thread that started it dies (Linux;
+    None elsewhere): a child holding a copy of patient data must not outlive its parent, even one killed by
+    SIGKILL (the OOM killer), which runs no clean-up of its own."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import ctypes
+
+    prctl = ctypes.CDLL(None, use_errno=True).prctl   # looked up here: the child only calls it
+    parent = os.getpid()
+
+    def preexec() -> None:
+        prctl(PR_SET_PDEATHSIG, int(sig), 0, 0, 0)
+        if os.getppid() != parent:   # the parent died before the request was made
+            os.kill(os.getpid(), sig)
+
+    return preexec
 
 
 class Cancelled(Exception):
@@ -103,6 +123,7 @@ class BackgroundProcess:
             kwargs["creationflags"] = subprocess.CREATE_NEW_PROCESS_GROUP | getattr(subprocess, "CREATE_NO_WINDOW", 0)
         else:
             kwargs["start_new_session"] = True  # its own process group: a cancel reaches grandchildren too
+            kwargs["preexec_fn"] = die_with_parent()
         try:
             self._proc = subprocess.Popen(self.argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                           stdin=subprocess.DEVNULL, env=self.env, cwd=self.cwd, text=True,

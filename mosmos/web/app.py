@@ -6,7 +6,9 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import binascii
 import logging
+import os
 import re
 import shutil
 import sys
@@ -26,7 +28,8 @@ from trame_slicer.rca_view import register_rca_factories
 from mosmos.errors import MosmosError
 from mosmos.mrml.process import Cancelled
 
-from .session import Session, data_files
+from .auth import SESSION_SECRET_ENV, SESSION_SECRET_HEADER, same_secret
+from .session import UNZIP_FACTOR, Session, data_files
 
 LOG = logging.getLogger("mosmos.web")
 LAYOUT = "Quad View"   # axial, coronal, sagittal and 3D
@@ -55,21 +58,28 @@ SOFTWARE_RENDERER = re.compile(r"renderer string:\s*(llvmpipe|softpipe|swrast)")
 UPLOAD_CHUNK = 1 << 20  # bytes per websocket message: small enough for wslink's 4 MiB limit once base64-encoded
 
 # The browser sends a chosen file in chunks, each answered before the next, so the server can refuse it at once
-# (too large) and the page can show how much has arrived.
+# (too large, a name or size it does not take) and the page can show how much has arrived. A refusal, or any
+# failure on the way, is the page's message and leaves the page ready for the next file. Formatted with the
+# names of the two triggers (upload_begin, upload_chunk).
 UPLOAD_SCRIPT = """
-window.mosmosUpload = async function (file, begin, chunk) {
-  if (!file || !(await trame.trigger(begin, [file.name, file.size]))) return;
-  for (let offset = 0; offset < file.size; offset += %d) {
-    const data = await new Promise((resolve, reject) => {
-      const reader = new FileReader();
-      reader.onload = () => resolve(reader.result.slice(reader.result.indexOf(',') + 1));
-      reader.onerror = () => reject(reader.error);
-      reader.readAsDataURL(file.slice(offset, offset + %d));
-    });
-    if (!(await trame.trigger(chunk, [offset, data]))) return;
+window.mosmosUpload = async function (file) {
+  try {
+    if (!file || !(await trame.trigger('%%(begin)s', [file.name, file.size]))) return;
+    for (let offset = 0; offset < file.size; offset += %(size)d) {
+      const data = await new Promise((resolve, reject) => {
+        const reader = new FileReader();
+        reader.onload = () => resolve(reader.result.slice(reader.result.indexOf(',') + 1));
+        reader.onerror = () => reject(reader.error);
+        reader.readAsDataURL(file.slice(offset, offset + %(size)d));
+      });
+      if (!(await trame.trigger('%%(chunk)s', [offset, data]))) return;
+    }
+  } catch (e) {
+    trame.state.set('uploading', false);
+    trame.state.set('message', 'the upload failed: ' + ((e && e.message) || String(e)));
   }
 };
-""" % (UPLOAD_CHUNK, UPLOAD_CHUNK)
+""" % {"size": UPLOAD_CHUNK}
 
 
 def _hex(rgb) -> str:
@@ -80,6 +90,37 @@ def split_organs(text: str, ticked: list[str]) -> list[str]:
     """Typed names ("liver, spleen") then ticked ones, each once, in that order."""
     names = [t.strip() for t in (text or "").replace(";", ",").split(",") if t.strip()]
     return list(dict.fromkeys(names + list(ticked or [])))
+
+
+def upload_name(name) -> str:
+    """The page's file name if it is a plain one (no folder, no '..', no NUL), else MosmosError: the upload is
+    written under this name in the session's folder."""
+    text = name if isinstance(name, str) else ""
+    if not text.strip() or text in (".", "..") or any(c in text for c in "/\\\0") or len(text) > 255:
+        raise MosmosError(f"{str(name)[:80]!r}: not a plain file name; rename the file and upload it again")
+    return text
+
+
+def upload_size(size, name: str) -> int:
+    """The announced size if it is a non-negative whole number of bytes, else MosmosError."""
+    if isinstance(size, bool) or not isinstance(size, int) or size < 0:
+        raise MosmosError(f"{name}: the browser announced a size of {str(size)[:40]!r} bytes, not a whole number "
+                          "of bytes; upload it again")
+    return size
+
+
+def session_secret_check(secret: str):
+    """aiohttp middleware for the session's own server: a request without the launcher's secret gets a bare 404,
+    so that the session's port tells a direct caller nothing (not even that a page is there)."""
+    from aiohttp import web
+
+    @web.middleware
+    async def check(request, handler):
+        if not same_secret(request.headers.get(SESSION_SECRET_HEADER), secret):
+            return web.Response(status=404, text="not found")
+        return await handler(request)
+
+    return check
 
 
 class MosmosWebApp(TrameApp):
@@ -104,9 +145,9 @@ class MosmosWebApp(TrameApp):
             for view in views:
                 view.render_window().SetMultiSamples(0)
         self.uploads = Path(uploads) if uploads else Path(tempfile.mkdtemp(prefix="mosmos-web-uploads-"))
-        self.session = Session(self.slicer, models, self.uploads)
-        self.dataFolder = Path(data) if data else None
         self.maxUploadBytes = int(maxUploadMb * 1e6)
+        self.session = Session(self.slicer, models, self.uploads, UNZIP_FACTOR * self.maxUploadBytes)
+        self.dataFolder = Path(data) if data else None
         self._upload: dict | None = None     # the upload under way: path, size, received
         self._watcher: asyncio.Task | None = None
         self._init_state()
@@ -179,23 +220,29 @@ class MosmosWebApp(TrameApp):
         self.state.info = f"{node.GetName()}: {'x'.join(map(str, node.GetImageData().GetDimensions()))} voxels"
         return True
 
-    def upload_begin(self, name: str, size: int) -> bool:
-        """A file of ``size`` bytes is about to arrive: refuse it (False, with the page's message) above the
-        limit; otherwise drop the previous upload and expect this one's chunks."""
+    def upload_begin(self, name, size) -> bool:
+        """A file of ``size`` bytes is about to arrive: refuse it (False, with the page's message) when the name
+        is not a plain file name, the size not a byte count, or above the limit; otherwise drop the previous
+        upload and expect this one's chunks. Never raises: the page's next upload must work."""
         self._discard_upload()
-        name = Path(str(name)).name or "upload"
-        if int(size) == 0:
+        try:
+            name = upload_name(name)
+            size = upload_size(size, name)
+        except MosmosError as e:
+            self._fail(e)
+            return False
+        if size == 0:
             self.state.message = f"{name}: an empty file"
             return False
-        if int(size) > self.maxUploadBytes:
-            self.state.message = (f"{name}: {int(size) / 1e6:.1f} MB, more than this server accepts "
+        if size > self.maxUploadBytes:
+            self.state.message = (f"{name}: {size / 1e6:.1f} MB, more than this server accepts "
                                   f"({self.maxUploadBytes / 1e6:g} MB); choose it from the data folder or ask "
                                   "for a larger --max-upload-mb")
             return False
         self.state.message = ""
         for old in self.uploads.iterdir():   # one upload at a time is kept: the volume on show
             shutil.rmtree(old) if old.is_dir() else old.unlink()
-        self._upload = {"path": self.uploads / name, "size": int(size), "received": 0}
+        self._upload = {"path": self.uploads / name, "size": size, "received": 0}
         self._upload["path"].write_bytes(b"")
         self.state.uploading, self.state.upload_progress = True, 0
         return True
@@ -203,9 +250,14 @@ class MosmosWebApp(TrameApp):
     def upload_chunk(self, offset: int, data: str) -> bool:
         """Append one base64 chunk; the last one opens the file. False stops the browser's upload."""
         up = self._upload
-        if up is None or int(offset) != up["received"]:
+        if up is None or offset != up["received"]:
             return False
-        chunk = base64.b64decode(data)
+        try:
+            chunk = base64.b64decode(data, validate=True)
+        except (binascii.Error, TypeError, ValueError):
+            self._discard_upload()
+            self.state.message = f"{up['path'].name}: a part of the upload arrived damaged; upload it again"
+            return False
         if up["received"] + len(chunk) > min(up["size"], self.maxUploadBytes):
             self._discard_upload()
             self.state.message = f"{up['path'].name}: more data than announced; upload refused"
@@ -228,8 +280,9 @@ class MosmosWebApp(TrameApp):
         self.state.uploading = False
 
     def _on_data_choice(self, data_choice, **_) -> None:
-        if data_choice and self.dataFolder is not None:
-            self._open(self.dataFolder / Path(data_choice).name, None)
+        # Only the files the page was offered: the page's state is the browser's to change.
+        if data_choice and self.dataFolder is not None and data_choice in self.state.data_choices:
+            self._open(self.dataFolder / data_choice, None)
 
     def _on_model(self, model, **_) -> None:
         organs = []
@@ -247,7 +300,7 @@ class MosmosWebApp(TrameApp):
         self.state.update({"organ_text": organText, "ticked": ticked, "model": model, "quick_preview": quickPreview})
         tags = split_organs(organText, ticked)
         try:
-            self.session.start(tags, self.session.modelsFolder / model if model else None, fast=bool(quickPreview))
+            self.session.start(tags, model, fast=bool(quickPreview))   # by its name among the server's models
         except Exception as e:  # noqa: BLE001
             self._fail(e)
             return
@@ -366,7 +419,7 @@ class MosmosWebApp(TrameApp):
         begin, chunk = self.server.trigger_name(self.upload_begin), self.server.trigger_name(self.upload_chunk)
         self.server.trigger("mosmos_ping")(self.ping)
         with VAppLayout(self.server, full_height=True, theme="dark") as layout:
-            client.Script(UPLOAD_SCRIPT)
+            client.Script(UPLOAD_SCRIPT % {"begin": begin, "chunk": chunk})
             with v.VNavigationDrawer(permanent=True, width=380, classes="pa-3"):
                 html.H3("MOSMOS", classes="mb-2")
                 v.VAlert(v_if=("message",), text=("message",), type="error", density="compact",
@@ -376,8 +429,7 @@ class MosmosWebApp(TrameApp):
                 html.Div("Volume (NIfTI, NRRD or zipped DICOM)", classes="text-subtitle-2")
                 html.Input(type="file", id="upload", accept=".nii,.gz,.nrrd,.nhdr,.zip,*/*",
                            disabled=("running",),
-                           change=f"window.mosmosUpload($event.target.files[0], '{begin}', '{chunk}'); "
-                                  "$event.target.value = null;")
+                           change="window.mosmosUpload($event.target.files[0]); $event.target.value = null;")
                 v.VProgressLinear(model_value=("upload_progress",), v_show=("uploading",), id="upload-progress",
                                   height=6, color="secondary", classes="mt-1")
                 with html.Select(v_model=("data_choice",), id="data", v_if=("data_choices.length",),
@@ -450,8 +502,8 @@ class MosmosWebApp(TrameApp):
 
 
 def main(argv: list[str] | None = None) -> int:
-    """One session's server (started by the launcher): --host, --port, --models, --data, --timeout, --uploads,
-    --max-upload-mb."""
+    """One session's server, started by the launcher (with the session's secret in $MOSMOS_SESSION_SECRET):
+    --host, --port, --models, --data, --timeout, --folder, --max-upload-mb."""
     import argparse
 
     parser = argparse.ArgumentParser(prog="mosmos.web.app")
@@ -460,13 +512,33 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--models")
     parser.add_argument("--data")
     parser.add_argument("--timeout", type=int, default=300, help="exit this many seconds after the last tab closed")
-    parser.add_argument("--uploads", help="this session's upload folder")
+    parser.add_argument("--folder", required=True,
+                        help="this session's folder (its upload, and its runs' work files); removed on exit")
     parser.add_argument("--max-upload-mb", type=float, default=2048)
     args, _ = parser.parse_known_args(argv)
+    # Taken out of the environment so that the segmentation processes this one starts do not inherit it.
+    secret = os.environ.pop(SESSION_SECRET_ENV, "")
+    if not secret:
+        parser.error(f"no session secret in ${SESSION_SECRET_ENV}: sessions are started by `mosmos web`")
     logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    app = MosmosWebApp(models=args.models, data=args.data, uploads=args.uploads, maxUploadMb=args.max_upload_mb)
-    app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False,
-                     timeout=args.timeout)
+    folder = Path(args.folder)
+    uploads, work = folder / "uploads", folder / "work"
+    for sub in (uploads, work):
+        sub.mkdir(parents=True, exist_ok=True)
+    # Every temporary file of this process (a run's copy of the volume, an unpacked zip, a download being made)
+    # goes under the session's folder, which the launcher removes whatever way the session ends.
+    tempfile.tempdir = str(work)
+    app = None
+    try:
+        app = MosmosWebApp(models=args.models, data=args.data, uploads=uploads, maxUploadMb=args.max_upload_mb)
+        app.server.controller.on_server_bind.add(
+            lambda server: server.app.middlewares.insert(0, session_secret_check(secret)))
+        app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False,
+                         timeout=args.timeout)
+    finally:   # the tab closed, SIGTERM from the launcher, or the launcher died (see launcher.py)
+        if app is not None:
+            app.session.cancel()
+        shutil.rmtree(folder, ignore_errors=True)
     return 0
 
 

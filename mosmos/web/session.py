@@ -8,7 +8,8 @@ import functools
 import io
 import tempfile
 import zipfile
-from pathlib import Path
+import zlib
+from pathlib import Path, PurePosixPath
 
 import numpy as np
 
@@ -25,6 +26,11 @@ from mosmos.mrml.attention import attention_color_node
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
 # Smallest extent a volume needs along every axis: 3D windows cannot be slid over a single image.
 MIN_SLICES = 2
+# A zipped DICOM series may unpack to at most this many times the upload limit, in at most MAX_ZIP_FILES files:
+# DICOM compresses 2-4 times in a zip, while a crafted archive of 1 MB can unpack to gigabytes.
+UNZIP_FACTOR = 10
+MAX_ZIP_FILES = 20_000
+UNZIP_CHUNK = 1 << 20
 
 
 def data_files(folder: str | Path | None) -> list[Path]:
@@ -35,17 +41,42 @@ def data_files(folder: str | Path | None) -> list[Path]:
                   if p.is_file() and p.name.lower().endswith(VOLUME_SUFFIXES + (".zip",)))
 
 
-def read_upload(path: Path, workDir: Path | None = None):
+def unpack_zip(path: Path, folder: Path, max_bytes: int | None = None,
+               max_files: int = MAX_ZIP_FILES) -> None:
+    """Unpack the archive ``path`` into ``folder``, counting the bytes as they are written (the sizes an archive
+    declares can lie) and refusing it, with one line, past ``max_bytes`` in all or ``max_files`` files. Members'
+    paths keep their folders but can only land inside ``folder``."""
+    try:
+        with zipfile.ZipFile(path) as archive:
+            members = [m for m in archive.infolist() if not m.is_dir()]
+            if len(members) > max_files:
+                raise MosmosError(f"{path.name}: {len(members)} files in the zip archive, more than the "
+                                  f"{max_files} this server unpacks")
+            written = 0
+            for number, member in enumerate(members):
+                parts = [p for p in PurePosixPath(member.filename.replace("\\", "/")).parts
+                         if p not in ("/", ".", "..") and "\0" not in p]
+                target = folder.joinpath(*parts) if parts else folder / f"member{number}"
+                target.parent.mkdir(parents=True, exist_ok=True)
+                with archive.open(member) as source, target.open("wb") as out:
+                    while chunk := source.read(UNZIP_CHUNK):
+                        written += len(chunk)
+                        if max_bytes is not None and written > max_bytes:
+                            raise MosmosError(f"{path.name}: unpacks to more than {max_bytes / 1e6:g} MB "
+                                              f"({UNZIP_FACTOR} x the upload limit); refused")
+                        out.write(chunk)
+    except (zipfile.BadZipFile, zlib.error, EOFError, NotImplementedError, RuntimeError, OSError) as e:
+        raise MosmosError(f"{path.name}: not a readable zip archive ({e})") from None
+
+
+def read_upload(path: Path, workDir: Path | None = None, max_unpacked_bytes: int | None = None):
     """A volume file or a zipped DICOM series -> core Volume (the reader `mosmos segment` uses, so the
     browser and the command line see the same grid). A zip is unpacked in ``workDir`` (default: the system's
-    temporary folder) and removed after reading. Raises MosmosError naming the file."""
+    temporary folder), at most ``max_unpacked_bytes`` of it, and removed after reading. Raises MosmosError naming
+    the file."""
     if path.name.lower().endswith(".zip"):
         with tempfile.TemporaryDirectory(prefix="mosmos-dicom-", dir=workDir) as tmp:
-            try:
-                with zipfile.ZipFile(path) as archive:
-                    archive.extractall(tmp)
-            except (zipfile.BadZipFile, OSError) as e:
-                raise MosmosError(f"{path.name}: not a readable zip archive ({e})") from None
+            unpack_zip(path, Path(tmp), max_unpacked_bytes)
             folders = sorted({p.parent for p in Path(tmp).rglob("*") if p.is_file()})
             if not folders:
                 raise MosmosError(f"{path.name}: the zip archive is empty")
@@ -64,12 +95,15 @@ def read_upload(path: Path, workDir: Path | None = None):
 class Session:
     """The state of one page: its scene (from trame-slicer's SlicerApp), volume, running job and results."""
 
-    def __init__(self, slicerApp, modelsFolder: str | Path | None = None, workDir: str | Path | None = None):
-        """``workDir``: where uploads are unpacked (the session's upload folder)."""
+    def __init__(self, slicerApp, modelsFolder: str | Path | None = None, workDir: str | Path | None = None,
+                 max_unpacked_bytes: int | None = None):
+        """``workDir``: where uploads are unpacked (the session's upload folder); ``max_unpacked_bytes``: the most
+        a zipped upload may unpack to."""
         self.app = slicerApp
         self.scene = slicerApp.scene
         self.modelsFolder = Path(modelsFolder) if modelsFolder else modelsLib.default_models_dir()
         self.workDir = Path(workDir) if workDir else None
+        self.max_unpacked_bytes = max_unpacked_bytes
         self.volumeNode = None
         self.dicomSource: DicomSource | None = None      # the series' headers, for a DICOM SEG of the results
         self.modelPath: Path | None = None               # the model of the results on show
@@ -80,12 +114,21 @@ class Session:
     def models(self) -> list[modelsLib.ModelInfo]:
         return modelsLib.list_models(self.modelsFolder)
 
+    def model_path(self, name: str) -> Path:
+        """The model the server offers under ``name`` (its file name in the models folder). Anything else, a path
+        included, is refused without being opened, so the page cannot probe the server's files."""
+        for info in self.models():
+            if info.name == name:
+                return info.path
+        raise MosmosError(f"model {str(name)[:80]!r}: not one of the models this server offers; choose one from "
+                          "the list")
+
     # --- volume -------------------------------------------------------------------------------------
     def open_volume(self, path: Path, name: str | None = None):
         """Read ``path`` into a new volume node and show it; on any error the scene is left as it was."""
         if self.job is not None:
             raise MosmosError("a segmentation is running: cancel it before opening another volume")
-        vol = read_upload(Path(path), self.workDir)
+        vol = read_upload(Path(path), self.workDir, self.max_unpacked_bytes)
         name = name or volumes._stem(str(path))
         array = np.ascontiguousarray(np.asarray(vol.array).transpose(2, 1, 0))
         self.clear_results()
@@ -105,14 +148,15 @@ class Session:
 
     # --- segmentation -------------------------------------------------------------------------------
     def start(self, tags: list[str], model: str, device: str = "auto", fast: bool = False) -> None:
-        """``fast``: the quick preview of the Slicer module (`mosmos segment --fast`)."""
+        """``model``: a name from models(); ``fast``: the quick preview of the Slicer module (`mosmos segment
+        --fast`)."""
         if self.volumeNode is None:
             raise MosmosError("no volume open: upload one or choose one from the data folder")
         if self.job is not None:
             raise MosmosError("a segmentation is already running")
         if not tags:
             raise MosmosError("no organs: type organ names or tick them")
-        modelPath = pipeline.resolve_model(model, self.modelsFolder)
+        modelPath = self.model_path(model)
         # The core's own checks of the names and of the model file (tensors and checksum), here so that a typo
         # or a broken file is reported at once rather than after a process has started.
         select_tags(tags, list(modelsLib.model_info(modelPath).organs), open_set_supported=True)
