@@ -83,7 +83,8 @@ def test_bf16_only_on_gpus_that_compute_it_natively(monkeypatch, native):
     assert training_precision("auto", gpu) == (torch.bfloat16 if native else torch.float16)
     chosen, notes = resolve_precision("bf16", gpu)
     assert chosen == ("bf16" if native else "fp32")
-    assert notes == ([] if native else ["bf16 was asked for but this GPU has no native bf16 (before Ampere): ran in fp32"])
+    assert notes == ([] if native else
+                     ["bf16 was asked for but this GPU has no native bf16 (before Ampere): ran in fp32"])
 
 
 # --- where a CUDA GPU is: the correctness items, through the script's own functions ----------------------------

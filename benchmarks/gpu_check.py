@@ -72,6 +72,7 @@ class Sizes:
     feature_size: int
     spacing: tuple[float, float, float]
     train_shape: tuple[int, int, int]
+    train_cases: int  # several: each epoch starts the loader's workers anew
     organs: tuple[str, ...] | None
     crops: int
     lr: float
@@ -86,13 +87,20 @@ class Sizes:
     pretrain_batch: int
     pretrain_pairs: int
     baseline_steps: int
-    timeout: float
+    timeout: float  # seconds for one command at most
+    budget: float   # seconds for the whole check: items not started by then are reported as not run
 
 
-GPU = Sizes("ViT-B-16", 96, 16, (1.5, 1.5, 2.0), (128, 128, 96), None, 2, 1e-4, 20, 5, 4, 4, (192, 192, 128),
-            (512, 512, 200), (0.8, 0.8, 2.5), "ViT-B-16", 32, 320, 10, 300)
-SMOKE = Sizes("tiny-vit", 32, 8, (6.0, 6.0, 6.0), (32, 32, 32), ("liver", "spleen", "right kidney", "left kidney"),
-              2, 1e-2, 4, 2, 1, 0, (40, 40, 32), (48, 48, 24), (4.0, 4.0, 8.0), "tiny-vit", 8, 24, 2, 120)
+GPU = Sizes(backbone="ViT-B-16", roi=96, feature_size=16, spacing=(1.5, 1.5, 2.0), train_shape=(128, 128, 96),
+            train_cases=4, organs=None, crops=2, lr=1e-4, steps=20, checkpoint_every=5, torchrun_steps=4, workers=4,
+            segment_shape=(144, 144, 112), ct_shape=(512, 512, 200), ct_spacing=(0.8, 0.8, 2.5),
+            pretrain_backbone="ViT-B-16", pretrain_batch=32, pretrain_pairs=320, baseline_steps=10, timeout=300,
+            budget=480)
+SMOKE = Sizes(backbone="tiny-vit", roi=32, feature_size=8, spacing=(6.0, 6.0, 6.0), train_shape=(32, 32, 32),
+              train_cases=1, organs=("liver", "spleen", "right kidney", "left kidney"), crops=2, lr=1e-2, steps=4,
+              checkpoint_every=2, torchrun_steps=1, workers=0, segment_shape=(40, 40, 32), ct_shape=(48, 48, 24),
+              ct_spacing=(4.0, 4.0, 8.0), pretrain_backbone="tiny-vit", pretrain_batch=8, pretrain_pairs=24,
+              baseline_steps=2, timeout=120, budget=600)
 
 
 class Failed(Exception):
@@ -110,10 +118,18 @@ class Run:
     cuda: bool
     work: Path
     shared: dict = field(default_factory=dict)
+    started: float = field(default_factory=time.perf_counter)
 
     @property
     def device(self) -> str:
         return "cuda" if self.cuda else "cpu"
+
+    def time_left(self) -> float:
+        return self.sizes.budget - (time.perf_counter() - self.started)
+
+    def timeout(self) -> float:
+        """For the next command: its limit, or what is left of the check's budget (at least 30 s)."""
+        return min(self.sizes.timeout, max(30.0, self.time_left()))
 
 
 def check(condition: bool, message: str) -> None:
@@ -135,10 +151,10 @@ def environment(device: str = "auto") -> dict[str, str]:
 def ran(cmd: list[str], what: str, run: Run, env: dict | None = None) -> subprocess.CompletedProcess:
     """``cmd`` to its end; Failed with its last stderr line when it fails or prints a traceback."""
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=run.sizes.timeout,
-                              env=env or environment())
+        limit = run.timeout()
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=limit, env=env or environment())
     except subprocess.TimeoutExpired:
-        raise Failed(f"{what}: still running after {run.sizes.timeout:.0f} s") from None
+        raise Failed(f"{what}: still running after {limit:.0f} s") from None
     check("Traceback (most recent call last)" not in done.stderr,
           f"{what} printed a traceback: {last_line(done.stderr)}")
     check(done.returncode == 0, f"{what} exited {done.returncode}: {last_line(done.stderr)}")
@@ -164,15 +180,17 @@ def training_data(run: Run) -> Path:
 
     folder = run.work / "phantoms"
     if not (folder / "dataset.json").exists():
-        write_decathlon_dataset(folder, 1, 0, seed=0, shape=run.sizes.train_shape, spacing=run.sizes.spacing,
-                                organs=run.sizes.organs)
+        s = run.sizes
+        write_decathlon_dataset(folder, s.train_cases, 0, seed=0, shape=s.train_shape, spacing=s.spacing,
+                                organs=s.organs)
     return folder
 
 
 def finetune_args(run: Run, out: Path, log: Path, steps: int, *more: str) -> list[str]:
     s = run.sizes
     return ["finetune", "--data", str(training_data(run)), "--out", str(out), "--backbone", s.backbone,
-            "--init", "random", "--epochs", str(10**6), "--max-steps", str(steps), "--num-samples", str(s.crops),
+            "--init", "random", "--epochs", str(10**6), "--max-steps", str(steps), "--batch-size", "1",
+            "--num-samples", str(s.crops),
             "--lr", str(s.lr), "--warmup-steps", "2", "--roi-size", *[str(s.roi)] * 3,
             "--spacing", *map(str, s.spacing), "--feature-size", str(s.feature_size), "--val-every", str(10**6),
             "--workers", str(s.workers), "--checkpoint-every", str(s.checkpoint_every), "--log-every", "1",
@@ -184,7 +202,7 @@ def killed_and_resumed(run: Run, args: list[str], log: Path, what: str) -> dict:
     --resume to its end: the figures of its events (steps, losses, where it ran, seconds per step)."""
     proc = subprocess.Popen(mosmos(*args), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
                             env=environment())
-    deadline = time.time() + run.sizes.timeout
+    deadline = time.time() + run.timeout()
     try:
         while proc.poll() is None and time.time() < deadline:
             ev = events(log)
@@ -275,7 +293,11 @@ def item_device_auto(run: Run) -> dict:
     children = {choice: subprocess.Popen([sys.executable, "-c", probe], stdout=subprocess.PIPE,
                                          stderr=subprocess.PIPE, text=True, env=environment(choice))
                 for choice in ("auto", "cpu")}
-    seen = {f"slicer_{choice}": p.communicate(timeout=run.sizes.timeout)[0].strip() for choice, p in children.items()}
+    try:
+        seen = {f"slicer_{choice}": p.communicate(timeout=run.timeout())[0].strip() for choice, p in children.items()}
+    finally:
+        for p in children.values():
+            p.kill()  # where one still runs (a timeout); a no-op on an ended one
     seen.update(segment_auto=str(resolve_device("auto")), training_auto=str(training_device("auto")))
     expected = {"segment_auto": run.device, "training_auto": run.device, "slicer_auto": run.device,
                 "slicer_cpu": "cpu"}
@@ -330,6 +352,7 @@ def item_segment(run: Run) -> dict:
     import nibabel as nib
 
     s = run.sizes
+    model_of(run)  # before any work
     ct = write_ct(run, "phantom", s.segment_shape, s.spacing)
     precision = "bf16" if run.cuda else "fp32"
     reference = segment(run, ct, run.work / "segment-cpu", "cpu", "fp32", attention=True)
@@ -364,6 +387,7 @@ def item_out_of_memory(run: Run) -> dict:
     """The CT segments under caps of GPU memory below what an uncapped run takes."""
     if not run.cuda:
         raise Skipped("needs a CUDA GPU (the fallback answers a GPU's memory running out)")
+    model_of(run)
     ct = write_ct(run, "ct", run.sizes.ct_shape, run.sizes.ct_spacing)
     free = segment(run, ct, run.work / "oom-uncapped", "cuda", "bf16", cap=0)
     peak = json_lines(free["stderr"])[-1]["peak_reserved_bytes"]
@@ -422,6 +446,7 @@ def monai_segment(ct: Path, model: Path, out: Path, device: torch.device, bf16: 
 
 def item_segment_speed(run: Run) -> dict:
     s = run.sizes
+    model_of(run)
     ct = write_ct(run, "ct", s.ct_shape, s.ct_spacing)
     precision = "bf16" if run.cuda else "fp32"
     ours = segment(run, ct, run.work / "speed-mosmos", run.device, precision)
@@ -528,6 +553,8 @@ ITEMS = {"device_auto": item_device_auto, "finetune": item_finetune, "pretrain":
 
 def run_item(name: str, run: Run) -> dict:
     start = time.perf_counter()
+    if run.time_left() <= 0:
+        return {"status": "failed", "error": f"not run: the check's {run.sizes.budget:.0f} s were spent", "seconds": 0}
     try:
         result = {"status": "passed", **ITEMS[name](run)}
     except Skipped as e:
@@ -555,6 +582,7 @@ def gpu_check(smoke: bool, work: Path, only: list[str] | None = None) -> dict:
         for name in only or ITEMS:
             report["items"][name] = run_item(name, run)
     report["seconds"] = round(time.perf_counter() - start, 1)
+    report["within_budget"] = report["seconds"] <= run.sizes.budget
     report["passed"] = all(item["status"] != "failed" for item in report["items"].values())
     return report
 

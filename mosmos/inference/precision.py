@@ -34,6 +34,6 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, list[s
     if precision == "fp32" or (precision == "auto" and not native):
         return "fp32", []
     if not native:
-        lacks = "this GPU has no native bf16 (before Ampere)" if gpu else "this CPU has no native bf16 (AMX or AVX512-BF16)"
-        return "fp32", [f"bf16 was asked for but {lacks}: ran in fp32"]
+        lacks = "GPU has no native bf16 (before Ampere)" if gpu else "CPU has no native bf16 (AMX or AVX512-BF16)"
+        return "fp32", [f"bf16 was asked for but this {lacks}: ran in fp32"]
     return "bf16", []
