@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv web orthanc node-readers test demo docs bench clean
+.PHONY: venv web orthanc node-readers test demo docs bench gpu-check clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -56,6 +56,11 @@ docs: venv
 
 bench: venv
 	for b in benchmarks/bench_*.py; do $(PY) $$b || exit 1; done
+
+# The GPU path in one go on one NVIDIA GPU, in minutes: correctness, the out-of-memory path and speed against
+# MONAI and open_clip, one JSON object on stdout (benchmarks/gpu_check.py; --cpu-smoke is the suite's tiny run).
+gpu-check: venv
+	$(PY) benchmarks/gpu_check.py
 
 clean:
 	rm -rf $(VENV) demo-out study-out site

@@ -1,7 +1,7 @@
 """Which number format the network runs in: bf16 autocast where the hardware computes it natively
-(CUDA GPUs; CPUs whose oneDNN kernels have native bf16, i.e. AMX tiles or AVX512-BF16, where a
-ViT-B UNETR forward takes about half the fp32 time), fp32 elsewhere (emulated bf16 is slower than
-fp32)."""
+(CUDA GPUs from Ampere on; CPUs whose oneDNN kernels have native bf16, i.e. AMX tiles or AVX512-BF16,
+where a ViT-B UNETR forward takes about half the fp32 time), fp32 elsewhere (emulated bf16 is slower
+than fp32, on older GPUs as on CPUs)."""
 
 from __future__ import annotations
 
@@ -18,15 +18,22 @@ def cpu_has_native_bf16() -> bool:
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
+def gpu_has_native_bf16() -> bool:
+    """Ampere (compute capability 8) or later: torch's default also counts the emulated bf16 of older GPUs."""
+    return torch.cuda.is_bf16_supported(including_emulation=False)
+
+
 def resolve_precision(precision: str, device: torch.device) -> tuple[str, list[str]]:
     """("fp32" | "bf16", notices). bf16 asked for where it is not native runs fp32, with a notice;
     auto picks bf16 where native, fp32 silently elsewhere."""
     precision = str(precision or "auto").lower()
     if precision not in PRECISIONS:
         raise MosmosError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    gpu = device.type == "cuda"
+    native = gpu_has_native_bf16() if gpu else device.type == "cpu" and cpu_has_native_bf16()
     if precision == "fp32" or (precision == "auto" and not native):
         return "fp32", []
     if not native:
-        return "fp32", ["bf16 was asked for but this CPU has no native bf16 (AMX or AVX512-BF16): ran in fp32"]
+        lacks = "GPU has no native bf16 (before Ampere)" if gpu else "CPU has no native bf16 (AMX or AVX512-BF16)"
+        return "fp32", [f"bf16 was asked for but this {lacks}: ran in fp32"]
     return "bf16", []

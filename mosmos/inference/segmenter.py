@@ -149,9 +149,13 @@ class SegmentationResult:
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
+    """auto, cpu, cuda or cuda:N; a bare cuda (auto's too) is this process's GPU: under torchrun the one of its
+    LOCAL_RANK (a cohort's ranks would otherwise all segment on the first GPU)."""
+    from ..train.distributed import local_rank
+
     name = str(device).lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
     try:
         dev = torch.device(name)
     except RuntimeError:
@@ -160,6 +164,8 @@ def resolve_device(device: str | torch.device) -> torch.device:
         raise MosmosError("device: CUDA was requested but no CUDA GPU is available (use --device cpu)")
     if dev.type not in ("cpu", "cuda"):
         raise MosmosError(f"device: {device!r} is not supported (use auto, cpu or cuda)")
+    if dev.type == "cuda" and dev.index is None:
+        dev = torch.device("cuda", local_rank() % torch.cuda.device_count())
     return dev
 
 
@@ -411,8 +417,13 @@ class Segmenter:
         lut = torch.zeros(len(self.label_values), dtype=torch.int64)
         for k in selected:
             lut[k] = self.label_values[k]
-        stitch_devices = [self.device] + ([torch.device("cpu")] if self.device.type == "cuda" else [])
-        for attempt, stitch in enumerate(stitch_devices):
+        # Where GPU memory runs out: the run again with one window at a time (the network's activations are
+        # most of a run's memory), then also with the stitching buffers in CPU memory.
+        attempts = [(batch, self.device)]
+        if self.device.type == "cuda":
+            attempts += [(1, self.device)] if batch > 1 else []
+            attempts.append((1, torch.device("cpu")))
+        for attempt, (batch, stitch) in enumerate(attempts):
             try:
                 start = time.perf_counter()
                 image, body = self._model_image(arr, grid, self.device, body=True)
@@ -442,13 +453,20 @@ class Segmenter:
                 start = time.perf_counter()
                 labels = kept.labels_on_input(grid)
                 seconds["map back"] += time.perf_counter() - start
+                if attempt:
+                    notices.append(f"GPU memory was short: {reduced}")
                 return *labels, kept.finished_maps(), notices
             except torch.cuda.OutOfMemoryError:
-                image = kept = None
-                torch.cuda.empty_cache()
-                if attempt + 1 == len(stitch_devices):
-                    raise MosmosError("GPU out of memory even with CPU stitching; use --device cpu") from None
-                notices.append("GPU memory was short: outputs were stitched on the CPU")
+                image = body = kept = None
+            # here, not in the handler, whose traceback still held the failed attempt's GPU buffers
+            torch.cuda.empty_cache()
+            if attempt + 1 == len(attempts):
+                raise MosmosError("GPU out of memory even with one window at a time and CPU stitching; "
+                                  "use --device cpu")
+            on_cpu = attempts[attempt + 1][1].type == "cpu"
+            reduced = "windows ran one at a time" + (", outputs stitched on the CPU" if on_cpu else "")
+            if status is not None:
+                status(f"GPU memory was short: running again, {reduced}")
         raise AssertionError("unreachable")
 
     @staticmethod

@@ -14,6 +14,7 @@ class DistInfo:
     rank: int = 0
     world_size: int = 1
     local_rank: int = 0
+    backend: str | None = None  # the process group's ("nccl", "gloo"); None when there is none
 
     @property
     def is_main(self) -> bool:
@@ -21,7 +22,7 @@ class DistInfo:
 
     @property
     def enabled(self) -> bool:
-        return self.world_size > 1
+        return self.backend is not None
 
 
 def local_rank() -> int:
@@ -33,14 +34,23 @@ def is_main_process() -> bool:
     return os.environ.get("RANK", "0") == "0"
 
 
+def launched_by_torchrun() -> bool:
+    return "TORCHELASTIC_RUN_ID" in os.environ and "MASTER_ADDR" in os.environ
+
+
 def init_distributed(device: torch.device) -> DistInfo:
-    """Join the process group that torchrun describes in the environment, if any."""
+    """Join the process group that torchrun describes in the environment, if any: also a group of one
+    process, so that a 1-process torchrun runs the very DDP and collective code of a larger one."""
     world = int(os.environ.get("WORLD_SIZE", "1"))
-    if world <= 1:
+    if world <= 1 and not launched_by_torchrun():
         return DistInfo()
+    if device.type == "cuda":
+        # NCCL's collectives (and all_gather_object's tensors) go to the current device, which is cuda:0 in
+        # every rank unless each rank sets its own
+        torch.cuda.set_device(device)
     if not dist.is_initialized():
         dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
-    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank())
+    return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank(), dist.get_backend())
 
 
 def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:

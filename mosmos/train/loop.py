@@ -123,8 +123,8 @@ class TrainingRun:
     def run(self) -> Path:
         cfg = self.cfg
         self.events.emit("start", stage=self.stage, config=asdict(cfg), world_size=self.dist.world_size,
-                         steps_per_epoch=self.steps_per_epoch, total_steps=self.total_steps,
-                         resumed_step=self.step, **self.start_fields())
+                         device=str(self.device), backend=self.dist.backend, steps_per_epoch=self.steps_per_epoch,
+                         total_steps=self.total_steps, resumed_step=self.step, **self.start_fields())
         self.trainable.train()
         bar = progress_bar(self.total_steps, self.stage, initial=self.step, enabled=self.show_progress)
         t_start, steps_at_start, images_seen = time.perf_counter(), self.step, 0

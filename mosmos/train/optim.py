@@ -33,7 +33,7 @@ def adamw(model: torch.nn.Module, lr: float, weight_decay: float) -> torch.optim
 
 
 def resolve_precision(precision: str, device: torch.device) -> torch.dtype | None:
-    """The autocast dtype: bf16 where the GPU supports it, fp16 on older GPUs, none on the CPU."""
+    """The autocast dtype: bf16 where the GPU computes it natively (Ampere on), fp16 on older GPUs, none on the CPU."""
     if precision == "fp32":
         return None
     if precision == "bf16":
@@ -41,7 +41,9 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
     if precision == "fp16":
         return torch.float16
     if device.type == "cuda":
-        return torch.bfloat16 if torch.cuda.is_bf16_supported() else torch.float16
+        from ..inference.precision import gpu_has_native_bf16
+
+        return torch.bfloat16 if gpu_has_native_bf16() else torch.float16
     return None
 
 
