@@ -16,7 +16,7 @@ Needs numpy and scipy only (no torch, no network): any tool's segmentation can b
 from .checks import Thresholds
 from .cohort import MIN_CASES, cohort_reasons
 from .profiles import PROFILES, Profile, get_profile, profile_for_model
-from .report import OrganQC, add_cohort_reasons, assess, write_report
+from .report import Evidence, OrganQC, add_cohort_reasons, assess, gather, judge, write_report
 
-__all__ = ["MIN_CASES", "PROFILES", "OrganQC", "Profile", "Thresholds", "add_cohort_reasons", "assess",
-           "cohort_reasons", "get_profile", "profile_for_model", "write_report"]
+__all__ = ["MIN_CASES", "PROFILES", "Evidence", "OrganQC", "Profile", "Thresholds", "add_cohort_reasons", "assess",
+           "cohort_reasons", "gather", "get_profile", "judge", "profile_for_model", "write_report"]

@@ -10,7 +10,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .agreement import Agreement
-from .measure import Body, OrganMeasure
+from .measure import OrganMeasure
 from .profiles import COMPACT, Profile, organ_side
 
 CHECK, FAIL = "check", "fail"
@@ -56,12 +56,12 @@ def volume_finding(organ: str, m: OrganMeasure, profile: Profile, t: Thresholds)
     return None, score if not (m.cut_faces and m.volume_ml < low) else 0.0
 
 
-def side_finding(organ: str, m: OrganMeasure, body: Body | None, profile: Profile, t: Thresholds) -> Finding | None:
+def side_finding(organ: str, m: OrganMeasure, midline_x: float, profile: Profile, t: Thresholds) -> Finding | None:
     side = organ_side(organ)
-    if side is None or body is None or m.centroid is None:
+    if side is None or m.centroid is None:
         return None
     # world x grows towards the patient's right in RAS (right_sign +1)
-    towards_right = (m.centroid[0] - body.midline_x) * profile.right_sign
+    towards_right = (m.centroid[0] - midline_x) * profile.right_sign
     if abs(towards_right) <= t.side_margin_mm or (towards_right > 0) == (side == "right"):
         return None
     found = "right" if towards_right > 0 else "left"
