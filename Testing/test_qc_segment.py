@@ -48,3 +48,16 @@ def test_status_beside_each_volume_in_every_output(files, tmp_path, capsys):
     done = [json.loads(line) for line in capsys.readouterr().out.splitlines()][-1]
     assert done["event"] == "done" and {o["name"]: o["status"] for o in done["organs"]} == {"liver": "fail",
                                                                                           "spleen": "fail"}
+
+
+def test_a_cohorts_cases_csv_names_the_organs_to_check(files, tmp_path):
+    model, image = files
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    (inputs / "a.nii.gz").write_bytes(image.read_bytes())
+    assert main(["segment", "--inputs", str(inputs), "--out", str(tmp_path / "out"), "--model", str(model),
+                 "--device", "cpu"]) == 0
+    rows = list(csv.DictReader((tmp_path / "out" / "cases.csv").open()))
+    assert [(r["case"], r["status"], r["qc_check"], r["qc_fail"]) for r in rows] == [("a", "done", "", "liver; spleen")]
+    organs = json.loads((tmp_path / "out" / "a" / "volumes.json").read_text())["organs"]
+    assert {o["name"]: o["status"] for o in organs} == {"liver": "fail", "spleen": "fail"}

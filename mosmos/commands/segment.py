@@ -387,7 +387,9 @@ def run_cohort(args) -> int:
         segmenter = Segmenter(args.model, device=args.device)   # once for all the cases
         events = EventLog("-" if args.json_progress else None)
 
-        def work(case, staging: Path) -> None:
+        def work(case, staging: Path) -> dict:
+            from ..qc.segmentation import case_columns
+
             opts = argparse.Namespace(**{**vars(args), "input": str(case.path) if case.path else None,
                                          "study": case.study, "series": case.series})
             with tempfile.TemporaryDirectory(prefix="mosmos-dicomweb-") as fetched:
@@ -396,6 +398,7 @@ def run_cohort(args) -> int:
                 write_results(opts, volume, result, str(staging / cohort.LABELS),
                               str(staging / args.attention) if args.attention else None, str(staging / cohort.VOLUMES),
                               events)
+                return case_columns(result.organs)
 
         for case in todo:
             failed += cohort.run_case(case, out, rank, work, events) == "failed"

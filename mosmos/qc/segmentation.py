@@ -29,3 +29,9 @@ def status_text(organ: dict) -> str:
     if "status" not in organ:
         return ""
     return organ["status"] + (": " + "; ".join(organ["reasons"]) if organ["reasons"] else "")
+
+
+def case_columns(organs: list[dict]) -> dict[str, str]:
+    """A cohort case's QC in its cases.csv line: the organs to check and those that failed, "; "-separated."""
+    return {f"qc_{status}": "; ".join(o["name"] for o in organs if o.get("status") == status)
+            for status in ("check", "fail")}
