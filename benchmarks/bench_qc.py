@@ -15,7 +15,7 @@ six tags as it is and under six faults:
 
 Thresholds (min_map_dice, max_unsure, min_largest_share, max_outside_body) are chosen on the tuning seeds as
 the grid point with the highest Youden J of "status is not ok" for "Dice < 0.5" among those where at least
-80 % of the flagged organs have Dice < 0.7; the scoring seeds then give the AUROC of the QC score for
+80 % of the flagged organs have Dice < 0.7, then the maps' weight in the score by its AUROC; the scoring seeds then give the AUROC of the QC score for
 "Dice < 0.5" and the share of flagged organs with Dice < 0.7. Also: the QC's seconds against the
 segmentation's (attention maps on), per case.
 
@@ -44,6 +44,7 @@ FAULTS = ("clean", "noise", "inverted", "removed", "flipped", "truncated", "mr")
 VALUE_OF = {name: value for value, name in BTCV_LABELS.items()}
 GRID = {"min_map_dice": (0.2, 0.3, 0.4, 0.5, 0.6), "max_unsure": (0.3, 0.5, 0.7, 0.9),
         "min_largest_share": (0.7, 0.8, 0.9, 0.95), "max_outside_body": (0.05, 0.1, 0.2)}
+MAP_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
 
 
 def faulted(p, seed: int, fault: str):
@@ -126,6 +127,8 @@ def rates(rows, results) -> dict:
 
 
 def choose(rows) -> Thresholds:
+    """The flags' thresholds by Youden J (at >= 80 % of flagged organs with Dice < 0.7), then the maps' weight
+    in the score by AUROC."""
     best, best_key = Thresholds(), None
     for values in itertools.product(*GRID.values()):
         t = dataclasses.replace(Thresholds(), **dict(zip(GRID, values)))
@@ -133,7 +136,22 @@ def choose(rows) -> Thresholds:
         key = (r["flagged_with_dice_below_0.7"] >= 0.8, r["tpr"] - r["fpr"], r["flagged_with_dice_below_0.7"])
         if best_key is None or key > best_key:
             best, best_key = t, key
-    return best
+    weights = [dataclasses.replace(best, map_weight=w) for w in MAP_WEIGHTS]
+    return max(weights, key=lambda t: rates(rows, judged(rows, t))["auroc_score"])
+
+
+def dump(rows, results) -> list[dict]:
+    """Each scored organ: what was measured, its truth and its judgement (to study the misses)."""
+    out = []
+    for r, q in zip(rows, results):
+        e = r["evidence"]
+        out.append({"seed": r["seed"], "fault": r["fault"], "organ": r["organ"], "dice": round(r["dice"], 4),
+                    "status": q.status, "score": round(q.score, 4), "reasons": q.reasons,
+                    "volume_ml": round(e.measure.volume_ml, 2), "largest_share": round(e.measure.largest_share, 3),
+                    "outside_body": round(e.measure.outside_body, 3), "cut": list(e.measure.cut_faces),
+                    "map_dice": None if e.agreement is None else e.agreement.map_dice,
+                    "unsure": None if e.agreement is None else e.agreement.unsure_share})
+    return out
 
 
 def signal_aurocs(rows) -> dict:
@@ -194,9 +212,10 @@ def main() -> None:
         "scoring_signals_alone": signal_aurocs(score),
         "qc_seconds_per_segment_second": (tune_s["qc"] + score_s["qc"]) / (tune_s["segment"] + score_s["segment"]),
         "seconds": {"segment": tune_s["segment"] + score_s["segment"], "qc": tune_s["qc"] + score_s["qc"]},
+        "scoring_organs": dump(score, judged(score, chosen)),
     }
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")
-    print(json.dumps(summary, indent=2))
+    print(json.dumps({k: v for k, v in summary.items() if k != "scoring_organs"}, indent=2))
 
 
 if __name__ == "__main__":

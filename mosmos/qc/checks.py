@@ -28,6 +28,7 @@ class Thresholds:
     max_outside_body: float = 0.1      # share of the segment outside the body
     side_margin_mm: float = 10.0       # a centroid this close to the midline says nothing about the side
     fail_factor: float = 2.0           # a volume this far beyond its bound fails rather than asks for a check
+    map_weight: float = 1.0            # the maps' part of the score (the two heads share one encoder)
 
 
 @dataclass(frozen=True)
@@ -103,7 +104,7 @@ def map_findings(a: Agreement, t: Thresholds) -> tuple[list[Finding], float]:
         if a.unsure_share > t.max_unsure:
             out.append(Finding(CHECK, f"the attention map gives {100 * a.unsure_share:.0f} % of it a probability "
                                       "under 0.5", 0.0))
-    return out, score
+    return out, score * t.map_weight
 
 
 def median_or_none(values: np.ndarray) -> float | None:
