@@ -217,7 +217,8 @@ def test_init_from_mosmos_and_clip_files_loads_their_weights(tmp_path):
         assert load_model(model)[1]["provenance"]["init"] == init
         card = load_model(model)[1]["card"]  # the model card names the pre-trained file by its SHA-256
         assert card["init"] == {"kind": init, "file": path.name, "sha256": file_sha256(path)}
-        assert card["data"] == {"folder": "data", "cases": 1, "label_ratio": 1.0} and card["training"]["steps"] == 1
+        assert card["data"] == {"folder": "data", "name": spec.name, "cases": 1, "label_ratio": 1.0}
+        assert card["training"]["steps"] == 1
         assert set(card["validation"]["dice"]) <= set(spec.tags) and "mean_dice" in card["validation"]
 
 

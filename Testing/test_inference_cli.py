@@ -153,7 +153,7 @@ def test_json_progress_lines_with_the_seconds_of_each_stage(files, tmp_path, cap
     assert [e["done"] for e in progress] == list(range(len(progress)))
     assert events[-1]["event"] == "done" and events[-1]["organs"][0]["name"] == "liver"
     stages = [e for e in events if e["event"] == "stage"]
-    assert [e["stage"] for e in stages] == ["read", "load model", "resample", "windows", "stitch", "map back",
+    assert [e["stage"] for e in stages] == ["read", "load model", "resample", "windows", "stitch", "qc", "map back",
                                             "write"]
     assert all(e["seconds"] >= 0 for e in stages) and sum(e["seconds"] for e in stages) > 0
     assert events.index(stages[2]) > events.index(progress[-1])  # the segmenter's stages: once it has finished

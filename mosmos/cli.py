@@ -9,7 +9,7 @@ import sys
 
 from .errors import MosmosError, shorten
 
-COMMANDS = ("tags", "pretrain", "finetune", "segment", "evaluate", "info", "models", "demo", "study", "web")
+COMMANDS = ("tags", "pretrain", "finetune", "segment", "evaluate", "info", "models", "demo", "study", "web", "qc")
 
 
 class Parser(argparse.ArgumentParser):

@@ -34,7 +34,10 @@ def add_arguments(parser) -> None:
                              "(NIfTI: 16-bit integers with a scale factor, which readers apply)")
     parser.add_argument("--attention-raw", action="store_true",
                         help="with --attention: write the raw up-sampled pixel–tag scores instead of probabilities")
-    parser.add_argument("--volumes", metavar="FILE", help="organ volumes (mL) as .json or .csv")
+    parser.add_argument("--volumes", metavar="FILE", help="organ volumes (mL) as .json or .csv, with each organ's "
+                        "QC status (ok, check, fail) and reasons")
+    parser.add_argument("--qc-profile", choices=("adult", "phantom"), help="the QC's reference profile (default: "
+                        "the one the model file's training data calls for)")
     parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
     parser.add_argument("--overlap", type=float, default=None,
                         help="sliding-window overlap in [0, 1) (default 0.5; 0.25 with --fast)")
@@ -89,9 +92,9 @@ def volumes_text(path: str, result, attention_files: dict) -> str:
                           indent=2) + "\n"
     buf = io.StringIO()
     w = csv.writer(buf, lineterminator="\n")
-    w.writerow(["name", "label", "volume_ml", "r", "g", "b"])
+    w.writerow(["name", "label", "volume_ml", "r", "g", "b", "status", "reasons"])
     for o in result.organs:
-        w.writerow([o["name"], o["label"], o["volume_ml"], *o["color"]])
+        w.writerow([o["name"], o["label"], o["volume_ml"], *o["color"], o.get("status", ""), " | ".join(o.get("reasons", []))])
     return buf.getvalue()
 
 
@@ -183,8 +186,10 @@ def run(args) -> int:
         output, attention_files = write_results(args, volume, result, args.output, args.attention, args.volumes,
                                                 events)
     if not args.json_progress:
+        from ..qc.segmentation import status_text
+
         for o in result.organs:
-            print(f"{o['name']}: {o['volume_ml']:.1f} mL (label {o['label']})")
+            print(f"{o['name']}: {o['volume_ml']:.1f} mL (label {o['label']}) {status_text(o)}")
         if output is not None and is_seg_output(args.output):
             print(f"DICOM SEG: {output}")
         if args.store:
@@ -246,6 +251,11 @@ def segment_volume(segmenter, volume, args, events):
     run = result.run
     for name in ("resample", "windows", "stitch"):
         stage(events, name, seconds=result.seconds[name])
+    from ..qc.segmentation import check_result
+
+    start = time.perf_counter()
+    check_result(result, volume.array, segmenter.header, args.qc_profile, volume.modality)
+    stage(events, "qc", start)
     print(f"mosmos segment: {run['windows']} windows in {run['precision']}{', compiled' if run['compiled'] else ''} "
           f"(overlap {run['overlap']}), "
           f"{run['windows_skipped']} outside the body skipped", file=sys.stderr)
@@ -380,7 +390,9 @@ def run_cohort(args) -> int:
         segmenter = Segmenter(args.model, device=args.device)   # once for all the cases
         events = EventLog("-" if args.json_progress else None)
 
-        def work(case, staging: Path) -> None:
+        def work(case, staging: Path) -> dict:
+            from ..qc.segmentation import case_columns
+
             opts = argparse.Namespace(**{**vars(args), "input": str(case.path) if case.path else None,
                                          "study": case.study, "series": case.series})
             with tempfile.TemporaryDirectory(prefix="mosmos-dicomweb-") as fetched:
@@ -389,6 +401,7 @@ def run_cohort(args) -> int:
                 write_results(opts, volume, result, str(staging / cohort.LABELS),
                               str(staging / args.attention) if args.attention else None, str(staging / cohort.VOLUMES),
                               events)
+                return case_columns(result.organs)
 
         for case in todo:
             failed += cohort.run_case(case, out, rank, work, events) == "failed"

@@ -27,11 +27,13 @@ def file_sha256(path: str | os.PathLike) -> str:
 
 def training_card(*, stage: str, backbone: str, data: str | os.PathLike, cases: int, steps: int, epochs: int,
                   validation: dict[str, Any], description: str = "", label_ratio: float | None = None,
-                  **fields: Any) -> dict[str, Any]:
+                  data_name: str = "", **fields: Any) -> dict[str, Any]:
     """The card written by ``mosmos pretrain`` / ``mosmos finetune`` (``fields``: stage-specific entries).
-    Only the data folder's name is kept: its full path says nothing to the people a model is shared with."""
+    Only the data folder's name is kept: its full path says nothing to the people a model is shared with.
+    ``data_name``: the dataset's own name (dataset.json's "name"), which picks the QC reference profile."""
     return {"stage": stage, "backbone": backbone,
-            "data": {"folder": Path(data).name, "cases": cases, "label_ratio": label_ratio},
+            "data": {"folder": Path(data).name, **({"name": data_name} if data_name else {}), "cases": cases,
+                     "label_ratio": label_ratio},
             "training": {"epochs": epochs, "steps": steps}, "validation": validation,
             "mosmos_version": __version__, "date": datetime.now(timezone.utc).isoformat(timespec="seconds"),
             "description": description, **fields}

@@ -94,6 +94,9 @@ def is_output_of(path: Path, kind: str) -> bool:
             if name.endswith(".json"):
                 return "organs" in json.loads(Path(path).read_text(encoding="utf-8"))
             return first.startswith("name,label,volume_ml")
+        if kind == "QC report":
+            report = json.loads(Path(path).read_text(encoding="utf-8"))
+            return isinstance(report, list) and all("organ" in r and "status" in r for r in report)
         if kind == "metrics table":
             return first.startswith(("case,organ,dice", "| organ |"))
     except Exception:  # unreadable as that kind (the header readers raise many types): not ours

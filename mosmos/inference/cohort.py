@@ -13,8 +13,8 @@ name; so no case writes outside OUT, or over the log.
 
 Cases are shared out by rank: RANK/WORLD_SIZE under torchrun, SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in a
 Slurm job array; rank r takes cases r, r + N, r + 2N, ... of the sorted list. Every case ends as one line of
-OUT/cases.csv (case, status, seconds, error, rank); a failed case is logged with its one-line error and the
-run goes on, ending with exit code 1.
+OUT/cases.csv (case, status, seconds, error, rank, and the organs QC asks to check or finds failed); a failed
+case is logged with its one-line error and the run goes on, ending with exit code 1.
 """
 
 from __future__ import annotations
@@ -31,7 +31,7 @@ from pathlib import Path
 from ..errors import MosmosError
 
 LOG_NAME = "cases.csv"
-LOG_FIELDS = ("case", "status", "seconds", "error", "rank")
+LOG_FIELDS = ("case", "status", "seconds", "error", "rank", "qc_check", "qc_fail")
 LABELS, VOLUMES = "labels.nii.gz", "volumes.json"
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
 LOCK_SUFFIX, STAGING_SUFFIX = ".lock", ".part"   # OUT/.<case>.lock and OUT/.<case>.part, the cohort's own names
@@ -256,21 +256,22 @@ def _csv_line(values) -> str:
 
 
 def run_case(case: Case, out: Path, rank: int, work, events) -> str:
-    """Claim ``case``, run ``work(case, stage)`` (which writes the case's files into the folder ``stage``), rename
+    """Claim ``case``, run ``work(case, stage)`` (which writes the case's files into the folder ``stage`` and may
+    return more cases.csv columns: LOG_FIELDS), rename
     the stage to OUT/<case>, and log the case; returns its status: "done", "failed" or "skipped" (finished
     already, or claimed by another run). A failure is one line in the log and never leaves a case folder."""
     lock = CaseLock(out, case.name)
     if (out / case.name).is_dir() or not lock.acquire():
         return "skipped"
     start = time.perf_counter()
-    stage = None
+    stage, columns = None, {}
     try:
         if (out / case.name).is_dir():   # finished by another run between the look and the lock
             return "skipped"
         stage = staging_folder(out, case.name)
         shutil.rmtree(stage, ignore_errors=True)   # a killed run's
         stage.mkdir()
-        work(case, stage)
+        columns = work(case, stage) or {}   # the case's own cases.csv columns (its QC)
         os.rename(stage, out / case.name)   # the case appears whole
         stage = None
         status, error = "done", ""
@@ -286,7 +287,7 @@ def run_case(case: Case, out: Path, rank: int, work, events) -> str:
     print(f"mosmos segment: {case.name}: {status} in {seconds} s{': ' + error if error else ''}",
           file=sys.stderr, flush=True)
     events.emit("case", case=case.name, status=status, seconds=seconds, error=error)
-    log_case(out, {"case": case.name, "status": status, "seconds": seconds, "error": error, "rank": rank})
+    log_case(out, {"case": case.name, "status": status, "seconds": seconds, "error": error, "rank": rank, **columns})
     return status
 
 

@@ -258,7 +258,7 @@ class FinetuneRun(TrainingRun):
         if self._init_record is None:  # hashing a pre-trained file of hundreds of MB: once per run
             self._init_record = init_record(self.cfg.init, self.cfg.pretrained)
         header["card"] = training_card(
-            stage="finetune", backbone=self.network.config["backbone"], data=self.cfg.data,
+            stage="finetune", backbone=self.network.config["backbone"], data=self.cfg.data, data_name=spec.name,
             cases=len(self.train_cases), label_ratio=self.cfg.label_ratio, steps=self.step, epochs=epoch + 1,
             validation={"mean_dice": round(val["val_dice"], 6), "dice": header["provenance"]["dice"],
                         "cases": len(self.val_cases)},
