@@ -1,6 +1,7 @@
 """`mosmos finetune`: fine-tune MOSMOS-UNETR / MOSMOS-U-Net on a Decathlon-style folder."""
 
 from __future__ import annotations
+from ..options import ARCHITECTURES, DEVICES, TRAIN_PRECISIONS
 
 HELP = "fine-tune a segmentation model (UNETR 3D or U-Net 2D) on a Decathlon/BTCV-style dataset folder"
 
@@ -10,7 +11,7 @@ def add_arguments(p) -> None:
 
     p.add_argument("--data", required=True, help="folder with dataset.json (or BTCV's dataset_0.json)")
     p.add_argument("--out", required=True, help="output folder: model file, checkpoint")
-    p.add_argument("--arch", choices=["unetr", "unet2d"], default=C.arch,
+    p.add_argument("--arch", choices=ARCHITECTURES, default=C.arch,
                    help="MOSMOS-UNETR on 3D crops or MOSMOS-U-Net on 2D slices (default %(default)s)")
     p.add_argument("--backbone", default=C.backbone,
                    help="ViT-B-16, ViT-B-32, tiny-vit, tiny-vit-8, tiny-vit-4 (unetr); RN50, tiny-rn (unet2d); taken from the "
@@ -50,9 +51,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=C.seed,
                    help="random seed of weights, crops, augmentation and the --label-ratio subset (default %(default)s)")
     p.add_argument("--workers", type=int, default=C.workers, help="data-loader processes (default %(default)s)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default=C.precision,
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=C.precision,
                    help="auto: bf16 on GPUs that support it, fp32 on the CPU")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=C.device,
+    p.add_argument("--device", choices=DEVICES, default=C.device,
                    help="auto: the GPU of this process (LOCAL_RANK under torchrun) if any, else the CPU")
     p.add_argument("--checkpoint-every", type=int, default=C.checkpoint_every, help="steps")
     p.add_argument("--log-every", type=int, default=C.log_every, help="steps between step events")

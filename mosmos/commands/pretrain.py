@@ -1,6 +1,7 @@
 """`mosmos pretrain`: report-supervised pre-training on a local ROCO folder."""
 
 from __future__ import annotations
+from ..options import DEVICES, TRAIN_PRECISIONS
 
 HELP = "pre-train MOSMOS encoders on a ROCO folder of radiology images with their reports"
 
@@ -21,9 +22,9 @@ def add_arguments(p) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--seed", type=int, default=C.seed, help="random seed of weights, order and augmentation (default %(default)s)")
     p.add_argument("--workers", type=int, default=C.workers, help="data-loader processes")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default=C.precision,
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=C.precision,
                    help="auto: bf16 on GPUs that support it, fp32 on the CPU")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=C.device,
+    p.add_argument("--device", choices=DEVICES, default=C.device,
                    help="auto: the GPU of this process (LOCAL_RANK under torchrun) if any, else the CPU")
     p.add_argument("--checkpoint-every", type=int, default=C.checkpoint_every, help="steps")
     p.add_argument("--log-every", type=int, default=C.log_every, help="steps between step events")

@@ -13,6 +13,7 @@ from pathlib import Path
 from ..errors import MosmosError
 from ..files.events import EventLog, progress_bar
 from ..files.outputs import check_output, check_output_folder
+from ..options import AUTO, COMPILE_MODES, PRECISIONS
 
 HELP = "segment organs named by tags in a CT/MR volume (NIfTI, NRRD or DICOM folder) with a fine-tuned model"
 
@@ -34,15 +35,15 @@ def add_arguments(parser) -> None:
     parser.add_argument("--attention-raw", action="store_true",
                         help="with --attention: write the raw up-sampled pixel–tag scores instead of probabilities")
     parser.add_argument("--volumes", metavar="FILE", help="organ volumes (mL) as .json or .csv")
-    parser.add_argument("--device", default="auto", help="auto (default), cpu or cuda")
+    parser.add_argument("--device", default=AUTO, help="auto (default), cpu or cuda")
     parser.add_argument("--overlap", type=float, default=None,
                         help="sliding-window overlap in [0, 1) (default 0.5; 0.25 with --fast)")
     parser.add_argument("--fast", action="store_true", help="quick preview: fewer, less overlapping windows, "
                         "tiling only the body's bounding box (those holding no body skipped)")
-    parser.add_argument("--precision", default="auto", choices=("auto", "fp32", "bf16"),
+    parser.add_argument("--precision", default=AUTO, choices=PRECISIONS,
                         help="network number format: auto (default) is bf16 where the GPU or CPU computes it "
                         "natively (AMX, AVX512-BF16), fp32 elsewhere")
-    parser.add_argument("--compile", default="auto", choices=("auto", "on", "off"),
+    parser.add_argument("--compile", default=AUTO, choices=COMPILE_MODES,
                         help="torch.compile the network on the CPU: auto (default) only where inductor's cache "
                         "already holds its compiled code (a run with 'on' left it, with a record of what it "
                         "measured) and the windows left would save more than loading it costs (about 7 s), never "
@@ -157,7 +158,7 @@ def check_source(args) -> None:
 
 
 def run(args) -> int:
-    from ..train.config import check_number
+    from ..options import check_number
 
     if args.overlap is not None:  # None: the mode's default (segmenter.OVERLAP or FAST_OVERLAP)
         check_number("overlap", args.overlap)

@@ -8,8 +8,8 @@ from __future__ import annotations
 import torch
 
 from ..errors import MosmosError
+from ..options import CPU, CUDA, PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cpu_has_native_bf16() -> bool:
@@ -24,7 +24,7 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, list[s
     precision = str(precision or "auto").lower()
     if precision not in PRECISIONS:
         raise MosmosError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    native = device.type == "cuda" or (device.type == "cpu" and cpu_has_native_bf16())
+    native = device.type == CUDA or (device.type == CPU and cpu_has_native_bf16())
     if precision == "fp32" or (precision == "auto" and not native):
         return "fp32", []
     if not native:

@@ -42,7 +42,6 @@ from ..errors import MosmosError
 from ..files.modelfile import map_epsilon
 from ..losses.finetune import pta_logits, pta_probabilities, upsample_maps
 from ..tags import color_for
-from ..train.config import check_number
 from .compilation import WindowForward, check_compile_choice
 from .geometry import (ModelGrid, check_grid_memory, from_oriented, model_grid, nearest_model_indices,
                        oriented_view, resample_to_input, resample_to_model, to_oriented)
@@ -52,6 +51,7 @@ from .precision import resolve_precision
 from .preprocess import Preprocessing
 from .sliding import body_blocks, body_box, dilate_blocks, fill_lowest, plan_windows, sliding_window
 from .tagselect import select_tags
+from ..options import CPU, CUDA, check_number
 
 Progress = Callable[[int, int], "bool | None"]
 
@@ -151,14 +151,14 @@ class SegmentationResult:
 def resolve_device(device: str | torch.device) -> torch.device:
     name = str(device).lower()
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(CUDA if torch.cuda.is_available() else CPU)
     try:
         dev = torch.device(name)
     except RuntimeError:
         raise MosmosError(f"device: unknown device {device!r} (use auto, cpu or cuda)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if dev.type == CUDA and not torch.cuda.is_available():
         raise MosmosError("device: CUDA was requested but no CUDA GPU is available (use --device cpu)")
-    if dev.type not in ("cpu", "cuda"):
+    if dev.type not in (CPU, CUDA):
         raise MosmosError(f"device: {device!r} is not supported (use auto, cpu or cuda)")
     return dev
 
@@ -200,7 +200,7 @@ class Segmenter:
         self.preprocessing = Preprocessing.from_header(self.header, str(model_file))
         self.roi_size = roi_size_of(self.network, self.header)
         # 3D convolutions on the CPU in channels-last order (layout.py: about 0.76x a ViT-B window)
-        self.channels_last = self.device.type == "cpu" and len(self.roi_size) == 3
+        self.channels_last = self.device.type == CPU and len(self.roi_size) == 3
         if self.channels_last:
             channels_last(self.network)
         self.modality = str(self.header.get("modality") or "").upper() or None
@@ -259,7 +259,7 @@ class Segmenter:
         seconds = {"resample": 0.0, "windows": 0.0, "stitch": 0.0, "map back": 0.0}
 
         threads = torch.get_num_threads()
-        if self.device.type == "cpu":
+        if self.device.type == CPU:
             torch.set_num_threads(window_threads())
         try:
             with torch.inference_mode():
@@ -407,11 +407,11 @@ class Segmenter:
         # open-set tags); raw scores take each map's lowest (None).
         unrun = None if raw else [float(k == 0) for k in stitched] + [0.0] * n_open
         roi = tuple(self.roi_size) + ((1,) if len(self.roi_size) == 2 else ())
-        batch = sw_batch_size or (4 if self.device.type == "cuda" else 1)
+        batch = sw_batch_size or (4 if self.device.type == CUDA else 1)
         lut = torch.zeros(len(self.label_values), dtype=torch.int64)
         for k in selected:
             lut[k] = self.label_values[k]
-        stitch_devices = [self.device] + ([torch.device("cpu")] if self.device.type == "cuda" else [])
+        stitch_devices = [self.device] + ([torch.device(CPU)] if self.device.type == CUDA else [])
         for attempt, stitch in enumerate(stitch_devices):
             try:
                 start = time.perf_counter()

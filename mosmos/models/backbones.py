@@ -23,7 +23,7 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
 from ..errors import MosmosError
-from ..train.config import BACKBONES
+from ..options import BACKBONES, CPU, canonical_backbone  # noqa: F401  (BACKBONES: for this module's readers)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
@@ -39,15 +39,6 @@ def _register_configs() -> None:
 
 
 _register_configs()
-
-
-def canonical_backbone(name: str) -> str:
-    """The canonical spelling of a backbone name (case-insensitive); MosmosError if unknown."""
-    by_lower = {b.lower(): b for b in BACKBONES}
-    key = str(name).strip().lower()
-    if key not in by_lower:
-        raise MosmosError(f"unknown backbone '{name}' (choose from: {', '.join(BACKBONES)})")
-    return by_lower[key]
 
 
 def is_torchscript_file(path: str | os.PathLike) -> bool:
@@ -118,7 +109,7 @@ def _create_from_tag(name: str, tag: str, quick_gelu: bool | None) -> nn.Module:
 def _load_file(clip: nn.Module, path: Path, torchscript: bool, name: str) -> None:
     try:
         if torchscript:
-            archive = torch.jit.load(str(path), map_location="cpu")
+            archive = torch.jit.load(str(path), map_location=CPU)
             state = {k: v for k, v in archive.state_dict().items() if k not in _TORCHSCRIPT_EXTRA_KEYS}
             clip.load_state_dict(state, strict=True)
         else:

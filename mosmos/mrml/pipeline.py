@@ -10,11 +10,12 @@ import tempfile
 from pathlib import Path
 
 from mosmos.errors import MosmosError
+from mosmos.options import normalize_device
 
 from . import deps
 from . import models as modelsLib
 from .attention import attention_volume_node
-from .process import BackgroundProcess, child_environment, normalize_device, segment_command
+from .process import BackgroundProcess, child_environment, segment_command
 from .segmentation import build_segmentation_node
 from .tables import organ_volumes_ml, volume_table_node
 from .volumes import array_from_volume, ijk_to_ras, read_volume, same_grid, write_volume

@@ -15,8 +15,7 @@ import threading
 from pathlib import Path
 
 from mosmos.errors import MosmosError
-
-DEVICES = ("auto", "cuda", "cpu")
+from mosmos.options import CPU, normalize_device
 
 
 class Cancelled(Exception):
@@ -26,14 +25,6 @@ class Cancelled(Exception):
 def interpreter() -> str:
     """Slicer's own Python launcher when running inside Slicer, else this interpreter."""
     return shutil.which("PythonSlicer") or sys.executable
-
-
-def normalize_device(device: str | None) -> str:
-    device = (device or "auto").strip().lower()
-    device = {"gpu": "cuda"}.get(device, device)
-    if device not in DEVICES:
-        raise MosmosError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
-    return device
 
 
 def segment_command(inputPath, modelPath, tags, outputPath, attentionDir=None, volumesPath=None,
@@ -61,7 +52,7 @@ def child_environment(device: str = "auto") -> dict[str, str]:
     packageParent = str(Path(mosmos.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([packageParent] + [p for p in [env.get("PYTHONPATH")] if p])
     env["PYTHONUNBUFFERED"] = "1"
-    if normalize_device(device) == "cpu":
+    if normalize_device(device) == CPU:
         env["CUDA_VISIBLE_DEVICES"] = "-1"
     return env
 

@@ -1,79 +1,17 @@
 """Run configurations, importable without torch so that the command line starts fast.
 
-Every numeric setting is checked here, once, when a configuration is made (by a command, the Slicer
-training module or a script): an invalid value is a one-line MosmosError naming the option, before any
-work starts."""
+Every numeric and choice setting is checked (by the ranges and choices of mosmos.options) once, when a
+configuration is made (by a command, the Slicer training module or a script): an invalid value is a one-line
+MosmosError naming the option, before any work starts."""
 
 from __future__ import annotations
 
-import math
-from dataclasses import dataclass, fields
+from dataclasses import dataclass
 
 from ..errors import MosmosError
+from ..options import ARCH_DIMS, AUTO, UNETR, VIT_B_16, check_values
 
 CHECKPOINT_NAME = "checkpoint.pt"
-# The CLIP backbones `--backbone` accepts (case-insensitive); mosmos.models.backbones builds them.
-BACKBONES = ("RN50", "ViT-B-16", "ViT-B-32", "tiny-vit", "tiny-vit-8", "tiny-vit-4", "tiny-rn")
-
-# option -> (lowest allowed, whether the lowest itself is allowed, highest or None, whether the highest is allowed)
-RANGES = {
-    "epochs": (1, True, None, True),
-    "batch_size": (1, True, None, True),
-    "num_samples": (1, True, None, True),
-    "lr": (0, False, None, True),
-    "weight_decay": (0, True, None, True),
-    "warmup_steps": (0, True, None, True),
-    "lambda_pta": (0, True, None, True),
-    "label_ratio": (0, False, 1, True),
-    "feature_size": (1, True, None, True),
-    "val_every": (1, True, None, True),
-    "seed": (0, True, 2**32 - 1, True),
-    "workers": (0, True, None, True),
-    "checkpoint_every": (1, True, None, True),
-    "log_every": (1, True, None, True),
-    "val_fraction": (0, True, 1, False),
-    "max_steps": (1, True, None, True),
-    "overlap": (0, True, 1, False),
-    "roi_size": (1, True, None, True),
-    "spacing": (0, False, None, True),
-    "scale_augment": (0, True, 1, False),
-}
-INTEGERS = {"epochs", "batch_size", "num_samples", "warmup_steps", "feature_size", "val_every", "seed", "workers",
-            "checkpoint_every", "log_every", "max_steps", "roi_size"}
-CHOICES = {"precision": ("auto", "bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda"),
-           "arch": ("unetr", "unet2d"), "init": ("mosmos", "clip", "random"), "ablate": ("irc", "mlr", "prompt")}
-
-
-def option(name: str) -> str:
-    return "--" + name.replace("_", "-")
-
-
-def check_number(name: str, value) -> None:
-    """MosmosError unless ``value`` is a finite number in the range RANGES gives ``name``."""
-    lo, lo_in, hi, hi_in = RANGES[name]
-    integral = name in INTEGERS
-    kind = "a whole number" if integral else "a finite number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integral and value != int(value)) \
-            or not math.isfinite(value):
-        raise MosmosError(f"{option(name)}: must be {kind}, got {value!r}")
-    low_ok = value >= lo if lo_in else value > lo
-    high_ok = hi is None or (value <= hi if hi_in else value < hi)
-    if not (low_ok and high_ok):
-        bounds = [f"{'>=' if lo_in else '>'} {lo}"] + ([f"{'<=' if hi_in else '<'} {hi}"] if hi is not None else [])
-        raise MosmosError(f"{option(name)}: must be {' and '.join(bounds)}, got {value!r}")
-
-
-def check_values(cfg) -> None:
-    """Every numeric and choice field of a configuration."""
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if value is None:
-            continue
-        if f.name in CHOICES and value not in CHOICES[f.name]:
-            raise MosmosError(f"{option(f.name)}: must be one of {', '.join(CHOICES[f.name])}, got {value!r}")
-        if f.name in RANGES:
-            for v in (value if isinstance(value, (list, tuple)) else [value]):
-                check_number(f.name, v)
 
 
 @dataclass
@@ -84,7 +22,7 @@ class PretrainConfig:
 
     roco: str
     out: str
-    backbone: str = "ViT-B-16"
+    backbone: str = VIT_B_16
     weights: str | None = None
     epochs: int = 50
     batch_size: int = 64
@@ -93,8 +31,8 @@ class PretrainConfig:
     warmup_steps: int = 500
     seed: int = 0
     workers: int = 4
-    precision: str = "auto"
-    device: str = "auto"
+    precision: str = AUTO
+    device: str = AUTO
     checkpoint_every: int = 500
     log_every: int = 10
     val_fraction: float = 0.05
@@ -117,8 +55,8 @@ class FinetuneConfig:
 
     data: str
     out: str
-    arch: str = "unetr"
-    backbone: str = "ViT-B-16"
+    arch: str = UNETR
+    backbone: str = VIT_B_16
     init: str = "mosmos"
     pretrained: str | None = None
     epochs: int = 1000
@@ -139,8 +77,8 @@ class FinetuneConfig:
     val_every: int = 50
     seed: int = 0
     workers: int = 4
-    precision: str = "auto"
-    device: str = "auto"
+    precision: str = AUTO
+    device: str = AUTO
     checkpoint_every: int = 500
     log_every: int = 10
     max_steps: int | None = None
@@ -148,7 +86,7 @@ class FinetuneConfig:
 
     def __post_init__(self):
         check_values(self)
-        dims = 3 if self.arch == "unetr" else 2
+        dims = ARCH_DIMS[self.arch]
         if self.roi_size is not None and len(self.roi_size) != dims:
             raise MosmosError(f"--roi-size: --arch {self.arch} needs {dims} values, got {len(self.roi_size)}")
         if self.spacing is not None and len(self.spacing) != 3:

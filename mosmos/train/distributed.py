@@ -7,6 +7,7 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from ..options import CPU, CUDA
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,7 @@ def init_distributed(device: torch.device) -> DistInfo:
     if world <= 1:
         return DistInfo()
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == CUDA else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank())
 
 
@@ -47,14 +48,14 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     from ..errors import MosmosError
 
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
+        name = CUDA if torch.cuda.is_available() else CPU
+    if name == CUDA:
         if not torch.cuda.is_available():
             raise MosmosError("--device cuda: no usable CUDA GPU (use --device cpu)")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if name != "cpu":
+        return torch.device(CUDA, local_rank % torch.cuda.device_count())
+    if name != CPU:
         raise MosmosError(f"--device {name}: choose auto, cpu or cuda")
-    return torch.device("cpu")
+    return torch.device(CPU)
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:
