@@ -1,7 +1,8 @@
 """`mosmos finetune`: fine-tune MOSMOS-UNETR / MOSMOS-U-Net on a Decathlon-style folder."""
 
 from __future__ import annotations
-from ..options import ARCHITECTURES, DEVICES, TRAIN_PRECISIONS
+
+from ..options import ARCHITECTURES, DEVICES, INITS, TRAIN_PRECISIONS
 
 HELP = "fine-tune a segmentation model (UNETR 3D or U-Net 2D) on a Decathlon/BTCV-style dataset folder"
 
@@ -16,7 +17,7 @@ def add_arguments(p) -> None:
     p.add_argument("--backbone", default=C.backbone,
                    help="ViT-B-16, ViT-B-32, tiny-vit, tiny-vit-8, tiny-vit-4 (unetr); RN50, tiny-rn (unet2d); taken from the "
                         "pre-trained file with --init mosmos (default %(default)s)")
-    p.add_argument("--init", choices=["mosmos", "clip", "random"], default=C.init,
+    p.add_argument("--init", choices=INITS, default=C.init,
                    help="start from a MOSMOS pre-trained file, CLIP weights or random weights (default %(default)s)")
     p.add_argument("--pretrained", default=None,
                    help="--init mosmos: a MOSMOS pre-trained model file; --init clip: CLIP weights")

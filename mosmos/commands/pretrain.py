@@ -1,7 +1,8 @@
 """`mosmos pretrain`: report-supervised pre-training on a local ROCO folder."""
 
 from __future__ import annotations
-from ..options import DEVICES, TRAIN_PRECISIONS
+
+from ..options import ABLATIONS, DEVICES, TRAIN_PRECISIONS
 
 HELP = "pre-train MOSMOS encoders on a ROCO folder of radiology images with their reports"
 
@@ -30,7 +31,7 @@ def add_arguments(p) -> None:
     p.add_argument("--log-every", type=int, default=C.log_every, help="steps between step events")
     p.add_argument("--val-fraction", type=float, default=C.val_fraction,
                    help="share of train held out when the folder has no validation split")
-    p.add_argument("--ablate", choices=["irc", "mlr", "prompt"], default=None,
+    p.add_argument("--ablate", choices=ABLATIONS, default=None,
                    help="leave one part of the method out (the paper's ablation): the irc or mlr loss, or the "
                         "learnt tag prompt (its context stays as initialised)")
     p.add_argument("--description", default="", help="free text for the model card (`mosmos info` shows it)")

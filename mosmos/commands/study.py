@@ -1,6 +1,7 @@
 """`mosmos study`: the pre-training study on generated data or real folders (label budgets x inits x seeds)."""
 
 from __future__ import annotations
+
 from ..options import ARCHITECTURES, DEVICES
 
 HELP = ("measure what report-supervised pre-training buys: fine-tune from the pre-trained model and from random "

@@ -87,7 +87,14 @@ def dice_scores(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarr
 def evaluate_case(pred: np.ndarray, ref: np.ndarray, labels: Mapping[int, str],
                   spacing: Sequence[float]) -> dict[str, dict[str, float]]:
     """Per-organ {"dice", "hd95"} of two label maps; ``labels`` maps values to organ names
-    (value 0 / "background" is skipped)."""
+    (value 0 / "background" is skipped).
+
+    Args:
+        pred: the predicted label map.
+        ref: the reference label map, on the same grid.
+        labels: label value -> organ name.
+        spacing: the voxel size in mm, per axis of the arrays.
+    """
     pred, ref = np.asarray(pred), np.asarray(ref)
     out = {}
     for value, name in sorted(labels.items()):
@@ -227,6 +234,10 @@ def wilcoxon_p(a: str | Path | Results, b: str | Path | Results) -> tuple[float,
     """Two-sided Wilcoxon signed-rank p-value of per-case mean Dice, paired by case; returns (p, n pairs).
 
     p = 1.0 when the two results agree on every case.
+
+    Args:
+        a: one run's results: a results.json or its parsed Results.
+        b: the other run's, paired with ``a`` by case.
     """
     from scipy.stats import wilcoxon
 

@@ -138,6 +138,9 @@ class ImageEncoder(nn.Module):
     ModifiedResNet: dense features through the attention pool's value and output projections
     (DenseCLIP), global = the usual attention-pool output. Positional embeddings are interpolated
     when the input size differs from the configured one.
+
+    Args:
+        visual: an open_clip CLIP's image tower (VisionTransformer or ModifiedResNet).
     """
 
     def __init__(self, visual: nn.Module):

@@ -30,6 +30,17 @@ class MosmosPretrainModel(nn.Module):
 
     ``weights`` loads CLIP weights into the encoders (see ``create_clip``); the temperature always
     starts at tau = 0.07 (the paper's initialisation), also when CLIP weights are loaded.
+
+    Args:
+        backbone: the CLIP backbone (mosmos.options.BACKBONES).
+        tags: the pre-training tags (queries).
+        weights: CLIP weights: a file or an open_clip tag; None: random.
+        quick_gelu: QuickGELU activations (None: as the weights need).
+        n_ctx: learnt prompt context tokens.
+        n_tag_tokens: tokens kept of a tag's name.
+        decoder_depth: tag decoder layers.
+        decoder_heads: tag decoder attention heads.
+        decoder_self_attn: self-attention among the tag queries.
     """
 
     def __init__(self, backbone: str = TINY_VIT, tags: Sequence[str] = PRETRAIN_TAGS,

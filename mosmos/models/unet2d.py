@@ -32,6 +32,19 @@ class MosmosUNet2D(nn.Module):
 
     num_classes counts the background; tag embeddings (num_classes - 1, C) are set with
     set_tag_embeddings. H and W must be multiples of 32. maps_at_output: as in MosmosUNETR.
+
+    Args:
+        num_classes: classes, background included.
+        backbone: the CLIP ResNet backbone (mosmos.options.BACKBONES).
+        in_channels: image channels.
+        feature_size: channels of the full-resolution decoder stage (doubling at each coarser one).
+        norm_name: the decoder's normalisation ("instance", "batch").
+        decoder_depth: tag decoder layers.
+        decoder_heads: tag decoder attention heads.
+        decoder_self_attn: self-attention among the tag queries.
+        quick_gelu: QuickGELU activations (None: as the weights need).
+        clip_weights: CLIP weights for the encoder (a file or an open_clip tag); None: random.
+        maps_at_output: as in MosmosUNETR.
     """
 
     def __init__(

@@ -51,6 +51,20 @@ class MosmosUNETR(nn.Module):
     last decoder features before the output block (segbase.with_maps); False is the paper's decoder.
     forward(x (B, in_channels, H, W, D)) returns
     (logits (B, num_classes, H, W, D), pixel_tag_maps (B, num_classes, H/p, W/p, D/p)).
+
+    Args:
+        num_classes: classes, background included.
+        backbone: the CLIP ViT backbone (mosmos.options.BACKBONES).
+        img_size: the window size (one number: a cube).
+        in_channels: image channels.
+        feature_size: channels of the decoder's first stage, as MONAI UNETR's.
+        norm_name: the decoder's normalisation ("instance", "batch").
+        decoder_depth: tag decoder layers.
+        decoder_heads: tag decoder attention heads.
+        decoder_self_attn: self-attention among the tag queries.
+        quick_gelu: QuickGELU activations (None: as the weights need).
+        clip_weights: CLIP weights for the encoder (a file or an open_clip tag); None: random.
+        maps_at_output: the maps also join the last decoder features (False: the paper's decoder).
     """
 
     def __init__(

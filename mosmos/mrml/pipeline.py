@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from mosmos.errors import MosmosError
+from mosmos.inference.request import SegmentRequest
 from mosmos.options import normalize_device
 
 from . import deps
@@ -84,8 +85,10 @@ class SegmentationJob:
         deps.ensure_dependencies()  # the child runs the core: torch, monai, open_clip, nibabel
         # Uncompressed NIfTI: fastest to write and read; nibabel and Slicer agree on its RAS geometry.
         write_volume(self.volumeNode, self.inputPath)
-        argv = segment_command(self.inputPath, self.modelPath, self.tags, self.outputPath, self.attentionDir,
-                               self.volumesPath, self.device, fast=self.fast)
+        request = SegmentRequest(model=self.modelPath, input=self.inputPath, output=self.outputPath,
+                                 tags=self.tags or None, attention=self.attentionDir, volumes=self.volumesPath,
+                                 device=self.device, fast=self.fast, json_progress=True)
+        argv = segment_command(request)
         self.process = BackgroundProcess(argv, env=child_environment(self.device), cwd=str(self.workDir)).start()
         return self.process
 

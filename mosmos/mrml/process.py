@@ -27,20 +27,10 @@ def interpreter() -> str:
     return shutil.which("PythonSlicer") or sys.executable
 
 
-def segment_command(inputPath, modelPath, tags, outputPath, attentionDir=None, volumesPath=None,
-                    device="auto", python: str | None = None, fast: bool = False) -> list[str]:
-    argv = [python or interpreter(), "-m", "mosmos", "segment", os.fspath(inputPath),
-            "--model", os.fspath(modelPath), "--output", os.fspath(outputPath), "--json-progress",
-            "--device", normalize_device(device)]
-    if tags:
-        argv += ["--tags", ", ".join(tags)]
-    if attentionDir:
-        argv += ["--attention", os.fspath(attentionDir)]
-    if volumesPath:
-        argv += ["--volumes", os.fspath(volumesPath)]
-    if fast:
-        argv.append("--fast")
-    return argv
+def segment_command(request, python: str | None = None) -> list[str]:
+    """The child process that runs ``request`` (a mosmos.inference.request.SegmentRequest): ``mosmos segment``
+    with the arguments that make the same request."""
+    return [python or interpreter(), "-m", "mosmos", "segment", *request.to_argv()]
 
 
 def child_environment(device: str = "auto") -> dict[str, str]:

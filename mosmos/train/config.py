@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import MosmosError
-from ..options import ARCH_DIMS, AUTO, UNETR, VIT_B_16, check_values
+from ..options import ARCH_DIMS, AUTO, INITS, UNETR, VIT_B_16, check_values
 
 CHECKPOINT_NAME = "checkpoint.pt"
 
@@ -17,8 +17,31 @@ CHECKPOINT_NAME = "checkpoint.pt"
 @dataclass
 class PretrainConfig:
     """One pre-training run. Each field is the ``mosmos pretrain`` option of the same name (``batch_size`` is
-    ``--batch-size``), with the same default and meaning: see the CLI reference. Invalid values raise
-    MosmosError naming the option."""
+    ``--batch-size``), with the same default and meaning. Invalid values raise MosmosError naming the option.
+
+    Args:
+        roco: the ROCO folder (GitHub layout or CSV variant).
+        out: the output folder (model file, checkpoint).
+        backbone: the CLIP backbone, one of mosmos.options.BACKBONES.
+        weights: CLIP weights: a local file (open_clip or OpenAI .pt) or an open_clip tag such as "openai";
+            None: random initialisation.
+        epochs: passes over the training images.
+        batch_size: images per step and process.
+        lr: the AdamW learning rate after warm-up.
+        weight_decay: the AdamW weight decay.
+        warmup_steps: steps of linear warm-up before the cosine decay.
+        seed: the random seed of weights, order and augmentation.
+        workers: data-loader processes.
+        precision: "auto" (bf16 on GPUs that support it, fp32 on the CPU), "bf16", "fp16" or "fp32".
+        device: "auto" (the GPU of this process, LOCAL_RANK under torchrun, if any), "cpu" or "cuda".
+        checkpoint_every: steps between checkpoints.
+        log_every: steps between step events.
+        val_fraction: the share of train held out when the folder has no validation split.
+        max_steps: stop after this many steps (None: after ``epochs``).
+        description: the model card's free text.
+        ablate: one part of the method left out, for the paper's ablation (Table 4): "irc" or "mlr" (that
+            loss), or "prompt" (the tags' CoOp context stays at its initialisation instead of being learnt).
+    """
 
     roco: str
     out: str
@@ -37,9 +60,7 @@ class PretrainConfig:
     log_every: int = 10
     val_fraction: float = 0.05
     max_steps: int | None = None
-    description: str = ""  # the model card's free text
-    # One part of the method left out, for the paper's ablation (Table 4): "irc" or "mlr" (that loss), or
-    # "prompt" (the tags' CoOp context stays at its initialisation instead of being learnt).
+    description: str = ""
     ablate: str | None = None
 
     def __post_init__(self):
@@ -50,14 +71,47 @@ class PretrainConfig:
 class FinetuneConfig:
     """One fine-tuning run. Each field is the ``mosmos finetune`` option of the same name (``label_ratio`` is
     ``--label-ratio``; ``augment=False`` is ``--no-augment``, ``maps_at_output=False`` ``--paper-decoder``),
-    with the same default and meaning: see the CLI reference. Invalid values raise MosmosError naming the
-    option."""
+    with the same default and meaning. Invalid values raise MosmosError naming the option.
+
+    Args:
+        data: the dataset folder with dataset.json (or BTCV's dataset_0.json).
+        out: the output folder (model file, checkpoint).
+        arch: "unetr" (MOSMOS-UNETR on 3D crops) or "unet2d" (MOSMOS-U-Net on 2D slices).
+        backbone: the CLIP backbone (mosmos.options.BACKBONES); taken from the pre-trained file with
+            ``init="mosmos"``.
+        init: "mosmos" (a MOSMOS pre-trained file), "clip" (CLIP weights) or "random".
+        pretrained: with init "mosmos" a MOSMOS pre-trained model file; with init "clip" CLIP weights.
+        epochs: passes over the training cases.
+        batch_size: volumes per step and process.
+        num_samples: random crops per volume.
+        lr: the AdamW learning rate after warm-up.
+        weight_decay: the AdamW weight decay.
+        warmup_steps: steps of linear warm-up before the cosine decay.
+        lambda_pta: the weight of the pixel–tag aligning loss (0: none).
+        label_ratio: train on this fixed, seeded share of the labelled cases.
+        roi_size: the crop size (None: 96 96 96; 2D: 224 224).
+        spacing: the voxel spacing in mm (None: 1.5 1.5 2.0).
+        feature_size: channels of the decoder's first stage, as MONAI UNETR's feature_size.
+        augment: random flips, rotations, zooms and intensity shifts (crops stay random either way).
+        scale_augment: random zoom by up to this fraction (data.transforms "scale_range"); 0: none.
+        maps_at_output: the maps also join the last decoder features (False: the paper's decoder).
+        learn_prompt: the tags' CoOp context is trained in fine-tuning too (the paper's Fig. 3).
+        val_every: epochs between validations.
+        seed: the random seed of weights, order and augmentation.
+        workers: data-loader processes.
+        precision: "auto", "bf16", "fp16" or "fp32".
+        device: "auto", "cpu" or "cuda".
+        checkpoint_every: steps between checkpoints.
+        log_every: steps between step events.
+        max_steps: stop after this many steps (None: after ``epochs``).
+        description: the model card's free text.
+    """
 
     data: str
     out: str
     arch: str = UNETR
     backbone: str = VIT_B_16
-    init: str = "mosmos"
+    init: str = INITS[0]
     pretrained: str | None = None
     epochs: int = 1000
     batch_size: int = 1
@@ -71,9 +125,9 @@ class FinetuneConfig:
     spacing: list[float] | None = None
     feature_size: int = 16
     augment: bool = True
-    scale_augment: float = 0.0  # random zoom by up to this fraction (data.transforms "scale_range"); 0: none
-    maps_at_output: bool = True  # the maps also join the last decoder features (False: the paper's decoder)
-    learn_prompt: bool = False  # the tags' CoOp context is trained in fine-tuning too (the paper's Fig. 3)
+    scale_augment: float = 0.0
+    maps_at_output: bool = True
+    learn_prompt: bool = False
     val_every: int = 50
     seed: int = 0
     workers: int = 4
@@ -82,7 +136,7 @@ class FinetuneConfig:
     checkpoint_every: int = 500
     log_every: int = 10
     max_steps: int | None = None
-    description: str = ""  # the model card's free text
+    description: str = ""
 
     def __post_init__(self):
         check_values(self)

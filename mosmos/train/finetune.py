@@ -268,5 +268,12 @@ class FinetuneRun(TrainingRun):
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, events: str | None = None,
              progress: bool | None = None) -> Path:
-    """Fine-tune and return the path of the best model file (highest validation Dice)."""
+    """Fine-tune and return the path of the best model file (highest validation Dice).
+
+    Args:
+        cfg: the run's FinetuneConfig.
+        resume: continue from OUT/checkpoint.pt.
+        events: a JSON-lines events file ("-" for stdout), or None.
+        progress: show a progress bar (None: when stderr is a terminal).
+    """
     return FinetuneRun(cfg, resume=resume, events=events, progress=progress).run()
