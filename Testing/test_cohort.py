@@ -8,6 +8,7 @@ import os
 import random
 import shutil
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -178,3 +179,88 @@ def test_manifest_of_paths_and_its_missing_files(cohort, tmp_path, capsys):
         (reference / "case0" / "volumes.json").read_bytes()
     labels = nib.load(tmp_path / "out" / "ct" / "labels.nii.gz")
     assert labels.shape == read_volume(ct3).array.shape
+
+
+def _manifest(path, rows):
+    with open(path, "w", newline="") as f:
+        csv.writer(f).writerows([("case", "path"), *rows])
+    return path
+
+
+def _tree(folder):
+    return sorted(str(p.relative_to(folder)) for p in folder.rglob("*"))
+
+
+def test_case_names_that_are_not_one_folder_in_out_are_refused_before_any_work(cohort, tmp_path, monkeypatch, capsys):
+    import inference_stub  # noqa: F401
+
+    _, inputs, model, _ = cohort
+    work = tmp_path / "work"
+    work.mkdir()
+    monkeypatch.chdir(work)           # --out relative, as typed: "../x" would land in tmp_path
+    escaped = Path(f"/escaped_abs_{os.getpid()}_{tmp_path.name}")    # this machine runs the tests as root
+    volume = str(inputs / "case0.nii.gz")
+    bad = ["/.." + str(escaped), "..", "../x", "cases.csv", "CASES.CSV", ".", "a/b", "a\\b", ".hidden", "x\0y",
+           "two\nlines", "n" * 250]
+    manifest = _manifest(work / "manifest.csv", [])
+    before = _tree(tmp_path)
+    try:
+        for name in bad:
+            _manifest(manifest, [("good", volume), (name, volume)])
+            assert main(_cmd(manifest, model, "out")[2:]) == 1, name
+            err = capsys.readouterr().err.strip()
+            assert err.startswith(f"mosmos segment: error: {manifest} line 3: the case name {name!r} ") and \
+                "one plain folder name" in err and "\n" not in err, err
+            assert not escaped.exists() and _tree(tmp_path) == before, name     # not even --out was made
+        _manifest(manifest, [("", str(inputs / ".."))])  # a name taken from a path
+        assert main(_cmd(manifest, model, "out")[2:]) == 1
+        assert "line 2: the case name '..'" in capsys.readouterr().err
+        named = tmp_path / "named"     # a folder of inputs: the names come from its files
+        named.mkdir()
+        shutil.copy(volume, named / "cases.csv.nii.gz")
+        assert main(_cmd(named, model, "out")[2:]) == 1
+        assert "cases.csv.nii.gz: the case name 'cases.csv' is the name of the cohort's log" in capsys.readouterr().err
+        assert not (work / "out").exists()
+    finally:
+        if escaped.exists():
+            shutil.rmtree(escaped)
+
+
+def test_a_case_clears_only_its_own_staging_folder(cohort, tmp_path, capsys):
+    """Cases in flight in another shard (their locks held by a live process, their staging folders half-written)
+    beside cases whose names a pattern would match to theirs: ``p`` and ``p.x``, dotted study UIDs, ``*``. The
+    run leaves the others' staging alone, clears its own leftover, and once the other shard is gone (killed)
+    takes its cases over."""
+    import inference_stub  # noqa: F401
+    from mosmos.inference import cohort as runner
+
+    _, inputs, model, reference = cohort
+    volume = str(inputs / "case0.nii.gz")
+    names = ["p", "p.x", "1.2.3", "1.2.3.4", "*", "a", "a.b"]
+    manifest = _manifest(tmp_path / "manifest.csv", [(name, volume) for name in names])
+    out = tmp_path / "out"
+    out.mkdir()
+    in_flight = ["p.x", "1.2.3.4", "a.b"]
+    other_shard = subprocess.Popen(["sleep", "300"])
+    try:
+        for name in in_flight:
+            (out / f".{name}.lock").write_text(f"{socket.gethostname()} {other_shard.pid}")
+            runner.staging_folder(out, name).mkdir()
+            (runner.staging_folder(out, name) / "labels.nii.gz").write_text("half-written")
+        leftover = runner.staging_folder(out, "p")          # a killed run's, of a case this run does
+        leftover.mkdir()
+        (leftover / "labels.nii.gz").write_text("a killed run's")
+        assert main(_cmd(manifest, model, out)[2:]) == 0
+        log = {r["case"]: r["status"] for r in _log(out)}
+        assert log == {"p": "done", "1.2.3": "done", "*": "done", "a": "done"}     # the others: claimed, skipped
+        for name in in_flight:
+            assert (runner.staging_folder(out, name) / "labels.nii.gz").read_text() == "half-written", name
+        assert not leftover.exists()
+        assert (out / "p" / "volumes.json").read_bytes() == (reference / "case0" / "volumes.json").read_bytes()
+    finally:
+        other_shard.kill()
+        other_shard.wait()
+    assert main(_cmd(manifest, model, out)[2:]) == 0           # its process gone, the other shard's cases are redone
+    assert sorted(r["case"] for r in _log(out)) == sorted(names)
+    assert sorted(p.name for p in out.iterdir()) == sorted(names + ["cases.csv"])     # no lock, no staging left
+    capsys.readouterr()

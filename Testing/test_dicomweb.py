@@ -2,8 +2,12 @@
 QIDO-RS/WADO-RS, segmented, the DICOM SEG and attention maps sent back with STOW-RS, queried back and read with
 highdicom (equal voxel for voxel to the file output); stored once however often a case is redone; and the ways
 it goes wrong (server down, wrong credentials, unknown study, a series without the UIDs a SEG needs, STOW
-refused, a connection cut mid-download), each one line, exit 1, nothing written or stored."""
+refused, a connection cut mid-download or mid-store), each one line, exit 1, nothing written or stored, not even an
+empty folder; credentials in the URL refused, and no secret shown on any channel."""
 
+import csv
+import gzip
+import logging
 import socket
 import socketserver
 import threading
@@ -15,6 +19,8 @@ import pytest
 from helpers import real_data
 from inference_stub import write_stub_model
 from mosmos.cli import main
+from mosmos.errors import MosmosError
+from mosmos.files.redact import has_user_info, shown_url
 from mosmos.inference import dicomweb
 from mosmos.inference.io import read_volume
 from orthanc_server import free_port, start_orthanc, stop
@@ -157,14 +163,28 @@ def test_bad_servers_studies_and_series_are_one_line_errors(signed_in, tmp_path,
 
 
 class CuttingProxy(socketserver.ThreadingTCPServer):
-    """Forwards HTTP to Orthanc one request per connection, but cuts the first ``cuts`` WADO-RS series downloads
-    after a few kilobytes, as a dropped VPN or a restarting load balancer does."""
+    """Forwards HTTP to Orthanc one request per connection, but cuts the first ``cuts`` of one kind of request, as
+    a dropped VPN or a restarting load balancer does: ``mode`` "series", WADO-RS series downloads after a few
+    kilobytes; "stow", STOW-RS stores after Orthanc got them, before any reply; "stow down", STOW-RS stores before
+    Orthanc sees them (the PACS gone between the pull and the store)."""
     daemon_threads = True
     allow_reuse_address = True
 
-    def __init__(self, target_port: int, cuts: int):
-        self.target_port, self.cuts, self.cut = target_port, cuts, 0
+    def __init__(self, target_port: int, cuts: int, mode: str = "series"):
+        self.target_port, self.cuts, self.mode, self.cut = target_port, cuts, mode, 0
         super().__init__(("127.0.0.1", 0), ProxyHandler)
+
+    def __enter__(self):
+        threading.Thread(target=self.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc):
+        self.shutdown()
+        self.server_close()
+
+    @property
+    def dicomweb(self) -> str:
+        return f"http://127.0.0.1:{self.server_address[1]}/dicom-web"
 
 
 class ProxyHandler(socketserver.BaseRequestHandler):
@@ -182,28 +202,32 @@ class ProxyHandler(socketserver.BaseRequestHandler):
             body += self.request.recv(65536)
         lines = [line for line in head.split(b"\r\n") if not line.lower().startswith(b"connection:")]
         request = b"\r\n".join(lines + [b"Connection: close"]) + b"\r\n\r\n" + body
-        with socket.create_connection(("127.0.0.1", self.server.target_port)) as upstream:
+        proxy = self.server
+        if lines[0].startswith(b"POST"):
+            cut = proxy.mode.startswith("stow") and proxy.cut < proxy.cuts
+        else:
+            cut = proxy.mode == "series" and lines[0].startswith(b"GET") and \
+                lines[0].split(b" ")[1].rstrip(b"/").split(b"/")[-2] == b"series"
+            cut = cut and proxy.cut < proxy.cuts
+        proxy.cut += cut
+        if cut and proxy.mode == "stow down":
+            return
+        with socket.create_connection(("127.0.0.1", proxy.target_port)) as upstream:
             upstream.sendall(request)
             reply = b""
             while chunk := upstream.recv(65536):
                 reply += chunk
-        series_download = lines[0].startswith(b"GET") and lines[0].split(b" ")[1].rstrip(b"/").split(b"/")[-2] \
-            == b"series"
-        if series_download and self.server.cut < self.server.cuts:
-            self.server.cut += 1
-            reply = reply[:4096]
+        if cut:
+            reply = reply[:4096] if proxy.mode == "series" else b""
         self.request.sendall(reply)
 
 
 @pytest.mark.parametrize("cuts", [2, 100])
 def test_cut_download_is_retried_then_one_line(signed_in, tmp_path, capsys, cuts):
     server, study, model, _ = signed_in
-    proxy = CuttingProxy(int(server.root.rsplit(":", 1)[1]), cuts)
-    threading.Thread(target=proxy.serve_forever, daemon=True).start()
     out = tmp_path / "l.nii.gz"
-    try:
-        args = ("--dicomweb", f"http://127.0.0.1:{proxy.server_address[1]}/dicom-web", "--study", study,
-                "--model", model, "--output", out)
+    with CuttingProxy(_port(server), cuts) as proxy:
+        args = ("--dicomweb", proxy.dicomweb, "--study", study, "--model", model, "--output", out)
         if cuts == 2:
             assert _segment(*args) == 0 and proxy.cut == 2
             assert out.exists()
@@ -211,9 +235,47 @@ def test_cut_download_is_retried_then_one_line(signed_in, tmp_path, capsys, cuts
             err = _one_line_error(capsys, *args)
             assert "WADO-RS retrieval" in err and "failed after 4 tries" in err and proxy.cut >= 3
             assert not out.exists()
-    finally:
-        proxy.shutdown()
-        proxy.server_close()
+
+
+def _port(server) -> int:
+    return int(server.root.rsplit(":", 1)[1])
+
+
+def _new_study(server, ct3, folder, name: str) -> str:
+    """The 3-slice CT uploaded again as a study of its own (no SEG in it yet)."""
+    study = pydicom.uid.generate_uid(entropy_srcs=[name, folder.name])
+    server.upload(_copy(ct3, folder / name, study))
+    return study
+
+
+def test_a_store_whose_reply_is_cut_is_retried_and_stored_once(signed_in, tmp_path):
+    server, _, model, ct3 = signed_in
+    study = _new_study(server, ct3, tmp_path, "stow-cut")
+    with CuttingProxy(_port(server), 1, "stow") as proxy:
+        assert _segment("--dicomweb", proxy.dicomweb, "--study", study, "--model", model, "--store") == 0
+        assert proxy.cut == 1
+    assert len(_instances(server, study, "SEG")) == 1
+
+
+def test_a_pacs_down_mid_store_leaves_nothing(signed_in, tmp_path, capsys):
+    """The study pulled, then every STOW-RS request cut before it reaches the server: one line, exit 1, and no
+    output, not even the folders that --output, --attention and --volumes would have made; in a cohort, the log's
+    line and no case folder."""
+    server, study, model, _ = signed_in
+    work = tmp_path / "work"
+    work.mkdir()
+    with CuttingProxy(_port(server), 100, "stow down") as proxy:
+        err = _one_line_error(capsys, "--dicomweb", proxy.dicomweb, "--study", study, "--model", model, "--store",
+                              "--output", work / "new" / "sub" / "l.nii.gz", "--attention", work / "maps",
+                              "--volumes", work / "volumes" / "v.json")
+        assert f"{proxy.dicomweb}: STOW-RS store failed after 4 tries" in err and proxy.cut == 4
+        assert list(work.iterdir()) == []
+        manifest = tmp_path / "studies.csv"
+        manifest.write_text(f"case,study\nct3,{study}\n")
+        assert _segment("--inputs", manifest, "--out", work / "out", "--dicomweb", proxy.dicomweb, "--model", model,
+                        "--attention", "maps", "--store") == 1
+    assert [p.name for p in (work / "out").iterdir()] == ["cases.csv"]
+    assert "ct3,failed," in (work / "out" / "cases.csv").read_text()
 
 
 def test_cohort_of_study_uids_stores_each_seg_once(signed_in, tmp_path, capsys):
@@ -230,3 +292,59 @@ def test_cohort_of_study_uids_stores_each_seg_once(signed_in, tmp_path, capsys):
     assert len(_instances(server, study, "SEG")) == max(before, 1)   # the same UIDs as any earlier run's SEG
     assert _segment(*args) == 1                               # resumed: ct3 is complete, only the failure is redone
     assert (tmp_path / "out" / "cases.csv").read_text().count("ct3,") == 1
+
+
+def _shown(folder) -> bytes:
+    """Every file under ``folder`` as bytes, gzip'd ones unpacked."""
+    return b"".join(gzip.decompress(f.read_bytes()) if f.name.endswith(".gz") else f.read_bytes()
+                    for f in sorted(folder.rglob("*")) if f.is_file())
+
+
+def test_no_secret_is_ever_shown(signed_in, tmp_path, capfd, caplog):
+    """Credentials in the URL are refused in one line that shows the URL without them and says where they belong;
+    credentials from the environment work and appear on no channel: stdout (--json-progress events and the
+    'stored' line), stderr, the logs, cases.csv, the written files."""
+    server, study, model, _ = signed_in
+    caplog.set_level(logging.DEBUG)      # requests', urllib3's and dicomweb-client's own logs too
+    secret, user_info = server.password, f"{server.user}:{server.password}@"
+    with_password = server.dicomweb.replace("://", f"://{user_info}")
+    manifest = tmp_path / "studies.csv"
+    manifest.write_text(f"case,study\nrefused,{REFUSED_STUDY}\n")
+    for source in (("--study", study, "--output", tmp_path / "l.nii.gz"), ("--inputs", manifest, "--out", tmp_path)):
+        assert _segment("--dicomweb", with_password, *source, "--model", model, "--json-progress") == 1
+        out, err = capfd.readouterr()
+        assert out == "" and err == (f"mosmos segment: error: {server.dicomweb}: credentials do not go in the "
+                                     f"DICOMweb URL (a command line shows in ps and is kept in shell histories and job "
+                                     f"logs); give them in {dicomweb.CREDENTIALS}\n")
+    assert [p.name for p in tmp_path.iterdir()] == ["studies.csv"]      # refused before any work
+
+    shown = []
+    assert _segment("--dicomweb", server.dicomweb, "--inputs", manifest, "--out", tmp_path / "out", "--model", model,
+                    "--attention", "maps", "--store", "--json-progress") == 1     # the refused study fails
+    shown += capfd.readouterr()
+    with open(tmp_path / "out" / "cases.csv", newline="") as f:
+        errors = {row["case"]: row["error"] for row in csv.DictReader(f)}
+    assert errors["refused"].startswith(f"{server.dicomweb}: STOW-RS store refused: 403")    # the URL, shown
+    assert _segment("--dicomweb", server.dicomweb, "--study", study, "--model", model, "--store",
+                    "--output", tmp_path / "l.nii.gz", "--volumes", tmp_path / "v.csv") == 0
+    shown += capfd.readouterr()
+    assert f"stored in study {study} at {server.dicomweb}\n" in shown[-2]
+    shown.append(caplog.text)
+    assert "/dicom-web/studies" in caplog.text      # the logs were captured
+    for text in shown:
+        assert secret not in text and user_info not in text
+    assert secret.encode() not in _shown(tmp_path)
+
+
+@pytest.mark.parametrize("url, shown", [
+    ("http://pacs:8042/dicom-web", "http://pacs:8042/dicom-web"),
+    ("https://user:pw@pacs/dicom-web", "https://pacs/dicom-web"),
+    ("http://user:p@ss/w#rd?@pacs:8042/dicom-web", "http://pacs:8042/dicom-web"),   # unescaped, not URL syntax
+    ("http://token%40x@pacs/dicom-web", "http://pacs/dicom-web"),
+    ("user:pw@pacs/dicom-web", "pacs/dicom-web"),                                   # typed without a scheme
+])
+def test_urls_are_shown_without_user_info(url, shown):
+    assert shown_url(url) == shown and has_user_info(url) == (url != shown)
+    if url != shown:
+        with pytest.raises(MosmosError, match=f"^{shown}: credentials do not go in the DICOMweb URL"):
+            dicomweb.check_url(url)

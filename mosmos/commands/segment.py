@@ -65,6 +65,7 @@ def add_dicomweb_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..files.redact import shown_url
     from ..inference.request import SegmentRequest
     from ..inference.run import segment
 
@@ -77,5 +78,5 @@ def run(args) -> int:
     if written.output is not None and request.seg_output:
         print(f"DICOM SEG: {written.output}")
     if request.store:
-        print(f"stored in study {request.study} at {request.dicomweb}")
+        print(f"stored in study {request.study} at {shown_url(request.dicomweb)}")
     return 0

@@ -6,6 +6,11 @@ exists is complete: a run killed at any moment and started again skips the finis
 the ones in flight. A case is claimed with a lock file (host and process id) made with O_EXCL, so two runs on
 one output folder never write the same case; a lock whose process is gone (killed) is taken over.
 
+A case name is one plain folder name, checked before any work (check_case_name): no path separator, nothing
+that starts with "." (the names the cohort keeps for itself: OUT/.<case>.lock and the staging folder
+OUT/.<case>.part, exact names, so that no case's clean-up can reach another case's files) and not the log's own
+name; so no case writes outside OUT, or over the log.
+
 Cases are shared out by rank: RANK/WORLD_SIZE under torchrun, SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT in a
 Slurm job array; rank r takes cases r, r + N, r + 2N, ... of the sorted list. Every case ends as one line of
 OUT/cases.csv (case, status, seconds, error, rank); a failed case is logged with its one-line error and the
@@ -19,18 +24,19 @@ import os
 import shutil
 import socket
 import sys
-import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import MosmosError
-from ..files.atomic import current_umask
 
 LOG_NAME = "cases.csv"
 LOG_FIELDS = ("case", "status", "seconds", "error", "rank")
 LABELS, VOLUMES = "labels.nii.gz", "volumes.json"
 VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")
+LOCK_SUFFIX, STAGING_SUFFIX = ".lock", ".part"   # OUT/.<case>.lock and OUT/.<case>.part, the cohort's own names
+# Bytes in a case name: a file name holds 255 (Linux, macOS, Windows), the lock's adds a dot and its suffix.
+NAME_BYTES = 255 - 1 - max(len(LOCK_SUFFIX), len(STAGING_SUFFIX))
 
 
 @dataclass
@@ -45,12 +51,19 @@ class Case:
 def list_cases(inputs, dicomweb: str | None = None) -> list[Case]:
     """The cases of a folder (its volume files and DICOM series folders) or of a CSV manifest (a ``path`` column,
     relative to the manifest's folder, or a ``study`` column with optional ``series``, and an optional ``case``
-    name), sorted by name; one-line errors for a manifest naming files that do not exist."""
+    name), sorted by name; one-line errors for a manifest naming files that do not exist, for a case name that
+    is not one plain folder name (check_case_name) and for a --dicomweb URL that carries credentials."""
     inputs = Path(inputs)
+    if dicomweb:
+        from .dicomweb import check_url
+
+        check_url(dicomweb)
     if inputs.is_dir():
         cases = [Case(_case_name(p), path=p) for p in sorted(inputs.iterdir()) if _is_case(p)]
         if not cases:
             raise MosmosError(f"{inputs}: no volumes ({', '.join(VOLUME_SUFFIXES)}) and no DICOM series folders")
+        for case in cases:
+            check_case_name(case.name, case.path)
     elif inputs.is_file():
         cases = _manifest_cases(inputs, dicomweb)
     else:
@@ -61,6 +74,29 @@ def list_cases(inputs, dicomweb: str | None = None) -> list[Case]:
             raise MosmosError(f"{inputs}: two cases named {case.name!r}; give a 'case' column to tell them apart")
         seen[case.name] = case
     return sorted(cases, key=lambda c: c.name)
+
+
+def check_case_name(name: str, where) -> None:
+    """Refuse, in one line naming ``where`` (a file, or a manifest's line), a case name that is not one plain folder
+    name inside OUT: a path separator, ".", ".." or any name starting with "." (the cohort's own lock and staging
+    names), a control character (the name is printed in one-line messages), the log's name, or too long for the
+    lock's name beside it."""
+    reason = None
+    if not name:
+        reason = "is empty"
+    elif "/" in name or "\\" in name:
+        reason = "holds a path separator"
+    elif name.startswith("."):
+        reason = "starts with '.', as the cohort's own lock and staging folder names do"
+    elif any(ord(c) < 32 or ord(c) == 127 for c in name):
+        reason = "holds a control character"
+    elif name.lower() == LOG_NAME:
+        reason = "is the name of the cohort's log"
+    elif len(os.fsencode(name)) > NAME_BYTES:
+        reason = f"is longer than {NAME_BYTES} bytes"
+    if reason:
+        raise MosmosError(f"{where}: the case name {name!r} {reason}; a case name is one plain folder name in "
+                          "--out (rename the input, or name the case in a manifest's 'case' column)")
 
 
 def _is_case(path: Path) -> bool:
@@ -98,14 +134,15 @@ def _manifest_cases(manifest: Path, dicomweb: str | None) -> list[Case]:
                 raise MosmosError(f"{manifest} line {line}: a study UID needs --dicomweb URL")
             study = row["study"].strip()
             cases.append(Case(name or study, study=study, series=(row.get("series") or "").strip() or None))
-            continue
-        text = (row.get("path") or "").strip()
-        if not text:
-            raise MosmosError(f"{manifest} line {line}: no path and no study")
-        path = Path(text) if Path(text).is_absolute() else manifest.parent / text
-        if not path.exists():
-            missing.append(f"line {line}: {text}")
-        cases.append(Case(name or _case_name(path), path=path))
+        else:
+            text = (row.get("path") or "").strip()
+            if not text:
+                raise MosmosError(f"{manifest} line {line}: no path and no study")
+            path = Path(text) if Path(text).is_absolute() else manifest.parent / text
+            if not path.exists():
+                missing.append(f"line {line}: {text}")
+            cases.append(Case(name or _case_name(path), path=path))
+        check_case_name(cases[-1].name, f"{manifest} line {line}")
     if missing:
         more = f" and {len(missing) - 3} more" if len(missing) > 3 else ""
         raise MosmosError(f"{manifest}: {len(missing)} missing file{'s' if len(missing) > 1 else ''} "
@@ -131,12 +168,19 @@ def shard() -> tuple[int, int]:
     return rank, world
 
 
+def staging_folder(out: Path, name: str) -> Path:
+    """Where case ``name`` is written before it is renamed to OUT/<name>: one exact name, the case's alone (its
+    lock keeps any other run out), so a killed run's leftover is found without a pattern that could match
+    another case's (``p`` and ``p.x``, dotted study UIDs, a name with ``*``)."""
+    return out / f".{name}{STAGING_SUFFIX}"
+
+
 class CaseLock:
     """OUT/.<case>.lock, made with O_EXCL and naming its host and process; taken over when that process on this
     host is gone (a killed run), never while it lives or when it ran on another host."""
 
     def __init__(self, out: Path, name: str):
-        self.path = out / f".{name}.lock"
+        self.path = out / f".{name}{LOCK_SUFFIX}"
         self.held = False
 
     def acquire(self) -> bool:
@@ -223,11 +267,10 @@ def run_case(case: Case, out: Path, rank: int, work, events) -> str:
     try:
         if (out / case.name).is_dir():   # finished by another run between the look and the lock
             return "skipped"
-        for debris in out.glob(f".{case.name}.*.part"):   # a killed run's staging folder
-            shutil.rmtree(debris, ignore_errors=True)
-        stage = Path(tempfile.mkdtemp(prefix=f".{case.name}.", suffix=".part", dir=out))
+        stage = staging_folder(out, case.name)
+        shutil.rmtree(stage, ignore_errors=True)   # a killed run's
+        stage.mkdir()
         work(case, stage)
-        os.chmod(stage, 0o777 & ~current_umask())   # mkdtemp's own mode is 0700
         os.rename(stage, out / case.name)   # the case appears whole
         stage = None
         status, error = "done", ""

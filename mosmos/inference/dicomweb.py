@@ -4,8 +4,11 @@ study.
 
 Credentials never travel on the command line: a bearer token from MOSMOS_DICOMWEB_TOKEN, a user and password
 from MOSMOS_DICOMWEB_USER / MOSMOS_DICOMWEB_PASSWORD, or else the netrc file (~/.netrc, or the file NETRC
-names) that requests reads for the server's host. A cut connection or a busy server (502/503/504) is retried
-with backoff (RETRY_DELAYS); every other failure is one line naming the server and what went wrong.
+names) that requests reads for the server's host. A URL with user info (http://user:password@host/...) is
+refused in one line saying so, before any work: a command line is readable by every user of the machine (ps,
+/proc) and kept in shell histories and job logs. A cut connection or a busy server (502/503/504) is retried
+with backoff (RETRY_DELAYS); every other failure is one line naming the server (mosmos.files.redact.shown_url)
+and what went wrong.
 """
 
 from __future__ import annotations
@@ -16,8 +19,10 @@ import time
 from pathlib import Path
 
 from ..errors import MosmosError
+from ..files.redact import has_user_info, shown_url
 
 TOKEN_ENV, USER_ENV, PASSWORD_ENV = "MOSMOS_DICOMWEB_TOKEN", "MOSMOS_DICOMWEB_USER", "MOSMOS_DICOMWEB_PASSWORD"
+CREDENTIALS = f"{TOKEN_ENV}, or {USER_ENV} and {PASSWORD_ENV}, or a netrc entry for the host"
 RETRY_DELAYS = (1.0, 2.0, 4.0, 8.0)   # seconds before each new try; a PACS restarting is back within ~15 s
 RETRIED_STATUS = (502, 503, 504)
 # Series that are results, not images to segment: a SEG, parametric maps, reports, presentation states ...
@@ -32,8 +37,7 @@ def connect(url: str):
         from dicomweb_client.session_utils import create_session
     except ImportError:
         raise MosmosError("DICOMweb needs the dicomweb-client package: pip install dicomweb-client") from None
-    if not str(url).startswith(("http://", "https://")):
-        raise MosmosError(f"{url}: a DICOMweb URL starts with http:// or https://")
+    check_url(url)
     session = create_session()   # trust_env: requests reads the netrc file for the host when nothing else is set
     token, user = os.environ.get(TOKEN_ENV), os.environ.get(USER_ENV)
     if token:
@@ -48,6 +52,15 @@ def connect(url: str):
     return client
 
 
+def check_url(url: str) -> None:
+    """Refuse, in one line, a URL that is not http(s) or that carries credentials (see the module's docstring)."""
+    if has_user_info(url):
+        raise MosmosError(f"{shown_url(url)}: credentials do not go in the DICOMweb URL (a command line shows in ps "
+                          f"and is kept in shell histories and job logs); give them in {CREDENTIALS}")
+    if not str(url).startswith(("http://", "https://")):
+        raise MosmosError(f"{shown_url(url)}: a DICOMweb URL starts with http:// or https://")
+
+
 def _call(url: str, what: str, request):
     """``request()`` with retries of cut connections and busy servers; anything else -> one-line MosmosError."""
     import requests
@@ -60,19 +73,20 @@ def _call(url: str, what: str, request):
             if status in RETRIED_STATUS and attempt < len(RETRY_DELAYS):
                 time.sleep(RETRY_DELAYS[attempt])
                 continue
-            raise MosmosError(f"{url}: {what} refused: {_status_text(e.response)}") from None
+            raise MosmosError(f"{shown_url(url)}: {what} refused: {_status_text(e.response)}") from None
         except (requests.ConnectionError, requests.Timeout, requests.exceptions.ChunkedEncodingError) as e:
             if attempt < len(RETRY_DELAYS):
                 time.sleep(RETRY_DELAYS[attempt])
                 continue
             reason = str(e).splitlines()[0] if str(e) else type(e).__name__
-            raise MosmosError(f"{url}: {what} failed after {attempt + 1} tries ({type(e).__name__}: "
+            raise MosmosError(f"{shown_url(url)}: {what} failed after {attempt + 1} tries ({type(e).__name__}: "
                               f"{reason[:160]})") from None
         except ValueError as e:   # a reply that is not the DICOM or JSON it should be, or cut short (Incomplete)
             if attempt < len(RETRY_DELAYS):
                 time.sleep(RETRY_DELAYS[attempt])
                 continue
-            raise MosmosError(f"{url}: {what} failed after {attempt + 1} tries ({e})".splitlines()[0]) from None
+            raise MosmosError(f"{shown_url(url)}: {what} failed after {attempt + 1} tries "
+                              f"({e})".splitlines()[0]) from None
 
 
 def _status_text(response) -> str:
@@ -80,7 +94,7 @@ def _status_text(response) -> str:
         return "no reply"
     text = f"{response.status_code} {response.reason}"
     if response.status_code == 401:
-        text += (f" (credentials: {TOKEN_ENV}, or {USER_ENV} and {PASSWORD_ENV}, or a netrc entry for the host)")
+        text += f" (credentials: {CREDENTIALS})"
     elif response.status_code == 403:
         text += " (the server does not allow this to these credentials)"
     return text
@@ -104,16 +118,17 @@ def find_series(url: str, study: str, series: str | None = None, client=None) ->
                   lambda: client.search_for_series(study_instance_uid=study,
                                                    fields=["NumberOfSeriesRelatedInstances", "Modality"]))
     if not found:
-        raise MosmosError(f"{url}: no study {study} (QIDO-RS found no series)")
+        raise MosmosError(f"{shown_url(url)}: no study {study} (QIDO-RS found no series)")
     listing = {_value(s, "0020000E"): (_value(s, "00080060"), int(_value(s, "00201209") or 0)) for s in found}
     if series:
         if series not in listing:
-            raise MosmosError(f"{url}: study {study} has no series {series} (it has {', '.join(map(str, listing))})")
+            raise MosmosError(f"{shown_url(url)}: study {study} has no series {series} (it has "
+                              f"{', '.join(map(str, listing))})")
         return series, listing[series][1]
     images = {uid: n for uid, (modality, n) in listing.items() if modality not in NOT_IMAGES}
     if not images:
         kinds = ", ".join(sorted({str(m) for m, _ in listing.values()}))
-        raise MosmosError(f"{url}: study {study} holds no image series (only {kinds})")
+        raise MosmosError(f"{shown_url(url)}: study {study} holds no image series (only {kinds})")
     chosen = max(images, key=images.get)
     return chosen, images[chosen]
 
@@ -161,7 +176,8 @@ def store(url: str, datasets: list, client=None) -> None:
     if failed:
         reasons = ", ".join(f"{item.get('ReferencedSOPInstanceUID', '?')} (reason "
                             f"{item.get('FailureReason', '?')})" for item in failed)
-        raise MosmosError(f"{url}: STOW-RS store refused {len(failed)} of {len(datasets)} instances: {reasons}")
+        raise MosmosError(f"{shown_url(url)}: STOW-RS store refused {len(failed)} of {len(datasets)} instances: "
+                          f"{reasons}")
     # A server may answer success and still drop an instance (Orthanc's ReceivedInstanceFilter does): ask it back.
     held = set()
     for series in {str(ds.SeriesInstanceUID) for ds in datasets}:
@@ -171,5 +187,5 @@ def store(url: str, datasets: list, client=None) -> None:
     missing = [str(ds.SOPInstanceUID) for ds in datasets if str(ds.SOPInstanceUID) not in held]
     if missing:
         kept = len(datasets) - len(missing)
-        raise MosmosError(f"{url}: STOW-RS store refused: the server answered success but holds {kept} of "
+        raise MosmosError(f"{shown_url(url)}: STOW-RS store refused: the server answered success but holds {kept} of "
                           f"{len(datasets)} instances (filtered out by its policy?), e.g. {missing[0]}")

@@ -211,6 +211,7 @@ def write_results(request: SegmentRequest, volume, result, events):
     compressing, storing; volumes are written on a thread while the next map is mapped back)."""
     from pydicom.uid import generate_uid
 
+    from ..files.folders import new_folders_removed_on_error
     from .dicomseg import attention_dataset, seg_file, segmentation_dataset
     from .io import StagedWriter
     from .segmenter import QUANTUM
@@ -237,7 +238,7 @@ def write_results(request: SegmentRequest, volume, result, events):
         finally:
             mapping += time.perf_counter() - start
     start = time.perf_counter()
-    with StagedWriter() as writer:
+    with new_folders_removed_on_error(output, attention, volumes), StagedWriter() as writer:
         stored = []
         if request.dicom:
             dataset = segmentation_dataset(volume.source, result.labelmap, result.organs, request.model,
