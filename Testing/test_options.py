@@ -64,3 +64,24 @@ def test_the_options_module_needs_no_torch():
     imported |= {n.module.split(".")[0] for n in ast.walk(ast.parse(Path(options.__file__).read_text()))
                  if isinstance(n, ast.ImportFrom) and n.module and not n.level}
     assert imported <= {"__future__", "math", "dataclasses"}, imported
+
+
+def test_the_training_commands_make_their_configs_field_by_field():
+    """Every configuration field is an option of its command (from_args maps none by hand), with the same
+    default; the two flags that turn a field off are inverted."""
+    import argparse
+
+    from mosmos.commands import finetune, pretrain
+    from mosmos.train.config import FinetuneConfig, PretrainConfig
+
+    for command, config, required in ((pretrain, PretrainConfig, ["--roco", "r", "--out", "o"]),
+                                      (finetune, FinetuneConfig, ["--data", "d", "--out", "o"])):
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser)
+        made = config.from_args(parser.parse_args(required))
+        assert made == config(required[1], required[3]), config.__name__
+    parser = argparse.ArgumentParser()
+    finetune.add_arguments(parser)
+    made = FinetuneConfig.from_args(parser.parse_args(["--data", "d", "--out", "o", "--no-augment", "--paper-decoder",
+                                                       "--arch", options.UNET2D, "--roi-size", "64", "64"]))
+    assert (made.augment, made.maps_at_output, made.arch, made.roi_size) == (False, False, options.UNET2D, [64, 64])

@@ -67,17 +67,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..train.config import FinetuneConfig
 
-    cfg = FinetuneConfig(
-        data=args.data, out=args.out, arch=args.arch, backbone=args.backbone, init=args.init,
-        pretrained=args.pretrained, epochs=args.epochs, batch_size=args.batch_size, num_samples=args.num_samples,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lambda_pta=args.lambda_pta,
-        label_ratio=args.label_ratio, roi_size=args.roi_size, spacing=args.spacing,
-        feature_size=args.feature_size, augment=not args.no_augment,
-        scale_augment=args.scale_augment, maps_at_output=not args.paper_decoder,
-        learn_prompt=args.learn_prompt, val_every=args.val_every,
-        seed=args.seed,
-        workers=args.workers, precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, max_steps=args.max_steps, description=args.description)
+    cfg = FinetuneConfig.from_args(args)
     from ..train.distributed import is_main_process  # torch: only once the options are known to be valid
     from ..train.finetune import finetune
 

@@ -43,13 +43,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..train.config import PretrainConfig
 
-    cfg = PretrainConfig(roco=args.roco, out=args.out, backbone=args.backbone, weights=args.weights,
-                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, seed=args.seed,
-                         workers=args.workers, precision=args.precision, device=args.device,
-                         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                         val_fraction=args.val_fraction, max_steps=args.max_steps, description=args.description,
-                         ablate=args.ablate)
+    cfg = PretrainConfig.from_args(args)
     from ..train.distributed import is_main_process  # torch: only once the options are known to be valid
     from ..train.pretrain import pretrain
 

@@ -6,16 +6,34 @@ MosmosError naming the option, before any work starts."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import argparse
+from dataclasses import dataclass, fields
 
 from ..errors import MosmosError
 from ..options import ARCH_DIMS, AUTO, INITS, UNETR, VIT_B_16, check_values
 
 CHECKPOINT_NAME = "checkpoint.pt"
+# Fields whose command-line flag turns them off: field -> the flag's argparse name (--no-augment, --paper-decoder).
+NEGATED_FLAGS = {"augment": "no_augment", "maps_at_output": "paper_decoder"}
+
+
+class FromArgs:
+    """``from_args``: a configuration from the parsed arguments of its command, each field from the option of
+    the same name (NEGATED_FLAGS inverted), so no front end maps the fields by hand."""
+
+    @classmethod
+    def from_args(cls, args: argparse.Namespace):
+        """The configuration of ``mosmos pretrain`` / ``mosmos finetune`` arguments.
+
+        Args:
+            args: the command's parsed arguments (mosmos.commands.pretrain / finetune add_arguments).
+        """
+        return cls(**{f.name: not getattr(args, NEGATED_FLAGS[f.name]) if f.name in NEGATED_FLAGS
+                      else getattr(args, f.name) for f in fields(cls)})
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(FromArgs):
     """One pre-training run. Each field is the ``mosmos pretrain`` option of the same name (``batch_size`` is
     ``--batch-size``), with the same default and meaning. Invalid values raise MosmosError naming the option.
 
@@ -68,7 +86,7 @@ class PretrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(FromArgs):
     """One fine-tuning run. Each field is the ``mosmos finetune`` option of the same name (``label_ratio`` is
     ``--label-ratio``; ``augment=False`` is ``--no-augment``, ``maps_at_output=False`` ``--paper-decoder``),
     with the same default and meaning. Invalid values raise MosmosError naming the option.
