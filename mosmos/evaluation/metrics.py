@@ -105,23 +105,6 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, labels: Mapping[int, str],
     return out
 
 
-def evaluate_files(pred_path: str | Path, ref_path: str | Path, labels: Mapping[int, str]) -> dict:
-    """evaluate_case on two NIfTI label maps, which must share their grid; spacing from the reference."""
-    import nibabel as nib
-
-    imgs = []
-    for path in (pred_path, ref_path):
-        try:
-            imgs.append(nib.load(str(path)))
-        except Exception as e:  # nibabel raises many types for unreadable files
-            raise MosmosError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-    pred, ref = imgs
-    if pred.shape != ref.shape or not np.allclose(pred.affine, ref.affine, rtol=1e-4, atol=1e-2):
-        raise MosmosError(f"{pred_path}: not on the grid of the reference {ref_path} "
-                          f"(shapes {pred.shape} vs {ref.shape})")
-    return evaluate_case(np.asarray(pred.dataobj), np.asarray(ref.dataobj), labels, spacing_from_affine(ref.affine))
-
-
 # --- tables -----------------------------------------------------------------------------------
 
 Results = dict  # case -> organ -> {"dice": float, "hd95": float[, "map_dice": float]}
