@@ -305,28 +305,6 @@ class Slots:
                 yield from ast.walk(child)
 
 
-def field_defaults(module: Module) -> dict:
-    """field -> its default value, each expression evaluated with the names the module file imports from
-    mosmos and its Lib (the training defaults are the core's, read from there rather than spelled again)."""
-    import importlib
-    import sys
-
-    sys.path[:0] = [str(ROOT / "MOSMOSSegment"), str(ROOT / "MOSMOSTrain")]
-    import slicer  # noqa: F401  (the Libs run on slicer-core, a test dependency)
-
-    items = {name: item.value for name, item in module.fields().items()
-             if item.value is not None and not isinstance(item.value, ast.Call)}
-    used = {n.id for value in items.values() for n in ast.walk(value) if isinstance(n, ast.Name)}
-    namespace = {}
-    for node in ast.parse(module.source).body:
-        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("mosmos", f"{module.name}Lib"):
-            for alias in node.names:
-                if (alias.asname or alias.name) in used:
-                    namespace[alias.asname or alias.name] = getattr(importlib.import_module(node.module), alias.name)
-    return {name: eval(compile(ast.Expression(value), module.name, "eval"), namespace)
-            for name, value in items.items()}
-
-
 @pytest.fixture(params=MODULES)
 def slots(request) -> Slots:
     return Slots(Module(request.param))

@@ -38,12 +38,12 @@ class MosmosUNet2D(nn.Module):
         backbone: the CLIP ResNet backbone (mosmos.options.BACKBONES).
         in_channels: image channels.
         feature_size: channels of the full-resolution decoder stage (doubling at each coarser one).
-        norm_name: the decoder's normalisation ("instance", "batch").
-        decoder_depth: tag decoder layers.
-        decoder_heads: tag decoder attention heads.
-        decoder_self_attn: self-attention among the tag queries.
-        quick_gelu: QuickGELU activations (None: as the weights need).
-        clip_weights: CLIP weights for the encoder (a file or an open_clip tag); None: random.
+        norm_name: as in MosmosUNETR.
+        decoder_depth: as in MosmosUNETR.
+        decoder_heads: as in MosmosUNETR.
+        decoder_self_attn: as in MosmosUNETR.
+        quick_gelu: as in MosmosUNETR.
+        clip_weights: CLIP weights for the ResNet encoder, as in MosmosUNETR.
         maps_at_output: as in MosmosUNETR.
     """
 
