@@ -26,11 +26,11 @@ import torch
 
 from ..errors import MosmosError
 from ..files.modelfile import SEGMENTATION_KIND, open_model
-from ..options import ARCHITECTURES, CPU
+from ..options import ARCHITECTURES as MOSMOS_ARCHITECTURES
+from ..options import CPU
 
 Builder = Callable[[dict, dict], torch.nn.Module]
 ARCHITECTURES: dict[str, Builder] = {}
-MOSMOS_ARCHITECTURES = ARCHITECTURES
 
 
 @runtime_checkable
