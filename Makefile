@@ -4,7 +4,7 @@ VENV   ?= .venv
 PY     := $(VENV)/bin/python
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: venv web orthanc test demo docs bench clean
+.PHONY: venv web orthanc node-readers test demo docs bench clean
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
@@ -34,8 +34,17 @@ orthanc:
 		command -v apt-get >/dev/null && apt-get update -qq && \
 		DEBIAN_FRONTEND=noninteractive apt-get install -y -qq orthanc orthanc-dicomweb; }
 
+# OHIF's DICOM readers (dcmjs, @cornerstonejs/adapters) under Node for Testing/test_dicom_readers.py, at the
+# versions Testing/node/package-lock.json pins, into Testing/node/node_modules; where npm is absent the test skips.
+NODE_READERS := Testing/node/node_modules/.installed
+$(NODE_READERS): Testing/node/package.json Testing/node/package-lock.json
+	-command -v npm >/dev/null && npm ci --prefix Testing/node --ignore-scripts --no-audit --no-fund --loglevel=error \
+		&& touch $@
+
+node-readers: $(NODE_READERS)
+
 # Two workers, one file each at a time (module fixtures are built once), one thread each (Testing/conftest.py).
-test: venv web orthanc
+test: venv web orthanc node-readers
 	$(PY) -m pytest -q -n 2 --dist loadfile Testing
 
 demo: venv

@@ -12,6 +12,8 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.util import VTKObservationMixin
 
 from mosmos.mrml import models, pipeline, terminology
@@ -26,22 +28,22 @@ from mosmos.options import AUTO, DEVICES
 class MOSMOSSegment(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "MOSMOS Segment"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("MOSMOS Segment")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["MOSMOS developers"]
-        self.parent.helpText = """
+        self.parent.helpText = _("""
 Segment organs in CT or MRI by typing their names (for example "liver, spleen, left kidney"), with a MOSMOS
 model: CLIP encoders pre-trained on radiology image-report pairs and fine-tuned for segmentation. Results are
 named, coloured segments with standard (SNOMED CT) terminology, per-organ attention maps that show where each
 organ name looks, and a table of organ volumes in mL.
 Models live in a models folder (default ~/MOSMOS/models, or $MOSMOS_MODELS_DIR); add one with
 "Add model file...". From the Python console: <code>MOSMOSSegmentLogic().segment(volumeNode, ["liver"])</code>.
-"""
-        self.parent.acknowledgementText = """
+""")
+        self.parent.acknowledgementText = _("""
 Method: Tian et al., "MOSMOS: Multi-organ segmentation facilitated by medical report supervision"
 (arXiv 2409.02418). Segment terminology codes from TotalSegmentator (Wasserthal et al., Apache-2.0).
-"""
+""")
         # Slicer's terminology selector resolves MOSMOS segments (also ones loaded from files) once the MOSMOS
         # context is loaded: at start-up, when the Terminologies module exists.
         slicer.app.connect("startupCompleted()", registerTerminology)
@@ -184,14 +186,15 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def _updateApplyButton(self, caller=None, event=None) -> None:
         if self._job is not None:
-            self.ui.applyButton.text = "Cancel"
-            self.ui.applyButton.toolTip = "Stop the running segmentation."
+            self.ui.applyButton.text = _("Cancel")
+            self.ui.applyButton.toolTip = _("Stop the running segmentation.")
             self.ui.applyButton.enabled = True
             return
-        self.ui.applyButton.text = "Apply"
+        self.ui.applyButton.text = _("Apply")
         ready = bool(self._parameterNode and self._parameterNode.inputVolume and self._selectedModel())
         self.ui.applyButton.enabled = ready
-        self.ui.applyButton.toolTip = "Segment the selected organs." if ready else "Select an input volume and a model."
+        self.ui.applyButton.toolTip = (_("Segment the selected organs.") if ready
+                                       else _("Select an input volume and a model."))
 
     # Models and organs
 
@@ -208,13 +211,13 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo.clear()
         installed = []
         # Header-only reads: listing needs none of the packages installed at first use.
-        with slicer.util.tryWithErrorDisplay(f"Cannot list the models in {folder}."):
+        with slicer.util.tryWithErrorDisplay(_("Cannot list the models in {folder}.").format(folder=folder)):
             installed = models.list_models(folder)
         for info in installed:
             combo.addItem(info.display_name, str(info.path))
             combo.setItemData(combo.count - 1, models.tooltip(info), qt.Qt.ToolTipRole)
         if not installed:
-            combo.addItem("(no model in the models folder: add one)", "")
+            combo.addItem(_("(no model in the models folder: add one)"), "")
         index = combo.findData(wanted)
         combo.setCurrentIndex(max(index, 0))
         combo.blockSignals(wasBlocked)
@@ -225,7 +228,7 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         organs = ()
         if path:
             qt.QSettings().setValue(self.MODEL_SETTINGS_KEY, str(path))
-            with slicer.util.tryWithErrorDisplay("Cannot read this model file."):
+            with slicer.util.tryWithErrorDisplay(_("Cannot read this model file.")):
                 organs = models.model_info(path).organs
         self._completer.setModel(qt.QStringListModel(list(organs)))
         layout = self.ui.organsCheckBoxArea.layout()
@@ -275,48 +278,50 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self._syncCheckBoxes()
 
     def onAddModel(self) -> None:
-        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), "Add MOSMOS model file", "",
-                                              "MOSMOS models (*.mosmos *.safetensors);;All files (*)")
+        path = qt.QFileDialog.getOpenFileName(slicer.util.mainWindow(), _("Add MOSMOS model file"), "",
+                                              _("MOSMOS models (*.mosmos *.safetensors);;All files (*)"))
         if not path:
             return
-        with slicer.util.tryWithErrorDisplay("Cannot add this model file.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Cannot add this model file."), waitCursor=True):
             info = models.add_model_file(path, self._parameterNode.modelsFolder, force=True)
             qt.QSettings().setValue(self.MODEL_SETTINGS_KEY, str(info.path))
             self.refreshModels()
-            self.ui.statusLabel.text = f"Added {info.name}: {', '.join(info.organs)}"
+            self.ui.statusLabel.text = _("Added {name}: {organs}").format(name=info.name, organs=", ".join(info.organs))
 
     def onDownloadModel(self) -> None:
         if self._download is not None:
             self._download.cancel(wait=False)
             return
-        source = qt.QInputDialog.getText(slicer.util.mainWindow(), "Download model",
-                                         "Model URL, or a model index URL and a model name:")
+        source = qt.QInputDialog.getText(slicer.util.mainWindow(), _("Download model"),
+                                         _("Model URL, or a model index URL and a model name:"))
         if not source.strip():
             return
-        with slicer.util.tryWithErrorDisplay("Cannot download this model.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Cannot download this model."), waitCursor=True):
             self._download = models.ModelDownload(source.strip(), self._parameterNode.modelsFolder).start()
-            self.ui.downloadModelButton.text = "Cancel download"
-            self.ui.statusLabel.text = "Downloading..."
+            self.ui.downloadModelButton.text = _("Cancel download")
+            self.ui.statusLabel.text = _("Downloading...")
             self._downloadTimer.start()
 
     def onDownloadPoll(self) -> None:
         download = self._download
         for event in download.poll():
             if event.get("event") == "progress" and event.get("total"):
-                self.ui.statusLabel.text = f"Downloading: {100 * event['done'] // event['total']} %"
+                self.ui.statusLabel.text = _("Downloading: {percent} %").format(
+                    percent=100 * event["done"] // event["total"])
             elif event.get("event") == "exit":
                 self._downloadTimer.stop()
                 self._download = None
-                self.ui.downloadModelButton.text = "Download model..."
-                self.ui.statusLabel.text = "Download failed."
-                with slicer.util.tryWithErrorDisplay("The model could not be downloaded."):
+                self.ui.downloadModelButton.text = _("Download model...")
+                self.ui.statusLabel.text = _("Download failed.")
+                with slicer.util.tryWithErrorDisplay(_("The model could not be downloaded.")):
                     info = download.result()
                     if info is None:
-                        self.ui.statusLabel.text = "Download cancelled (downloading it again resumes)."
+                        self.ui.statusLabel.text = _("Download cancelled (downloading it again resumes).")
                         return
                     qt.QSettings().setValue(self.MODEL_SETTINGS_KEY, str(info.path))
                     self.refreshModels()
-                    self.ui.statusLabel.text = f"Downloaded {info.name}: {', '.join(info.organs)}"
+                    self.ui.statusLabel.text = _("Downloaded {name}: {organs}").format(
+                        name=info.name, organs=", ".join(info.organs))
                 return
 
     # Running
@@ -324,9 +329,9 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     def onApplyButton(self) -> None:
         if self._job is not None:
             # Returns at once: the process tree is stopped in a thread and the timer sees its exit.
-            with slicer.util.tryWithErrorDisplay("Cannot cancel."):
+            with slicer.util.tryWithErrorDisplay(_("Cannot cancel.")):
                 self._job.cancel(wait=False)
-            self.ui.statusLabel.text = "Cancelling..."
+            self.ui.statusLabel.text = _("Cancelling...")
             return
         p = self._parameterNode
         try:
@@ -340,12 +345,12 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             if self._job is not None:
                 self._job.cleanup()
                 self._job = None
-            slicer.util.errorDisplay(f"Segmentation could not start: {e}")
+            slicer.util.errorDisplay(_("Segmentation could not start: {error}").format(error=e))
             logging.exception("MOSMOS segmentation could not start")
             return
         self.ui.progressBar.setRange(0, 0)
         self.ui.progressBar.show()
-        self.ui.statusLabel.text = "Segmenting..."
+        self.ui.statusLabel.text = _("Segmenting...")
         self._updateApplyButton()
         self._timer.start()
 
@@ -359,7 +364,7 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
                     self.ui.progressBar.setRange(0, int(event["total"]))
                     self.ui.progressBar.setValue(int(event["done"]))
                 elif kind == "status":  # a long step with no progress to show (a first compile)
-                    self.ui.statusLabel.text = f"Segmenting: {event.get('message', '')}"
+                    self.ui.statusLabel.text = _("Segmenting: {step}").format(step=event.get("message", ""))
                 elif kind == "log":
                     logging.info(f"mosmos segment: {event.get('line', '')}")
                 elif kind == "exit":
@@ -373,17 +378,17 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self.ui.progressBar.hide()
             self._updateApplyButton()
             logging.exception("MOSMOS segmentation")
-            slicer.util.errorDisplay(f"Segmentation failed: {e}")
+            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=e))
 
     def _finish(self, job) -> None:
         try:
             with slicer.util.WaitCursor():
                 outputs = job.finish()
         except Cancelled:
-            self.ui.statusLabel.text = "Cancelled."
+            self.ui.statusLabel.text = _("Cancelled.")
         except Exception as e:
-            self.ui.statusLabel.text = "Failed."
-            slicer.util.errorDisplay(f"Segmentation failed: {e}")
+            self.ui.statusLabel.text = _("Failed.")
+            slicer.util.errorDisplay(_("Segmentation failed: {error}").format(error=e))
         else:
             self._showResults(outputs)
         finally:
@@ -402,12 +407,12 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         combo = self.ui.attentionTagComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
-        combo.addItem("(none)")
+        combo.addItem(_("(none)"))
         for tag in outputs.attentionNodes:
             combo.addItem(tag)
         combo.blockSignals(wasBlocked)
-        found = ", ".join(o["name"] for o in outputs.organs) or "no organ"
-        self.ui.statusLabel.text = "\n".join([f"Done: {found}."] + list(outputs.notices))
+        found = ", ".join(o["name"] for o in outputs.organs) or _("no organ")
+        self.ui.statusLabel.text = "\n".join([_("Done: {organs}.").format(organs=found)] + list(outputs.notices))
         combo.setCurrentIndex(1 if outputs.attentionNodes else 0)
         self.showAttention()
 

@@ -12,6 +12,8 @@ from slicer.ScriptedLoadableModule import (
     ScriptedLoadableModuleTest,
     ScriptedLoadableModuleWidget,
 )
+from slicer.i18n import tr as _
+from slicer.i18n import translate
 from slicer.util import VTKObservationMixin
 
 from mosmos.mrml import models
@@ -27,11 +29,11 @@ from MOSMOSTrainLib.settings import (ARCHITECTURES, BACKBONES, DEVICES, FINETUNE
 class MOSMOSTrain(ScriptedLoadableModule):
     def __init__(self, parent):
         ScriptedLoadableModule.__init__(self, parent)
-        self.parent.title = "MOSMOS Train"
-        self.parent.categories = ["Segmentation"]
+        self.parent.title = _("MOSMOS Train")
+        self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]
         self.parent.dependencies = []
         self.parent.contributors = ["MOSMOS developers"]
-        self.parent.helpText = """
+        self.parent.helpText = _("""
 Train MOSMOS models on your own data. <b>Pre-train</b> CLIP encoders on a local copy of ROCO (radiology images
 with their reports), then <b>fine-tune</b> them for segmentation on a labelled dataset in the Medical Segmentation
 Decathlon layout (dataset.json, e.g. BTCV). "Check folders" reports what the folders hold before anything starts.
@@ -39,11 +41,11 @@ Runs can be stopped and resumed from their last checkpoint; losses and validatio
 arrive. A fine-tuned model is added to MOSMOSSegment's models; a pre-trained model stays in its output folder and
 is offered to the fine-tuning stage. The same runs from a terminal: <code>mosmos pretrain</code> /
 <code>mosmos finetune</code> (multi-GPU with torchrun).
-"""
-        self.parent.acknowledgementText = """
+""")
+        self.parent.acknowledgementText = _("""
 Method: Tian et al., "MOSMOS: Multi-organ segmentation facilitated by medical report supervision"
 (arXiv 2409.02418). ROCO: Pelka et al., "Radiology Objects in COntext (ROCO)" (2018).
-"""
+""")
 
 
 #
@@ -179,14 +181,14 @@ class MOSMOSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
     # Folder checks: in a background process (a real ROCO folder or dataset takes minutes to read)
 
     def onCheckFolders(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Cannot check the folders.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Cannot check the folders."), waitCursor=True):
             self._startCheck(None)
 
     def _startCheck(self, afterCheck) -> None:
         self._check = self.logic.folderCheck(self._parameterNode).start()
         self._afterCheck = afterCheck
         self.ui.progressBar.setRange(0, 0)
-        self.ui.statusLabel.text = "Checking the folders..."
+        self.ui.statusLabel.text = _("Checking the folders...")
         self._updateGui()
         self._timer.start()
 
@@ -208,32 +210,33 @@ class MOSMOSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         if check.error:
             self.ui.statusLabel.text = check.error
             if afterCheck is not None and not check.process.cancelled:
-                slicer.util.errorDisplay(f"Training cannot start: {check.error}")
+                slicer.util.errorDisplay(_("Training cannot start: {error}").format(error=check.error))
             return
         if afterCheck is None:
-            self.ui.statusLabel.text = ("Folders ready." if not problems
-                                        else f"{len(problems)} problem(s) found: see the log below.")
+            self.ui.statusLabel.text = (_("Folders ready.") if not problems else
+                                        _("{count} problem(s) found: see the log below.").format(count=len(problems)))
             return
         if problems:
-            self.ui.statusLabel.text = "Training cannot start: see the log below."
-            slicer.util.errorDisplay("Training cannot start:\n" + "\n".join(problems))
+            self.ui.statusLabel.text = _("Training cannot start: see the log below.")
+            slicer.util.errorDisplay(_("Training cannot start:") + "\n" + "\n".join(problems))
             return
         settings, resume = afterCheck
         output = next(r for r in check.reports if r.kind == "output")
         if not resume and output.summary.get("checkpoint") and not slicer.util.confirmOkCancelDisplay(
-                f"{output.folder} holds a run that can be resumed. Start a new run and replace it?"):
-            self.ui.statusLabel.text = "Not started."
+                _("{folder} holds a run that can be resumed. Start a new run and replace it?").format(
+                    folder=output.folder)):
+            self.ui.statusLabel.text = _("Not started.")
             return
         self._launch(settings, resume)
 
     # Running
 
     def onStart(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Training cannot start.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Training cannot start."), waitCursor=True):
             self._startCheck((self._validSettings(), False))
 
     def onResume(self) -> None:
-        with slicer.util.tryWithErrorDisplay("Training cannot resume.", waitCursor=True):
+        with slicer.util.tryWithErrorDisplay(_("Training cannot resume."), waitCursor=True):
             self._startCheck((self._validSettings(), True))
 
     def _validSettings(self) -> TrainingSettings:
@@ -256,12 +259,12 @@ class MOSMOSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
 
     def onStop(self) -> None:
         # Returns at once: the process tree is stopped in a thread and the timer sees its exit.
-        with slicer.util.tryWithErrorDisplay("Cannot stop."):
+        with slicer.util.tryWithErrorDisplay(_("Cannot stop.")):
             if self._check is not None:
                 self._check.cancel(wait=False)
             elif self._job is not None:
                 self._job.stop(wait=False)
-            self.ui.statusLabel.text = "Stopping..."
+            self.ui.statusLabel.text = _("Stopping...")
 
     def onPoll(self) -> None:
         # A timer slot: an error stops the timer (one dialog, not one every half second).
@@ -274,7 +277,7 @@ class MOSMOSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._timer.stop()
             self._check = None
             logging.exception("MOSMOS training")
-            slicer.util.errorDisplay(f"Training: {e}")
+            slicer.util.errorDisplay(_("Training: {error}").format(error=e))
         self._updateGui()
 
     def _pollJob(self) -> None:
@@ -296,9 +299,10 @@ class MOSMOSTrainWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             # The next stage starts from this model. Through the logic: the widget's parameter node is None
             # after a scene close while the module was hidden.
             self.logic.getParameterNode().pretrainedModel = run.modelPath
-            self._log(f"Pre-trained model set as the fine-tuning stage's starting point: {run.modelPath}")
+            self._log(_("Pre-trained model set as the fine-tuning stage's starting point: {path}").format(
+                path=run.modelPath))
         elif run.state == job.FAILED:
-            slicer.util.errorDisplay(f"Training failed: {run.error}")
+            slicer.util.errorDisplay(_("Training failed: {error}").format(error=run.error))
         if run.error and run.state == job.FINISHED:
             slicer.util.errorDisplay(run.error)
 

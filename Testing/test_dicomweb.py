@@ -105,6 +105,11 @@ def test_pull_segment_store_and_read_the_seg_back(signed_in, tmp_path, capsys):
     maps = [s for s in client.search_for_instances(study_instance_uid=study)
             if uid(s, "00080016") == "1.2.840.10008.5.1.4.1.1.30"]            # Parametric Map Storage
     assert len(maps) == 2                                                       # liver and spleen
+    for item in maps:     # the deflated float maps as the server gives them back, on the grid, as written
+        pm = client.retrieve_instance(study, uid(item, "0020000E"), uid(item, "00080018"))
+        tag = pm.ContentDescription.removeprefix("MOSMOS attention map: ")
+        written = read_volume(tmp_path / "maps" / f"{tag}.nii.gz").array
+        np.testing.assert_allclose(pm.pixel_array.transpose(2, 1, 0), written, atol=1e-3)
 
     # Redone (a resumed cohort, a second click): the same UIDs, so the study still holds one SEG.
     assert _segment("--dicomweb", server.dicomweb, "--study", study, "--model", model, "--store") == 0

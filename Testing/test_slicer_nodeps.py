@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -156,3 +157,159 @@ def test_the_guard_asks_only_where_someone_can_answer(monkeypatch, testing, no_m
     monkeypatch.setattr(slicer, "app", types.SimpleNamespace(commandOptions=lambda: options), raising=False)
     assert deps._ask_confirmation(None) is asks
     assert deps._ask_confirmation(True) is True and deps._ask_confirmation(False) is False
+
+
+# ---- the one list of requirements, installed as this Slicer can ---------------------------------------------------
+
+def test_requirements_are_pyprojects_less_what_slicer_and_the_pytorch_extension_own():
+    import tomllib
+
+    from packaging.requirements import Requirement
+    from packaging.utils import canonicalize_name
+
+    from mosmos.mrml import deps
+
+    listed = [Requirement(r) for r in tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["dependencies"]]
+    names = [canonicalize_name(r.name) for r in deps.requirements()]
+    assert names == [canonicalize_name(r.name) for r in listed if canonicalize_name(r.name) not in deps.PROTECTED]
+    assert {"open-clip-torch", "monai", "nibabel", "safetensors", "python-gdcm"} <= set(names)
+    assert not {"torch", "torchvision", "numpy", "pillow", "pydicom", "highdicom", "requests"} & set(names)
+
+
+def test_pyproject_is_found_in_an_installed_extensions_layout(tmp_path):
+    """CMake installs mosmos/ and pyproject.toml side by side in qt-scripted-modules (MOSMOS_CORE_RESOURCES);
+    deps finds the list there as it does in the checkout."""
+    import shutil
+
+    top = (ROOT / "CMakeLists.txt").read_text()
+    assert re.search(r"list\(APPEND MOSMOS_CORE_RESOURCES [^)]*\bpyproject\.toml\b", top)
+    installed = tmp_path / "lib" / "Slicer-5.12" / "qt-scripted-modules"
+    shutil.copytree(ROOT / "mosmos", installed / "mosmos", ignore=shutil.ignore_patterns("__pycache__"))
+    shutil.copy(ROOT / "pyproject.toml", installed)
+    code = "from mosmos.mrml import deps; print(deps.PYPROJECT); print(' '.join(map(str, deps.requirements())))"
+    done = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env=dict(os.environ, PYTHONPATH=str(installed)))
+    assert done.returncode == 0, done.stderr[-2000:]
+    where, listed = done.stdout.splitlines()
+    from mosmos.mrml import deps
+
+    assert Path(where) == installed / "pyproject.toml"
+    assert listed == " ".join(map(str, deps.requirements()))
+
+
+@pytest.fixture
+def absent_requirement(tmp_path, monkeypatch):
+    """A pyproject.toml whose list holds torch and numpy (owned by others) and one distribution that is not
+    installed; installing it means writing its metadata into a folder on sys.path, as pip would."""
+    (tmp_path / "pyproject.toml").write_text(
+        '[project]\nname = "x"\ndependencies = ["torch>=2", "numpy", "mosmos-absent-dist>=1.0"]\n')
+    site = tmp_path / "site"
+    site.mkdir()
+    monkeypatch.syspath_prepend(str(site))
+    from mosmos.mrml import deps
+
+    monkeypatch.setattr(deps, "PYPROJECT", tmp_path / "pyproject.toml")
+
+    def install():
+        info = site / "mosmos_absent_dist-1.2.dist-info"
+        info.mkdir()
+        (info / "METADATA").write_text("Metadata-Version: 2.1\nName: mosmos-absent-dist\nVersion: 1.2\n")
+    return install
+
+
+def test_slicer_core_has_no_slicer_packaging_so_5_10_installs_with_pip_install(absent_requirement, monkeypatch):
+    """Slicer 5.10-5.11 (like the slicer-core wheel here) lack slicer.packaging: slicer.util.pip_install gets one
+    string, the constraints file first, then what is missing (never torch)."""
+    import importlib.metadata
+    import importlib.util
+    import shlex
+
+    import slicer
+    from mosmos.mrml import deps
+
+    assert importlib.util.find_spec("slicer.packaging") is None
+    calls = []
+
+    def pip_install(requirements):  # Slicer 5.10.0's signature (Base/Python/slicer/util.py)
+        args = shlex.split(requirements)
+        calls.append((args, Path(args[1]).read_text()))
+        absent_requirement()
+
+    monkeypatch.setattr(slicer.util, "pip_install", pip_install)
+    assert deps.ensure_dependencies(askConfirmation=False) == ["mosmos-absent-dist>=1.0"]
+    (args, constraints), = calls
+    assert args[0] == "-c" and args[2:] == ["mosmos-absent-dist>=1.0"]
+    assert f"torch=={importlib.metadata.version('torch')}" in constraints.splitlines()
+    assert f"numpy=={importlib.metadata.version('numpy')}" in constraints.splitlines()
+    assert not Path(args[1]).exists()  # the constraints file is gone afterwards
+    assert deps.ensure_dependencies(askConfirmation=False) == [] and len(calls) == 1
+
+
+def fake_packaging(calls: list, install):
+    """slicer.packaging as Slicer 5.12 has it, for this process: pip_ensure with the signature of v5.12.3's
+    Base/Python/slicer/packaging.py, so a wrong keyword fails here as it would there."""
+    import types
+
+    def pip_ensure(requirements, constraints=None, skip_packages=None, prompt_install=True, prompt_restart=True,
+                   requester=None, skip_in_testing=True, show_progress=True):
+        calls.append(dict(requirements=requirements, constraints=Path(constraints).read_text(),
+                          prompt_install=prompt_install, prompt_restart=prompt_restart, requester=requester,
+                          skip_in_testing=skip_in_testing, show_progress=show_progress))
+        if install is None:
+            raise RuntimeError("User declined package installation")
+        install()
+
+    return types.SimpleNamespace(pip_ensure=pip_ensure)
+
+
+@pytest.mark.parametrize("ask", [True, False])
+def test_slicer_5_12_installs_with_pip_ensure(absent_requirement, monkeypatch, ask):
+    import slicer
+    from mosmos.mrml import deps
+
+    calls = []
+    packaging = fake_packaging(calls, absent_requirement)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
+    monkeypatch.setattr(slicer.util, "pip_install", lambda *a, **k: pytest.fail("pip_install on Slicer 5.12"))
+    assert deps.ensure_dependencies(askConfirmation=ask) == ["mosmos-absent-dist>=1.0"]
+    call, = calls
+    assert call["requirements"] == ["mosmos-absent-dist>=1.0"]
+    assert "torch==" in call["constraints"] and "numpy==" in call["constraints"]
+    # Asks (and offers a restart, shows progress) only where someone can answer; installs under --testing too.
+    assert call["prompt_install"] is call["prompt_restart"] is call["show_progress"] is ask
+    assert call["requester"] == "MOSMOS" and call["skip_in_testing"] is False
+
+
+def test_declining_pip_ensures_dialog_is_one_clear_error(absent_requirement, monkeypatch):
+    import slicer
+    from mosmos.errors import MosmosError
+    from mosmos.mrml import deps
+
+    packaging = fake_packaging([], None)
+    monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
+    monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
+    with pytest.raises(MosmosError, match="installation was cancelled"):
+        deps.ensure_dependencies(askConfirmation=True)
+
+
+def test_a_missing_pyproject_names_the_file(tmp_path, monkeypatch):
+    from mosmos.errors import MosmosError
+    from mosmos.mrml import deps
+
+    monkeypatch.setattr(deps, "_installed_core", lambda: False)
+    with pytest.raises(MosmosError, match=re.escape(str(tmp_path / "pyproject.toml"))):
+        deps.requirements(tmp_path / "pyproject.toml")
+
+
+def test_a_core_installed_from_a_wheel_reads_its_metadata(tmp_path, monkeypatch):
+    """No pyproject.toml beside a pip-installed core (the web app's): the distribution's Requires-Dist, made
+    from that list, stands in; extras are not the core's needs."""
+    from packaging.utils import canonicalize_name
+
+    from mosmos.mrml import deps
+
+    monkeypatch.setattr(deps, "PYPROJECT", tmp_path / "pyproject.toml")
+    names = {canonicalize_name(r.name) for r in deps.requirements()}
+    assert {"monai", "open-clip-torch", "nibabel", "safetensors"} <= names
+    assert not names & {"torch", "numpy", "pytest", "mkdocs", "playwright"}

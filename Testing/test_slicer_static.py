@@ -386,6 +386,111 @@ def test_module_files_leave_the_dependencies_to_the_lib(module):
     assert {name for name in top if name.split(".")[0] == "mosmos"} <= allowed, top
 
 
+# ---- translations -------------------------------------------------------------------------------------------------
+# As Slicer's scripted-module template (v5.12.3 Utilities/Templates/Modules/Scripted/TemplateKey.py): Python strings
+# people read go through slicer.i18n's tr (imported as _) or translate(); the .ui files' strings are translated by
+# the .ui loader (context: the form's class), so there the identifiers are the ones marked notr="true".
+
+TRANSLATORS = ("_", "translate")
+# Properties and the arguments of Slicer's and Qt's dialogs that show their text to people.
+VISIBLE_ATTRIBUTES = {"text", "toolTip", "title", "helpText", "acknowledgementText", "windowTitle",
+                      "placeholderText", "statusTip"}
+VISIBLE_ARGUMENTS = {"errorDisplay": (0,), "warningDisplay": (0,), "infoDisplay": (0,), "tryWithErrorDisplay": (0,),
+                     "confirmOkCancelDisplay": (0, 1), "confirmYesNoDisplay": (0, 1), "addItem": (0,),
+                     "getOpenFileName": (1, 3), "getSaveFileName": (1, 3), "getExistingDirectory": (1,),
+                     "getText": (1, 2), "_log": (0,), "appendPlainText": (0,), "setText": (0,), "QLabel": (0,),
+                     "QPushButton": (0,)}
+
+
+def _is_translation(node: ast.AST) -> bool:
+    """_("..."), translate("...", "...") or _("... {x}").format(x=...) (whose arguments are values)."""
+    if not isinstance(node, ast.Call):
+        return False
+    func = node.func
+    if isinstance(func, ast.Attribute) and func.attr == "format":
+        return _is_translation(func.value)
+    return getattr(func, "id", None) in TRANSLATORS
+
+
+def untranslated_text(node: ast.AST, phrases_only: bool) -> list[str]:
+    """String literals in node, outside any translation, that read as text: any with a letter, or (phrases_only)
+    only those with two words or more, which a key, a file name or an identifier never is."""
+    if _is_translation(node):
+        return []
+    if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and (
+            getattr(node.func.value, "id", None) == "logging" or node.func.attr in ("connect", "value", "setValue")):
+        return []  # the log, signal signatures and settings keys are for developers
+    if isinstance(node, ast.JoinedStr):
+        text = "".join(v.value for v in node.values if isinstance(v, ast.Constant))
+        return [ast.unparse(node)] if re.search(r"[A-Za-z]", text) else []
+    if isinstance(node, ast.Constant) and isinstance(node.value, str):
+        pattern = r"[A-Za-z]{2,}\s+[A-Za-z]" if phrases_only else r"[A-Za-z]"
+        return [node.value] if re.search(pattern, node.value) else []
+    found = []
+    for child in ast.iter_child_nodes(node):
+        if isinstance(child, ast.Expr) and isinstance(child.value, ast.Constant):
+            continue  # docstrings and the like are for developers
+        found += untranslated_text(child, phrases_only)
+    return found
+
+
+def gui_classes(module: Module) -> list[ast.ClassDef]:
+    """The module class (title, help, acknowledgement) and its widget: what people see. The logic's errors come
+    from the core and the self-test's messages are for developers."""
+    names = {module.name, f"{module.name}Widget"}
+    return [node for node in ast.parse(module.source).body if isinstance(node, ast.ClassDef) and node.name in names]
+
+
+def test_module_imports_slicers_translation_functions(module):
+    tree = ast.parse(module.source)
+    imported = {(node.module, alias.name, alias.asname) for node in tree.body if isinstance(node, ast.ImportFrom)
+                for alias in node.names}
+    assert {("slicer.i18n", "tr", "_"), ("slicer.i18n", "translate", None)} <= imported
+    assert f'self.parent.categories = [translate("qSlicerAbstractCoreModule", "Segmentation")]' in module.source
+
+
+def test_every_user_visible_string_in_the_gui_code_is_translatable(module):
+    classes = gui_classes(module)
+    assert len(classes) == 2
+    missing = []
+    for cls in classes:
+        for node in ast.walk(cls):
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Attribute) and t.attr == "contributors"
+                                                    for t in node.targets):
+                continue  # people's names
+            shown = []
+            if isinstance(node, ast.Assign) and any(isinstance(t, ast.Attribute) and t.attr in VISIBLE_ATTRIBUTES
+                                                    for t in node.targets):
+                shown = [node.value]
+            elif isinstance(node, ast.Call):
+                name = node.func.attr if isinstance(node.func, ast.Attribute) else getattr(node.func, "id", "")
+                shown = [node.args[i] for i in VISIBLE_ARGUMENTS.get(name, ()) if i < len(node.args)]
+            for value in shown:
+                missing += [f"{module.name}.py:{node.lineno}: {text!r}" for text in untranslated_text(value, False)]
+        # Text that reaches people through a variable: phrases anywhere in the GUI classes.
+        missing += [f"{module.name}.py: {text!r}" for text in untranslated_text(cls, True)
+                    if text != "MOSMOS developers"]
+    assert not missing, "not wrapped in _():\n" + "\n".join(sorted(set(missing)))
+
+
+def test_ui_files_leave_text_to_translators_and_identifiers_alone(module):
+    """People's text in the .ui file is translatable (no notr); parameter names and node classes, which a
+    translation would break, are marked notr="true"; the form's class is the module's name (the context)."""
+    assert module.ui.getroot().findtext("class") == module.name
+    texts = identifiers = 0
+    for prop in module.ui.iter("property"):
+        value = next(iter(prop), None)
+        if value is None or value.tag not in ("string", "stringlist"):
+            continue
+        if prop.get("name") in ("SlicerParameterName", "nodeTypes"):
+            identifiers += 1
+            assert value.get("notr") == "true", f"{module.name}.ui: {prop.get('name')} {value.text!r} is translatable"
+        elif prop.get("name") in VISIBLE_ATTRIBUTES | {"nameFilters"}:
+            texts += 1
+            assert value.get("notr") != "true", f"{module.name}.ui: {prop.get('name')} {value.text!r} is not"
+    assert texts > 10 and identifiers > 3
+
+
 # ---- extension packaging ------------------------------------------------------------------------------------------
 
 def test_extension_descriptions_agree_and_state_the_minimum_slicer():

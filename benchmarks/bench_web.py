@@ -11,7 +11,7 @@ fine-tuned here on phantoms (mosmos.experiments.recipes) and a real CT from Test
    loading the results, against the baseline of the same ping on an idle page (median of 20).
 
     python benchmarks/bench_web.py [--input Testing/Data/totalseg_example/example_ct.nii.gz]
-                                   [--tags "liver, spleen, kidneys"] [--screenshot PATH]
+                                   [--tags "liver, spleen, kidneys"] [--screenshot PATH] [--model FILE]
 
 --screenshot writes the page with the first organ's attention overlay switched on (the README's picture), after the
 figures are printed."""
@@ -63,6 +63,8 @@ def main() -> int:
     parser.add_argument("--tags", default="liver, spleen, kidneys")
     parser.add_argument("--steps", type=int, default=30, help="fine-tuning steps of the tiny model")
     parser.add_argument("--screenshot", help="write a PNG of the page with an attention overlay on")
+    parser.add_argument("--model", help="serve this model file instead of fine-tuning the tiny one (for the "
+                        "README's picture: `mosmos demo`'s model, on its held-out phantom)")
     args = parser.parse_args()
     chromium = shutil.which("chromium") or shutil.which("chromium-browser")
     if chromium is None:
@@ -79,7 +81,11 @@ def main() -> int:
         models, data = tmp / "models", tmp / "data"
         models.mkdir()
         data.mkdir()
-        model = make_tiny_segmentation_model(models / "tiny.mosmos", steps=args.steps)
+        if args.model:
+            model = models / Path(args.model).name
+            shutil.copyfile(args.model, model)
+        else:
+            model = make_tiny_segmentation_model(models / "tiny.mosmos", steps=args.steps)
         volume = data / Path(args.input).name
         shutil.copyfile(args.input, volume)
 

@@ -1,6 +1,7 @@
 """DICOM SEG out: a label map on a DICOM series' own grid -> a DICOM Segmentation (BINARY, highdicom) that
-references the source series and frames, with one SNOMED CT coded segment per organ and MOSMOS (version,
-model file SHA-256) as the segmentation algorithm; attention maps as DICOM Parametric Maps on the same grid."""
+references the source series and frames, with one SNOMED CT coded segment per organ (numbered 1..N in
+ascending label value) and MOSMOS (version, model file SHA-256) as the segmentation algorithm. The attention
+maps' Parametric Maps (mosmos.inference.parametric_map) share the organ codes and equipment written here."""
 
 from __future__ import annotations
 
@@ -9,7 +10,6 @@ import warnings
 from pathlib import Path
 
 import numpy as np
-from pydicom.uid import JPEGLSLossless
 
 from .. import __version__
 from ..errors import MosmosError
@@ -22,28 +22,34 @@ ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
 LOCAL_SCHEME = "99MOSMOS"         # private coding scheme for organs SNOMED CT codes are not known for here
 
 
-def _concept(code):
+def concept(code):
     scheme, value, meaning = code
     return highdicom().sr.CodedConcept(value=value, scheme_designator=scheme, meaning=meaning)
+
+
+def organ_concepts(name: str) -> tuple:
+    """(category, type, laterality modifier or None) of an organ as (scheme, value, meaning) codes: SNOMED CT
+    where the MOSMOS terminology has the organ, else a private 99MOSMOS type code under Anatomical Structure."""
+    codes = organ_codes(name)
+    if codes is None:
+        return ANATOMICAL_STRUCTURE, (LOCAL_SCHEME, name[:64], name[:64]), None
+    return codes.category, codes.type, codes.modifier
 
 
 def _segment_description(number: int, organ: dict, algorithm):
     hd = highdicom()
 
-    codes = organ_codes(organ["name"])
-    if codes is None:
-        category, kind = ANATOMICAL_STRUCTURE, (LOCAL_SCHEME, organ["name"][:64], organ["name"][:64])
-    else:
-        category, kind = codes.category, codes.type
+    category, kind, modifier = organ_concepts(organ["name"])
     desc = hd.seg.SegmentDescription(
         segment_number=number, segment_label=organ["name"][:64],
-        segmented_property_category=_concept(category), segmented_property_type=_concept(kind),
+        segmented_property_category=concept(category), segmented_property_type=concept(kind),
         algorithm_type=hd.seg.SegmentAlgorithmTypeValues.AUTOMATIC, algorithm_identification=algorithm,
         display_color=hd.color.CIELabColor.from_rgb(*organ["color"]) if organ.get("color") else None)
-    if codes is not None and codes.modifier is not None:
+    if modifier is not None:
         # Laterality (right/left kidney) lives inside the property type item (tag 0062,0011).
-        desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [
-            _concept(codes.modifier)]
+        desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [concept(modifier)]
+    # The organ's value in MOSMOS's label map, which the segment number equals only where the values run 1..N.
+    desc.SegmentDescription = f"label value {organ['label']}"
     return desc
 
 
@@ -71,9 +77,10 @@ def check_referencable(source) -> None:
 def segmentation_dataset(source, labelmap: np.ndarray, organs: list[dict], model_path, series_uid: str | None = None,
                          sop_uid: str | None = None):
     """A DICOM SEG dataset for ``labelmap`` (X, Y, Z, on the grid of ``source``, a dicom.DicomSource) with one
-    segment per entry of ``organs`` ({"name", "label", "color"}); organs with no voxel are left out (a SEG
-    segment needs at least one frame), and at least one organ must have voxels. ``series_uid``/``sop_uid``:
-    the SEG's UIDs (default: new ones)."""
+    segment per entry of ``organs`` ({"name", "label", "color"}) that has voxels (a SEG segment needs at least one
+    frame; at least one organ must have voxels). Segments are numbered 1..N in ascending label value, as the
+    standard and dcmqi require (no gaps), so they equal the label values where those run 1..N; each segment's
+    Segment Description names its label value. ``series_uid``/``sop_uid``: the SEG's UIDs (default: new ones)."""
     from pydicom.sr.codedict import codes
 
     hd = highdicom()
@@ -84,10 +91,10 @@ def segmentation_dataset(source, labelmap: np.ndarray, organs: list[dict], model
     if labelmap.shape != (cols, rows, len(headers)):
         raise MosmosError(f"{source.folder}: label map of shape {labelmap.shape} is not on the series' grid "
                           f"({cols}, {rows}, {len(headers)})")
-    present = [o for o in organs if np.any(labelmap == o["label"])]
+    present = sorted((o for o in organs if np.any(labelmap == o["label"])), key=lambda o: o["label"])
     if not present:
         raise MosmosError(f"{source.folder}: no organ found, so there is no segment to write as DICOM SEG")
-    # Segment numbers run 1..N in the order of ``organs``; frame k, row r, column c = labelmap[c, r, k].
+    # Frame k, row r, column c = labelmap[c, r, k].
     numbers = np.zeros(int(labelmap.max()) + 1, dtype=np.uint8 if len(present) < 256 else np.uint16)
     for n, o in enumerate(present, 1):
         numbers[o["label"]] = n
@@ -97,8 +104,8 @@ def segmentation_dataset(source, labelmap: np.ndarray, organs: list[dict], model
         name="MOSMOS", family=codes.cid7162.ArtificialIntelligence, version=__version__,
         parameters={"model": model_path.name, "model SHA-256": file_sha256(model_path)})
     first = headers[0]
-    with _quiet():
-        return hd.seg.Segmentation(
+    with quiet():
+        seg = hd.seg.Segmentation(
             source_images=headers, pixel_array=frames, segmentation_type=hd.seg.SegmentationTypeValues.BINARY,
             segment_descriptions=[_segment_description(n, o, algorithm) for n, o in enumerate(present, 1)],
             series_instance_uid=series_uid or hd.UID(), series_number=SEG_SERIES_NUMBER,
@@ -107,10 +114,18 @@ def segmentation_dataset(source, labelmap: np.ndarray, organs: list[dict], model
             content_description=f"MOSMOS organ segmentation of {first.get('Modality', '')} "
             f"series {first.get('SeriesNumber', '')}".strip()[:64],
             series_description=f"MOSMOS {', '.join(o['name'] for o in present)}"[:64],
-            omit_empty_frames=True, **_equipment(first, model_path))
+            omit_empty_frames=True, **equipment(first, model_path))
+    mark_content_creator(seg)
+    return seg
 
 
-def _equipment(first, model_path) -> dict:
+def mark_content_creator(ds) -> None:
+    """Content Creator Name (type 2) present and empty: software, not a person, made the object; DCMTK warns
+    when the attribute is missing."""
+    ds.ContentCreatorName = None
+
+
+def equipment(first, model_path) -> dict:
     """What SEG and parametric maps say about their maker, and the character set of the source they copy from
     (an empty Specific Character Set means the default repertoire, which ISO_IR 100 extends)."""
     return dict(manufacturer="MOSMOS", manufacturer_model_name="MOSMOS", software_versions=__version__,
@@ -119,7 +134,7 @@ def _equipment(first, model_path) -> dict:
 
 
 @contextlib.contextmanager
-def _quiet():
+def quiet():
     """highdicom warns about oddities of the source's own attributes (one-component patient names ...), which
     the derived object copies unchanged and the user cannot act on here."""
     with warnings.catch_warnings():
@@ -144,31 +159,3 @@ def check_outside_series(series_folder, *outputs) -> None:
         if target == folder or folder in target.parents:
             raise MosmosError(f"{out}: inside the input DICOM folder {series_folder}; "
                               "write results elsewhere, never into the source series")
-
-
-def attention_dataset(source, tag: str, probability: np.ndarray, model_path, series_uid: str, number: int,
-                      sop_uid: str | None = None):
-    """An attention map (X, Y, Z, values in [0, 1]: the probability that ``tag`` wins at the voxel) as a DICOM
-    Parametric Map on the source grid: 16-bit integers (the IOD's smallest) with a real-world value mapping back
-    to [0, 1], JPEG-LS lossless (smooth maps compress well), as one instance of the run's map series
-    (``sop_uid``: its SOP Instance UID, default a new one)."""
-    hd = highdicom()
-    check_referencable(source)
-    frames = np.round(np.clip(np.transpose(probability, (2, 1, 0)), 0, 1) * 65535).astype(np.uint16)
-    mapping = hd.pm.RealWorldValueMapping(
-        lut_label="probability", lut_explanation=f"MOSMOS pixel-tag attention: {tag}"[:64],
-        unit=hd.sr.CodedConcept(value="1", scheme_designator="UCUM", meaning="no units"), value_range=(0, 65535),
-        slope=1 / 65535, intercept=0)
-    first = source.headers[0]
-    with _quiet():
-        pm = hd.pm.ParametricMap(
-            source_images=source.headers, pixel_array=frames, series_instance_uid=series_uid,
-            series_number=SEG_SERIES_NUMBER + 1, sop_instance_uid=sop_uid or hd.UID(), instance_number=number,
-            contains_recognizable_visual_features=False,
-            real_world_value_mappings=[mapping], window_center=32767.5, window_width=65535,
-            transfer_syntax_uid=JPEGLSLossless, content_label="ATTENTION",
-            content_description=f"MOSMOS attention map: {tag}"[:64],
-            series_description="MOSMOS attention maps", **_equipment(first, model_path))
-    # General Series Laterality (type 2C): the source's, else empty, i.e. unknown to MOSMOS.
-    pm.Laterality = first.get("Laterality") or None
-    return pm

@@ -212,7 +212,8 @@ def write_results(request: SegmentRequest, volume, result, events):
     from pydicom.uid import generate_uid
 
     from ..files.folders import new_folders_removed_on_error
-    from .dicomseg import attention_dataset, seg_file, segmentation_dataset
+    from .dicomseg import seg_file, segmentation_dataset
+    from .parametric_map import attention_dataset
     from .io import StagedWriter
     from .segmenter import QUANTUM
 
