@@ -229,7 +229,7 @@ class Segmenter:
                 map_labels: bool = False, fast: bool = False, precision: str = "auto",
                 skip_air: bool = True, compile: str = "auto",
                 status: Callable[[str], None] | None = None) -> SegmentationResult:
-        """Segment a 3D volume: the selected organs' label map, attention maps and volumes on its own grid.
+        """Segment ``array``: the selected organs' label map, attention maps and volumes on the volume's grid.
 
         A volume with no body (all air) or one value everywhere gives an empty label map and a notice.
 
