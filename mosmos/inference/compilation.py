@@ -49,6 +49,8 @@ def check_compile_choice(choice: str) -> None:
 def records_folder() -> Path:
     """Where the records live: inside inductor's cache folder (TORCHINDUCTOR_CACHE_DIR, or its default), which
     this does not create (inductor's own cache_dir() would)."""
+    # Private, and kept: inductor has no public name for where its cache lives, and the records must sit beside
+    # the compiled code they describe (a different folder would outlive or miss a cleared cache).
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()).absolute() / "mosmos"

@@ -15,6 +15,8 @@ from ..options import CPU, CUDA, PRECISIONS
 def cpu_has_native_bf16() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
+    # Private, and kept: torch has no public query for these two CPU features (torch.backends.cpu's capability
+    # string names AVX512 but not AMX or AVX512-BF16), and oneDNN's bf16 kernels are native only with them.
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 

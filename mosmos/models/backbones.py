@@ -34,6 +34,8 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
 def _register_configs() -> None:
+    # open_clip.add_model_config appends without looking, and has no public list of the folders it reads:
+    # reading its private list keeps a re-imported module (tests, Slicer's reload) from adding the folder twice.
     if CONFIG_DIR not in open_clip.factory._MODEL_CONFIG_PATHS:
         open_clip.add_model_config(CONFIG_DIR)
 
