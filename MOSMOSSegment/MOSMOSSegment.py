@@ -18,6 +18,7 @@ from slicer.util import VTKObservationMixin
 
 from mosmos.mrml import models, pipeline, terminology
 from mosmos.mrml.process import Cancelled
+from mosmos.options import AUTO, DEVICES
 
 #
 # MOSMOSSegment
@@ -68,7 +69,7 @@ class MOSMOSSegmentParameterNode:
     computeAttention: bool = True
     quickPreview: bool = False
     modelsFolder: Path = models.default_models_dir()
-    device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
+    device: Annotated[str, Choice(list(DEVICES))] = AUTO
     attentionOpacity: Annotated[float, WithinRange(0.0, 1.0)] = 0.5
 
 

@@ -18,7 +18,8 @@ from slicer.util import VTKObservationMixin
 
 from mosmos.mrml import models
 from MOSMOSTrainLib import folders, job
-from MOSMOSTrainLib.settings import ARCHITECTURES, BACKBONES, INITIALIZATIONS, STAGES, TrainingSettings
+from MOSMOSTrainLib.settings import (ARCHITECTURES, BACKBONES, DEVICES, FINETUNE_DEFAULTS, INITIALIZATIONS,
+                                     PRETRAIN_DEFAULTS, STAGES, TrainingSettings)
 
 #
 # MOSMOSTrain
@@ -56,27 +57,27 @@ Method: Tian et al., "MOSMOS: Multi-organ segmentation facilitated by medical re
 class MOSMOSTrainParameterNode:
     stage: Annotated[str, Choice(list(STAGES))] = "pretrain"
     outputFolder: Path
-    backbone: Annotated[str, Choice(list(BACKBONES))] = "ViT-B-16"
-    device: Annotated[str, Choice(["auto", "cuda", "cpu"])] = "auto"
-    # Pre-training (paper defaults)
+    backbone: Annotated[str, Choice(list(BACKBONES))] = TrainingSettings.backbone
+    device: Annotated[str, Choice(list(DEVICES))] = TrainingSettings.device
+    # Pre-training (the core's defaults, the paper's: mosmos.train.config)
     rocoFolder: Path
     clipWeights: str = "openai"
-    pretrainEpochs: Annotated[int, WithinRange(1, 100000)] = 50
-    pretrainBatchSize: Annotated[int, WithinRange(1, 4096)] = 64
-    pretrainLearningRate: Annotated[float, WithinRange(0.0, 1.0)] = 1e-5
-    # Fine-tuning (paper defaults)
+    pretrainEpochs: Annotated[int, WithinRange(1, 100000)] = PRETRAIN_DEFAULTS["epochs"]
+    pretrainBatchSize: Annotated[int, WithinRange(1, 4096)] = PRETRAIN_DEFAULTS["batch_size"]
+    pretrainLearningRate: Annotated[float, WithinRange(0.0, 1.0)] = PRETRAIN_DEFAULTS["lr"]
+    # Fine-tuning (the same)
     datasetFolder: Path
     pretrainedModel: Path
-    architecture: Annotated[str, Choice(list(ARCHITECTURES))] = "unetr"
-    initialization: Annotated[str, Choice(list(INITIALIZATIONS))] = "mosmos"
-    finetuneEpochs: Annotated[int, WithinRange(1, 100000)] = 1000
-    finetuneBatchSize: Annotated[int, WithinRange(1, 256)] = 1
-    finetuneLearningRate: Annotated[float, WithinRange(0.0, 1.0)] = 1e-4
-    lambdaPta: Annotated[float, WithinRange(0.0, 10.0)] = 0.8
-    labelRatio: Annotated[float, WithinRange(0.01, 1.0)] = 1.0
+    architecture: Annotated[str, Choice(list(ARCHITECTURES))] = TrainingSettings.architecture
+    initialization: Annotated[str, Choice(list(INITIALIZATIONS))] = TrainingSettings.init
+    finetuneEpochs: Annotated[int, WithinRange(1, 100000)] = FINETUNE_DEFAULTS["epochs"]
+    finetuneBatchSize: Annotated[int, WithinRange(1, 256)] = FINETUNE_DEFAULTS["batch_size"]
+    finetuneLearningRate: Annotated[float, WithinRange(0.0, 1.0)] = FINETUNE_DEFAULTS["lr"]
+    lambdaPta: Annotated[float, WithinRange(0.0, 10.0)] = FINETUNE_DEFAULTS["lambda_pta"]
+    labelRatio: Annotated[float, WithinRange(0.01, 1.0)] = FINETUNE_DEFAULTS["label_ratio"]
     # Advanced
-    workers: Annotated[int, WithinRange(0, 64)] = 4
-    checkpointEvery: Annotated[int, WithinRange(1, 10000000)] = 500
+    workers: Annotated[int, WithinRange(0, 64)] = TrainingSettings.workers
+    checkpointEvery: Annotated[int, WithinRange(1, 10000000)] = TrainingSettings.checkpoint_every
     maxSteps: Annotated[int, WithinRange(0, 100000000)] = 0
 
 

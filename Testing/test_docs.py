@@ -57,7 +57,8 @@ def test_readme_and_docs_link_only_to_files_the_repository_holds():
 
 
 def _defines(module: Path, name: str) -> bool:
-    """Whether ``module`` defines or imports ``name`` at its top level (read statically)."""
+    """Whether ``module`` defines or imports ``name`` at its top level, or names it in its ``_LAZY`` table of
+    names imported on first use (read statically)."""
     import ast
 
     for node in ast.parse(module.read_text(encoding="utf-8")).body:
@@ -67,6 +68,9 @@ def _defines(module: Path, name: str) -> bool:
             return True
         targets = node.targets if isinstance(node, ast.Assign) else [node.target] if isinstance(node, ast.AnnAssign) else []
         if any(isinstance(t, ast.Name) and t.id == name for t in targets):
+            return True
+        if any(isinstance(t, ast.Name) and t.id == "_LAZY" for t in targets) and isinstance(node.value, ast.Dict) \
+                and name in {k.value for k in node.value.keys if isinstance(k, ast.Constant)}:
             return True
     return False
 
@@ -185,3 +189,113 @@ def test_cli_reference_documents_every_command_and_option(site):
             assert text.strip(), f"{command} {names}: an option without help text"
             shown = " ".join(text.replace("`", "").split())  # markdown shows `x` as code, without the backticks
             assert shown in page, f"{command} {names}: its help is missing from the CLI reference"
+
+
+# ---- the API page: every parameter has an Args: entry -----------------------------------------------------------
+
+API_PAGE = ROOT / "docs" / "reference" / "api.md"
+DIRECTIVE = re.compile(r"^::: (?P<path>[\w.]+)\n(?:    options:\n(?P<options>(?:      .*\n)*))?", re.M)
+
+
+def api_page_objects() -> list[tuple[str, list[str] | None]]:
+    """(dotted path, the members the page shows: None for the default, [] for none) of each ``:::`` directive."""
+    found = []
+    for m in DIRECTIVE.finditer(API_PAGE.read_text(encoding="utf-8")):
+        members = re.search(r"members: (.*)", m["options"] or "")
+        shown = None if members is None else ([] if members[1].strip() == "false"
+                                               else re.findall(r"\w+", members[1]))
+        found.append((m["path"], shown))
+    return found
+
+
+def source_node(dotted: str):
+    """The ast node of ``mosmos.a.b.name``, following the module's own imports (``from .x import name``), read
+    without importing anything."""
+    import ast
+
+    parts = dotted.split(".")
+    for cut in range(len(parts) - 1, 0, -1):
+        base = ROOT.joinpath(*parts[:cut])
+        for path in (base.with_suffix(".py"), base / "__init__.py"):
+            if path.is_file():
+                tree = ast.parse(path.read_text(encoding="utf-8"))
+                name = parts[cut]
+                for node in tree.body:
+                    if isinstance(node, (ast.FunctionDef, ast.ClassDef)) and node.name == name:
+                        return node
+                    if isinstance(node, ast.ImportFrom) and any((a.asname or a.name) == name for a in node.names):
+                        package = parts[:cut] if path.name == "__init__.py" else parts[:cut - 1]
+                        module = package[: len(package) - node.level + 1] if node.level else []
+                        return source_node(".".join(module + (node.module or "").split(".") + [name]).strip("."))
+    raise AssertionError(f"{dotted}: not found in the source")
+
+
+def documented_args(docstring: str | None) -> set[str]:
+    """The names an ``Args:`` section (Google style) lists: ``name: meaning`` or ``name (type): meaning``."""
+    lines = (docstring or "").splitlines()
+    names = set()
+    for i, line in enumerate(lines):
+        if line.strip() in ("Args:", "Arguments:", "Parameters:"):
+            indent = None
+            for entry in lines[i + 1:]:
+                if not entry.strip():
+                    continue
+                width = len(entry) - len(entry.lstrip())
+                if indent is None:
+                    indent = width
+                if width < indent:
+                    break
+                if width == indent and (m := re.match(r"\s*(\*{0,2}\w+)\s*(\(.*\))?:", entry)):
+                    names.add(m[1])
+    return names
+
+
+def parameters(node) -> list[str]:
+    """A function's parameters (``*args``, ``**kw`` as such), or a class's: its ``__init__``'s, else (a
+    dataclass) its annotated fields that ``__init__`` takes."""
+    import ast
+
+    if isinstance(node, ast.ClassDef):
+        init = next((n for n in node.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+        if init is not None:
+            return parameters(init)
+        return [n.target.id for n in node.body if isinstance(n, ast.AnnAssign) and n.value is None
+                or isinstance(n, ast.AnnAssign) and "init=False" not in ast.unparse(n.value)]
+    a = node.args
+    names = [p.arg for p in a.posonlyargs + a.args + a.kwonlyargs]
+    names += [f"*{a.vararg.arg}"] if a.vararg else []
+    names += [f"**{a.kwarg.arg}"] if a.kwarg else []
+    return [n for n in names if n not in ("self", "cls")]
+
+
+def test_every_parameter_on_the_api_page_has_an_args_entry():
+    """mkdocstrings renders an ``Args:`` entry per parameter (with the annotation's type); a parameter without one
+    reads as missing on the page. Classes: their ``__init__``'s parameters (merged into the class), or a
+    dataclass's fields."""
+    import ast
+
+    objects = api_page_objects()
+    assert len(objects) > 20, "the API page's directives were not read"
+    missing = []
+    for dotted, members in objects:
+        node = source_node(dotted)
+        targets = [(dotted, node)]
+        if isinstance(node, ast.ClassDef) and members:
+            targets += [(f"{dotted}.{m}", next(n for n in node.body if getattr(n, "name", None) == m))
+                        for m in members]
+        for name, target in targets:
+            docs = ast.get_docstring(target)
+            if isinstance(target, ast.ClassDef):
+                init = next((n for n in target.body if isinstance(n, ast.FunctionDef) and n.name == "__init__"), None)
+                docs = (docs or "") + "\n" + (ast.get_docstring(init) or "" if init else "")
+            undocumented = [p for p in parameters(target) if p.lstrip("*") not in
+                            {d.lstrip("*") for d in documented_args(docs)}]
+            if undocumented:
+                missing.append(f"{name}: {', '.join(undocumented)}")
+    assert not missing, "parameters without an Args: entry:\n" + "\n".join(missing)
+
+
+def test_the_args_reader_reads_google_style():
+    doc = "Do it.\n\nArgs:\n    a: the first.\n    b (int): the second,\n        on two lines.\n    **kw: more.\n\n" \
+          "Returns:\n    c: not a parameter.\n"
+    assert documented_args(doc) == {"a", "b", "**kw"}

@@ -9,7 +9,7 @@ from scipy.ndimage import binary_erosion
 from scipy.spatial.distance import cdist
 
 from mosmos.errors import MosmosError
-from mosmos.evaluation.metrics import (evaluate_case, evaluate_files, markdown_table, organ_metrics, read_results_csv, spacing_from_affine, summarize, wilcoxon_p, write_tables)
+from mosmos.evaluation.metrics import (evaluate_case, markdown_table, organ_metrics, read_results_csv, spacing_from_affine, summarize, wilcoxon_p, write_tables)
 
 
 def _hd95_brute_force(a, b, spacing):
@@ -65,7 +65,7 @@ def test_empty_masks_conventions():
         organ_metrics(full, full[:3], (1, 1, 1))
 
 
-def test_evaluate_case_and_files(tmp_path):
+def test_evaluate_case():
     ref = np.zeros((10, 10, 10), np.uint8)
     ref[1:5, 1:5, 1:5] = 1
     ref[6:9, 6:9, 6:9] = 2
@@ -79,13 +79,8 @@ def test_evaluate_case_and_files(tmp_path):
 
     affine = np.diag([0.8, 0.8, 3.0, 1.0])
     assert spacing_from_affine(affine) == (0.8, 0.8, 3.0)
-    nib.save(nib.Nifti1Image(pred, affine), str(tmp_path / "p.nii.gz"))
-    nib.save(nib.Nifti1Image(ref, affine), str(tmp_path / "r.nii.gz"))
-    assert evaluate_files(tmp_path / "p.nii.gz", tmp_path / "r.nii.gz", labels)["spleen"]["hd95"] == pytest.approx(
+    assert evaluate_case(pred, ref, labels, spacing_from_affine(affine))["spleen"]["hd95"] == pytest.approx(
         math.sqrt(8**2 + 8**2 + 30**2))
-    nib.save(nib.Nifti1Image(ref, np.eye(4)), str(tmp_path / "other.nii.gz"))
-    with pytest.raises(MosmosError, match="p.nii.gz: not on the grid"):
-        evaluate_files(tmp_path / "p.nii.gz", tmp_path / "other.nii.gz", labels)
 
 
 def _results(shift):

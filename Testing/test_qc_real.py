@@ -14,7 +14,7 @@ from scipy import ndimage
 
 from mosmos.cli import main
 from mosmos.qc import assess, get_profile
-from mosmos.qc.inputs import organ_name
+from mosmos.inference.labelmaps import organ_name
 
 TS = "totalseg_example"
 CT, CT_SEG = f"{TS}/example_ct.nii.gz", f"{TS}/example_seg_fast_force_split.nii.gz"

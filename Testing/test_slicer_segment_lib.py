@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import sys
@@ -317,12 +318,21 @@ def test_models_folder_listing_and_adding(tmp_path, monkeypatch):
 
 
 def test_segment_command_and_environment():
-    argv = process.segment_command("in.nii", "m.mosmos", ["liver", "left kidney"], "out.nii.gz", "att", "v.json",
-                                   "GPU", python="py")
+    from mosmos.commands import segment
+    from mosmos.inference.request import SegmentRequest
+
+    request = SegmentRequest(model="m.mosmos", input="in.nii", output="out.nii.gz", tags=["liver", "left kidney"],
+                             attention="att", volumes="v.json", device=process.normalize_device("GPU"),
+                             json_progress=True)
+    argv = process.segment_command(request, python="py")
     assert argv == ["py", "-m", "mosmos", "segment", "in.nii", "--model", "m.mosmos", "--output", "out.nii.gz",
-                    "--json-progress", "--device", "cuda", "--tags", "liver, left kidney", "--attention", "att",
-                    "--volumes", "v.json"]
-    assert process.segment_command("in.nii", "m.mosmos", [], "out.nii.gz", python="py", fast=True)[-1] == "--fast"
+                    "--tags", "liver, left kidney", "--attention", "att", "--volumes", "v.json", "--device", "cuda",
+                    "--json-progress"]
+    parser = argparse.ArgumentParser()
+    segment.add_arguments(parser)
+    assert SegmentRequest.from_args(parser.parse_args(argv[4:])).to_argv() == argv[4:]   # the child's request
+    fast = SegmentRequest(model="m.mosmos", input="in.nii", output="out.nii.gz", fast=True)
+    assert process.segment_command(fast, python="py")[-1] == "--fast"
     env = process.child_environment("cpu")
     assert env["CUDA_VISIBLE_DEVICES"] == "-1"
     assert env["PYTHONPATH"].split(os.pathsep)[0] == str(ROOT)

@@ -48,6 +48,28 @@ class Module:
         raise AssertionError(f"no @parameterNodeWrapper class in {self.name}.py")
 
 
+def field_defaults(module: Module) -> dict:
+    """field -> its default value, each expression evaluated with the names the module file imports from
+    mosmos and its Lib (the training defaults are the core's, read from there rather than spelled again)."""
+    import importlib
+    import sys
+
+    sys.path[:0] = [str(ROOT / "MOSMOSSegment"), str(ROOT / "MOSMOSTrain")]
+    import slicer  # noqa: F401  (the Libs run on slicer-core, a test dependency)
+
+    items = {name: item.value for name, item in module.fields().items()
+             if item.value is not None and not isinstance(item.value, ast.Call)}
+    used = {n.id for value in items.values() for n in ast.walk(value) if isinstance(n, ast.Name)}
+    namespace = {}
+    for node in ast.parse(module.source).body:
+        if isinstance(node, ast.ImportFrom) and (node.module or "").split(".")[0] in ("mosmos", f"{module.name}Lib"):
+            for alias in node.names:
+                if (alias.asname or alias.name) in used:
+                    namespace[alias.asname or alias.name] = getattr(importlib.import_module(node.module), alias.name)
+    return {name: eval(compile(ast.Expression(value), module.name, "eval"), namespace)
+            for name, value in items.items()}
+
+
 @pytest.fixture(params=MODULES)
 def module(request) -> Module:
     return Module(request.param)
@@ -79,6 +101,7 @@ def test_every_ui_name_used_in_code_exists(module):
 
 def test_every_parameter_field_has_a_fitting_widget_and_back(module):
     fields, names, widgets = module.fields(), module.parameter_names(), module.widgets()
+    defaults = field_defaults(module)
     assert sorted(fields) == sorted(names), f"fields {sorted(fields)} vs SlicerParameterName {sorted(names)}"
     for field, item in fields.items():
         widget = widgets[names[field]]
@@ -102,7 +125,7 @@ def test_every_parameter_field_has_a_fitting_widget_and_back(module):
             else:
                 # The spin box rounds to its decimals (Qt's default: 2): the default must survive that.
                 decimals = int(widget_property(widget, "decimals") or 2)
-                default = ast.literal_eval(item.value)
+                default = defaults[field]
                 assert round(default, decimals) == pytest.approx(default), f"{field}: {decimals} decimals"
         else:
             raise AssertionError(f"{field}: no GUI connector for {base}")
@@ -149,16 +172,22 @@ def test_lib_has_no_qt(module):
 
 
 def test_training_gui_defaults_are_the_libs():
-    """The GUI shows the paper's defaults that MOSMOSTrainLib uses when a setting is left out."""
-    import sys
+    """The GUI shows the paper's defaults that MOSMOSTrainLib uses when a setting is left out, which are the
+    core's configurations' (mosmos.train.config): read from there, not spelled again."""
+    from MOSMOSTrainLib.settings import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS, TrainingSettings
 
-    sys.path[:0] = [str(ROOT / "MOSMOSSegment"), str(ROOT / "MOSMOSTrain")]
-    import slicer  # noqa: F401  (MOSMOSTrainLib runs on slicer-core, a test dependency)
+    from mosmos.train.config import FinetuneConfig, PretrainConfig
 
-    from MOSMOSTrainLib.settings import FINETUNE_DEFAULTS, PRETRAIN_DEFAULTS
-
-    defaults = {name: ast.literal_eval(item.value) for name, item in Module("MOSMOSTrain").fields().items()
-                if item.value is not None and not isinstance(item.value, ast.Call)}
+    train = Module("MOSMOSTrain")
+    defaults = field_defaults(train)
+    spelled = [name for name, item in train.fields().items() if isinstance(item.value, ast.Constant)
+               and name not in ("stage", "clipWeights", "maxSteps")]
+    assert not spelled, f"defaults spelled in MOSMOSTrain.py rather than read from the core: {spelled}"
+    assert PRETRAIN_DEFAULTS == {k: getattr(PretrainConfig, k) for k in PRETRAIN_DEFAULTS}
+    assert FINETUNE_DEFAULTS == {k: getattr(FinetuneConfig, k) for k in FINETUNE_DEFAULTS}
+    assert (defaults["backbone"], defaults["device"], defaults["workers"], defaults["checkpointEvery"]) == \
+        (PretrainConfig.backbone, FinetuneConfig.device, TrainingSettings.workers, FinetuneConfig.checkpoint_every)
+    assert (defaults["architecture"], defaults["initialization"]) == (FinetuneConfig.arch, FinetuneConfig.init)
     assert (defaults["pretrainEpochs"], defaults["pretrainBatchSize"], defaults["pretrainLearningRate"]) == \
         (PRETRAIN_DEFAULTS["epochs"], PRETRAIN_DEFAULTS["batch_size"], PRETRAIN_DEFAULTS["lr"])
     assert (defaults["finetuneEpochs"], defaults["finetuneBatchSize"], defaults["finetuneLearningRate"]) == \
@@ -353,7 +382,8 @@ def test_module_files_leave_the_dependencies_to_the_lib(module):
     top |= {node.module or "" for node in tree.body if isinstance(node, ast.ImportFrom)}
     roots = {name.split(".")[0] for name in top}
     assert not roots & {"torch", "safetensors", "nibabel", "monai", "open_clip"}, top
-    assert {name for name in top if name.split(".")[0] == "mosmos"} <= {"mosmos.mrml", "mosmos.mrml.process"}, top
+    allowed = {"mosmos.mrml", "mosmos.mrml.process", "mosmos.options"}   # options: torch-free, the choices' names
+    assert {name for name in top if name.split(".")[0] == "mosmos"} <= allowed, top
 
 
 # ---- translations -------------------------------------------------------------------------------------------------

@@ -1,7 +1,7 @@
 """MOSMOS: multi-organ segmentation facilitated by medical report supervision.
 
 ``import mosmos`` is cheap and needs no PyTorch: the names below are imported from their modules when first
-used (``mosmos.Segmenter``, ``mosmos.finetune``, ...).
+used (``mosmos.segment``, ``mosmos.Segmenter``, ``mosmos.finetune``, ...).
 """
 
 __version__ = "0.1.0"
@@ -11,6 +11,9 @@ import importlib
 from .errors import MosmosError  # noqa: E402
 
 _LAZY = {
+    "segment": "mosmos.inference.run",
+    "SegmentRequest": "mosmos.inference.request",
+    "SegmentOutputs": "mosmos.inference.run",
     "Segmenter": "mosmos.inference.segmenter",
     "SegmentationResult": "mosmos.inference.segmenter",
     "PretrainConfig": "mosmos.train.config",

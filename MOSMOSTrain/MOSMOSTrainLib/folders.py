@@ -18,6 +18,7 @@ from pathlib import Path
 from mosmos.errors import MosmosError
 
 from mosmos.train.config import CHECKPOINT_NAME  # noqa: F401  (torch-free)
+from mosmos.options import CPU, UNET2D, UNETR
 MODEL_NAMES = {"pretrain": "pretrained.safetensors", "finetune": "model.safetensors"}
 
 
@@ -96,7 +97,7 @@ def check_roco(folder, batch_size: int | None = None) -> FolderReport:
     return report
 
 
-def check_dataset(folder, label_ratio: float = 1.0, architecture: str = "unetr", progress=None) -> FolderReport:
+def check_dataset(folder, label_ratio: float = 1.0, architecture: str = UNETR, progress=None) -> FolderReport:
     """Organs and label values of a Decathlon-layout dataset, its cases, and every case's problems
     (unreadable file, image and label on different grids, undeclared label values, 2D image for a 3D model).
     ``progress(done, total)`` is called after each case."""
@@ -134,7 +135,7 @@ def check_dataset(folder, label_ratio: float = 1.0, architecture: str = "unetr",
             report.notes.append(f"label '{o['name']}' is not a known organ name: it is trained as an open-set tag")
     if not spec.validation:
         report.notes.append("no validation cases listed in the dataset")
-    spatial_dims = 2 if architecture == "unet2d" else 3
+    spatial_dims = 2 if architecture == UNET2D else 3
     seen, shapes = set(), set()
     cases = spec.training + spec.validation
     for done, case in enumerate(cases, 1):
@@ -182,7 +183,7 @@ def check_output(folder, stage: str) -> FolderReport:
 
 
 def check_stage(stage: str, output, roco=None, batch_size: int | None = None, dataset=None,
-                label_ratio: float = 1.0, architecture: str = "unetr", progress=None) -> list[FolderReport]:
+                label_ratio: float = 1.0, architecture: str = UNETR, progress=None) -> list[FolderReport]:
     """Reports on the output folder and the stage's input folder (blocking: see FolderCheck)."""
     from mosmos.mrml import deps
 
@@ -218,7 +219,7 @@ class FolderCheck:
         from mosmos.mrml.process import BackgroundProcess, child_environment, interpreter
 
         deps.ensure_dependencies()  # here, where a dialog can ask: the child cannot install anything
-        env = child_environment("cpu")
+        env = child_environment(CPU)
         # MOSMOSTrainLib's folder (child_environment already puts the mosmos package's on the path)
         env["PYTHONPATH"] = os.pathsep.join([str(Path(__file__).resolve().parent.parent), env["PYTHONPATH"]])
         argv = [interpreter(), "-m", "MOSMOSTrainLib.folders", json.dumps(self.arguments)]

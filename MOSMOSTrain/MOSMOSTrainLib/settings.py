@@ -8,19 +8,22 @@ import os
 from pathlib import Path
 
 from mosmos.errors import MosmosError
-from mosmos.mrml.process import interpreter, normalize_device
-from mosmos.train.config import BACKBONES, CHOICES, check_number
+from mosmos.mrml.process import interpreter
+from mosmos.options import (ARCHITECTURES, BACKBONES, DEVICES, INITS,  # noqa: F401  (DEVICES: the widget's)
+                            check_number, normalize_device)
+from mosmos.train.config import FinetuneConfig, PretrainConfig
 
 from .folders import CHECKPOINT_NAME, given
 
 STAGES = ("pretrain", "finetune")
-ARCHITECTURES = CHOICES["arch"]
-INITIALIZATIONS = CHOICES["init"]
+INITIALIZATIONS = INITS
 
-# Tian et al. (arXiv 2409.02418): pre-training AdamW 1e-5; fine-tuning follows UNETR on BTCV (AdamW 1e-4,
-# one volume per batch, 25,000 iterations ~ 1,000 epochs of 24 volumes), L = L_seg + 0.8 L_pta, all labels.
-PRETRAIN_DEFAULTS = {"epochs": 50, "batch_size": 64, "lr": 1e-5}
-FINETUNE_DEFAULTS = {"epochs": 1000, "batch_size": 1, "lr": 1e-4, "lambda_pta": 0.8, "label_ratio": 1.0}
+# The core's defaults, which are the paper's (Tian et al., arXiv 2409.02418): pre-training AdamW 1e-5; fine-tuning
+# follows UNETR on BTCV (AdamW 1e-4, one volume per batch, 25,000 iterations ~ 1,000 epochs of 24 volumes),
+# L = L_seg + 0.8 L_pta, all labels.
+PRETRAIN_DEFAULTS = {key: getattr(PretrainConfig, key) for key in ("epochs", "batch_size", "lr")}
+FINETUNE_DEFAULTS = {key: getattr(FinetuneConfig, key)
+                     for key in ("epochs", "batch_size", "lr", "lambda_pta", "label_ratio")}
 
 
 @dataclasses.dataclass
@@ -29,20 +32,20 @@ class TrainingSettings:
     out: Path
     roco: Path | None = None  # pretrain
     dataset: Path | None = None  # finetune
-    backbone: str = "ViT-B-16"
+    backbone: str = PretrainConfig.backbone
     weights: str = ""  # pretrain: CLIP weights file or open_clip tag ("openai"); empty: random initialisation
-    architecture: str = "unetr"
-    init: str = "mosmos"
+    architecture: str = FinetuneConfig.arch
+    init: str = FinetuneConfig.init
     pretrained: Path | None = None  # finetune: MOSMOS pre-trained model (init mosmos) or CLIP weights (init clip)
     epochs: int | None = None  # None: the stage's default
     batch_size: int | None = None
     lr: float | None = None
     lambda_pta: float = FINETUNE_DEFAULTS["lambda_pta"]
     label_ratio: float = FINETUNE_DEFAULTS["label_ratio"]
-    device: str = "auto"
-    workers: int = 4
-    seed: int = 0
-    checkpoint_every: int = 500
+    device: str = FinetuneConfig.device
+    workers: int = FinetuneConfig.workers
+    seed: int = FinetuneConfig.seed
+    checkpoint_every: int = FinetuneConfig.checkpoint_every
     log_every: int | None = None  # None: the command's default
     max_steps: int | None = None
     roi_size: tuple[int, int, int] | None = None  # finetune crop; None: the command's default (96 cubed)

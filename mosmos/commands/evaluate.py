@@ -36,7 +36,7 @@ def run(args) -> int:
     if not args.model or not args.data:
         raise MosmosError("--model and --data are required (or --compare A.csv B.csv)")
     from ..files.outputs import check_output, check_output_folder
-    from ..train.config import check_number
+    from ..options import check_number
 
     check_number("overlap", args.overlap)
     out = Path(args.out) if args.out else Path(args.model).parent / f"eval_{args.split}"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..options import ARCHITECTURES, DEVICES, INITS, TRAIN_PRECISIONS
+
 HELP = "fine-tune a segmentation model (UNETR 3D or U-Net 2D) on a Decathlon/BTCV-style dataset folder"
 
 
@@ -10,12 +12,12 @@ def add_arguments(p) -> None:
 
     p.add_argument("--data", required=True, help="folder with dataset.json (or BTCV's dataset_0.json)")
     p.add_argument("--out", required=True, help="output folder: model file, checkpoint")
-    p.add_argument("--arch", choices=["unetr", "unet2d"], default=C.arch,
+    p.add_argument("--arch", choices=ARCHITECTURES, default=C.arch,
                    help="MOSMOS-UNETR on 3D crops or MOSMOS-U-Net on 2D slices (default %(default)s)")
     p.add_argument("--backbone", default=C.backbone,
                    help="ViT-B-16, ViT-B-32, tiny-vit, tiny-vit-8, tiny-vit-4 (unetr); RN50, tiny-rn (unet2d); taken from the "
                         "pre-trained file with --init mosmos (default %(default)s)")
-    p.add_argument("--init", choices=["mosmos", "clip", "random"], default=C.init,
+    p.add_argument("--init", choices=INITS, default=C.init,
                    help="start from a MOSMOS pre-trained file, CLIP weights or random weights (default %(default)s)")
     p.add_argument("--pretrained", default=None,
                    help="--init mosmos: a MOSMOS pre-trained model file; --init clip: CLIP weights")
@@ -50,9 +52,9 @@ def add_arguments(p) -> None:
     p.add_argument("--seed", type=int, default=C.seed,
                    help="random seed of weights, crops, augmentation and the --label-ratio subset (default %(default)s)")
     p.add_argument("--workers", type=int, default=C.workers, help="data-loader processes (default %(default)s)")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default=C.precision,
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=C.precision,
                    help="auto: bf16 on GPUs that support it, fp32 on the CPU")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=C.device,
+    p.add_argument("--device", choices=DEVICES, default=C.device,
                    help="auto: the GPU of this process (LOCAL_RANK under torchrun) if any, else the CPU")
     p.add_argument("--checkpoint-every", type=int, default=C.checkpoint_every, help="steps")
     p.add_argument("--log-every", type=int, default=C.log_every, help="steps between step events")
@@ -65,17 +67,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..train.config import FinetuneConfig
 
-    cfg = FinetuneConfig(
-        data=args.data, out=args.out, arch=args.arch, backbone=args.backbone, init=args.init,
-        pretrained=args.pretrained, epochs=args.epochs, batch_size=args.batch_size, num_samples=args.num_samples,
-        lr=args.lr, weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, lambda_pta=args.lambda_pta,
-        label_ratio=args.label_ratio, roi_size=args.roi_size, spacing=args.spacing,
-        feature_size=args.feature_size, augment=not args.no_augment,
-        scale_augment=args.scale_augment, maps_at_output=not args.paper_decoder,
-        learn_prompt=args.learn_prompt, val_every=args.val_every,
-        seed=args.seed,
-        workers=args.workers, precision=args.precision, device=args.device, checkpoint_every=args.checkpoint_every,
-        log_every=args.log_every, max_steps=args.max_steps, description=args.description)
+    cfg = FinetuneConfig.from_args(args)
     from ..train.distributed import is_main_process  # torch: only once the options are known to be valid
     from ..train.finetune import finetune
 

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..options import ABLATIONS, DEVICES, TRAIN_PRECISIONS
+
 HELP = "pre-train MOSMOS encoders on a ROCO folder of radiology images with their reports"
 
 
@@ -21,15 +23,15 @@ def add_arguments(p) -> None:
     p.add_argument("--max-steps", type=int, default=None, help="stop after this many steps")
     p.add_argument("--seed", type=int, default=C.seed, help="random seed of weights, order and augmentation (default %(default)s)")
     p.add_argument("--workers", type=int, default=C.workers, help="data-loader processes")
-    p.add_argument("--precision", choices=["auto", "bf16", "fp16", "fp32"], default=C.precision,
+    p.add_argument("--precision", choices=TRAIN_PRECISIONS, default=C.precision,
                    help="auto: bf16 on GPUs that support it, fp32 on the CPU")
-    p.add_argument("--device", choices=["auto", "cpu", "cuda"], default=C.device,
+    p.add_argument("--device", choices=DEVICES, default=C.device,
                    help="auto: the GPU of this process (LOCAL_RANK under torchrun) if any, else the CPU")
     p.add_argument("--checkpoint-every", type=int, default=C.checkpoint_every, help="steps")
     p.add_argument("--log-every", type=int, default=C.log_every, help="steps between step events")
     p.add_argument("--val-fraction", type=float, default=C.val_fraction,
                    help="share of train held out when the folder has no validation split")
-    p.add_argument("--ablate", choices=["irc", "mlr", "prompt"], default=None,
+    p.add_argument("--ablate", choices=ABLATIONS, default=None,
                    help="leave one part of the method out (the paper's ablation): the irc or mlr loss, or the "
                         "learnt tag prompt (its context stays as initialised)")
     p.add_argument("--description", default="", help="free text for the model card (`mosmos info` shows it)")
@@ -41,13 +43,7 @@ def add_arguments(p) -> None:
 def run(args) -> int:
     from ..train.config import PretrainConfig
 
-    cfg = PretrainConfig(roco=args.roco, out=args.out, backbone=args.backbone, weights=args.weights,
-                         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-                         weight_decay=args.weight_decay, warmup_steps=args.warmup_steps, seed=args.seed,
-                         workers=args.workers, precision=args.precision, device=args.device,
-                         checkpoint_every=args.checkpoint_every, log_every=args.log_every,
-                         val_fraction=args.val_fraction, max_steps=args.max_steps, description=args.description,
-                         ablate=args.ablate)
+    cfg = PretrainConfig.from_args(args)
     from ..train.distributed import is_main_process  # torch: only once the options are known to be valid
     from ..train.pretrain import pretrain
 

@@ -38,7 +38,7 @@ def _run(args) -> int:
     from ..files.outputs import check_output
     from ..inference.io import read_volume
     from ..qc import assess, get_profile, write_report
-    from ..qc.inputs import is_dicom_seg, onto_grid, organ_name, read_class_map, read_dicom_seg
+    from ..inference.labelmaps import is_dicom_seg, onto_grid, organ_name, read_class_map, read_dicom_seg
 
     profile = get_profile(args.qc_profile)
     if args.out:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from ..options import ARCHITECTURES, DEVICES
+
 HELP = ("measure what report-supervised pre-training buys: fine-tune from the pre-trained model and from random "
         "weights at several label budgets over several seeds (table, Wilcoxon p, plot; generated data, or real "
         "ROCO and dataset folders)")
@@ -14,7 +16,7 @@ def add_arguments(p) -> None:
     p.add_argument("--ratios", type=float, nargs="+", metavar="R",
                    help="label budgets as shares of 4 labelled training volumes instead, as in the paper's Fig. 6 "
                         "(e.g. 0.25 0.5 0.75 1.0)")
-    p.add_argument("--arch", choices=("unetr", "unet2d"),
+    p.add_argument("--arch", choices=ARCHITECTURES,
                    help="the network fine-tuned: MOSMOS-UNETR on 3D windows (default) or MOSMOS-U-Net on 2D "
                         "slices, 2D pre-training to 2D fine-tuning with no inflation (the paper's Table 2 U-Net)")
     real = p.add_argument_group("the study on real folders (the paper's setting: CLIP weights, ROCO, BTCV)")
@@ -24,7 +26,7 @@ def add_arguments(p) -> None:
                            "validation split; label budgets are --ratios of its training set (default 0.25 0.5 0.75 1)")
     real.add_argument("--weights", help="CLIP weights pre-training starts from (a local .pt file or an open_clip tag)")
     real.add_argument("--backbone", help="the CLIP backbone of --weights (default ViT-B-16 for unetr, RN50 for unet2d)")
-    real.add_argument("--device", choices=("auto", "cpu", "cuda"), help="where every run trains (default auto)")
+    real.add_argument("--device", choices=DEVICES, help="where every run trains (default auto)")
     real.add_argument("--init", choices=("clip",), dest="clip_arm",
                       help="add a third arm fine-tuned from the CLIP --weights without report pre-training "
                            "(the paper's CLIP row)")

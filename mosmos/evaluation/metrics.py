@@ -87,7 +87,14 @@ def dice_scores(pred: np.ndarray, ref: np.ndarray, num_classes: int) -> np.ndarr
 def evaluate_case(pred: np.ndarray, ref: np.ndarray, labels: Mapping[int, str],
                   spacing: Sequence[float]) -> dict[str, dict[str, float]]:
     """Per-organ {"dice", "hd95"} of two label maps; ``labels`` maps values to organ names
-    (value 0 / "background" is skipped)."""
+    (value 0 / "background" is skipped).
+
+    Args:
+        pred: the predicted label map.
+        ref: the reference label map, on the same grid.
+        labels: label value -> organ name.
+        spacing: the voxel size in mm, per axis of the arrays.
+    """
     pred, ref = np.asarray(pred), np.asarray(ref)
     out = {}
     for value, name in sorted(labels.items()):
@@ -96,23 +103,6 @@ def evaluate_case(pred: np.ndarray, ref: np.ndarray, labels: Mapping[int, str],
         dice, hd95 = organ_metrics(pred == int(value), ref == int(value), spacing)
         out[name] = {"dice": dice, "hd95": hd95}
     return out
-
-
-def evaluate_files(pred_path: str | Path, ref_path: str | Path, labels: Mapping[int, str]) -> dict:
-    """evaluate_case on two NIfTI label maps, which must share their grid; spacing from the reference."""
-    import nibabel as nib
-
-    imgs = []
-    for path in (pred_path, ref_path):
-        try:
-            imgs.append(nib.load(str(path)))
-        except Exception as e:  # nibabel raises many types for unreadable files
-            raise MosmosError(f"{path}: cannot read ({type(e).__name__}: {e})") from None
-    pred, ref = imgs
-    if pred.shape != ref.shape or not np.allclose(pred.affine, ref.affine, rtol=1e-4, atol=1e-2):
-        raise MosmosError(f"{pred_path}: not on the grid of the reference {ref_path} "
-                          f"(shapes {pred.shape} vs {ref.shape})")
-    return evaluate_case(np.asarray(pred.dataobj), np.asarray(ref.dataobj), labels, spacing_from_affine(ref.affine))
 
 
 # --- tables -----------------------------------------------------------------------------------
@@ -227,6 +217,10 @@ def wilcoxon_p(a: str | Path | Results, b: str | Path | Results) -> tuple[float,
     """Two-sided Wilcoxon signed-rank p-value of per-case mean Dice, paired by case; returns (p, n pairs).
 
     p = 1.0 when the two results agree on every case.
+
+    Args:
+        a: one run's results: a results.json or its parsed Results.
+        b: the other run's, paired with ``a`` by case.
     """
     from scipy.stats import wilcoxon
 

@@ -20,6 +20,7 @@ import numpy as np
 
 from ..errors import MosmosError
 from .recipes import MAP_ROI, MAP_SPACING, map_recipe_config
+from ..options import CPU
 
 DEMO_TAGS = ["liver", "spleen", "right kidney", "left kidney", "stomach", "aorta"]
 HELD_OUT_SEED = 10_000
@@ -104,7 +105,7 @@ def run_demo(out: str | Path, quick: bool = False, seed: int = 0, progress: bool
         spacing = spacing_from_affine(held.affine)
         results, dice, map_dice = {}, {}, {}
         for init, model in models.items():
-            res = Segmenter(model, device="cpu").segment(held.image, held.affine, tags=DEMO_TAGS, map_labels=True)
+            res = Segmenter(model, device=CPU).segment(held.image, held.affine, tags=DEMO_TAGS, map_labels=True)
             results[init] = res
             labels = {o["label"]: o["name"] for o in res.organs}
             per_organ = evaluate_case(res.labelmap, held.label, labels, spacing)

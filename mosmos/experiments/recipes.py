@@ -9,6 +9,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 from ..files.atomic import atomic_write_bytes
+from ..options import TINY_RN, TINY_VIT, TINY_VIT_4, UNET2D, UNETR
 
 # A tiny MOSMOS-UNETR on 4.5 mm phantoms: one 32^3 window holds the whole body (2^3 tokens of the
 # tiny ViT). Two crops per step: on the CPU, PyTorch runs batch-1 3D convolutions of this size on a
@@ -26,7 +27,7 @@ def tiny_finetune_config(data, out, steps: int, seed: int = 0, pretrained: str |
     decoder: 2^3 tokens of 72 mm are too coarse a start for the output block (README, deviations)."""
     from ..train.config import FinetuneConfig
 
-    return FinetuneConfig(data=str(data), out=str(out), arch="unetr", backbone="tiny-vit",
+    return FinetuneConfig(data=str(data), out=str(out), arch=UNETR, backbone=TINY_VIT,
                           init="mosmos" if pretrained else "random", pretrained=pretrained, epochs=10**6,
                           max_steps=steps, num_samples=TINY_CROPS, roi_size=TINY_ROI, spacing=TINY_SPACING,
                           feature_size=TINY_FEATURES, lr=TINY_LR, warmup_steps=5, augment=False,
@@ -40,7 +41,7 @@ def tiny_finetune_config(data, out, steps: int, seed: int = 0, pretrained: str |
 # the patient's left-right axis (data.transforms "flip_axes") but zooms every crop by up to 10 %: with a
 # few training subjects the maps otherwise learn each organ's token position, and a small organ (spleen,
 # kidney: 1-2 tokens) of a new subject of another size falls on other tokens.
-MAP_BACKBONE = "tiny-vit-4"
+MAP_BACKBONE = TINY_VIT_4
 MAP_SPACING = [6.0, 6.0, 6.0]
 MAP_ROI = [32, 32, 32]
 MAP_LR = 3e-3
@@ -63,7 +64,7 @@ def map_recipe_config(data, out, steps: int, seed: int = 0, pretrained: str | No
 # held-out phantoms of another draw than the study's, seed 0): 200 steps at 3e-3 reached held-out Dice 0.320,
 # at 1e-2 0.353 (8 slices a step instead of 2: 0.357, not worth 4x the time), 1000 steps at 1e-2 0.707. 400
 # steps is what 40 runs on 2 cores allow.
-UNET2D_BACKBONE = "tiny-rn"
+UNET2D_BACKBONE = TINY_RN
 UNET2D_ROI = [64, 64]
 UNET2D_SPACING = [3.0, 3.0, 6.0]
 UNET2D_LR = 1e-2
@@ -73,7 +74,7 @@ UNET2D_STEPS = 400
 def unet2d_recipe_config(data, out, steps: int, seed: int = 0, pretrained: str | None = None,
                          label_ratio: float = 1.0):
     """The maps' recipe for MOSMOS-U-Net on 2D slices: its augmentation, with the 2D grid and rate above."""
-    return dataclasses.replace(map_recipe_config(data, out, steps, seed, pretrained, label_ratio), arch="unet2d",
+    return dataclasses.replace(map_recipe_config(data, out, steps, seed, pretrained, label_ratio), arch=UNET2D,
                                backbone=UNET2D_BACKBONE, roi_size=UNET2D_ROI, spacing=UNET2D_SPACING,
                                lr=UNET2D_LR, maps_at_output=False)
 
@@ -95,8 +96,8 @@ class StudyRecipe:
 
 
 STUDY_RECIPES = {
-    "unetr": StudyRecipe(map_recipe_config, MAP_BACKBONE, tuple(MAP_ROI[:2]), tuple(MAP_ROI), tuple(MAP_SPACING), 200, True),
-    "unet2d": StudyRecipe(unet2d_recipe_config, UNET2D_BACKBONE, tuple(UNET2D_ROI), (64, 64, 32),
+    UNETR: StudyRecipe(map_recipe_config, MAP_BACKBONE, tuple(MAP_ROI[:2]), tuple(MAP_ROI), tuple(MAP_SPACING), 200, True),
+    UNET2D: StudyRecipe(unet2d_recipe_config, UNET2D_BACKBONE, tuple(UNET2D_ROI), (64, 64, 32),
                           tuple(UNET2D_SPACING), UNET2D_STEPS, False),
 }
 

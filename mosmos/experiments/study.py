@@ -28,18 +28,19 @@ from ..data.phantoms import REPORT_STYLES
 from ..errors import MosmosError
 from ..files.atomic import atomic_write_bytes
 from .recipes import STUDY_RECIPES
+from ..options import CPU, PAPER_BACKBONES, UNET2D, UNETR
 
 INITS = ("mosmos", "random")
 STUDY_TAGS = ("liver", "spleen", "right kidney", "left kidney", "stomach")
 TRAIN_VOLUMES = 4  # labelled phantom training volumes of a plan given as label ratios
 REAL_RATIOS = (0.25, 0.5, 0.75, 1.0)  # a real dataset's default label ratios: the paper's Fig. 6
-REAL_BACKBONES = {"unetr": "ViT-B-16", "unet2d": "RN50"}  # the paper's encoders
+REAL_BACKBONES = PAPER_BACKBONES  # the paper's encoders
 # What the paper reports for each architecture (mean Dice in %, BTCV; Tian et al., arXiv:2409.02418), to be read
 # beside the phantom table: Table 2 (random init -> MOSMOS init, all labels) and the label-ratio result of Fig. 6.
 PAPER = {
-    "unetr": "Table 2, UNETR: 78.53 from scratch -> 80.36 with MOSMOS pre-training (+1.83). Table 4, row 3: "
+    UNETR: "Table 2, UNETR: 78.53 from scratch -> 80.36 with MOSMOS pre-training (+1.83). Table 4, row 3: "
              "MOSMOS pre-training without CLIP initialisation 78.77 (+0.24 over scratch).",
-    "unet2d": "Table 2, U-Net (ResNet-50): 74.86 from scratch -> 80.10 with MOSMOS pre-training (+5.24), the "
+    UNET2D: "Table 2, U-Net (ResNet-50): 74.86 from scratch -> 80.10 with MOSMOS pre-training (+5.24), the "
               "paper's largest gain. Fig. 6: with 25 % of the labels MOSMOS is about 7 % ahead of scratch.",
 }
 
@@ -53,7 +54,7 @@ class StudyPlan:
     roco_pairs: int
     pretrain_epochs: int
     reports: str = "visible"  # what the phantom reports name (data.phantoms.REPORT_STYLES)
-    arch: str = "unetr"  # fine-tuning network: "unetr" (3D) or "unet2d" (2D slices)
+    arch: str = UNETR  # fine-tuning network: "unetr" (3D) or "unet2d" (2D slices)
     ratios: tuple[float, ...] | None = None  # label budgets as shares of the training set, instead of budgets
     roco: str | None = None  # a ROCO folder to pre-train on instead of phantom reports (with data)
     data: str | None = None  # a Decathlon-layout dataset to fine-tune on, scored on its own validation split
@@ -271,7 +272,7 @@ def pretrain_on_roco(out: Path, plan: StudyPlan, progress: bool | None) -> Path:
 
 
 def pretrain_on_phantom_reports(out: Path, pairs: int, epochs: int, seed: int = 0, progress: bool | None = None,
-                                log_every: int = 10, reports: str = "visible", arch: str = "unetr",
+                                log_every: int = 10, reports: str = "visible", arch: str = UNETR,
                                 weights: str | None = None, ablate: str | None = None) -> Path:
     """Write ``pairs`` phantom slices with reports (naming what ``reports`` says: data.phantoms.phantom_slices)
     to ``out/roco`` (ROCO layout) and pre-train the backbone of ``arch``'s study recipe on them into
@@ -291,7 +292,7 @@ def pretrain_on_phantom_reports(out: Path, pairs: int, epochs: int, seed: int = 
         events=str(out / "pretrain" / "events.jsonl"), progress=progress)
 
 
-def report_image_size(arch: str = "unetr") -> int:
+def report_image_size(arch: str = UNETR) -> int:
     """Side of the phantom report pictures: the backbone's image size (checked against the window)."""
     import open_clip
 
@@ -305,7 +306,7 @@ def report_image_size(arch: str = "unetr") -> int:
     return size
 
 
-def held_out_dice(model: Path, data: Path, device: str = "cpu") -> float:
+def held_out_dice(model: Path, data: Path, device: str = CPU) -> float:
     """Mean over held-out cases of the case's mean organ Dice (the network's segmentation)."""
     import contextlib
     import io
@@ -395,8 +396,8 @@ def summarize(rows: list[dict], plan: StudyPlan) -> dict:
 
 def study_setting(plan: dict) -> str:
     """One sentence: the network, what was pre-trained on what, and the fine-tuning steps."""
-    arch = plan.get("arch", "unetr")
-    network = "MOSMOS-U-Net on 2D slices" if arch == "unet2d" else "MOSMOS-UNETR"
+    arch = plan.get("arch", UNETR)
+    network = "MOSMOS-U-Net on 2D slices" if arch == UNET2D else "MOSMOS-UNETR"
     backbone = plan.get("backbone") or (REAL_BACKBONES[arch] if plan.get("data") else STUDY_RECIPES[arch].backbone)
     start = "CLIP weights " + Path(plan["weights"]).name if plan.get("weights") else "random weights"
     if plan.get("roco"):
@@ -412,7 +413,7 @@ def study_setting(plan: dict) -> str:
 
 def paper_context(plan: dict) -> str:
     """What the paper reports for this arm, and whether this setting is the one it reports it for."""
-    arch = plan.get("arch", "unetr")
+    arch = plan.get("arch", UNETR)
     text = f"The paper: {PAPER[arch]}"
     if plan.get("roco") and plan.get("weights"):
         return text + " This study's setting (CLIP weights, ROCO, a real dataset) is the paper's."

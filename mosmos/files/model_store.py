@@ -83,7 +83,12 @@ def model_info(path: str | os.PathLike) -> ModelInfo:
 
 
 def list_models(folder: str | os.PathLike | None = None, kind: str | None = "segmentation") -> list[ModelInfo]:
-    """Readable model files in ``folder`` (default: default_models_dir()), by name; other files are skipped."""
+    """Readable model files in ``folder`` (default: default_models_dir()), by name; other files are skipped.
+
+    Args:
+        folder: the models folder (None: default_models_dir()).
+        kind: only models of this kind ("segmentation", "pretrained"); None: every kind.
+    """
     folder = Path(folder) if folder else default_models_dir()
     if not folder.is_dir():
         return []
@@ -155,7 +160,14 @@ def add_model_file(source: str | os.PathLike, folder: str | os.PathLike | None =
                    name: str | None = None, force: bool = False) -> ModelInfo:
     """Verify ``source`` fully (header, tensors, checksums) and copy it into ``folder`` as ``name`` (default: the
     source's file name; training runs all write "model.safetensors", so they pass their own). A model of the
-    same name is kept unless ``force``. Raises MosmosError naming the file when it is not a usable model."""
+    same name is kept unless ``force``. Raises MosmosError naming the file when it is not a usable model.
+
+    Args:
+        source: the model file to add.
+        folder: the models folder (None: default_models_dir()).
+        name: the file name in the folder (None: the source's).
+        force: replace a model of the same name.
+    """
     source = Path(source)
     # The header before copying (a clear error for a wrong file); the tensors are verified once, in the copy.
     _verified_segmentation_model(source, str(source), header_only=True)
@@ -209,7 +221,16 @@ def pull_model(url: str, folder: str | os.PathLike | None = None, sha256: str | 
     """Download a model over HTTP(S) into the models folder, resuming an earlier interrupted pull of the same
     URL. Verified before it lands: the file's SHA-256 against ``sha256`` when given, and always the model
     file's own checks (format, every tensor group's digest). A tampered download is deleted; an interrupted
-    one stays, resumable, in the hidden download folder; the folder's models are never touched until then."""
+    one stays, resumable, in the hidden download folder; the folder's models are never touched until then.
+
+    Args:
+        url: an http(s) URL of a model file.
+        folder: the models folder (None: default_models_dir()).
+        sha256: the file's expected SHA-256 (hex), checked when given.
+        name: the file name in the folder (None: the URL's last part).
+        force: replace a model of the same name.
+        progress: ``progress(done, total)`` in bytes as the download goes (total 0 when unknown).
+    """
     folder = Path(folder) if folder else default_models_dir()
     expected = _check_sha256(sha256) if sha256 else None
     target = _target(folder, name or _name_from_url(url), force)

@@ -75,7 +75,13 @@ def _storage_form(t: "torch.Tensor") -> "torch.Tensor":
 
 
 def save_model(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"], header: dict[str, Any]) -> None:
-    """Write a model file atomically. ``header`` must be JSON-serialisable."""
+    """Write a model file atomically. ``header`` must be JSON-serialisable.
+
+    Args:
+        path: the file to write.
+        tensors: name -> tensor, the weights.
+        header: the model's description (kind, config, labels, preprocessing, provenance), JSON-serialisable.
+    """
     from safetensors.torch import save as st_save
 
     stored = {k: _storage_form(v) for k, v in tensors.items()}
@@ -86,7 +92,11 @@ def save_model(path: str | os.PathLike, tensors: dict[str, "torch.Tensor"], head
 
 
 def read_header(path: str | os.PathLike) -> dict[str, Any]:
-    """The JSON header alone (cheap: reads only the start of the file)."""
+    """The JSON header alone (cheap: reads only the start of the file).
+
+    Args:
+        path: the model file.
+    """
     path = Path(path)
     try:
         with open(path, "rb") as f:
@@ -196,7 +206,11 @@ def open_model(path: str | os.PathLike) -> tuple[Mapping[str, "torch.Tensor"], d
 
 
 def load_model(path: str | os.PathLike) -> tuple[dict[str, "torch.Tensor"], dict[str, Any]]:
-    """Read and verify a whole model file; returns (tensors, header), floating-point tensors in fp32."""
+    """Read and verify a whole model file; returns (tensors, header), floating-point tensors in fp32.
+
+    Args:
+        path: the model file.
+    """
     tensors, header = open_model(path)
     if isinstance(tensors, ModelTensors):
         tensors.read_groups(sorted({tensor_group(n) for n in tensors}))

@@ -33,8 +33,8 @@ import torch
 
 from ..errors import MosmosError
 from ..files.atomic import atomic_write_bytes
+from ..options import COMPILE_MODES, CPU
 
-COMPILE_CHOICES = ("auto", "on", "off")
 WARM_COMPILE_S = 10.0  # a warm compile when a record has only seen the cold one (7 s measured, above)
 TIMED_WINDOWS = 2      # eager windows auto times before it decides
 COMPILING = ("compiling the network (the first time on this machine takes minutes; "
@@ -42,13 +42,15 @@ COMPILING = ("compiling the network (the first time on this machine takes minute
 
 
 def check_compile_choice(choice: str) -> None:
-    if choice not in COMPILE_CHOICES:
-        raise MosmosError(f"compile: expected one of {', '.join(COMPILE_CHOICES)}, got {choice!r}")
+    if choice not in COMPILE_MODES:
+        raise MosmosError(f"compile: expected one of {', '.join(COMPILE_MODES)}, got {choice!r}")
 
 
 def records_folder() -> Path:
     """Where the records live: inside inductor's cache folder (TORCHINDUCTOR_CACHE_DIR, or its default), which
     this does not create (inductor's own cache_dir() would)."""
+    # Private, and kept: inductor has no public name for where its cache lives, and the records must sit beside
+    # the compiled code they describe (a different folder would outlive or miss a cleared cache).
     from torch._inductor.runtime.cache_dir_utils import default_cache_dir
 
     return Path(os.environ.get("TORCHINDUCTOR_CACHE_DIR") or default_cache_dir()).absolute() / "mosmos"
@@ -57,8 +59,9 @@ def records_folder() -> Path:
 def compile_key(architecture: dict, window: tuple[int, ...], precision: str) -> str:
     """What the compiled code depends on, hashed: the architecture (not the weights), the window's shape and
     layout, the number format, torch's version and the CPU's vector extensions."""
+    # (CPU is the key "cpu" the records were hashed with)
     what = {"architecture": architecture, "window": list(window), "precision": precision,
-            "torch": torch.__version__, "cpu": torch.backends.cpu.get_cpu_capability()}
+            "torch": torch.__version__, CPU: torch.backends.cpu.get_cpu_capability()}
     return hashlib.sha256(json.dumps(what, sort_keys=True, default=str).encode()).hexdigest()[:24]
 
 
@@ -111,8 +114,8 @@ class WindowForward:
         self.key = compile_key(self.architecture, window, precision)
         if self.compiled_key != self.key:
             self.compiled = None
-        self.record = read_record(self.key) if device.type == "cpu" else None
-        auto = choice == "auto" and device.type == "cpu"
+        self.record = read_record(self.key) if device.type == CPU else None
+        auto = choice == "auto" and device.type == CPU
         self.use = choice == "on" or (auto and self.compiled is not None)
         self.timing = min(TIMED_WINDOWS, windows - 1) if auto and not self.use and self.record else 0
         self.left = windows
@@ -154,7 +157,7 @@ class WindowForward:
     def finish(self, device: torch.device) -> None:
         """After a run that compiled on the CPU and then ran at least two compiled windows: the record of what
         it measured (a later run's auto decides from it)."""
-        if device.type != "cpu" or not self.compiled_now or len(self.compiled_s) < 3:
+        if device.type != CPU or not self.compiled_now or len(self.compiled_s) < 3:
             return
         window_s = statistics.median(self.compiled_s[1:])
         compile_s = round(max(0.0, self.compiled_s[0] - window_s), 1)

@@ -15,6 +15,7 @@ from .. import __version__
 from ..errors import MosmosError
 from ..files.modelcard import file_sha256
 from ..tags.terminology import organ_codes
+from .request import is_seg_output  # noqa: F401  (where the writers and the web app look for it)
 
 SEG_SERIES_NUMBER = 4242          # after the scanner's own series numbers, recognisable in a PACS listing
 ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
@@ -139,12 +140,6 @@ def quiet():
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         yield
-
-
-def is_seg_output(path) -> bool:
-    """``--output`` names a DICOM SEG: a .dcm file, or a folder (existing, or written with a trailing slash)."""
-    text = str(path)
-    return text.lower().endswith(".dcm") or text.endswith(("/", "\\")) or Path(path).is_dir()
 
 
 def seg_file(path, ds) -> Path:

@@ -26,10 +26,11 @@ import torch
 
 from ..errors import MosmosError
 from ..files.modelfile import SEGMENTATION_KIND, open_model
+from ..options import ARCHITECTURES as MOSMOS_ARCHITECTURES
+from ..options import CPU
 
 Builder = Callable[[dict, dict], torch.nn.Module]
 ARCHITECTURES: dict[str, Builder] = {}
-MOSMOS_ARCHITECTURES = ("unetr", "unet2d")
 
 
 @runtime_checkable
@@ -56,7 +57,7 @@ def roi_size_of(network: Any, header: dict) -> tuple[int, ...]:
     return tuple(int(r) for r in roi)
 
 
-def load_segmentation_model(path, device: torch.device | str = "cpu") -> tuple[torch.nn.Module, dict]:
+def load_segmentation_model(path, device: torch.device | str = CPU) -> tuple[torch.nn.Module, dict]:
     """(network in eval mode on ``device``, header) from a MOSMOS segmentation model file."""
     tensors, header = open_model(path)
     labels = header.get("labels")

@@ -8,13 +8,15 @@ from __future__ import annotations
 import torch
 
 from ..errors import MosmosError
+from ..options import CPU, CUDA, PRECISIONS
 
-PRECISIONS = ("auto", "fp32", "bf16")
 
 
 def cpu_has_native_bf16() -> bool:
     if not torch.backends.mkldnn.is_available():
         return False
+    # Private, and kept: torch has no public query for these two CPU features (torch.backends.cpu's capability
+    # string names AVX512 but not AMX or AVX512-BF16), and oneDNN's bf16 kernels are native only with them.
     return bool(torch.cpu._is_amx_tile_supported() or torch.cpu._is_avx512_bf16_supported())
 
 
@@ -29,8 +31,8 @@ def resolve_precision(precision: str, device: torch.device) -> tuple[str, list[s
     precision = str(precision or "auto").lower()
     if precision not in PRECISIONS:
         raise MosmosError(f"precision: expected one of {', '.join(PRECISIONS)}, got {precision!r}")
-    gpu = device.type == "cuda"
-    native = gpu_has_native_bf16() if gpu else device.type == "cpu" and cpu_has_native_bf16()
+    gpu = device.type == CUDA
+    native = gpu_has_native_bf16() if gpu else device.type == CPU and cpu_has_native_bf16()
     if precision == "fp32" or (precision == "auto" and not native):
         return "fp32", []
     if not native:

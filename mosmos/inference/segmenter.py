@@ -32,7 +32,7 @@ from __future__ import annotations
 
 import os
 import time
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -42,7 +42,6 @@ from ..errors import MosmosError
 from ..files.modelfile import map_epsilon
 from ..losses.finetune import pta_logits, pta_probabilities, upsample_maps
 from ..tags import color_for
-from ..train.config import check_number
 from .compilation import WindowForward, check_compile_choice
 from .geometry import (ModelGrid, check_grid_memory, from_oriented, model_grid, nearest_model_indices,
                        oriented_view, resample_to_input, resample_to_model, to_oriented)
@@ -52,6 +51,7 @@ from .precision import resolve_precision
 from .preprocess import Preprocessing
 from .sliding import body_blocks, body_box, dilate_blocks, fill_lowest, plan_windows, sliding_window
 from .tagselect import select_tags
+from ..options import CPU, CUDA, check_number, local_rank
 
 Progress = Callable[[int, int], "bool | None"]
 
@@ -129,43 +129,48 @@ class AttentionMaps(Mapping):
 
 @dataclass
 class SegmentationResult:
-    """What ``Segmenter.segment`` gives: ``labelmap`` (integer labels on the input's grid, ``affine`` its
-    voxel->RAS matrix), ``organs`` (per selected organ: name, label, volume_ml, color), ``attention``
-    (organ name -> map on the input's grid, resampled when first read), ``notices`` (one line each: organs
-    not found, open-set tags, fallbacks), ``map_labelmap`` and ``run`` as commented below."""
+    """What ``Segmenter.segment`` gives.
+
+    Args:
+        labelmap: integer labels on the input's grid (its shape and order).
+        affine: the labelmap's voxel->RAS matrix (4x4).
+        organs: per selected organ: name, label, volume_ml, color.
+        attention: organ name -> map on the input's grid, resampled when first read (AttentionMaps).
+        notices: one line each: organs not found, open-set tags, fallbacks.
+        map_labelmap: with ``map_labels``, the pixel–tag maps' own label map (argmax over the classes), like
+            ``labelmap``.
+        run: how the windows ran: precision ("fp32" | "bf16"), overlap, windows (run), windows_skipped, compiled.
+        seconds: seconds per stage: resample (the image to the model grid), windows (the network), stitch (the
+            blend and its argmax), map back (the label maps to the input grid; the attention maps are mapped
+            back when read).
+    """
 
     labelmap: np.ndarray
     affine: np.ndarray
     organs: list[dict] = field(default_factory=list)
     attention: Mapping[str, np.ndarray] = field(default_factory=dict)
     notices: list[str] = field(default_factory=list)
-    # with map_labels: the pixel–tag maps' own label map (argmax over the classes), like ``labelmap``
     map_labelmap: np.ndarray | None = None
-    # how the windows ran: precision ("fp32" | "bf16"), overlap, windows (run), windows_skipped, compiled
     run: dict = field(default_factory=dict)
-    # seconds per stage: resample (the image to the model grid), windows (the network), stitch (the blend and
-    # its argmax), map back (the label maps to the input grid; the attention maps are mapped back when read)
     seconds: dict = field(default_factory=dict)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
     """auto, cpu, cuda or cuda:N; a bare cuda (auto's too) is this process's GPU: under torchrun the one of its
     LOCAL_RANK (a cohort's ranks would otherwise all segment on the first GPU)."""
-    from ..train.distributed import local_rank
-
     name = str(device).lower()
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
+        name = CUDA if torch.cuda.is_available() else CPU
     try:
         dev = torch.device(name)
     except RuntimeError:
         raise MosmosError(f"device: unknown device {device!r} (use auto, cpu or cuda)") from None
-    if dev.type == "cuda" and not torch.cuda.is_available():
+    if dev.type == CUDA and not torch.cuda.is_available():
         raise MosmosError("device: CUDA was requested but no CUDA GPU is available (use --device cpu)")
-    if dev.type not in ("cpu", "cuda"):
+    if dev.type not in (CPU, CUDA):
         raise MosmosError(f"device: {device!r} is not supported (use auto, cpu or cuda)")
-    if dev.type == "cuda" and dev.index is None:
-        dev = torch.device("cuda", local_rank() % torch.cuda.device_count())
+    if dev.type == CUDA and dev.index is None:
+        dev = torch.device(CUDA, local_rank() % torch.cuda.device_count())
     return dev
 
 
@@ -187,9 +192,14 @@ def cpu_count() -> int:
 
 
 class Segmenter:
-    """Loads a segmentation model file once; ``segment`` runs it on volumes."""
+    """Loads a segmentation model file once; ``segment`` runs it on volumes.
 
-    def __init__(self, model_file, device: str | torch.device = "auto"):
+    Args:
+        model_file: a MOSMOS segmentation model file (.mosmos).
+        device: "auto" (a CUDA GPU when there is one), "cpu", "cuda", or a torch device.
+    """
+
+    def __init__(self, model_file: str | os.PathLike, device: str | torch.device = "auto"):
         self.device = resolve_device(device)
         self.model_file = str(model_file)
         self.network, self.header = load_segmentation_model(model_file, self.device)
@@ -206,7 +216,7 @@ class Segmenter:
         self.preprocessing = Preprocessing.from_header(self.header, str(model_file))
         self.roi_size = roi_size_of(self.network, self.header)
         # 3D convolutions on the CPU in channels-last order (layout.py: about 0.76x a ViT-B window)
-        self.channels_last = self.device.type == "cpu" and len(self.roi_size) == 3
+        self.channels_last = self.device.type == CPU and len(self.roi_size) == 3
         if self.channels_last:
             channels_last(self.network)
         self.modality = str(self.header.get("modality") or "").upper() or None
@@ -217,28 +227,42 @@ class Segmenter:
                                       "maps were never trained to find organs, so attention overlays mean little")
 
     # ---------------------------------------------------------------------------------------
-    def segment(self, array: np.ndarray, affine: np.ndarray, tags=None, progress: Progress | None = None,
+    def segment(self, array: np.ndarray, affine: np.ndarray, *, tags: str | Sequence[str] | None = None, progress: Progress | None = None,
                 overlap: float | None = None, array_order: str = "xyz", modality: str | None = None,
                 source: str = "volume", sw_batch_size: int | None = None, attention_raw: bool = False,
                 map_labels: bool = False, fast: bool = False, precision: str = "auto",
                 skip_air: bool = True, compile: str = "auto",
                 status: Callable[[str], None] | None = None) -> SegmentationResult:
-        """Segment ``array`` (3D, (X, Y, Z) or with array_order="kji" (K, J, I)) whose voxel->RAS
-        matrix is ``affine``. ``tags``: None for every organ the model labels, or names (a list or a
-        "liver, spleen" string). ``modality`` ("CT"/"MR"), when known, is checked against the model.
-        ``source`` names the volume in error messages. Raises Cancelled when progress returns False.
-        ``attention_raw``: attention maps are the raw up-sampled pixel–tag scores instead of
-        probabilities. ``map_labels``: also give ``map_labelmap``, the argmax of the maps over every
-        class the model labels (background included), with the selected organs' label values.
-        ``precision``: "auto" (bf16 where native, else fp32), "fp32" or "bf16". ``fast``: a quick
-        preview (see the module docstring); ``overlap`` defaults to OVERLAP, or FAST_OVERLAP when fast.
-        ``skip_air``: False runs every window of the default mode, also those far from the body (the
-        reference the skipping is checked against). ``compile``: "auto" (torch.compile on the CPU
-        where inductor's cache already holds this network's code and the run is long enough to pay
-        for loading it: compilation.py), "on" or "off". ``status(message)`` hears what a long silent
-        step is about to do (a compile before the next window). A volume with no body (all air) or
-        one value everywhere gives an empty label map and a notice. ``seconds`` of the result: per
-        stage, as SegmentationResult says.
+        """Segment ``array``: the selected organs' label map, attention maps and volumes on the volume's grid.
+
+        A volume with no body (all air) or one value everywhere gives an empty label map and a notice.
+
+        Args:
+            array: the volume, 3D, in (X, Y, Z) order (or (K, J, I) with ``array_order="kji"``).
+            affine: its voxel->RAS matrix (4x4).
+            tags: None for every organ the model labels, or names (a list or a "liver, spleen" string); names
+                the model was not fine-tuned on give attention maps only.
+            progress: ``progress(done, total)`` after each batch of windows; returning False cancels (raises
+                Cancelled).
+            overlap: the sliding-window overlap in [0, 1); None for OVERLAP, or FAST_OVERLAP when ``fast``.
+            array_order: "xyz" or "kji" (Slicer's array order).
+            modality: "CT" or "MR" when known, checked against the model's.
+            source: the volume's name in messages.
+            sw_batch_size: windows per forward pass (None: 4 on a GPU, 1 on the CPU).
+            attention_raw: attention maps are the raw up-sampled pixel–tag scores instead of probabilities.
+            map_labels: also give ``map_labelmap``, the argmax of the maps over every class the model labels
+                (background included), with the selected organs' label values.
+            fast: a quick preview (see the module docstring).
+            precision: "auto" (bf16 where native, else fp32), "fp32" or "bf16".
+            skip_air: False runs every window of the default mode, also those far from the body (the
+                reference the skipping is checked against).
+            compile: "auto" (torch.compile on the CPU where inductor's cache already holds this network's code
+                and the run is long enough to pay for loading it: compilation.py), "on" or "off".
+            status: ``status(message)`` hears what a long silent step is about to do (a compile before the
+                next window).
+
+        Returns:
+            The SegmentationResult, its ``run`` and ``seconds`` saying how the windows ran.
         """
         if overlap is None:
             overlap = FAST_OVERLAP if fast else OVERLAP
@@ -261,20 +285,20 @@ class Segmenter:
         check_grid_memory(grid, 1 + len(self.label_values) + 1 + n_maps + 2, source)
         precision, more = resolve_precision(precision, self.device)
         notices += more
-        run = {"precision": precision, "overlap": overlap, "windows": 0, "windows_skipped": 0, "compiled": False}
-        seconds = {"resample": 0.0, "windows": 0.0, "stitch": 0.0, "map back": 0.0}
+        options = WindowOptions(selection, overlap, fast, skip_air, attention_raw, map_labels, precision, compile,
+                                sw_batch_size, source, progress, status)
 
         threads = torch.get_num_threads()
-        if self.device.type == "cpu":
+        if self.device.type == CPU:
             torch.set_num_threads(window_threads())
         try:
             with torch.inference_mode():
-                labels_oriented, map_labels_oriented, maps, more = self._run(
-                    arr, grid, selection, progress, overlap, sw_batch_size, attention_raw, map_labels, precision,
-                    fast, skip_air, constant, run, seconds, source, compile, status)
+                windows = self._run(arr, grid, constant, options)
         finally:
             torch.set_num_threads(threads)
-        notices += more
+        notices += windows.notices
+        labels_oriented, map_labels_oriented, maps = windows.labels, windows.map_labels, windows.maps
+        run, seconds = windows.run, windows.seconds
 
         def on_input(oriented: np.ndarray) -> np.ndarray:
             out = from_oriented(oriented, grid)
@@ -399,10 +423,13 @@ class Segmenter:
 
         return timed
 
-    def _run(self, arr, grid, selection, progress, overlap, sw_batch_size, raw: bool, map_labels: bool,
-             precision: str, fast: bool, skip_air: bool, constant: bool, run: dict, seconds: dict, source: str,
-             compile: str, status: Callable[[str], None] | None):
+    def _run(self, arr, grid, constant: bool, options: WindowOptions) -> WindowsRun:
+        """The windows over the model grid, blended slab by slab into what the run keeps (KeptOutputs)."""
+        selection, overlap, fast, skip_air = options.selection, options.overlap, options.fast, options.skip_air
+        raw, map_labels, precision = options.attention_raw, options.map_labels, options.precision
         notices: list[str] = []
+        run = {"precision": precision, "overlap": overlap, "windows": 0, "windows_skipped": 0, "compiled": False}
+        seconds = {"resample": 0.0, "windows": 0.0, "stitch": 0.0, "map back": 0.0}
         selected = [self.label_names.index(n) for n in selection.labelled]
         # The maps' own label map needs every class; otherwise only the selected ones are stitched.
         stitched = list(range(len(self.label_values))) if map_labels else selected
@@ -413,16 +440,16 @@ class Segmenter:
         # open-set tags); raw scores take each map's lowest (None).
         unrun = None if raw else [float(k == 0) for k in stitched] + [0.0] * n_open
         roi = tuple(self.roi_size) + ((1,) if len(self.roi_size) == 2 else ())
-        batch = sw_batch_size or (4 if self.device.type == "cuda" else 1)
+        batch = options.sw_batch_size or (4 if self.device.type == CUDA else 1)
         lut = torch.zeros(len(self.label_values), dtype=torch.int64)
         for k in selected:
             lut[k] = self.label_values[k]
         # Where GPU memory runs out: the run again with one window at a time (the network's activations are
         # most of a run's memory), then also with the stitching buffers in CPU memory.
         attempts = [(batch, self.device)]
-        if self.device.type == "cuda":
+        if self.device.type == CUDA:
             attempts += [(1, self.device)] if batch > 1 else []
-            attempts.append((1, torch.device("cpu")))
+            attempts.append((1, torch.device(CPU)))
         for attempt, (batch, stitch) in enumerate(attempts):
             try:
                 start = time.perf_counter()
@@ -431,7 +458,7 @@ class Segmenter:
                 shape = tuple(image.shape[1:])
                 box, starts = (None, []) if constant else self._windows(body, shape, roi, overlap, fast, skip_air)
                 if box is None and not constant:
-                    notices.append(f"{source}: no body found (nothing above the air around it): "
+                    notices.append(f"{options.source}: no body found (nothing above the air around it): "
                                    "the label map is empty")
                 every = len(plan_windows(shape, roi, overlap))
                 ran = every if starts is None else len(starts)
@@ -439,11 +466,12 @@ class Segmenter:
                 kept = KeptOutputs(shape, box, lut, len(stitched) if map_labels else 0, attention_channels, unrun,
                                    np.uint8 if max(self.label_values) < 256 else np.uint16)
                 if ran:
-                    self.forward.plan(compile, self.device, ran, (batch, image.shape[0], *roi), precision, status)
+                    self.forward.plan(options.compile, self.device, ran, (batch, image.shape[0], *roi), precision,
+                                      options.status)
                     predict = self._predictor(selection, stitched, raw, precision, seconds)
                     start, windows = time.perf_counter(), seconds["windows"]
                     sliding_window(image[(slice(None), *box)], roi, predict, len(self.label_values), n_maps, overlap,
-                                   batch, stitch, progress, starts, unrun, on_slab=kept.slab)
+                                   batch, stitch, options.progress, starts, unrun, on_slab=kept.slab)
                     seconds["stitch"] += time.perf_counter() - start - (seconds["windows"] - windows)
                     self.forward.finish(self.device)
                     run["compiled"] = self.forward.compiling
@@ -451,11 +479,11 @@ class Segmenter:
                         notices.append(f"torch.compile failed ({self.forward.failure}): the windows ran uncompiled")
                 del image
                 start = time.perf_counter()
-                labels = kept.labels_on_input(grid)
+                labels, map_labels_on_input = kept.labels_on_input(grid)
                 seconds["map back"] += time.perf_counter() - start
                 if attempt:
                     notices.append(f"GPU memory was short: {reduced}")
-                return *labels, kept.finished_maps(), notices
+                return WindowsRun(labels, map_labels_on_input, kept.finished_maps(), notices, run, seconds)
             except torch.cuda.OutOfMemoryError:
                 image = body = kept = None
             # here, not in the handler, whose traceback still held the failed attempt's GPU buffers
@@ -463,10 +491,10 @@ class Segmenter:
             if attempt + 1 == len(attempts):
                 raise MosmosError("GPU out of memory even with one window at a time and CPU stitching; "
                                   "use --device cpu")
-            on_cpu = attempts[attempt + 1][1].type == "cpu"
+            on_cpu = attempts[attempt + 1][1].type == CPU
             reduced = "windows ran one at a time" + (", outputs stitched on the CPU" if on_cpu else "")
-            if status is not None:
-                status(f"GPU memory was short: running again, {reduced}")
+            if options.status is not None:
+                options.status(f"GPU memory was short: running again, {reduced}")
         raise AssertionError("unreachable")
 
     @staticmethod
@@ -486,6 +514,41 @@ class Segmenter:
             return whole, plan_windows(shape, roi, overlap, dilate_blocks(body, SKIP_MARGIN), BODY_BLOCK)
         sub = body[tuple(slice(b.start // BODY_BLOCK, -(-b.stop // BODY_BLOCK)) for b in box)]
         return box, plan_windows([b.stop - b.start for b in box], roi, overlap, sub, BODY_BLOCK)
+
+
+@dataclass(frozen=True)
+class WindowOptions:
+    """How Segmenter.segment runs the windows (its keyword options, checked): the organs ``selection``
+    (tagselect), ``overlap``, ``fast``, ``skip_air``, ``attention_raw``, ``map_labels``, the resolved
+    ``precision`` ("fp32" | "bf16"), ``compile``, ``sw_batch_size`` (None: 4 on a GPU, 1 on the CPU), the
+    ``source``'s name for messages, and the ``progress`` and ``status`` callbacks."""
+
+    selection: object
+    overlap: float
+    fast: bool
+    skip_air: bool
+    attention_raw: bool
+    map_labels: bool
+    precision: str
+    compile: str
+    sw_batch_size: int | None
+    source: str
+    progress: Progress | None
+    status: Callable[[str], None] | None
+
+
+@dataclass
+class WindowsRun:
+    """What Segmenter._run gives back: the label maps on the oriented input grid (``map_labels`` None unless
+    asked for), the attention ``maps`` on the model grid (or None), ``notices``, and the statistics
+    SegmentationResult reports (``run``, ``seconds``)."""
+
+    labels: np.ndarray
+    map_labels: np.ndarray | None
+    maps: torch.Tensor | None
+    notices: list[str]
+    run: dict
+    seconds: dict
 
 
 def label_argmax(scores: torch.Tensor, lut: torch.Tensor, out: np.ndarray) -> None:

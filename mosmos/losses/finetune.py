@@ -8,6 +8,7 @@ read as class logits. lambda defaults to 0.8 (the paper's text and ablation).
 from __future__ import annotations
 
 import math
+from collections.abc import Sequence
 
 import torch
 from monai.losses import DiceCELoss
@@ -72,14 +73,26 @@ def pta_logits(maps: torch.Tensor, size, epsilon: torch.Tensor | float) -> torch
     return upsample_maps(maps / epsilon, size)
 
 
-def pta_probabilities(maps: torch.Tensor, size, epsilon: torch.Tensor | float) -> torch.Tensor:
+def pta_probabilities(maps: torch.Tensor, size: Sequence[int], epsilon: torch.Tensor | float) -> torch.Tensor:
     """Per class, the probability that it wins at each voxel, as L_pta trains it: the softmax over
-    the classes (background included) of ``pta_logits``. Values in [0, 1], summing to 1 per voxel."""
+    the classes (background included) of ``pta_logits``. Values in [0, 1], summing to 1 per voxel.
+
+    Args:
+        maps: pixel–tag maps (B, classes, *grid), background first.
+        size: the spatial size to up-sample to.
+        epsilon: the maps' temperature (the learnt epsilon).
+    """
     return pta_logits(maps, size, epsilon).softmax(dim=1)
 
 
 def pta_loss(maps: torch.Tensor, labels: torch.Tensor, epsilon: torch.Tensor | float) -> torch.Tensor:
-    """Dice + CE of up-sampled maps / epsilon against the labels (pixel–tag alignment)."""
+    """Dice + CE of up-sampled maps / epsilon against the labels (pixel–tag alignment).
+
+    Args:
+        maps: pixel–tag maps (B, classes, *grid), background first.
+        labels: the label map (B, 1, *size) at the window's size.
+        epsilon: the maps' temperature (the learnt epsilon).
+    """
     labels = _with_channel(labels, maps.dim() - 2)
     return _dice_ce(pta_logits(maps, labels.shape[2:], epsilon), labels)
 
@@ -90,6 +103,10 @@ class MosmosSegLoss(nn.Module):
 
     epsilon is a parameter (stored as its log, so it stays positive): put this module's parameters
     in the optimiser alongside the network's.
+
+    Args:
+        lambda_pta: the weight of L_pta in L = L_seg + lambda_pta L_pta.
+        epsilon: the maps' temperature at the start.
     """
 
     def __init__(self, lambda_pta: float = 0.8, epsilon: float = EPSILON_INIT):

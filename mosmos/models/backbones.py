@@ -23,7 +23,7 @@ from open_clip.transformer import QuickGELU, VisionTransformer
 from torch import nn
 
 from ..errors import MosmosError
-from ..train.config import BACKBONES
+from ..options import BACKBONES, CPU, canonical_backbone  # noqa: F401  (BACKBONES: for this module's readers)
 
 CONFIG_DIR = Path(__file__).resolve().parent.parent / "model_configs"
 
@@ -34,20 +34,13 @@ _WEIGHT_SUFFIXES = (".pt", ".pth", ".bin", ".safetensors")
 
 
 def _register_configs() -> None:
+    # open_clip.add_model_config appends without looking, and has no public list of the folders it reads:
+    # reading its private list keeps a re-imported module (tests, Slicer's reload) from adding the folder twice.
     if CONFIG_DIR not in open_clip.factory._MODEL_CONFIG_PATHS:
         open_clip.add_model_config(CONFIG_DIR)
 
 
 _register_configs()
-
-
-def canonical_backbone(name: str) -> str:
-    """The canonical spelling of a backbone name (case-insensitive); MosmosError if unknown."""
-    by_lower = {b.lower(): b for b in BACKBONES}
-    key = str(name).strip().lower()
-    if key not in by_lower:
-        raise MosmosError(f"unknown backbone '{name}' (choose from: {', '.join(BACKBONES)})")
-    return by_lower[key]
 
 
 def is_torchscript_file(path: str | os.PathLike) -> bool:
@@ -118,7 +111,7 @@ def _create_from_tag(name: str, tag: str, quick_gelu: bool | None) -> nn.Module:
 def _load_file(clip: nn.Module, path: Path, torchscript: bool, name: str) -> None:
     try:
         if torchscript:
-            archive = torch.jit.load(str(path), map_location="cpu")
+            archive = torch.jit.load(str(path), map_location=CPU)
             state = {k: v for k, v in archive.state_dict().items() if k not in _TORCHSCRIPT_EXTRA_KEYS}
             clip.load_state_dict(state, strict=True)
         else:
@@ -147,6 +140,9 @@ class ImageEncoder(nn.Module):
     ModifiedResNet: dense features through the attention pool's value and output projections
     (DenseCLIP), global = the usual attention-pool output. Positional embeddings are interpolated
     when the input size differs from the configured one.
+
+    Args:
+        visual: an open_clip CLIP's image tower (VisionTransformer or ModifiedResNet).
     """
 
     def __init__(self, visual: nn.Module):

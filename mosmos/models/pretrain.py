@@ -16,6 +16,7 @@ from ..tags import PRETRAIN_TAGS
 from .backbones import ImageEncoder, canonical_backbone, create_clip, uses_quick_gelu
 from .tag_decoder import MultiLabelHead, TagDecoder
 from .text import TagPromptLearner, TextEncoder, get_tokenizer
+from ..options import TINY_VIT
 
 MODEL_KIND = PRETRAIN_KIND
 MAX_LOGIT_SCALE = math.log(100.0)
@@ -29,9 +30,20 @@ class MosmosPretrainModel(nn.Module):
 
     ``weights`` loads CLIP weights into the encoders (see ``create_clip``); the temperature always
     starts at tau = 0.07 (the paper's initialisation), also when CLIP weights are loaded.
+
+    Args:
+        backbone: the CLIP backbone (mosmos.options.BACKBONES).
+        tags: the pre-training tags (queries).
+        weights: CLIP weights: a file or an open_clip tag; None: random.
+        quick_gelu: QuickGELU activations (None: as the weights need).
+        n_ctx: learnt prompt context tokens.
+        n_tag_tokens: tokens kept of a tag's name.
+        decoder_depth: tag decoder layers.
+        decoder_heads: tag decoder attention heads.
+        decoder_self_attn: self-attention among the tag queries.
     """
 
-    def __init__(self, backbone: str = "tiny-vit", tags: Sequence[str] = PRETRAIN_TAGS,
+    def __init__(self, backbone: str = TINY_VIT, tags: Sequence[str] = PRETRAIN_TAGS,
                  weights: str | os.PathLike | None = None, *, quick_gelu: bool | None = None,
                  n_ctx: int = 16, n_tag_tokens: int = 10, decoder_depth: int = 1,
                  decoder_heads: int = 8, decoder_self_attn: bool = False):

@@ -18,11 +18,12 @@ from .backbones import canonical_backbone, create_clip
 from .text import TagPromptLearner, TextEncoder, get_tokenizer
 from .unet2d import MosmosUNet2D
 from .unetr import MosmosUNETR
+from ..options import UNET2D, UNETR
 
 
 def build_network(config: dict) -> nn.Module:
     """A randomly initialised fine-tuning network from its ``config`` (as stored in model files)."""
-    classes = {"unetr": MosmosUNETR, "unet2d": MosmosUNet2D}
+    classes = {UNETR: MosmosUNETR, UNET2D: MosmosUNet2D}
     kwargs = dict(config)
     arch = kwargs.pop("arch", None)
     # Model files written before the maps reached the output block have no such entry: the paper's decoder.

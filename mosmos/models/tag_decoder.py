@@ -67,6 +67,13 @@ class TagDecoder(nn.Module):
 
     Self-attention among the queries is off by default so that a tag's prediction does not depend
     on which other tags are asked for (tag sets are chosen freely at inference).
+
+    Args:
+        dim: the embedding dimension C.
+        depth: decoder layers.
+        heads: attention heads.
+        mlp_ratio: the MLP's hidden size over ``dim``.
+        self_attn: self-attention among the queries.
     """
 
     def __init__(self, dim: int, depth: int = 1, heads: int = 8, mlp_ratio: float = 4.0,

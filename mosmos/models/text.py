@@ -8,7 +8,7 @@ mask, and read out at [EOS].
 from __future__ import annotations
 
 import functools
-from typing import Sequence
+from typing import Callable, Sequence
 
 import open_clip
 import torch
@@ -28,7 +28,11 @@ def get_tokenizer(backbone: str):
 
 
 class TextEncoder(nn.Module):
-    """The text tower of an open_clip ``CLIP``, taken over (not copied) from it."""
+    """The text tower of an open_clip ``CLIP``, taken over (not copied) from it.
+
+    Args:
+        clip: an open_clip CLIP model whose text tower this takes.
+    """
 
     def __init__(self, clip: nn.Module):
         super().__init__()
@@ -87,9 +91,15 @@ class TagPromptLearner(nn.Module):
 
     The text encoder is used, not owned: it belongs to the enclosing model, and registering it
     here too would store its weights twice in state dicts. Move both together between devices.
+
+    Args:
+        text_encoder: the TextEncoder the prompts go through.
+        tokenizer: the backbone's open_clip tokenizer.
+        n_ctx: learnt context tokens before the tag's name.
+        n_tag_tokens: tokens kept of a tag's name.
     """
 
-    def __init__(self, text_encoder: TextEncoder, tokenizer, n_ctx: int = 16, n_tag_tokens: int = 10):
+    def __init__(self, text_encoder: TextEncoder, tokenizer: Callable[..., torch.Tensor], n_ctx: int = 16, n_tag_tokens: int = 10):
         super().__init__()
         self._text = (text_encoder,)
         self.tokenizer = tokenizer

@@ -22,6 +22,7 @@ from .backbones import _grid_pos_embed, canonical_backbone, create_clip, uses_qu
 from .segbase import (TagQueries, freeze_unused_decoder_parts, output_block, spread_rgb_weight, split_pretrain_state,
                       with_maps)
 from .tag_decoder import TagDecoder
+from ..options import RN50, UNET2D
 
 STRIDE = 32
 
@@ -31,12 +32,25 @@ class MosmosUNet2D(nn.Module):
 
     num_classes counts the background; tag embeddings (num_classes - 1, C) are set with
     set_tag_embeddings. H and W must be multiples of 32. maps_at_output: as in MosmosUNETR.
+
+    Args:
+        num_classes: classes, background included.
+        backbone: the CLIP ResNet backbone (mosmos.options.BACKBONES).
+        in_channels: image channels.
+        feature_size: channels of the full-resolution decoder stage (doubling at each coarser one).
+        norm_name: as in MosmosUNETR.
+        decoder_depth: as in MosmosUNETR.
+        decoder_heads: as in MosmosUNETR.
+        decoder_self_attn: as in MosmosUNETR.
+        quick_gelu: as in MosmosUNETR.
+        clip_weights: CLIP weights for the ResNet encoder, as in MosmosUNETR.
+        maps_at_output: as in MosmosUNETR.
     """
 
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "RN50",
+        backbone: str = RN50,
         in_channels: int = 1,
         feature_size: int = 32,
         norm_name: str = "instance",
@@ -54,7 +68,7 @@ class MosmosUNet2D(nn.Module):
         if not isinstance(visual, ModifiedResNet):
             raise MosmosError(f"backbone {backbone}: MOSMOS-U-Net needs a ResNet backbone; use UNETR for ViTs")
         self.config = dict(
-            arch="unet2d", num_classes=num_classes, backbone=backbone, in_channels=in_channels,
+            arch=UNET2D, num_classes=num_classes, backbone=backbone, in_channels=in_channels,
             feature_size=feature_size, norm_name=norm_name, decoder_depth=decoder_depth,
             decoder_heads=decoder_heads, decoder_self_attn=decoder_self_attn, quick_gelu=uses_quick_gelu(clip),
             maps_at_output=bool(maps_at_output),

@@ -26,6 +26,7 @@ from .backbones import canonical_backbone, create_clip, uses_quick_gelu
 from .segbase import (TagQueries, display_to_ras, freeze_unused_decoder_parts, inflate_patch_weight, output_block,
                       quarter_layers, split_pretrain_state, with_maps)
 from .tag_decoder import TagDecoder
+from ..options import UNETR, VIT_B_16
 
 
 RANDOM_INIT_NORMALISATION = ((0.0, 0.0, 0.0), (1.0, 1.0, 1.0))  # the identity: nothing folded in
@@ -50,12 +51,26 @@ class MosmosUNETR(nn.Module):
     last decoder features before the output block (segbase.with_maps); False is the paper's decoder.
     forward(x (B, in_channels, H, W, D)) returns
     (logits (B, num_classes, H, W, D), pixel_tag_maps (B, num_classes, H/p, W/p, D/p)).
+
+    Args:
+        num_classes: classes, background included.
+        backbone: the CLIP ViT backbone (mosmos.options.BACKBONES).
+        img_size: the window size (one number: a cube).
+        in_channels: image channels.
+        feature_size: channels of the decoder's first stage, as MONAI UNETR's.
+        norm_name: the decoder's normalisation ("instance", "batch").
+        decoder_depth: tag decoder layers.
+        decoder_heads: tag decoder attention heads.
+        decoder_self_attn: self-attention among the tag queries.
+        quick_gelu: QuickGELU activations (None: as the weights need).
+        clip_weights: CLIP weights for the encoder (a file or an open_clip tag); None: random.
+        maps_at_output: the maps also join the last decoder features (False: the paper's decoder).
     """
 
     def __init__(
         self,
         num_classes: int,
-        backbone: str = "ViT-B-16",
+        backbone: str = VIT_B_16,
         img_size: int | Sequence[int] = 96,
         in_channels: int = 1,
         feature_size: int = 16,
@@ -82,7 +97,7 @@ class MosmosUNETR(nn.Module):
             if s % patch:
                 raise MosmosError(f"roi size {self.img_size}: each side must be a multiple of the patch size {patch}")
         self.config = dict(
-            arch="unetr", num_classes=num_classes, backbone=backbone, img_size=list(self.img_size),
+            arch=UNETR, num_classes=num_classes, backbone=backbone, img_size=list(self.img_size),
             in_channels=in_channels, feature_size=feature_size, norm_name=norm_name,
             decoder_depth=decoder_depth, decoder_heads=decoder_heads, decoder_self_attn=decoder_self_attn,
             quick_gelu=uses_quick_gelu(clip), maps_at_output=bool(maps_at_output),

@@ -10,11 +10,13 @@ import tempfile
 from pathlib import Path
 
 from mosmos.errors import MosmosError
+from mosmos.inference.request import SegmentRequest
+from mosmos.options import normalize_device
 
 from . import deps
 from . import models as modelsLib
 from .attention import attention_volume_node
-from .process import BackgroundProcess, child_environment, normalize_device, segment_command
+from .process import BackgroundProcess, child_environment, segment_command
 from .segmentation import build_segmentation_node
 from .tables import organ_volumes_ml, volume_table_node
 from .volumes import array_from_volume, ijk_to_ras, read_volume, same_grid, write_volume
@@ -83,8 +85,10 @@ class SegmentationJob:
         deps.ensure_dependencies()  # the child runs the core: torch, monai, open_clip, nibabel
         # Uncompressed NIfTI: fastest to write and read; nibabel and Slicer agree on its RAS geometry.
         write_volume(self.volumeNode, self.inputPath)
-        argv = segment_command(self.inputPath, self.modelPath, self.tags, self.outputPath, self.attentionDir,
-                               self.volumesPath, self.device, fast=self.fast)
+        request = SegmentRequest(model=self.modelPath, input=self.inputPath, output=self.outputPath,
+                                 tags=self.tags or None, attention=self.attentionDir, volumes=self.volumesPath,
+                                 device=self.device, fast=self.fast, json_progress=True)
+        argv = segment_command(request)
         self.process = BackgroundProcess(argv, env=child_environment(self.device), cwd=str(self.workDir)).start()
         return self.process
 

@@ -15,8 +15,8 @@ import threading
 from pathlib import Path
 
 from mosmos.errors import MosmosError
+from mosmos.options import CPU, normalize_device
 
-DEVICES = ("auto", "cuda", "cpu")
 PR_SET_PDEATHSIG = 1   # linux/prctl.h
 
 
@@ -48,28 +48,10 @@ def interpreter() -> str:
     return shutil.which("PythonSlicer") or sys.executable
 
 
-def normalize_device(device: str | None) -> str:
-    device = (device or "auto").strip().lower()
-    device = {"gpu": "cuda"}.get(device, device)
-    if device not in DEVICES:
-        raise MosmosError(f"device {device!r}: expected one of {', '.join(DEVICES)}")
-    return device
-
-
-def segment_command(inputPath, modelPath, tags, outputPath, attentionDir=None, volumesPath=None,
-                    device="auto", python: str | None = None, fast: bool = False) -> list[str]:
-    argv = [python or interpreter(), "-m", "mosmos", "segment", os.fspath(inputPath),
-            "--model", os.fspath(modelPath), "--output", os.fspath(outputPath), "--json-progress",
-            "--device", normalize_device(device)]
-    if tags:
-        argv += ["--tags", ", ".join(tags)]
-    if attentionDir:
-        argv += ["--attention", os.fspath(attentionDir)]
-    if volumesPath:
-        argv += ["--volumes", os.fspath(volumesPath)]
-    if fast:
-        argv.append("--fast")
-    return argv
+def segment_command(request, python: str | None = None) -> list[str]:
+    """The child process that runs ``request`` (a mosmos.inference.request.SegmentRequest): ``mosmos segment``
+    with the arguments that make the same request."""
+    return [python or interpreter(), "-m", "mosmos", "segment", *request.to_argv()]
 
 
 def child_environment(device: str = "auto") -> dict[str, str]:
@@ -81,7 +63,7 @@ def child_environment(device: str = "auto") -> dict[str, str]:
     packageParent = str(Path(mosmos.__file__).resolve().parent.parent)
     env["PYTHONPATH"] = os.pathsep.join([packageParent] + [p for p in [env.get("PYTHONPATH")] if p])
     env["PYTHONUNBUFFERED"] = "1"
-    if normalize_device(device) == "cpu":
+    if normalize_device(device) == CPU:
         env["CUDA_VISIBLE_DEVICES"] = "-1"
     return env
 

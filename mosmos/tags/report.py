@@ -262,7 +262,11 @@ def explain_tags(text: str) -> list[Reason]:
 
 
 def extract_tags(text: str) -> list[str]:
-    """Canonical pre-training tags named in a report or caption, in PRETRAIN_TAGS order."""
+    """Canonical pre-training tags named in a report or caption, in PRETRAIN_TAGS order.
+
+    Args:
+        text: a radiology report or figure caption.
+    """
     return list(dict.fromkeys(r.tag for r in explain_tags(text) if r.tag))
 
 

@@ -13,6 +13,7 @@ import torch
 
 from ..errors import MosmosError
 from ..files.atomic import atomic_write_bytes
+from ..options import CPU
 
 
 def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
@@ -23,7 +24,7 @@ def save_checkpoint(path: Path, state: dict[str, Any]) -> None:
 
 def load_checkpoint(path: Path) -> dict[str, Any]:
     try:
-        return torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location=CPU, weights_only=True)
     except FileNotFoundError:
         raise MosmosError(f"{path}: no checkpoint to resume from") from None
     except Exception as e:  # torch raises several unrelated types for damaged archives

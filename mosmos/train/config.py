@@ -1,90 +1,69 @@
 """Run configurations, importable without torch so that the command line starts fast.
 
-Every numeric setting is checked here, once, when a configuration is made (by a command, the Slicer
-training module or a script): an invalid value is a one-line MosmosError naming the option, before any
-work starts."""
+Every numeric and choice setting is checked (by the ranges and choices of mosmos.options) once, when a
+configuration is made (by a command, the Slicer training module or a script): an invalid value is a one-line
+MosmosError naming the option, before any work starts."""
 
 from __future__ import annotations
 
-import math
+import argparse
 from dataclasses import dataclass, fields
 
 from ..errors import MosmosError
+from ..options import ARCH_DIMS, AUTO, INITS, UNETR, VIT_B_16, check_values
 
 CHECKPOINT_NAME = "checkpoint.pt"
-# The CLIP backbones `--backbone` accepts (case-insensitive); mosmos.models.backbones builds them.
-BACKBONES = ("RN50", "ViT-B-16", "ViT-B-32", "tiny-vit", "tiny-vit-8", "tiny-vit-4", "tiny-rn")
-
-# option -> (lowest allowed, whether the lowest itself is allowed, highest or None, whether the highest is allowed)
-RANGES = {
-    "epochs": (1, True, None, True),
-    "batch_size": (1, True, None, True),
-    "num_samples": (1, True, None, True),
-    "lr": (0, False, None, True),
-    "weight_decay": (0, True, None, True),
-    "warmup_steps": (0, True, None, True),
-    "lambda_pta": (0, True, None, True),
-    "label_ratio": (0, False, 1, True),
-    "feature_size": (1, True, None, True),
-    "val_every": (1, True, None, True),
-    "seed": (0, True, 2**32 - 1, True),
-    "workers": (0, True, None, True),
-    "checkpoint_every": (1, True, None, True),
-    "log_every": (1, True, None, True),
-    "val_fraction": (0, True, 1, False),
-    "max_steps": (1, True, None, True),
-    "overlap": (0, True, 1, False),
-    "roi_size": (1, True, None, True),
-    "spacing": (0, False, None, True),
-    "scale_augment": (0, True, 1, False),
-}
-INTEGERS = {"epochs", "batch_size", "num_samples", "warmup_steps", "feature_size", "val_every", "seed", "workers",
-            "checkpoint_every", "log_every", "max_steps", "roi_size"}
-CHOICES = {"precision": ("auto", "bf16", "fp16", "fp32"), "device": ("auto", "cpu", "cuda"),
-           "arch": ("unetr", "unet2d"), "init": ("mosmos", "clip", "random"), "ablate": ("irc", "mlr", "prompt")}
+# Fields whose command-line flag turns them off: field -> the flag's argparse name (--no-augment, --paper-decoder).
+NEGATED_FLAGS = {"augment": "no_augment", "maps_at_output": "paper_decoder"}
 
 
-def option(name: str) -> str:
-    return "--" + name.replace("_", "-")
+class FromArgs:
+    """``from_args``: a configuration from the parsed arguments of its command, each field from the option of
+    the same name (NEGATED_FLAGS inverted), so no front end maps the fields by hand."""
 
+    @classmethod
+    def from_args(cls, args: argparse.Namespace):
+        """The configuration of ``mosmos pretrain`` / ``mosmos finetune`` arguments.
 
-def check_number(name: str, value) -> None:
-    """MosmosError unless ``value`` is a finite number in the range RANGES gives ``name``."""
-    lo, lo_in, hi, hi_in = RANGES[name]
-    integral = name in INTEGERS
-    kind = "a whole number" if integral else "a finite number"
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or (integral and value != int(value)) \
-            or not math.isfinite(value):
-        raise MosmosError(f"{option(name)}: must be {kind}, got {value!r}")
-    low_ok = value >= lo if lo_in else value > lo
-    high_ok = hi is None or (value <= hi if hi_in else value < hi)
-    if not (low_ok and high_ok):
-        bounds = [f"{'>=' if lo_in else '>'} {lo}"] + ([f"{'<=' if hi_in else '<'} {hi}"] if hi is not None else [])
-        raise MosmosError(f"{option(name)}: must be {' and '.join(bounds)}, got {value!r}")
-
-
-def check_values(cfg) -> None:
-    """Every numeric and choice field of a configuration."""
-    for f in fields(cfg):
-        value = getattr(cfg, f.name)
-        if value is None:
-            continue
-        if f.name in CHOICES and value not in CHOICES[f.name]:
-            raise MosmosError(f"{option(f.name)}: must be one of {', '.join(CHOICES[f.name])}, got {value!r}")
-        if f.name in RANGES:
-            for v in (value if isinstance(value, (list, tuple)) else [value]):
-                check_number(f.name, v)
+        Args:
+            args: the command's parsed arguments (mosmos.commands.pretrain / finetune add_arguments).
+        """
+        return cls(**{f.name: not getattr(args, NEGATED_FLAGS[f.name]) if f.name in NEGATED_FLAGS
+                      else getattr(args, f.name) for f in fields(cls)})
 
 
 @dataclass
-class PretrainConfig:
+class PretrainConfig(FromArgs):
     """One pre-training run. Each field is the ``mosmos pretrain`` option of the same name (``batch_size`` is
-    ``--batch-size``), with the same default and meaning: see the CLI reference. Invalid values raise
-    MosmosError naming the option."""
+    ``--batch-size``), with the same default and meaning. Invalid values raise MosmosError naming the option.
+
+    Args:
+        roco: the ROCO folder (GitHub layout or CSV variant).
+        out: the output folder (model file, checkpoint).
+        backbone: the CLIP backbone, one of mosmos.options.BACKBONES.
+        weights: CLIP weights: a local file (open_clip or OpenAI .pt) or an open_clip tag such as "openai";
+            None: random initialisation.
+        epochs: passes over the training images.
+        batch_size: images per step and process.
+        lr: the AdamW learning rate after warm-up.
+        weight_decay: the AdamW weight decay.
+        warmup_steps: steps of linear warm-up before the cosine decay.
+        seed: the random seed of weights, order and augmentation.
+        workers: data-loader processes.
+        precision: "auto" (bf16 on GPUs that support it, fp32 on the CPU), "bf16", "fp16" or "fp32".
+        device: "auto" (the GPU of this process, LOCAL_RANK under torchrun, if any), "cpu" or "cuda".
+        checkpoint_every: steps between checkpoints.
+        log_every: steps between step events.
+        val_fraction: the share of train held out when the folder has no validation split.
+        max_steps: stop after this many steps (None: after ``epochs``).
+        description: the model card's free text.
+        ablate: one part of the method left out, for the paper's ablation (Table 4): "irc" or "mlr" (that
+            loss), or "prompt" (the tags' CoOp context stays at its initialisation instead of being learnt).
+    """
 
     roco: str
     out: str
-    backbone: str = "ViT-B-16"
+    backbone: str = VIT_B_16
     weights: str | None = None
     epochs: int = 50
     batch_size: int = 64
@@ -93,15 +72,13 @@ class PretrainConfig:
     warmup_steps: int = 500
     seed: int = 0
     workers: int = 4
-    precision: str = "auto"
-    device: str = "auto"
+    precision: str = AUTO
+    device: str = AUTO
     checkpoint_every: int = 500
     log_every: int = 10
     val_fraction: float = 0.05
     max_steps: int | None = None
-    description: str = ""  # the model card's free text
-    # One part of the method left out, for the paper's ablation (Table 4): "irc" or "mlr" (that loss), or
-    # "prompt" (the tags' CoOp context stays at its initialisation instead of being learnt).
+    description: str = ""
     ablate: str | None = None
 
     def __post_init__(self):
@@ -109,17 +86,50 @@ class PretrainConfig:
 
 
 @dataclass
-class FinetuneConfig:
+class FinetuneConfig(FromArgs):
     """One fine-tuning run. Each field is the ``mosmos finetune`` option of the same name (``label_ratio`` is
     ``--label-ratio``; ``augment=False`` is ``--no-augment``, ``maps_at_output=False`` ``--paper-decoder``),
-    with the same default and meaning: see the CLI reference. Invalid values raise MosmosError naming the
-    option."""
+    with the same default and meaning. Invalid values raise MosmosError naming the option.
+
+    Args:
+        data: the dataset folder with dataset.json (or BTCV's dataset_0.json).
+        out: the output folder (model file, checkpoint).
+        arch: "unetr" (MOSMOS-UNETR on 3D crops) or "unet2d" (MOSMOS-U-Net on 2D slices).
+        backbone: the CLIP backbone (mosmos.options.BACKBONES); taken from the pre-trained file with
+            ``init="mosmos"``.
+        init: "mosmos" (a MOSMOS pre-trained file), "clip" (CLIP weights) or "random".
+        pretrained: with init "mosmos" a MOSMOS pre-trained model file; with init "clip" CLIP weights.
+        epochs: passes over the training cases.
+        batch_size: volumes per step and process.
+        num_samples: random crops per volume.
+        lr: the AdamW learning rate after warm-up.
+        weight_decay: the AdamW weight decay.
+        warmup_steps: steps of linear warm-up before the cosine decay.
+        lambda_pta: the weight of the pixel–tag aligning loss (0: none).
+        label_ratio: train on this fixed, seeded share of the labelled cases.
+        roi_size: the crop size (None: 96 96 96; 2D: 224 224).
+        spacing: the voxel spacing in mm (None: 1.5 1.5 2.0).
+        feature_size: channels of the decoder's first stage, as MONAI UNETR's feature_size.
+        augment: random flips, rotations, zooms and intensity shifts (crops stay random either way).
+        scale_augment: random zoom by up to this fraction (data.transforms "scale_range"); 0: none.
+        maps_at_output: the maps also join the last decoder features (False: the paper's decoder).
+        learn_prompt: the tags' CoOp context is trained in fine-tuning too (the paper's Fig. 3).
+        val_every: epochs between validations.
+        seed: the random seed of weights, order and augmentation.
+        workers: data-loader processes.
+        precision: "auto", "bf16", "fp16" or "fp32".
+        device: "auto", "cpu" or "cuda".
+        checkpoint_every: steps between checkpoints.
+        log_every: steps between step events.
+        max_steps: stop after this many steps (None: after ``epochs``).
+        description: the model card's free text.
+    """
 
     data: str
     out: str
-    arch: str = "unetr"
-    backbone: str = "ViT-B-16"
-    init: str = "mosmos"
+    arch: str = UNETR
+    backbone: str = VIT_B_16
+    init: str = INITS[0]
     pretrained: str | None = None
     epochs: int = 1000
     batch_size: int = 1
@@ -133,22 +143,22 @@ class FinetuneConfig:
     spacing: list[float] | None = None
     feature_size: int = 16
     augment: bool = True
-    scale_augment: float = 0.0  # random zoom by up to this fraction (data.transforms "scale_range"); 0: none
-    maps_at_output: bool = True  # the maps also join the last decoder features (False: the paper's decoder)
-    learn_prompt: bool = False  # the tags' CoOp context is trained in fine-tuning too (the paper's Fig. 3)
+    scale_augment: float = 0.0
+    maps_at_output: bool = True
+    learn_prompt: bool = False
     val_every: int = 50
     seed: int = 0
     workers: int = 4
-    precision: str = "auto"
-    device: str = "auto"
+    precision: str = AUTO
+    device: str = AUTO
     checkpoint_every: int = 500
     log_every: int = 10
     max_steps: int | None = None
-    description: str = ""  # the model card's free text
+    description: str = ""
 
     def __post_init__(self):
         check_values(self)
-        dims = 3 if self.arch == "unetr" else 2
+        dims = ARCH_DIMS[self.arch]
         if self.roi_size is not None and len(self.roi_size) != dims:
             raise MosmosError(f"--roi-size: --arch {self.arch} needs {dims} values, got {len(self.roi_size)}")
         if self.spacing is not None and len(self.spacing) != 3:

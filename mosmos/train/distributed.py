@@ -8,6 +8,8 @@ from dataclasses import dataclass
 import torch
 import torch.distributed as dist
 
+from ..options import CPU, CUDA, local_rank
+
 
 @dataclass(frozen=True)
 class DistInfo:
@@ -25,10 +27,6 @@ class DistInfo:
         return self.backend is not None
 
 
-def local_rank() -> int:
-    return int(os.environ.get("LOCAL_RANK", "0"))
-
-
 def is_main_process() -> bool:
     """Rank 0 of a torchrun job, or a plain single process (readable after the group is gone)."""
     return os.environ.get("RANK", "0") == "0"
@@ -44,12 +42,12 @@ def init_distributed(device: torch.device) -> DistInfo:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     if world <= 1 and not launched_by_torchrun():
         return DistInfo()
-    if device.type == "cuda":
+    if device.type == CUDA:
         # NCCL's collectives (and all_gather_object's tensors) go to the current device, which is cuda:0 in
         # every rank unless each rank sets its own
         torch.cuda.set_device(device)
     if not dist.is_initialized():
-        dist.init_process_group("nccl" if device.type == "cuda" else "gloo")
+        dist.init_process_group("nccl" if device.type == CUDA else "gloo")
     return DistInfo(dist.get_rank(), dist.get_world_size(), local_rank(), dist.get_backend())
 
 
@@ -57,14 +55,14 @@ def resolve_device(name: str = "auto", local_rank: int = 0) -> torch.device:
     from ..errors import MosmosError
 
     if name == "auto":
-        name = "cuda" if torch.cuda.is_available() else "cpu"
-    if name == "cuda":
+        name = CUDA if torch.cuda.is_available() else CPU
+    if name == CUDA:
         if not torch.cuda.is_available():
             raise MosmosError("--device cuda: no usable CUDA GPU (use --device cpu)")
-        return torch.device("cuda", local_rank % torch.cuda.device_count())
-    if name != "cpu":
+        return torch.device(CUDA, local_rank % torch.cuda.device_count())
+    if name != CPU:
         raise MosmosError(f"--device {name}: choose auto, cpu or cuda")
-    return torch.device("cpu")
+    return torch.device(CPU)
 
 
 def all_reduce_sum(values: torch.Tensor, info: DistInfo) -> torch.Tensor:

@@ -25,10 +25,10 @@ from .config import FinetuneConfig
 from .loop import TrainingRun
 from .optim import autocast
 from .sampling import ResumableSampler
+from ..options import ARCH_DIMS, UNETR
 
 MODEL_NAME = "model.safetensors"
 INITS = ("mosmos", "clip", "random")
-ARCH_DIMS = {"unetr": 3, "unet2d": 2}
 
 
 class CropDataset(Dataset):
@@ -79,7 +79,7 @@ def build_networks(cfg: FinetuneConfig, spec, roi: list[int]):
                                # Without L_pta the maps are never trained: read at the output block they are
                                # noise at 1/epsilon the decoder cannot outweigh (a lambda-0 run labelled nothing)
                                "maps_at_output": cfg.maps_at_output and cfg.lambda_pta > 0}
-    if cfg.arch == "unetr":
+    if cfg.arch == UNETR:
         net_cfg["img_size"] = roi
     if cfg.init == "mosmos":
         tensors, header = load_model(cfg.pretrained)
@@ -268,5 +268,12 @@ class FinetuneRun(TrainingRun):
 
 def finetune(cfg: FinetuneConfig, resume: bool = False, events: str | None = None,
              progress: bool | None = None) -> Path:
-    """Fine-tune and return the path of the best model file (highest validation Dice)."""
+    """Fine-tune and return the path of the best model file (highest validation Dice).
+
+    Args:
+        cfg: the run's FinetuneConfig.
+        resume: continue from OUT/checkpoint.pt.
+        events: a JSON-lines events file ("-" for stdout), or None.
+        progress: show a progress bar (None: when stderr is a terminal).
+    """
     return FinetuneRun(cfg, resume=resume, events=events, progress=progress).run()

@@ -22,6 +22,7 @@ from . import distributed as D
 from .checkpoint import load_checkpoint, save_checkpoint
 from .config import CHECKPOINT_NAME
 from .optim import adamw, resolve_precision, warmup_cosine
+from ..options import CUDA
 
 # Where a run executes may change on resume; what it computes comes from the checkpoint.
 RUNTIME_FIELDS = ("device", "workers", "out")
@@ -89,12 +90,12 @@ class TrainingRun:
             return module
         # an ablated loss leaves some parameters out of the graph, which DDP must be told to expect
         return nn.parallel.DistributedDataParallel(
-            module, device_ids=[self.device.index] if self.device.type == "cuda" else None,
+            module, device_ids=[self.device.index] if self.device.type == CUDA else None,
             find_unused_parameters=getattr(self.cfg, "ablate", None) in ("irc", "mlr"))
 
     def loader(self, dataset, sampler, batch_size: int, collate_fn=None) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.workers,
-                          pin_memory=self.device.type == "cuda", collate_fn=collate_fn)
+                          pin_memory=self.device.type == CUDA, collate_fn=collate_fn)
 
     # --- hooks ------------------------------------------------------------------------------
 

@@ -6,6 +6,7 @@ import contextlib
 import math
 
 import torch
+from ..options import CUDA
 
 
 def warmup_cosine(optimizer: torch.optim.Optimizer, warmup_steps: int, total_steps: int,
@@ -40,7 +41,7 @@ def resolve_precision(precision: str, device: torch.device) -> torch.dtype | Non
         return torch.bfloat16
     if precision == "fp16":
         return torch.float16
-    if device.type == "cuda":
+    if device.type == CUDA:
         from ..inference.precision import gpu_has_native_bf16
 
         return torch.bfloat16 if gpu_has_native_bf16() else torch.float16

@@ -190,5 +190,12 @@ def pretrain_objective(l_irc, l_mlr, ablate: str | None = None):
 
 def pretrain(cfg: PretrainConfig, resume: bool = False, events: str | None = None,
              progress: bool | None = None) -> Path:
-    """Pre-train and return the path of the best model file (lowest validation loss)."""
+    """Pre-train and return the path of the best model file (lowest validation loss).
+
+    Args:
+        cfg: the run's PretrainConfig.
+        resume: continue from OUT/checkpoint.pt.
+        events: a JSON-lines events file ("-" for stdout), or None.
+        progress: show a progress bar (None: when stderr is a terminal).
+    """
     return PretrainRun(cfg, resume=resume, events=events, progress=progress).run()

@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import MosmosError
-from ..inference.volume import LPS_TO_RAS, Volume
 from ..tags import normalize_tag
+from .volume import LPS_TO_RAS, Volume
 
 
 def organ_name(name: str) -> str:
@@ -56,7 +56,7 @@ def read_class_map(path, present: set[int], task: str | None = None) -> dict[int
 
 def read_dicom_seg(path) -> tuple[Volume, dict[int, str]]:
     """A DICOM SEG -> label map (segment numbers as values, RAS affine) and segment labels."""
-    from ..inference.dicomseg import highdicom
+    from .dicomseg import highdicom
 
     hd = highdicom()
     try:
@@ -69,7 +69,7 @@ def read_dicom_seg(path) -> tuple[Volume, dict[int, str]]:
 
 
 def is_dicom_seg(path) -> bool:
-    from ..inference.dicom import is_dicom_file
+    from .dicom import is_dicom_file
 
     p = Path(path)
     if not p.is_file() or not is_dicom_file(p):
