@@ -332,11 +332,14 @@ def segment(run: Run, ct: Path, out: Path, device: str, precision: str, attentio
             cap: int | None = None) -> dict:
     """``mosmos segment`` of ``ct`` as the Slicer module starts it (mosmos.mrml.process), with ``cap`` bytes of
     GPU memory at most where given; its wall time, --json-progress events and stderr."""
+    from mosmos.inference.request import SegmentRequest
     from mosmos.mrml.process import segment_command
 
     out.mkdir(parents=True, exist_ok=True)
-    argv = segment_command(ct, model_of(run), None, out / "labels.nii.gz", out / "attention" if attention else None,
-                           None, device, python=sys.executable) + ["--precision", precision]
+    request = SegmentRequest(model=str(model_of(run)), input=str(ct), output=str(out / "labels.nii.gz"),
+                             attention=str(out / "attention") if attention else None, device=device,
+                             precision=precision, json_progress=True)
+    argv = segment_command(request, python=sys.executable)
     if cap is not None:
         argv = [sys.executable, "-c", CAPPED_SEGMENT, str(cap), *argv[3:]]
     start = time.perf_counter()
