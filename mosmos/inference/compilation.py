@@ -146,6 +146,8 @@ class WindowForward:
                     self.compiled, self.compiled_key, self.compiled_now = \
                         torch.compile(self.network, dynamic=False), self.key, True
                 out = self.compiled(x)
+            except torch.cuda.OutOfMemoryError:
+                raise  # not a compiler failure: the caller's out-of-memory fallback takes it
             except Exception as e:  # inductor's errors have no common base; eager is always there
                 self.failure = f"{type(e).__name__}: {(str(e).strip().splitlines() or [''])[0]}"
                 self.compiled = None

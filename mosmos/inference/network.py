@@ -77,4 +77,8 @@ def load_segmentation_model(path, device: torch.device | str = CPU) -> tuple[tor
         raise
     except (RuntimeError, KeyError, ValueError, TypeError) as e:
         raise MosmosError(f"{path}: cannot build the {arch} network from the file ({e})") from None
-    return network.eval().to(device), header
+    try:
+        return network.eval().to(device), header
+    except torch.cuda.OutOfMemoryError:
+        raise MosmosError(f"{path}: the model does not fit in the free memory of {device}; "
+                          "close other GPU programs or use --device cpu") from None

@@ -127,6 +127,14 @@ class AttentionMaps(Mapping):
         return len(self._index)
 
 
+def synchronized_clock(device: torch.device) -> float:
+    """``time.perf_counter()`` once ``device`` has finished its queued work: CUDA kernels run asynchronously,
+    so without the wait a stage's seconds would count only the launches and the next stage the work."""
+    if device.type == CUDA:
+        torch.cuda.synchronize(device)
+    return time.perf_counter()
+
+
 @dataclass
 class SegmentationResult:
     """What ``Segmenter.segment`` gives.
@@ -398,7 +406,7 @@ class Segmenter:
             try:
                 return predict(windows)
             finally:
-                seconds["windows"] += time.perf_counter() - start
+                seconds["windows"] += synchronized_clock(device) - start
 
         def predict(windows: torch.Tensor):
             x = windows[..., 0] if two_d else windows.to(memory_format=layout)
@@ -454,7 +462,7 @@ class Segmenter:
             try:
                 start = time.perf_counter()
                 image, body = self._model_image(arr, grid, self.device, body=True)
-                seconds["resample"] += time.perf_counter() - start
+                seconds["resample"] += synchronized_clock(self.device) - start
                 shape = tuple(image.shape[1:])
                 box, starts = (None, []) if constant else self._windows(body, shape, roi, overlap, fast, skip_air)
                 if box is None and not constant:
@@ -472,7 +480,7 @@ class Segmenter:
                     start, windows = time.perf_counter(), seconds["windows"]
                     sliding_window(image[(slice(None), *box)], roi, predict, len(self.label_values), n_maps, overlap,
                                    batch, stitch, options.progress, starts, unrun, on_slab=kept.slab)
-                    seconds["stitch"] += time.perf_counter() - start - (seconds["windows"] - windows)
+                    seconds["stitch"] += synchronized_clock(self.device) - start - (seconds["windows"] - windows)
                     self.forward.finish(self.device)
                     run["compiled"] = self.forward.compiling
                     if self.forward.use and self.forward.failure:

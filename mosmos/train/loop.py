@@ -95,7 +95,9 @@ class TrainingRun:
 
     def loader(self, dataset, sampler, batch_size: int, collate_fn=None) -> DataLoader:
         return DataLoader(dataset, batch_size=batch_size, sampler=sampler, num_workers=self.cfg.workers,
-                          pin_memory=self.device.type == CUDA, collate_fn=collate_fn)
+                          pin_memory=self.device.type == CUDA, collate_fn=collate_fn,
+                          # workers kept between epochs: restarting them re-imports torch and re-opens the data
+                          persistent_workers=self.cfg.workers > 0)
 
     # --- hooks ------------------------------------------------------------------------------
 
