@@ -43,9 +43,10 @@ $(NODE_READERS): Testing/node/package.json Testing/node/package-lock.json
 
 node-readers: $(NODE_READERS)
 
-# Two workers, one file each at a time (module fixtures are built once), one thread each (Testing/conftest.py).
+# Two workers, one file each at a time (module fixtures are built once), one thread each, the longest files
+# first (Testing/conftest.py).
 test: venv web orthanc node-readers
-	$(PY) -m pytest -q -n 2 --dist loadfile Testing
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder Testing
 
 demo: venv
 	$(VENV)/bin/mosmos demo --out demo-out

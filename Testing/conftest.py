@@ -10,6 +10,22 @@ if os.environ.get("PYTEST_XDIST_WORKER"):
 
     torch.set_num_threads(1)
 
+# The files that take minutes on `make test`'s workers, longest first. `make test` passes --no-loadscope-reorder,
+# so xdist hands files out in collection order: these start at once, and the many short files fill in beside
+# them. (xdist's own order, most tests first, left test_map_recipe.py's single ten-minute test running alone at
+# the end while the other worker idled.)
+LONGEST_FIRST = (
+    "test_map_recipe.py", "test_gpu_check.py", "test_web_security_browser.py", "test_demo.py",
+    "test_finetune.py", "test_web_browser.py", "test_slicer_batch.py", "test_study.py", "test_cohort.py",
+    "test_pretrain.py", "test_dicom_readers.py", "test_segment_fast_path.py", "test_web_security.py",
+    "test_qc_real.py", "test_slicer_train_lib.py",
+)
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(LONGEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: the other files keep their order
+
 
 @pytest.fixture
 def scene():
