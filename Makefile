@@ -46,7 +46,7 @@ node-readers: $(NODE_READERS)
 # Two workers, one file each at a time (module fixtures are built once), one thread each, the longest files
 # first (Testing/conftest.py).
 test: venv web orthanc node-readers
-	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder Testing
+	$(PY) -m pytest -q -n 2 --dist loadfile --no-loadscope-reorder --durations=15 Testing
 
 demo: venv
 	$(VENV)/bin/mosmos demo --out demo-out
