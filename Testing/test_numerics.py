@@ -74,8 +74,9 @@ def real_volumes() -> dict[str, tuple[np.ndarray, np.ndarray]]:
 
 
 VOLUMES = real_volumes()
-# (4, 2.5, 5) mm: no half-voxel cases; (1.5, 1.5, 2) mm: the 3 mm slices land on halves ((n - 1) * 1.5 = 28.5 for the
-# MR's 20, 43.5 for the CT's 30), where the grid's size takes numpy's round-half-to-even of n - 1 + 28.5, as MONAI's
+# (4, 2.5, 5) mm: no half-voxel cases; (1.5, 1.5, 2) mm: the 3 mm slices land on halves (x = (n - 1) * 1.5 is 28.5
+# for the MR's 20, 43.5 for the CT's 30), where the grid takes MONAI's round(x + 1) voxels (a half to even), not
+# round(x) + 1
 SPACINGS = [(4.0, 2.5, 5.0), (1.5, 1.5, 2.0)]
 
 

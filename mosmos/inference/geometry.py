@@ -3,9 +3,10 @@
 The model grid mirrors the training transforms (monai Orientation("RAS") then Spacing): the input
 axes are permuted and flipped to the closest RAS axes (an oblique direction stays oblique), then
 resampled to the model spacing with voxel 0 kept in place and ``round((n - 1) * s_in / s_out + 1)``
-voxels per axis (numpy's round, a half to even, as monai's compute_shape_offset). Because of that the input -> model mapping is, per axis, a permutation/flip followed
-by a scale: every resampling here is separable and exact in world coordinates, so labels painted at
-a world position come back at the same world position.
+voxels per axis (numpy's round, a half to even, as monai's compute_shape_offset). Because of that the
+input -> model mapping is, per axis, a permutation/flip followed by a scale: every resampling here is
+separable and exact in world coordinates, so labels painted at a world position come back at the same
+world position.
 """
 
 from __future__ import annotations
