@@ -2,10 +2,11 @@
 
 The model grid mirrors the training transforms (monai Orientation("RAS") then Spacing): the input
 axes are permuted and flipped to the closest RAS axes (an oblique direction stays oblique), then
-resampled to the model spacing with voxel 0 kept in place and ``round((n - 1) * s_in / s_out) + 1``
-voxels per axis. Because of that the input -> model mapping is, per axis, a permutation/flip followed
-by a scale: every resampling here is separable and exact in world coordinates, so labels painted at
-a world position come back at the same world position.
+resampled to the model spacing with voxel 0 kept in place and ``round((n - 1) * s_in / s_out + 1)``
+voxels per axis (numpy's round, a half to even, as monai's compute_shape_offset). Because of that the
+input -> model mapping is, per axis, a permutation/flip followed by a scale: every resampling here is
+separable and exact in world coordinates, so labels painted at a world position come back at the same
+world position.
 """
 
 from __future__ import annotations
@@ -62,7 +63,9 @@ def model_grid(shape, affine, spacing) -> ModelGrid:
     spacing = np.where(spacing > 0, spacing, sizes)  # monai: non-positive keeps the input spacing
     ratio = spacing / sizes
     n = np.array([shape[p] for p in perm], dtype=float)
-    out_shape = tuple(int(v) for v in np.round((n - 1) / ratio) + 1)
+    # round(x + 1), not round(x) + 1: they differ where x is a half (20 slices of 3 mm to 2 mm), and the
+    # training transforms (monai's Spacing) take the former
+    out_shape = tuple(int(v) for v in np.round((n - 1) / ratio + 1.0))
     out_affine = oriented_affine @ np.diag([*ratio, 1.0])
     return ModelGrid(tuple(int(s) for s in shape), tuple(perm), tuple(flip), tuple(float(r) for r in ratio),
                      out_shape, out_affine)

@@ -78,124 +78,181 @@ def sliding_window(
     """
     stitch_device = torch.device(stitch_device or image.device)
     shape = tuple(image.shape[1:])
-    pad = [max(0, r - s) for r, s in zip(roi, shape)]
-    if any(pad):
-        spec = []
-        for p in reversed(pad):
-            spec += [p // 2, p - p // 2]
-        image = F.pad(image, spec)
+    image, crop = pad_to_roi(image, roi)
     padded = tuple(image.shape[1:])
-    crop = [slice(p // 2, p // 2 + s) for p, s in zip(pad, shape)]
     starts = plan_windows(shape, roi, overlap) if starts is None else list(starts)
     ax = max(range(len(padded)), key=lambda d: padded[d])  # the slab axis: the smallest buffers
-    starts.sort(key=lambda start: start[ax])  # stable: product order within a layer of windows
-    batches = [starts[i:i + batch_size] for i in range(0, len(starts), batch_size)]
-    total = len(batches)
+    batches = window_batches(starts, batch_size, ax)
     depth = min(padded[ax], max([b[-1][ax] - b[0][ax] + roi[ax] for b in batches], default=1))
 
+    whole = None
     if on_slab is None:
-        full_logits, full_maps, uncovered_all, sink = _full_outputs(shape, num_classes, num_maps, stitch_device)
-    else:
-        sink = on_slab
-
-    def along(part: slice, others) -> tuple[slice, ...]:
-        return tuple(part if d == ax else other for d, other in enumerate(others))
+        whole = WholeVolume(shape, num_classes, num_maps, stitch_device)
+        on_slab = whole.put
+    finish = SlabFinisher(ax, crop, shape, uncovered_maps, on_slab)
+    ring = BlendRing(padded, roi, ax, depth, num_classes, num_maps, stitch_device)
+    gather = WindowGatherer(image, roi, len(batches[0]) if batches else 1)
 
     def report(done: int) -> None:
-        if progress is not None and progress(done, total) is False:
+        if progress is not None and progress(done, len(batches)) is False:
             raise Cancelled("segmentation cancelled")
-
-    # Every buffer is allocated once: the stitched outputs of one window depth, the weights and one
-    # batch of windows (a fresh stack or product per window made the allocator map and unmap pages
-    # per window).
-    importance = gaussian_importance(roi, stitch_device)
-    held = [depth if d == ax else n for d, n in enumerate(padded)]
-    logits = torch.zeros((num_classes, *held), dtype=torch.float32, device=stitch_device)
-    maps = torch.zeros((num_maps, *held), dtype=torch.float32, device=stitch_device) if num_maps else None
-    weight = torch.zeros((1, *held), dtype=torch.float32, device=stitch_device)
-    buffers = [b for b in (logits, maps, weight) if b is not None]
-    windows = torch.empty((min(batch_size, len(starts)) or 1, image.shape[0], *roi), dtype=image.dtype,
-                          device=image.device)
-    lo = 0  # the first layer (padded, along ax) the buffers hold; layer L lives at L % depth, a ring
-
-    def ring(first: int, count: int) -> list[tuple[int, int, int]]:
-        """Layers first..first+count as the pieces (layer, buffer position, layers) the ring holds them in."""
-        pos = first % depth
-        head = min(count, depth - pos)
-        return [(first, pos, head)] + ([(first + head, 0, count - head)] if count > head else [])
-
-    def emit(upto: int) -> None:
-        """Hand the layers lo..upto (padded; upto - lo <= depth) to the sink, then zero them for reuse."""
-        for first, pos, n in ring(lo, upto - lo):
-            a, b = max(first, crop[ax].start), min(first + n, crop[ax].stop)
-            if a < b:
-                region = along(slice(pos + a - first, pos + b - first), crop)
-                w = weight[0][region]
-                uncovered = w == 0
-                w.masked_fill_(uncovered, 1.0)
-                slab = logits[(slice(None), *region)].div_(w)
-                slab[0].masked_fill_(uncovered, 1.0)
-                slab_maps = None
-                if maps is not None:
-                    slab_maps = maps[(slice(None), *region)].div_(w)
-                    if uncovered_maps is not None:
-                        for k, channel in enumerate(slab_maps):
-                            channel.masked_fill_(uncovered, uncovered_maps[k])
-                sink(along(slice(a - crop[ax].start, b - crop[ax].start), [slice(0, n) for n in shape]), slab,
-                     slab_maps, uncovered)
-            for buf in buffers:
-                buf.narrow(1 + ax, pos, n).zero_()
-
-    def advance(upto: int) -> None:
-        """Finish every layer before ``upto``: the buffers then hold layers upto..upto+depth. A ring rather
-        than moving the layers kept to the front: that copy took a sixth of a full CT's stitching."""
-        nonlocal lo
-        while lo < upto:
-            step = min(upto - lo, depth)
-            emit(lo + step)
-            lo += step
 
     report(0)
     for done, batch in enumerate(batches, 1):
-        advance(batch[0][ax])
-        for b, start in enumerate(batch):
-            windows[b].copy_(image[(slice(None), *(slice(s, s + r) for s, r in zip(start, roi)))])
-        out_logits, out_maps = predict(windows[:len(batch)])
-        out_logits = out_logits.to(stitch_device)
-        if maps is not None:
-            out_maps = out_maps.to(stitch_device)
-        for b, start in enumerate(batch):
-            box = [slice(s, s + r) for s, r in zip(start, roi)]
-            for first, pos, n in ring(start[ax], roi[ax]):
-                reg = along(slice(pos, pos + n), box)
-                part = along(slice(first - start[ax], first - start[ax] + n), [slice(None)] * len(roi))
-                logits[(slice(None), *reg)].addcmul_(out_logits[b][(slice(None), *part)], importance[part])
-                if maps is not None:
-                    maps[(slice(None), *reg)].addcmul_(out_maps[b][(slice(None), *part)], importance[part])
-                weight[(0, *reg)].add_(importance[part])
+        ring.advance(batch[0][ax], finish)
+        out_logits, out_maps = predict(gather(batch))
+        ring.add(batch, out_logits, out_maps)
         del out_logits, out_maps
         report(done)
-    advance(padded[ax])
-    if on_slab is not None:
+    ring.advance(padded[ax], finish)
+    if whole is None:
         return None, None
-    if full_maps is not None and uncovered_maps is None and uncovered_all.any() and not uncovered_all.all():
-        fill_lowest(full_maps, uncovered_all)
-    return full_logits, full_maps
+    return whole.result(uncovered_maps)
 
 
-def _full_outputs(shape, num_classes: int, num_maps: int, device):
-    """(logits, maps, uncovered, sink): whole-volume outputs and the slab sink that fills them."""
-    logits = torch.empty((num_classes, *shape), dtype=torch.float32, device=device)
-    maps = torch.empty((num_maps, *shape), dtype=torch.float32, device=device) if num_maps else None
-    uncovered_all = torch.zeros(shape, dtype=torch.bool, device=device)
+def pad_to_roi(image: torch.Tensor, roi: Sequence[int]) -> tuple[torch.Tensor, list[slice]]:
+    """``image`` (C, X, Y, Z) zero-padded symmetrically up to ``roi`` where smaller, and the slices of the
+    padded grid that hold the image (the crop back)."""
+    shape = image.shape[1:]
+    pad = [max(0, r - s) for r, s in zip(roi, shape)]
+    if any(pad):
+        image = F.pad(image, [q for p in reversed(pad) for q in (p // 2, p - p // 2)])
+    return image, [slice(p // 2, p // 2 + s) for p, s in zip(pad, shape)]
 
-    def sink(where, slab, slab_maps, uncovered) -> None:
-        logits[(slice(None), *where)] = slab
-        uncovered_all[where] = uncovered
+
+def window_batches(starts: Sequence[tuple[int, ...]], batch_size: int, ax: int) -> list[list[tuple[int, ...]]]:
+    """The windows in order of their start along the slab axis ``ax`` (stable: product order within a layer
+    of windows), in batches of ``batch_size``: a slab is final once the next batch starts past it."""
+    ordered = sorted(starts, key=lambda start: start[ax])
+    return [ordered[i:i + batch_size] for i in range(0, len(ordered), batch_size)]
+
+
+def along(ax: int, part: slice, others: Sequence[slice]) -> tuple[slice, ...]:
+    """``others`` with ``part`` in place of the slab axis ``ax``."""
+    return tuple(part if d == ax else other for d, other in enumerate(others))
+
+
+class WindowGatherer:
+    """Copies a batch of windows of the image into one buffer allocated once (a fresh stack per batch made
+    the allocator map and unmap pages per window)."""
+
+    def __init__(self, image: torch.Tensor, roi: Sequence[int], size: int):
+        self.image, self.roi = image, tuple(roi)
+        self.windows = torch.empty((size, image.shape[0], *roi), dtype=image.dtype, device=image.device)
+
+    def __call__(self, batch: Sequence[tuple[int, ...]]) -> torch.Tensor:
+        for b, start in enumerate(batch):
+            self.windows[b].copy_(self.image[(slice(None), *(slice(s, s + r) for s, r in zip(start, self.roi)))])
+        return self.windows[:len(batch)]
+
+
+class BlendRing:
+    """The running gaussian-weighted sums (logits, maps, weights) of ``depth`` layers of the padded volume
+    along the slab axis, a ring: layer L lives at buffer position L % depth. Allocated once; finished layers
+    are handed out and zeroed for reuse. A ring rather than moving the layers kept to the front: that copy
+    took a sixth of a full CT's stitching."""
+
+    def __init__(self, padded: Sequence[int], roi: Sequence[int], ax: int, depth: int, num_classes: int,
+                 num_maps: int, device: torch.device):
+        self.roi, self.ax, self.depth = tuple(roi), ax, depth
+        self.importance = gaussian_importance(roi, device)
+        held = [depth if d == ax else n for d, n in enumerate(padded)]
+        self.device = device
+        self.logits = torch.zeros((num_classes, *held), dtype=torch.float32, device=device)
+        self.maps = torch.zeros((num_maps, *held), dtype=torch.float32, device=device) if num_maps else None
+        self.weight = torch.zeros((1, *held), dtype=torch.float32, device=device)
+        self.lo = 0  # the first layer (padded, along ax) the buffers hold
+
+    def pieces(self, first: int, count: int) -> list[tuple[int, int, int]]:
+        """Layers first..first+count as the pieces (layer, buffer position, layers) the ring holds them in."""
+        pos = first % self.depth
+        head = min(count, self.depth - pos)
+        return [(first, pos, head)] + ([(first + head, 0, count - head)] if count > head else [])
+
+    def add(self, batch: Sequence[tuple[int, ...]], logits: torch.Tensor, maps: torch.Tensor | None) -> None:
+        """Add each window's outputs (B, K, *roi), weighted by the gaussian, where the window lies."""
+        ax, whole = self.ax, [slice(None)] * len(self.roi)
+        logits = logits.to(self.device)
+        if self.maps is not None:
+            maps = maps.to(self.device)
+        for b, start in enumerate(batch):
+            box = [slice(s, s + r) for s, r in zip(start, self.roi)]
+            for first, pos, n in self.pieces(start[ax], self.roi[ax]):
+                reg = along(ax, slice(pos, pos + n), box)
+                part = along(ax, slice(first - start[ax], first - start[ax] + n), whole)
+                weight = self.importance[part]
+                self.logits[(slice(None), *reg)].addcmul_(logits[b][(slice(None), *part)], weight)
+                if self.maps is not None:
+                    self.maps[(slice(None), *reg)].addcmul_(maps[b][(slice(None), *part)], weight)
+                self.weight[(0, *reg)].add_(weight)
+
+    def advance(self, upto: int, finish: "SlabFinisher") -> None:
+        """Finish every layer before ``upto`` (hand it to ``finish``, then zero it): the buffers then hold
+        layers upto..upto+depth."""
+        while self.lo < upto:
+            step = min(upto - self.lo, self.depth)
+            for first, pos, n in self.pieces(self.lo, step):
+                views = [None if buf is None else buf.narrow(1 + self.ax, pos, n)
+                         for buf in (self.logits, self.maps, self.weight)]
+                finish(first, *views)
+                for view in views:
+                    if view is not None:
+                        view.zero_()
+            self.lo += step
+
+
+class SlabFinisher:
+    """Turns finished layers of the running sums into the blend (sums / weights; background where no window
+    ran), cropped to the image, and hands them to the slab sink."""
+
+    def __init__(self, ax: int, crop: Sequence[slice], shape: Sequence[int],
+                 uncovered_maps: Sequence[float] | None, sink: SlabSink):
+        self.ax, self.crop, self.shape = ax, list(crop), tuple(shape)
+        self.uncovered_maps, self.sink = uncovered_maps, sink
+
+    def __call__(self, first: int, logits: torch.Tensor, maps: torch.Tensor | None, weight: torch.Tensor) -> None:
+        """``logits``, ``maps``, ``weight``: the sums of padded layers first.. along the slab axis (views,
+        divided in place)."""
+        ax, crop = self.ax, self.crop
+        a, b = max(first, crop[ax].start), min(first + logits.shape[1 + ax], crop[ax].stop)
+        if a >= b:
+            return
+        region = along(ax, slice(a - first, b - first), crop)
+        w = weight[0][region]
+        uncovered = w == 0
+        w.masked_fill_(uncovered, 1.0)
+        slab = logits[(slice(None), *region)].div_(w)
+        slab[0].masked_fill_(uncovered, 1.0)
+        slab_maps = None
         if maps is not None:
-            maps[(slice(None), *where)] = slab_maps
+            slab_maps = maps[(slice(None), *region)].div_(w)
+            if self.uncovered_maps is not None:
+                for k, channel in enumerate(slab_maps):
+                    channel.masked_fill_(uncovered, self.uncovered_maps[k])
+        where = along(ax, slice(a - crop[ax].start, b - crop[ax].start), [slice(0, n) for n in self.shape])
+        self.sink(where, slab, slab_maps, uncovered)
 
-    return logits, maps, uncovered_all, sink
+
+class WholeVolume:
+    """The slab sink that fills whole-volume outputs (when the caller takes the blend in one piece)."""
+
+    def __init__(self, shape: Sequence[int], num_classes: int, num_maps: int, device: torch.device):
+        self.logits = torch.empty((num_classes, *shape), dtype=torch.float32, device=device)
+        self.maps = torch.empty((num_maps, *shape), dtype=torch.float32, device=device) if num_maps else None
+        self.uncovered = torch.zeros(tuple(shape), dtype=torch.bool, device=device)
+
+    def put(self, where, slab, slab_maps, uncovered) -> None:
+        self.logits[(slice(None), *where)] = slab
+        self.uncovered[where] = uncovered
+        if self.maps is not None:
+            self.maps[(slice(None), *where)] = slab_maps
+
+    def result(self, uncovered_maps: Sequence[float] | None) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(logits, maps); maps where no window ran take their lowest score unless ``uncovered_maps`` set them."""
+        maps, uncovered = self.maps, self.uncovered
+        if maps is not None and uncovered_maps is None and uncovered.any() and not uncovered.all():
+            fill_lowest(maps, uncovered)
+        return self.logits, maps
 
 
 def fill_lowest(maps: torch.Tensor, uncovered: torch.Tensor) -> None:
