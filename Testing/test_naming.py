@@ -15,7 +15,7 @@ CALLED_IN: dict[str, str] = {}
 
 
 def defined_names(tree: ast.AST):
-    """(name, line) of each function, argument, variable and ``self.`` attribute the code defines."""
+    """(name, line) of each function, argument, variable, import alias and ``self.`` attribute the code defines."""
     for node in ast.walk(tree):
         if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)):
             yield node.name, node.lineno
@@ -24,6 +24,8 @@ def defined_names(tree: ast.AST):
                 yield arg.arg, node.lineno
         elif isinstance(node, ast.Name) and isinstance(node.ctx, ast.Store):
             yield node.id, node.lineno
+        elif isinstance(node, (ast.Import, ast.ImportFrom)):
+            yield from ((a.asname, node.lineno) for a in node.names if a.asname)
         elif (isinstance(node, ast.Attribute) and isinstance(node.ctx, ast.Store)
               and isinstance(node.value, ast.Name) and node.value.id == "self"):
             yield node.attr, node.lineno
@@ -41,7 +43,7 @@ def test_the_core_defines_no_camel_case_name():
 
 
 def test_the_rule_sees_each_kind_of_name():
-    source = ("def readArray(volumeNode, *, kw_ok=1):\n    tableNode = 1\n    self.workDir = 2\n"
-              "    for segNode in []: pass\n    ok_name = 3\n")
+    source = ("import numpy as npArray\ndef readArray(volumeNode, *, kw_ok=1):\n    tableNode = 1\n"
+              "    self.workDir = 2\n    for segNode in []: pass\n    ok_name = 3\n")
     assert [hit.split(": ")[1] for hit in camel_case_names(source, "x.py")] == [
-        "readArray", "volumeNode", "tableNode", "workDir", "segNode"]
+        "npArray", "readArray", "volumeNode", "tableNode", "workDir", "segNode"]

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MosmosError
 from ..options import AUTO, COMPILE_MODES, PRECISIONS, check_choice, check_number
@@ -168,7 +168,7 @@ class SegmentRequest:
             attention=str(staging / self.attention) if self.attention else None)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace, **given) -> SegmentRequest:
+    def from_args(cls, args: argparse.Namespace, **given: Any) -> SegmentRequest:
         """The request of parsed ``mosmos segment`` arguments.
 
         Args:

@@ -14,7 +14,7 @@ from mosmos.inference.request import SegmentRequest
 from mosmos.options import normalize_device
 
 from . import deps
-from . import models as modelsLib
+from . import models as models_lib
 from .attention import attention_volume_node
 from .process import BackgroundProcess, child_environment, segment_command
 from .segmentation import build_segmentation_node
@@ -38,22 +38,22 @@ def resolve_model(model, folder=None) -> Path:
         path = Path(model).expanduser()
         if path.is_file():
             # Header only: a wrong file fails here in milliseconds, before anything is written or started.
-            info = modelsLib.model_info(path)
+            info = models_lib.model_info(path)
             if info.kind != "segmentation":
                 raise MosmosError(f"{path}: a {info.kind or 'non-segmentation'} model cannot segment; "
                                   "choose a fine-tuned segmentation model")
             return path.resolve()  # the segmentation runs in a child process with its own working folder
-    installed = modelsLib.list_models(folder)
+    installed = models_lib.list_models(folder)
     if model:
         for info in installed:
             if str(model) in (info.path.name, info.path.stem):
                 return info.path
         names = ", ".join(i.path.name for i in installed) or "none installed"
-        raise MosmosError(f"{model}: model file not found (models folder {folder or modelsLib.default_models_dir()}: {names})")
+        raise MosmosError(f"{model}: model file not found (models folder {folder or models_lib.default_models_dir()}: {names})")
     if len(installed) == 1:
         return installed[0].path
     if not installed:
-        raise MosmosError(f"{folder or modelsLib.default_models_dir()}: no segmentation model installed; add a model file")
+        raise MosmosError(f"{folder or models_lib.default_models_dir()}: no segmentation model installed; add a model file")
     raise MosmosError("several models installed; choose one: " + ", ".join(i.path.name for i in installed))
 
 

@@ -19,7 +19,7 @@ from mosmos.inference.dicom import DicomSource
 from mosmos.inference.dicomseg import segmentation_dataset
 from mosmos.inference.tagselect import select_tags
 from mosmos.files.modelfile import verify_model
-from mosmos.mrml import models as modelsLib
+from mosmos.mrml import models as models_lib
 from mosmos.mrml import pipeline, segmentation, volumes
 from mosmos.mrml.attention import attention_color_node
 
@@ -101,7 +101,7 @@ class Session:
         a zipped upload may unpack to."""
         self.app = slicer_app
         self.scene = slicer_app.scene
-        self.models_folder = Path(models_folder) if models_folder else modelsLib.default_models_dir()
+        self.models_folder = Path(models_folder) if models_folder else models_lib.default_models_dir()
         self.work_dir = Path(work_dir) if work_dir else None
         self.max_unpacked_bytes = max_unpacked_bytes
         self.volume_node = None
@@ -111,8 +111,8 @@ class Session:
         self.outputs: pipeline.SegmentationOutputs | None = None
 
     # --- models -------------------------------------------------------------------------------------
-    def models(self) -> list[modelsLib.ModelInfo]:
-        return modelsLib.list_models(self.models_folder)
+    def models(self) -> list[models_lib.ModelInfo]:
+        return models_lib.list_models(self.models_folder)
 
     def model_path(self, name: str) -> Path:
         """The model the server offers under ``name`` (its file name in the models folder). Anything else, a path
@@ -159,7 +159,7 @@ class Session:
         model_file = self.model_path(model)
         # The core's own checks of the names and of the model file (tensors and checksum), here so that a typo
         # or a broken file is reported at once rather than after a process has started.
-        select_tags(tags, list(modelsLib.model_info(model_file).organs), open_set_supported=True)
+        select_tags(tags, list(models_lib.model_info(model_file).organs), open_set_supported=True)
         verify_model(model_file)
         job = pipeline.SegmentationJob(self.volume_node, tags, model_file, device, attention=True,
                                        models_folder=self.models_folder, fast=fast)
