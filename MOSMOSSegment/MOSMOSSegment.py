@@ -398,22 +398,22 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
             self._updateApplyButton()
 
     def _showResults(self, outputs) -> None:
-        segNode = outputs.segmentationNode
+        segNode = outputs.segmentation_node
         # Through the logic: the widget's parameter node is None after a scene close while the module was hidden.
         self.logic.getParameterNode().outputSegmentation = segNode
         segNode.CreateClosedSurfaceRepresentation()
-        self.ui.volumesTableView.setMRMLTableNode(outputs.tableNode)
-        self._attentionNodes = outputs.attentionNodes
+        self.ui.volumesTableView.setMRMLTableNode(outputs.table_node)
+        self._attentionNodes = outputs.attention_nodes
         combo = self.ui.attentionTagComboBox
         wasBlocked = combo.blockSignals(True)
         combo.clear()
         combo.addItem(_("(none)"))
-        for tag in outputs.attentionNodes:
+        for tag in outputs.attention_nodes:
             combo.addItem(tag)
         combo.blockSignals(wasBlocked)
         found = ", ".join(o["name"] for o in outputs.organs) or _("no organ")
         self.ui.statusLabel.text = "\n".join([_("Done: {organs}.").format(organs=found)] + list(outputs.notices))
-        combo.setCurrentIndex(1 if outputs.attentionNodes else 0)
+        combo.setCurrentIndex(1 if outputs.attention_nodes else 0)
         self.showAttention()
 
     def showAttention(self, *unused) -> None:
@@ -453,12 +453,12 @@ class MOSMOSSegmentLogic(ScriptedLoadableModuleLogic):
         """Blocking. ``tags``: list or "liver, spleen" (None: every organ of the model); ``model``: file, or a
         model's name in the models folder (None: the only one installed). Returns the segmentation node, or
         (segmentation node, {tag: attention volume node}) with ``returnAttention``. The organ volume table is
-        ``self.lastOutputs.tableNode``. ``fast``: quick preview."""
+        ``self.lastOutputs.table_node``. ``fast``: quick preview."""
         self.lastOutputs = pipeline.segment_volume_node(volumeNode, tags, model, device, returnAttention,
                                                         progress, segmentationNode, fast=fast)
         if returnAttention:
-            return self.lastOutputs.segmentationNode, self.lastOutputs.attentionNodes
-        return self.lastOutputs.segmentationNode
+            return self.lastOutputs.segmentation_node, self.lastOutputs.attention_nodes
+        return self.lastOutputs.segmentation_node
 
 
 #
@@ -501,6 +501,6 @@ class MOSMOSSegmentTest(ScriptedLoadableModuleTest):
             values, ras = volumes.array_from_volume(node)
             self.assertTrue(0.0 <= values.min() and values.max() <= 1.0)
             np.testing.assert_allclose(ras, volumes.ijk_to_ras(volumeNode))
-        table = logic.lastOutputs.tableNode
+        table = logic.lastOutputs.table_node
         self.assertEqual(table.GetNumberOfRows(), len(logic.lastOutputs.organs))
         self.delayDisplay("Test passed")

@@ -85,3 +85,34 @@ def test_the_training_commands_make_their_configs_field_by_field():
     made = FinetuneConfig.from_args(parser.parse_args(["--data", "d", "--out", "o", "--no-augment", "--paper-decoder",
                                                        "--arch", options.UNET2D, "--roi-size", "64", "64"]))
     assert (made.augment, made.maps_at_output, made.arch, made.roi_size) == (False, False, options.UNET2D, [64, 64])
+
+
+def test_a_training_config_is_made_again_from_its_argv():
+    """to_argv is from_args' inverse: from_args(parse(to_argv(c))) == c, for the defaults and for every field
+    set away from its default (lists, None, the flags that turn a field on or off)."""
+    import argparse
+
+    from mosmos.commands import finetune, pretrain
+    from mosmos.train.config import FinetuneConfig, PretrainConfig
+
+    made = [
+        (pretrain, PretrainConfig("r", "o")),
+        (pretrain, PretrainConfig("r d", "o", backbone=options.RN50, weights="openai", epochs=3, batch_size=2,
+                                  lr=2.5e-4, weight_decay=0.2, warmup_steps=7, seed=5, workers=0,
+                                  precision=options.FP32, device=options.CPU, checkpoint_every=9, log_every=2,
+                                  val_fraction=0.125, max_steps=11, description="two words", ablate="irc")),
+        (finetune, FinetuneConfig("d", "o")),
+        (finetune, FinetuneConfig("d", "o", arch=options.UNET2D, backbone=options.RN50, init="clip", pretrained="p",
+                                  epochs=2, batch_size=3, num_samples=1, lr=3e-4, weight_decay=0.0, warmup_steps=0,
+                                  lambda_pta=0.0, label_ratio=0.5, roi_size=[64, 32], spacing=[1.0, 1.0, 2.5],
+                                  feature_size=8, augment=False, scale_augment=0.1, maps_at_output=False,
+                                  learn_prompt=True, val_every=1, seed=1, workers=1, precision=options.BF16,
+                                  device=options.CUDA, checkpoint_every=1, log_every=1, max_steps=5,
+                                  description="x")),
+    ]
+    for command, config in made:
+        parser = argparse.ArgumentParser()
+        command.add_arguments(parser)
+        assert type(config).from_args(parser.parse_args(config.to_argv())) == config, config
+    assert made[3][1].to_argv().count("--no-augment") == 1 and "--learn-prompt" in made[3][1].to_argv()
+    assert not {"--learn-prompt", "--no-augment", "--paper-decoder"} & set(made[2][1].to_argv())

@@ -81,7 +81,7 @@ def test_batch_fails_with_one_line(tmp_path):
 
 
 def test_batch_writes_a_dicom_seg_of_a_dicom_folder_never_into_it(tiny_model, tmp_path, scene, capsys):
-    """In-process (the script's main) on a real scene: only the segmentation itself runs in a child process."""
+    """In-process (the script's main) on a real scene."""
     import importlib.util
 
     import highdicom as hd
@@ -135,7 +135,77 @@ def test_batch_fetches_a_study_from_dicomweb_and_stores_the_seg(tiny_model, tmp_
         found = dicomweb.connect(server.dicomweb).search_for_instances(
             study_instance_uid=study, search_filters={"Modality": "SEG"})
         assert len(found) == 1
-        assert batch.main(args[:-1] + ["--store", "--format", "nii.gz"]) == 1
-        assert "--store sends a DICOM SEG" in capsys.readouterr().err
+        # as `mosmos segment`: a label map file here, the SEG in the study (the same instance: a rerun repeats
+        # its UID, mosmos.inference.run.stored_uid)
+        assert batch.main(args[:-1] + ["--store", "--format", "nii.gz"]) == 0, capsys.readouterr().err
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{study}.dcm", f"{study}.nii.gz"]
+        assert len(dicomweb.connect(server.dicomweb).search_for_instances(
+            study_instance_uid=study, search_filters={"Modality": "SEG"})) == 1
     finally:
         stop(proc)
+
+
+def test_batch_runs_the_request_here_and_writes_no_temporary_volume(tiny_model, tmp_path, scene, capsys):
+    """DICOM series -> .seg.nrrd: the batch runs mosmos.segment in its own process (no child process) on the
+    series it reads once, and keeps the label map in memory for the .seg.nrrd (no temporary NIfTI round trip):
+    an audit hook sees every file Python opens for writing and every process started. The .seg.nrrd's segments
+    lie where the run's label map has their labels."""
+    import importlib.util
+
+    from dicom_series import MR_SMALL, make_series
+
+    from mosmos.inference.io import read_volume
+    from mosmos.mrml.segmentation import export_segment_array
+    from mosmos.mrml.volumes import volume_from_array
+
+    spec = importlib.util.spec_from_file_location("MOSMOSSegmentBatch", SCRIPT)
+    batch = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(batch)
+    series = tmp_path / "series"
+    make_series(MR_SMALL, series)
+    out, attention = tmp_path / "out" / "mr.seg.nrrd", tmp_path / "att"
+    written, seen = [], {"watch": True, "opened": [], "started": []}
+
+    def keep(result, target, name):   # the run's result, as write_segmentation_file gets it
+        written.append(result)
+        write(result, target, name)
+
+    write, batch.write_segmentation_file = batch.write_segmentation_file, keep
+
+    def audit(event, args):
+        if not seen["watch"]:
+            return
+        if event == "open" and isinstance(args[0], (str, bytes, os.PathLike)) and (
+                any(c in str(args[1] or "") for c in "wax+") or (args[2] or 0) & (os.O_WRONLY | os.O_RDWR)):
+            seen["opened"].append(os.fsdecode(args[0]))
+        elif event == "subprocess.Popen":   # (executable, args, cwd, env); ctypes asks ldconfig for libraries
+            seen["started"].append(" ".join(map(os.fsdecode, args[1])))
+
+    sys.addaudithook(audit)   # hooks stay for the process's life: "watch" turns this one off below
+    try:
+        code = batch.main(["--input", str(series), "--model", str(tiny_model), "--tags", "liver, spleen",
+                           "--device", "cpu", "--output", str(out), "--attention", str(attention)])
+    finally:
+        seen["watch"] = False
+    assert code == 0, capsys.readouterr().err
+    assert not [argv for argv in seen["started"] if "mosmos" in argv or sys.executable in argv], seen["started"]
+    volumes = [p for p in seen["opened"] if p.lower().endswith((".nii", ".nii.gz", ".nrrd", ".part"))]
+    # the attention maps (staged beside themselves) and the .seg.nrrd's staging file: nothing anywhere else
+    assert volumes and all(Path(p).parent in (attention / "series", out.parent) for p in volumes), volumes
+    assert sorted(p.name for p in (attention / "series").iterdir()) == ["liver.nii.gz", "spleen.nii.gz"]
+
+    storage = slicer.vtkMRMLSegmentationStorageNode()
+    storage.SetFileName(str(out))
+    seg_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode")
+    assert storage.ReadData(seg_node)
+    volume = read_volume(series)
+    reference = volume_from_array(scene, volume.array.transpose(2, 1, 0), volume.affine, "reference")
+    [result] = written
+    found = 0
+    for organ in result.organs:
+        if seg_node.GetSegmentation().GetSegmentIdBySegmentName(organ["name"]):
+            found += 1
+            np.testing.assert_array_equal(export_segment_array(seg_node, organ["name"], reference),
+                                          (result.labelmap == organ["label"]).transpose(2, 1, 0))
+    assert found == sum(bool((result.labelmap == o["label"]).any()) for o in result.organs) > 0
+    assert [p.name for p in out.parent.iterdir()] == ["mr.seg.nrrd"]   # the staged file renamed into place

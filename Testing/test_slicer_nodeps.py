@@ -75,7 +75,7 @@ SCRIPT = textwrap.dedent(r'''
                                                                   roco=WORK / "roco").start(),
         "start training": lambda: job.TrainingJob(settings.TrainingSettings(
             "pretrain", out=WORK / "run", roco=WORK / "roco")).start(),
-        "segmentation job (built)": lambda: pipeline.SegmentationJob(volume, "liver", MODEL).modelPath.name,
+        "segmentation job (built)": lambda: pipeline.SegmentationJob(volume, "liver", MODEL).model_file.name,
         "segment (GUI)": lambda: pipeline.SegmentationJob(volume, "liver", MODEL).start(),
         "segment (blocking)": lambda: pipeline.segment_volume_node(volume, ["liver"], MODEL),
         "self-test: segmentation inputs": lambda: selftest.segmentation_inputs(slicer.mrmlScene, WORK),
@@ -236,13 +236,13 @@ def test_slicer_core_has_no_slicer_packaging_so_5_10_installs_with_pip_install(a
         absent_requirement()
 
     monkeypatch.setattr(slicer.util, "pip_install", pip_install)
-    assert deps.ensure_dependencies(askConfirmation=False) == ["mosmos-absent-dist>=1.0"]
+    assert deps.ensure_dependencies(ask_confirmation=False) == ["mosmos-absent-dist>=1.0"]
     (args, constraints), = calls
     assert args[0] == "-c" and args[2:] == ["mosmos-absent-dist>=1.0"]
     assert f"torch=={importlib.metadata.version('torch')}" in constraints.splitlines()
     assert f"numpy=={importlib.metadata.version('numpy')}" in constraints.splitlines()
     assert not Path(args[1]).exists()  # the constraints file is gone afterwards
-    assert deps.ensure_dependencies(askConfirmation=False) == [] and len(calls) == 1
+    assert deps.ensure_dependencies(ask_confirmation=False) == [] and len(calls) == 1
 
 
 def fake_packaging(calls: list, install):
@@ -272,7 +272,7 @@ def test_slicer_5_12_installs_with_pip_ensure(absent_requirement, monkeypatch, a
     monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
     monkeypatch.setattr(slicer.util, "pip_install", lambda *a, **k: pytest.fail("pip_install on Slicer 5.12"))
-    assert deps.ensure_dependencies(askConfirmation=ask) == ["mosmos-absent-dist>=1.0"]
+    assert deps.ensure_dependencies(ask_confirmation=ask) == ["mosmos-absent-dist>=1.0"]
     call, = calls
     assert call["requirements"] == ["mosmos-absent-dist>=1.0"]
     assert "torch==" in call["constraints"] and "numpy==" in call["constraints"]
@@ -290,7 +290,7 @@ def test_declining_pip_ensures_dialog_is_one_clear_error(absent_requirement, mon
     monkeypatch.setitem(sys.modules, "slicer.packaging", packaging)
     monkeypatch.setattr(slicer, "packaging", packaging, raising=False)
     with pytest.raises(MosmosError, match="installation was cancelled"):
-        deps.ensure_dependencies(askConfirmation=True)
+        deps.ensure_dependencies(ask_confirmation=True)
 
 
 def test_a_missing_pyproject_names_the_file(tmp_path, monkeypatch):

@@ -271,7 +271,7 @@ def test_volume_table_is_voxel_count_times_voxel_volume(scene):
         assert table.GetCellText(i, 0) == name
         assert int(table.GetCellText(i, 1)) == label
         assert table.GetTable().GetValue(i, 2).ToDouble() == pytest.approx(volume, abs=1e-3)
-    same = tables.volume_table_node(scene, rows[:1], tableNode=table)
+    same = tables.volume_table_node(scene, rows[:1], table_node=table)
     assert same is table and table.GetNumberOfRows() == 1
 
 
@@ -444,27 +444,27 @@ def test_job_reads_core_outputs_into_nodes(scene, tmp_path):
     model = _model_file(tmp_path / "m.mosmos")
     job = pipeline.SegmentationJob(ct, "liver, spleen, left kidney", model, "cpu", attention=True)
     assert job.tags == ["liver", "spleen", "left kidney"]
-    volumes.write_volume(ct, job.inputPath)  # what start() hands the core
+    volumes.write_volume(ct, job.input_path)  # what start() hands the core
     job.process = process.BackgroundProcess([sys.executable, "-c", "pass"]).start()
     job.process.wait()
 
     kept = np.where(np.isin(labels, [o["label"] for o in organs]), labels, 0)
-    nib.save(nib.Nifti1Image(kept.transpose(2, 1, 0).astype(np.uint8), affine), job.outputPath)
-    job.attentionDir.mkdir()
+    nib.save(nib.Nifti1Image(kept.transpose(2, 1, 0).astype(np.uint8), affine), job.output_path)
+    job.attention_dir.mkdir()
     att = (labels == 5).astype(np.float32) * 0.9
-    nib.save(nib.Nifti1Image(att.transpose(2, 1, 0), affine), job.attentionDir / "liver.nii.gz")
-    job.volumesPath.write_text(json.dumps({"organs": organs, "attention": {"liver": "liver.nii.gz"},
+    nib.save(nib.Nifti1Image(att.transpose(2, 1, 0), affine), job.attention_dir / "liver.nii.gz")
+    job.volumes_path.write_text(json.dumps({"organs": organs, "attention": {"liver": "liver.nii.gz"},
                                            "notices": ["test notice"]}))
     out = job.finish()
     job.cleanup()
-    assert not job.workDir.exists()
+    assert not job.work_dir.exists()
 
-    assert sorted(segmentation.segment_names(out.segmentationNode)) == ["left kidney", "liver", "spleen"]
-    np.testing.assert_array_equal(segmentation.export_segment_array(out.segmentationNode, "spleen", ct), labels == 1)
-    assert out.notices == ["test notice"] and list(out.attentionNodes) == ["liver"]
-    np.testing.assert_allclose(volumes.array_from_volume(out.attentionNodes["liver"])[0], att)
-    assert out.tableNode.GetCellText(0, 0) == organs[0]["name"]
-    assert out.tableNode.GetTable().GetValue(1, 2).ToDouble() == pytest.approx(np.count_nonzero(labels == organs[1]["label"]) * 0.027, abs=1e-3)
+    assert sorted(segmentation.segment_names(out.segmentation_node)) == ["left kidney", "liver", "spleen"]
+    np.testing.assert_array_equal(segmentation.export_segment_array(out.segmentation_node, "spleen", ct), labels == 1)
+    assert out.notices == ["test notice"] and list(out.attention_nodes) == ["liver"]
+    np.testing.assert_allclose(volumes.array_from_volume(out.attention_nodes["liver"])[0], att)
+    assert out.table_node.GetCellText(0, 0) == organs[0]["name"]
+    assert out.table_node.GetTable().GetValue(1, 2).ToDouble() == pytest.approx(np.count_nonzero(labels == organs[1]["label"]) * 0.027, abs=1e-3)
 
 
 def test_job_rejects_output_on_another_grid(scene, tmp_path):
@@ -472,8 +472,8 @@ def test_job_rejects_output_on_another_grid(scene, tmp_path):
     job = pipeline.SegmentationJob(vol, ["liver"], _model_file(tmp_path / "m.mosmos"))
     job.process = process.BackgroundProcess([sys.executable, "-c", "pass"]).start()
     job.process.wait()
-    nib.save(nib.Nifti1Image(np.zeros((6, 5, 3), np.uint8), np.eye(4)), job.outputPath)
-    job.volumesPath.write_text(json.dumps({"organs": [{"name": "liver", "label": 1, "color": [1, 2, 3]}]}))
+    nib.save(nib.Nifti1Image(np.zeros((6, 5, 3), np.uint8), np.eye(4)), job.output_path)
+    job.volumes_path.write_text(json.dumps({"organs": [{"name": "liver", "label": 1, "color": [1, 2, 3]}]}))
     with pytest.raises(MosmosError, match="differs from the input volume grid"):
         job.finish()
     job.cleanup()
@@ -504,7 +504,7 @@ def test_job_runs_the_real_core_cli_on_an_lps_volume(scene, tmp_path, monkeypatc
         time.sleep(0.05)
     assert events[-1]["returncode"] == 0, child.error_message()
     assert any(e["event"] == "progress" for e in events)
-    written = np.asarray(nib.load(job.outputPath).dataobj).transpose(2, 1, 0)
+    written = np.asarray(nib.load(job.output_path).dataobj).transpose(2, 1, 0)
     out = job.finish()
     job.cleanup()
 
@@ -512,15 +512,15 @@ def test_job_runs_the_real_core_cli_on_an_lps_volume(scene, tmp_path, monkeypatc
     for organ in out.organs:
         expected = (written == organ["label"]).astype(np.uint8)
         if expected.any():
-            np.testing.assert_array_equal(segmentation.export_segment_array(out.segmentationNode, organ["name"], mr),
+            np.testing.assert_array_equal(segmentation.export_segment_array(out.segmentation_node, organ["name"], mr),
                                           expected)
     np.testing.assert_array_equal(out.labelmap, written)
-    assert sorted(out.attentionNodes) == ["liver", "spleen"]
-    for node in out.attentionNodes.values():
+    assert sorted(out.attention_nodes) == ["liver", "spleen"]
+    for node in out.attention_nodes.values():
         values, ras = volumes.array_from_volume(node)
         assert values.shape == written.shape and 0.0 <= values.min() and values.max() <= 1.0
         np.testing.assert_allclose(ras, ijkToRAS)
     voxel = tables.voxel_volume_ml(ijkToRAS)
     for row, organ in enumerate(out.organs):
-        assert out.tableNode.GetTable().GetValue(row, 2).ToDouble() == pytest.approx(
+        assert out.table_node.GetTable().GetValue(row, 2).ToDouble() == pytest.approx(
             np.count_nonzero(written == organ["label"]) * voxel, abs=1e-3)

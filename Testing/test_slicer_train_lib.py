@@ -163,13 +163,30 @@ def test_output_check(tmp_path):
 
 # ---- command line -------------------------------------------------------------------------------------------------
 
+def parsed(argv):
+    """The configuration a `python -m mosmos pretrain|finetune ...` argv makes (the command's own parser)."""
+    import argparse
+
+    from mosmos.commands import finetune, pretrain
+    from mosmos.train.config import FinetuneConfig, PretrainConfig
+
+    command, config = (pretrain, PretrainConfig) if argv[3] == "pretrain" else (finetune, FinetuneConfig)
+    parser = argparse.ArgumentParser()
+    command.add_arguments(parser)
+    args = parser.parse_args(argv[4:])
+    return config.from_args(args), (args.resume, args.events, args.no_progress)
+
+
 def test_commands_follow_the_training_contract(tmp_path):
     pre = settings.TrainingSettings("pretrain", out=tmp_path / "out", roco=tmp_path / "roco", weights="openai")
-    assert pre.command(python="py") == [
-        "py", "-m", "mosmos", "pretrain", "--roco", str(tmp_path / "roco"), "--out", str(tmp_path / "out"),
-        "--backbone", "ViT-B-16", "--weights", "openai", "--epochs", "50", "--batch-size", "64", "--lr", "1e-05",
-        "--seed", "0", "--workers", "4", "--device", "auto", "--checkpoint-every", "500", "--events", "-",
-        "--no-progress"]
+    argv = pre.command(python="py")
+    assert argv[:4] == ["py", "-m", "mosmos", "pretrain"] and argv[-3:] == ["--events", "-", "--no-progress"]
+    # the argv the widget wrote field by field before it took the configuration's (FromArgs.to_argv)
+    by_hand = ["py", "-m", "mosmos", "pretrain", "--roco", str(tmp_path / "roco"), "--out", str(tmp_path / "out"),
+               "--backbone", "ViT-B-16", "--weights", "openai", "--epochs", "50", "--batch-size", "64", "--lr",
+               "1e-05", "--seed", "0", "--workers", "4", "--device", "auto", "--checkpoint-every", "500", "--events",
+               "-", "--no-progress"]
+    assert parsed(argv) == parsed(by_hand) and parsed(argv)[0] == pre.config()
     assert pre.command(resume=True, python="py")[-4:] == ["--resume", "--events", "-", "--no-progress"]
 
     model = tmp_path / "pretrained.safetensors"
@@ -178,13 +195,17 @@ def test_commands_follow_the_training_contract(tmp_path):
                                      device="GPU", max_steps=10, log_every=1, roi_size=(32, 32, 32))
     argv = fine.command(python="py")
     assert argv[:4] == ["py", "-m", "mosmos", "finetune"]
-    pairs = dict(zip(argv[4::2], argv[5::2]))
-    assert pairs["--data"] == str(tmp_path / "ds") and pairs["--pretrained"] == str(model)
-    assert (pairs["--arch"], pairs["--init"]) == ("unetr", "mosmos")
-    assert (pairs["--lr"], pairs["--batch-size"], pairs["--epochs"]) == ("0.0001", "1", "1000")
-    assert (pairs["--lambda-pta"], pairs["--label-ratio"], pairs["--device"]) == ("0.8", "1", "cuda")
-    assert (pairs["--max-steps"], pairs["--log-every"]) == ("10", "1")
-    assert argv[argv.index("--roi-size"):argv.index("--roi-size") + 4] == ["--roi-size", "32", "32", "32"]
+    made, _ = parsed(argv)
+    assert made.data == str(tmp_path / "ds") and made.pretrained == str(model)
+    assert (made.arch, made.init, made.lr, made.batch_size, made.epochs) == ("unetr", "mosmos", 1e-4, 1, 1000)
+    assert (made.lambda_pta, made.label_ratio, made.device) == (0.8, 1.0, "cuda")
+    assert (made.max_steps, made.log_every, made.roi_size) == (10, 1, [32, 32, 32])
+    by_hand = ["py", "-m", "mosmos", "finetune", "--data", str(tmp_path / "ds"), "--out", str(tmp_path / "ft"),
+               "--arch", "unetr", "--backbone", "ViT-B-16", "--init", "mosmos", "--pretrained", str(model),
+               "--lambda-pta", "0.8", "--label-ratio", "1", "--roi-size", "32", "32", "32", "--epochs", "1000",
+               "--batch-size", "1", "--lr", "0.0001", "--seed", "0", "--workers", "4", "--device", "cuda",
+               "--checkpoint-every", "500", "--log-every", "1", "--max-steps", "10", "--events", "-", "--no-progress"]
+    assert parsed(argv) == parsed(by_hand) and parsed(argv)[0] == fine.config()
     random = settings.TrainingSettings("finetune", out=tmp_path / "ft", dataset=tmp_path / "ds", init="random",
                                        pretrained=model)
     assert "--pretrained" not in random.command(python="py")

@@ -57,7 +57,7 @@ def test_idle_and_exited_sessions_end_with_their_upload_folders():
     pytest.importorskip("aiohttp")
     from mosmos.web.launcher import Launcher, SessionProcess
 
-    launcher = Launcher(idleTimeout=60)
+    launcher = Launcher(idle_timeout=60)
     try:
         now = time.monotonic()
         sessions = {}

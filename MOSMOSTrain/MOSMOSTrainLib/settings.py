@@ -98,31 +98,28 @@ class TrainingSettings:
         if self.roi_size is not None and (len(self.roi_size) != 3 or min(int(n) for n in self.roi_size) < 1):
             raise MosmosError(f"ROI size {self.roi_size}: expected three positive sizes")
 
-    def command(self, resume: bool = False, python: str | None = None) -> list[str]:
-        """The child process's argv, events as JSON lines on stdout."""
+    def config(self) -> PretrainConfig | FinetuneConfig:
+        """The core's configuration of this run (checked there too), which the command line is made from."""
         self.validate()
-        argv = [python or interpreter(), "-m", "mosmos", self.stage]
+        common = dict(out=os.fspath(self.out), backbone=self.backbone, epochs=int(self.epochs),
+                      batch_size=int(self.batch_size), lr=float(self.lr), seed=int(self.seed),
+                      workers=int(self.workers), device=normalize_device(self.device),
+                      checkpoint_every=int(self.checkpoint_every), max_steps=int(self.max_steps or 0) or None)
+        if self.log_every:   # otherwise the command's default
+            common["log_every"] = int(self.log_every)
         if self.stage == "pretrain":
-            argv += ["--roco", os.fspath(self.roco), "--out", os.fspath(self.out), "--backbone", self.backbone]
-            if self.weights.strip():
-                argv += ["--weights", self.weights.strip()]
-        else:
-            argv += ["--data", os.fspath(self.dataset), "--out", os.fspath(self.out), "--arch", self.architecture,
-                     "--backbone", self.backbone, "--init", self.init]
-            if self.pretrained is not None and self.init != "random":
-                argv += ["--pretrained", os.fspath(self.pretrained)]
-            argv += ["--lambda-pta", f"{float(self.lambda_pta):g}", "--label-ratio", f"{float(self.label_ratio):g}"]
-            if self.roi_size:
-                argv += ["--roi-size", *(str(int(n)) for n in self.roi_size)]
-            if self.num_samples:
-                argv += ["--num-samples", str(int(self.num_samples))]
-        argv += ["--epochs", str(int(self.epochs)), "--batch-size", str(int(self.batch_size)),
-                 "--lr", f"{float(self.lr):g}", "--seed", str(int(self.seed)), "--workers", str(int(self.workers)),
-                 "--device", normalize_device(self.device), "--checkpoint-every", str(int(self.checkpoint_every))]
-        if self.log_every:
-            argv += ["--log-every", str(int(self.log_every))]
-        if self.max_steps:
-            argv += ["--max-steps", str(int(self.max_steps))]
+            return PretrainConfig(roco=os.fspath(self.roco), weights=self.weights.strip() or None, **common)
+        if self.num_samples:
+            common["num_samples"] = int(self.num_samples)
+        return FinetuneConfig(
+            data=os.fspath(self.dataset), arch=self.architecture, init=self.init,
+            pretrained=os.fspath(self.pretrained) if self.pretrained is not None and self.init != "random" else None,
+            lambda_pta=float(self.lambda_pta), label_ratio=float(self.label_ratio),
+            roi_size=[int(n) for n in self.roi_size] if self.roi_size else None, **common)
+
+    def command(self, resume: bool = False, python: str | None = None) -> list[str]:
+        """The child process's argv (the configuration's own, FromArgs.to_argv), events as JSON lines on stdout."""
+        argv = [python or interpreter(), "-m", "mosmos", self.stage, *self.config().to_argv()]
         if resume:
             argv.append("--resume")
         return argv + ["--events", "-", "--no-progress"]

@@ -6,16 +6,20 @@
   Slicer ... --python-script MOSMOSSegmentBatch.py --dicomweb URL --study UID [--series UID] --model MODEL \\
       --output FOLDER [--store]
 
-Also runs with plain Python where slicer-core is installed. Writes .seg.nrrd (named, coloured, coded segments),
-a NIfTI/NRRD label map, or for a DICOM series folder a DICOM SEG (.dcm) that references it; with --attention,
-per input and organ, the map that the MOSMOSSegment overlay shows: the probability that the organ wins at each
-voxel, in [0, 1]. With --dicomweb the series is fetched from a PACS (QIDO-RS, WADO-RS; credentials from
+Also runs with plain Python where slicer-core is installed. Each input is one SegmentRequest run in this process
+by mosmos.segment (the `mosmos segment` command's options and checks, its one staged writer for label maps,
+DICOM SEG, attention maps, organ volumes and DICOMweb); only a .seg.nrrd (named, coloured, coded segments) is
+written here, from the label map the run returns, since it needs MRML. A DICOM series folder gives a DICOM SEG
+(.dcm) that references it by default; with --attention, per input and organ, the map that the MOSMOSSegment
+overlay shows: the probability that the organ wins at each voxel, in [0, 1] (beside a DICOM SEG as DICOM
+parametric maps). With --dicomweb the series is read from a PACS (QIDO-RS, WADO-RS; credentials from
 MOSMOS_DICOMWEB_TOKEN, or MOSMOS_DICOMWEB_USER and MOSMOS_DICOMWEB_PASSWORD, or a netrc file), and --store sends
 the DICOM SEG back into its study (STOW-RS). Exits non-zero with a one-line message on failure."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from pathlib import Path
 
@@ -25,31 +29,25 @@ HERE = Path(__file__).resolve()
 if HERE.parents[2].joinpath("mosmos").is_dir() and str(HERE.parents[2]) not in sys.path:
     sys.path.append(str(HERE.parents[2]))
 
-VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr", ".mha", ".mhd")
+VOLUME_SUFFIXES = (".nii.gz", ".nii", ".nrrd", ".nhdr")   # what mosmos.inference.io reads
 SEGMENTATION_SUFFIX = ".seg.nrrd"
 DICOM_SEG_SUFFIX = ".dcm"
 
 
 def parse_args(argv):
-    p = argparse.ArgumentParser(prog="MOSMOSSegmentBatch", description=__doc__.split("\n\n")[0])
+    from mosmos.commands.segment import add_dicomweb_arguments, add_run_arguments
+
+    p = argparse.ArgumentParser(prog="MOSMOSSegmentBatch", description=__doc__.split("\n\n")[0],
+                                epilog="--attention DIR: the maps of each input go into DIR/<input name>/; "
+                                "--volumes FILE takes one input")
     p.add_argument("--input", help="a volume file, a folder of volume files, or a DICOM series folder")
     p.add_argument("--model", help="model file, or a model's name in the models folder (default: the only one)")
-    p.add_argument("--tags", default="", help='organs, e.g. "liver, spleen" (default: every organ of the model)')
     p.add_argument("--output", required=True, help="output file for one input, or a folder")
     p.add_argument("--format", choices=("seg.nrrd", "nii.gz", "nrrd", "dcm"), default=None,
                    help="output format when --output is a folder (default seg.nrrd; dcm = DICOM SEG, the default "
                    "for a DICOM input)")
-    p.add_argument("--series", metavar="UID", help="the series to segment when the DICOM folder holds several "
-                   "(default: the largest)")
-    p.add_argument("--device", default="auto", help="auto, cuda or cpu")
-    p.add_argument("--attention", metavar="DIR", help="also write DIR/<input name>/<organ>.nii.gz: per organ the "
-                   "probability that it wins at each voxel (the attention overlay of MOSMOSSegment)")
-    try:
-        from mosmos.commands.segment import add_dicomweb_arguments
-    except ImportError:   # no core: main() says so in one line
-        pass
-    else:
-        add_dicomweb_arguments(p)
+    add_run_arguments(p)
+    add_dicomweb_arguments(p)
     return p.parse_args(argv)
 
 
@@ -73,24 +71,28 @@ def is_dicom_folder(folder: Path) -> bool:
         is_dicom_file(p) for p in folder.rglob("*") if p.is_file())
 
 
-def plan(args) -> list[tuple[Path, Path]]:
-    """(input, output) pairs, checked before any work."""
-    jobs = volume_jobs(args)
-    refuse_overwriting_inputs(jobs, args.model)
-    return jobs
+def is_output_file(target: Path, dicom: bool) -> bool:
+    """Whether --output names a file rather than the folder its files go into."""
+    suffixes = VOLUME_SUFFIXES + (SEGMENTATION_SUFFIX,) + ((DICOM_SEG_SUFFIX,) if dicom else ())
+    return not target.is_dir() and target.name.lower().endswith(suffixes)
 
 
-def volume_jobs(args) -> list[tuple[Path, Path]]:
+def volume_jobs(args) -> list[tuple[str, Path | None, Path]]:
+    """(name, input or None for the --dicomweb study, output file) per input, before any work."""
     from mosmos.errors import MosmosError
-    from mosmos.inference.dicomseg import check_outside_series
 
-    source, target = Path(args.input), Path(args.output)
+    target = Path(args.output)
+    if args.dicomweb or args.study:
+        if args.input:
+            raise MosmosError(f"{args.input}: give either --input or --dicomweb URL --study UID, not both")
+        name = args.study or "study"
+        return [(name, None, target if is_output_file(target, True) else target / f"{name}.{args.format or 'dcm'}")]
+    if not args.input:
+        raise MosmosError("no input: give --input, or --dicomweb URL --study UID")
+    source = Path(args.input)
     if source.is_dir() and is_dicom_folder(source):
-        check_outside_series(source, target)
         fmt = args.format or "dcm"
-        if not target.name.lower().endswith(VOLUME_SUFFIXES + (SEGMENTATION_SUFFIX, DICOM_SEG_SUFFIX)):
-            target = target / f"{source.name}.{fmt}"
-        return [(source, target)]
+        return [(source.name, source, target if is_output_file(target, True) else target / f"{source.name}.{fmt}")]
     fmt = args.format or "seg.nrrd"
     if fmt == "dcm" or target.name.lower().endswith(DICOM_SEG_SUFFIX):
         raise MosmosError(f"{target}: DICOM SEG output needs a DICOM series folder as input, not {source.name}")
@@ -98,152 +100,107 @@ def volume_jobs(args) -> list[tuple[Path, Path]]:
         inputs = sorted(p for p in source.iterdir() if is_volume_file(p))
         if not inputs:
             raise MosmosError(f"{source}: no volume files ({', '.join(VOLUME_SUFFIXES)}) and no DICOM series")
-        return [(p, target / f"{stem(p)}.{fmt}") for p in inputs]
+        return [(stem(p), p, target / f"{stem(p)}.{fmt}") for p in inputs]
     if not source.is_file():
         raise MosmosError(f"{source}: no such file or folder")
-    if target.is_dir() or not target.name.lower().endswith(VOLUME_SUFFIXES + (SEGMENTATION_SUFFIX,)):
-        target = target / f"{stem(source)}.{fmt}"
-    return [(source, target)]
+    return [(stem(source), source, target if is_output_file(target, False) else target / f"{stem(source)}.{fmt}")]
 
 
-def refuse_overwriting_inputs(jobs, model) -> None:
-    """Before any work: no output may be an input volume (--output beside the inputs with their format) or the model."""
+def is_segmentation_file(path: Path) -> bool:
+    return path.name.lower().endswith(SEGMENTATION_SUFFIX)
+
+
+def plan(args, jobs, model: Path):
+    """(request, output file) per job of volume_jobs, each request checked (mosmos.inference.run.check_outputs)
+    before any work. A .seg.nrrd is this script's own output: the request keeps the label map in memory for it."""
     from mosmos.errors import MosmosError
-    from mosmos.files.outputs import same_file
+    from mosmos.inference.request import SegmentRequest
+    from mosmos.inference.run import check_outputs
 
-    inputs = [source for source, _ in jobs] + ([Path(model)] if model else [])
-    for _, target in jobs:
-        clash = next((p for p in inputs if same_file(target, p)), None)
-        if clash is not None:
-            raise MosmosError(f"{target}: is an input of this run ({clash}); choose another output")
-
-
-def read_input(source: Path, scene, series):
-    """A volume node, and for a DICOM series the core's DicomSource (which a DICOM SEG references)."""
-    from mosmos.mrml import volumes
-
-    if not source.is_dir():
-        return volumes.read_volume(source, scene), None
-    from mosmos.inference.io import read_volume
-
-    volume = read_volume(source, series)
-    for note in volume.source.notices:
-        print(f"    note: {note}", flush=True)
-    node = volumes.volume_from_array(scene, volume.array.transpose(2, 1, 0), volume.affine, source.name)
-    return node, volume.source
+    if args.volumes and len(jobs) > 1:
+        raise MosmosError(f"{args.volumes}: --volumes names one file; give one input, not a folder of {len(jobs)}")
+    planned = []
+    for name, source, target in jobs:
+        request = SegmentRequest.from_args(
+            args, model=model, input=source, output=None if is_segmentation_file(target) else target,
+            attention=Path(args.attention) / name if args.attention else None, inputs=None, out=None)
+        check_outputs(request)
+        if is_segmentation_file(target):
+            check_segmentation_file(target, request)
+        planned.append((request, target))
+    return planned
 
 
-def write_output(outputs, volumeNode, path: Path, dicomSource, model, store: str | None = None) -> None:
-    """``store``: a DICOMweb URL to send a DICOM SEG to (STOW-RS) before the file is committed."""
-    from mosmos.mrml import segmentation, volumes
+def check_segmentation_file(target: Path, request) -> None:
+    """The .seg.nrrd may replace an earlier one (Slicer's writer keeps no mosmos mark to tell it by), never an
+    input of the run, and never inside a DICOM series folder."""
+    from mosmos.errors import MosmosError
+    from mosmos.files.outputs import check_writable, same_file
+    from mosmos.inference.dicomseg import check_outside_series
 
-    path.parent.mkdir(parents=True, exist_ok=True)
-    if path.name.lower().endswith(DICOM_SEG_SUFFIX):
-        from mosmos.inference.dicomseg import segmentation_dataset
-        from mosmos.inference.io import StagedWriter
-
-        # The pipeline's label map is in Slicer's (k, j, i) order; the core's volumes are (i, j, k).
-        dataset = segmentation_dataset(dicomSource, outputs.labelmap.transpose(2, 1, 0), outputs.organs, model)
-        with StagedWriter() as writer:
-            writer.dataset(path, dataset)
-            if store:
-                from mosmos.inference.dicomweb import store as stow
-
-                stow(store, [dataset])
-            writer.commit()
-        return
-    if path.name.lower().endswith(SEGMENTATION_SUFFIX):
-        segmentation.write_segmentation(outputs.segmentationNode, str(path))
-        return
-    scene = volumeNode.GetScene()
-    labelNode = volumes.volume_from_array(scene, outputs.labelmap, volumes.ijk_to_ras(volumeNode), "labels",
-                                          "vtkMRMLLabelMapVolumeNode")
-    try:
-        volumes.write_volume(labelNode, path)
-    finally:
-        scene.RemoveNode(labelNode)
+    for given in (request.input, request.model):
+        if given and same_file(target, Path(given)):
+            raise MosmosError(f"{target}: is an input of this run ({given}); choose another output")
+    if target.is_dir():
+        raise MosmosError(f"{target}: is a folder, not a file name")
+    if request.input and Path(request.input).is_dir():
+        check_outside_series(request.input, target)
+    check_writable(target)
 
 
-def write_attention(outputs, folder: Path) -> None:
-    from mosmos.mrml import volumes
-
-    folder.mkdir(parents=True, exist_ok=True)
-    for tag, node in outputs.attentionNodes.items():
-        volumes.write_volume(node, folder / f"{tag.replace(' ', '_')}.nii.gz")
-
-
-def run(args) -> None:
+def write_segmentation_file(written, target: Path, name: str) -> None:
+    """The run's label map as a .seg.nrrd, staged beside ``target`` and renamed over it."""
     import slicer
-    from mosmos.mrml import pipeline
 
-    from mosmos.errors import MosmosError
+    from mosmos.files.atomic import staging_file
+    from mosmos.mrml.segmentation import build_segmentation_node, write_segmentation
 
     if getattr(slicer, "mrmlScene", None) is None:
         # Plain Python (slicer-core): a bare scene has none of Slicer's default colour tables, and VTK warns
-        # about each; the output files do not depend on them.
+        # about each; the output file does not depend on them.
         import vtk
 
         vtk.vtkObject.GlobalWarningDisplayOff()
         slicer.mrmlScene = slicer.vtkMRMLScene()
     scene = slicer.mrmlScene
-    if args.dicomweb or args.study or args.store:
-        fetch_study(args)
-    if not args.input:
-        raise MosmosError("no input: give --input, or --dicomweb URL --study UID")
-    jobs = plan(args)
-    model = pipeline.resolve_model(args.model)
-    for i, (source, target) in enumerate(jobs, 1):
-        print(f"[{i}/{len(jobs)}] {source} -> {target}", flush=True)
-        volumeNode, dicomSource = read_input(source, scene, args.series)
-        if dicomSource is None and args.series:
-            raise MosmosError(f"{source}: --series applies to a DICOM folder only")
-        outputs = pipeline.segment_volume_node(volumeNode, args.tags, model, args.device,
-                                               attention=bool(args.attention))
-        if args.store and not target.name.lower().endswith(DICOM_SEG_SUFFIX):
-            raise MosmosError(f"{target}: --store sends a DICOM SEG; write .dcm (--format dcm)")
-        write_output(outputs, volumeNode, target, dicomSource, model, args.dicomweb if args.store else None)
-        if args.attention:
-            write_attention(outputs, Path(args.attention) / stem(source))
-        for organ in outputs.organs:
+    # The core's arrays are (i, j, k) with a voxel->RAS affine; MRML's are (k, j, i) with the same matrix.
+    node = build_segmentation_node(scene, written.labelmap.transpose(2, 1, 0), written.affine, written.organs,
+                                   f"{name} segmentation")
+    staged = staging_file(target, SEGMENTATION_SUFFIX)   # the storage node picks its writer by the suffix
+    try:
+        write_segmentation(node, str(staged))
+        os.replace(staged, target)
+    finally:
+        staged.unlink(missing_ok=True)
+        scene.RemoveNode(node)
+
+
+def run(args) -> None:
+    from mosmos.inference.run import segment
+    from mosmos.mrml import deps, pipeline
+
+    jobs = volume_jobs(args)
+    deps.ensure_dependencies()   # a fresh Slicer installs the core's packages (no dialog without a main window)
+    planned = plan(args, jobs, pipeline.resolve_model(args.model))
+    for i, (request, target) in enumerate(planned, 1):
+        print(f"[{i}/{len(planned)}] {request.source_name} -> {target}", flush=True)
+        written = segment(request)
+        if is_segmentation_file(target):
+            write_segmentation_file(written, target, stem(target))
+        for organ in written.organs:
             print(f"    {organ['name']}: label {organ['label']}", flush=True)
-        for notice in outputs.notices:
-            print(f"    note: {notice}", flush=True)
-        scene.Clear(0)
-
-
-def fetch_study(args) -> None:
-    """Fetch the --study's series from --dicomweb into a temporary folder named by the study, which becomes --input
-    (removed when the process ends)."""
-    import atexit
-    import shutil
-    import tempfile
-
-    from mosmos.errors import MosmosError
-    from mosmos.inference.dicomweb import retrieve_series
-
-    if not (args.dicomweb and args.study):
-        raise MosmosError("--dicomweb URL and --study UID go together" + (", and --store needs them"
-                                                                           if args.store else ""))
-    if args.input:
-        raise MosmosError(f"{args.input}: give either --input or --dicomweb URL --study UID, not both")
-    root = tempfile.mkdtemp(prefix="mosmos-dicomweb-")
-    atexit.register(shutil.rmtree, root, True)
-    folder = Path(root) / args.study
-    args.series = retrieve_series(args.dicomweb, args.study, args.series, folder)
-    args.input = str(folder)
 
 
 def main(argv=None) -> int:
-    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         from mosmos.errors import MosmosError
-        from mosmos.mrml.process import Cancelled
     except ImportError as e:
         print(f"MOSMOSSegmentBatch: error: {e} (is the MOSMOS extension installed?)", file=sys.stderr)
         return 1
+    args = parse_args(sys.argv[1:] if argv is None else argv)
     try:
         run(args)
-    except (MosmosError, Cancelled) as e:
+    except MosmosError as e:
         print(f"MOSMOSSegmentBatch: error: {e}", file=sys.stderr)
         return 1
     except KeyboardInterrupt:

@@ -14,10 +14,24 @@ def add_arguments(parser) -> None:
     parser.add_argument("input", nargs="?", help="volume: .nii/.nii.gz, .nrrd, or a DICOM series folder (left out "
                         "with --dicomweb or --inputs)")
     parser.add_argument("--model", required=True, help="MOSMOS segmentation model file")
-    parser.add_argument("--tags", default=None, help='organ names, e.g. "liver, spleen, kidneys" (default: every '
-                        "organ the model labels); names the model was not fine-tuned on give attention maps only")
     parser.add_argument("--output", help="label map to write: .nii.gz, .nii or .nrrd; for a DICOM "
                         "input also a DICOM SEG: a .dcm file, or a folder (the file is named by its SOP Instance UID)")
+    add_run_arguments(parser)
+    add_dicomweb_arguments(parser)
+    cohort = parser.add_argument_group("cohorts (one model load for many cases; shards by RANK/WORLD_SIZE of "
+                                       "torchrun or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT)")
+    cohort.add_argument("--inputs", metavar="LIST|DIR", help="a folder of volumes and DICOM series folders, or a "
+                        "CSV manifest with a 'path' column (or a 'study' column, and optionally 'series', with "
+                        "--dicomweb)")
+    cohort.add_argument("--out", metavar="DIR", help="with --inputs: one folder per case (labels.nii.gz, "
+                        "volumes.json, attention/) and the cases.csv log; cases already complete are skipped")
+
+
+def add_run_arguments(parser) -> None:
+    """The SegmentRequest's options besides its source, model and output (which each front door names its own
+    way), as `mosmos segment` and the headless batch script take them."""
+    parser.add_argument("--tags", default=None, help='organ names, e.g. "liver, spleen, kidneys" (default: every '
+                        "organ the model labels); names the model was not fine-tuned on give attention maps only")
     parser.add_argument("--series", metavar="UID", help="Series Instance UID to segment when the DICOM folder (or "
                         "the --dicomweb study) holds several series (default: the largest)")
     parser.add_argument("--attention", metavar="DIR",
@@ -46,14 +60,6 @@ def add_arguments(parser) -> None:
                         "windows could save); on: always (builds the cache); off: never; falls back to "
                         "uncompiled where compiling fails")
     parser.add_argument("--json-progress", action="store_true", help="JSON-lines progress events on stdout")
-    add_dicomweb_arguments(parser)
-    cohort = parser.add_argument_group("cohorts (one model load for many cases; shards by RANK/WORLD_SIZE of "
-                                       "torchrun or SLURM_ARRAY_TASK_ID/SLURM_ARRAY_TASK_COUNT)")
-    cohort.add_argument("--inputs", metavar="LIST|DIR", help="a folder of volumes and DICOM series folders, or a "
-                        "CSV manifest with a 'path' column (or a 'study' column, and optionally 'series', with "
-                        "--dicomweb)")
-    cohort.add_argument("--out", metavar="DIR", help="with --inputs: one folder per case (labels.nii.gz, "
-                        "volumes.json, attention/) and the cases.csv log; cases already complete are skipped")
 
 
 def add_dicomweb_arguments(parser) -> None:
@@ -69,12 +75,15 @@ def add_dicomweb_arguments(parser) -> None:
 
 
 def run(args) -> int:
+    from ..errors import MosmosError
     from ..files.redact import shown_url
     from ..inference.request import SegmentRequest
     from ..inference.run import segment
     from ..qc.segmentation import status_text
 
     request = SegmentRequest.from_args(args)   # checked here, before torch is imported
+    if not (request.cohort or request.output or request.store):   # Python may keep the result in memory only
+        raise MosmosError("no output: --output FILE is required" + (" (or --store)" if request.dicomweb else ""))
     written = segment(request)
     if written is None or request.json_progress:   # a cohort logs its cases as they end
         return 0

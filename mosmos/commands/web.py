@@ -26,14 +26,14 @@ def add_arguments(parser) -> None:
     parser.add_argument("--models", help="models folder (default: $MOSMOS_MODELS_DIR or ~/MOSMOS/models)")
     parser.add_argument("--data", help="server-side folder of volumes the page offers to open")
     parser.add_argument("--max-sessions", type=int, default=4, help="browser tabs served at once (default 4)")
-    signIn = parser.add_mutually_exclusive_group()
-    signIn.add_argument("--token", action="store_true",
+    choice = parser.add_mutually_exclusive_group()
+    choice.add_argument("--token", action="store_true",
                         help=f"ask for the token on 127.0.0.1 too (the token: ${TOKEN_ENV}, else one made at "
                              "start and printed)")
-    signIn.add_argument("--users", metavar="FILE",
+    choice.add_argument("--users", metavar="FILE",
                         help="sign in with a name and password from FILE (lines 'name:hash', made with "
                              "--hash-password) instead of the token")
-    signIn.add_argument("--no-sign-in", action="store_true",
+    choice.add_argument("--no-sign-in", action="store_true",
                         help="serve a non-loopback --host without sign-in (only behind a proxy that signs users in)")
     parser.add_argument("--idle-timeout", type=float, default=30.0,
                         help="end a session when nothing has passed between it and its tab for this many minutes "
@@ -90,9 +90,9 @@ def run(args) -> int:
             raise MosmosError(f"{folder}: {option} is not a folder")
     from ..web.launcher import Launcher
 
-    signIn, address = sign_in(args)
+    sign_in_rules, address = sign_in(args)
     print(f"mosmos web: serving {address}; each tab gets its own session", flush=True)
     Launcher(args.host, args.port, args.models and str(Path(args.models).resolve()),
-             args.data and str(Path(args.data).resolve()), args.max_sessions, signIn=signIn,
-             idleTimeout=args.idle_timeout * 60, maxUploadMb=args.max_upload_mb).run()
+             args.data and str(Path(args.data).resolve()), args.max_sessions, sign_in_rules=sign_in_rules,
+             idle_timeout=args.idle_timeout * 60, max_upload_mb=args.max_upload_mb).run()
     return 0

@@ -13,7 +13,7 @@ import dataclasses
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from ..errors import MosmosError
 from ..options import AUTO, COMPILE_MODES, PRECISIONS, check_choice, check_number
@@ -41,7 +41,8 @@ class SegmentRequest:
         input: a volume (.nii/.nii.gz, .nrrd) or a DICOM series folder (or one of its files); None with
             ``dicomweb`` or ``inputs``.
         output: the label map to write (.nii.gz, .nii, .nrrd), or for a DICOM source a DICOM SEG (a .dcm file,
-            or a folder where the file is named by its SOP Instance UID); None only with ``store``.
+            or a folder where the file is named by its SOP Instance UID); None to keep the label map in memory
+            only (mosmos.inference.run.SegmentOutputs; ``mosmos segment`` asks for an output or ``--store``).
         tags: organ names, a list or a ``"liver, spleen"`` string; None for every organ the model labels.
             Names the model was not fine-tuned on give attention maps only.
         series: the Series Instance UID to segment when the DICOM folder or study holds several.
@@ -128,8 +129,6 @@ class SegmentRequest:
         elif not self.input:
             raise MosmosError("no input: give a volume or DICOM folder, --dicomweb URL --study UID, or --inputs "
                               "LIST|DIR")
-        if not self.output and not self.store:
-            raise MosmosError("no output: --output FILE is required" + (" (or --store)" if self.dicomweb else ""))
         if self.attention_raw and not self.attention:
             raise MosmosError("--attention-raw needs --attention DIR (where the maps go)")
         if self.attention_raw and (self.store or (self.output and is_seg_output(self.output))):
@@ -169,13 +168,17 @@ class SegmentRequest:
             attention=str(staging / self.attention) if self.attention else None)
 
     @classmethod
-    def from_args(cls, args: argparse.Namespace) -> SegmentRequest:
+    def from_args(cls, args: argparse.Namespace, **given: Any) -> SegmentRequest:
         """The request of parsed ``mosmos segment`` arguments.
 
         Args:
-            args: the argparse Namespace of ``mosmos segment`` (mosmos.commands.segment.add_arguments).
+            args: the argparse Namespace of ``mosmos segment`` (mosmos.commands.segment.add_arguments), or of
+                another front door that takes its options (add_run_arguments, add_dicomweb_arguments).
+            **given: fields that front door decides itself (the headless batch script: input, output, model),
+                instead of reading them from ``args``.
         """
-        return cls(**{f.name: getattr(args, f.name) for f in dataclasses.fields(cls) if f.init})
+        return cls(**{f.name: given[f.name] if f.name in given else getattr(args, f.name)
+                      for f in dataclasses.fields(cls) if f.init})
 
     def to_argv(self) -> list[str]:
         """The ``mosmos segment`` arguments that make this request again (for a child process)."""

@@ -31,11 +31,14 @@ class SegmentOutputs:
     """What a run wrote.
 
     Args:
-        output: the label map or DICOM SEG file; None with ``store`` and no output.
+        output: the label map or DICOM SEG file; None when the request named none.
         attention: tag -> file name in the attention folder.
         organs: per organ: name, label, volume_ml, color (SegmentationResult.organs).
         notices: one line each: organs not found, open-set tags, fallbacks.
         run: how the windows ran (SegmentationResult.run).
+        labelmap: the label map itself, on the input's grid in its (i, j, k) order (SegmentationResult.labelmap);
+            None for a cohort.
+        affine: the label map's voxel->RAS matrix (4x4).
     """
 
     output: Path | None
@@ -43,6 +46,8 @@ class SegmentOutputs:
     organs: list = field(default_factory=list)
     notices: list = field(default_factory=list)
     run: dict = field(default_factory=dict)
+    labelmap: Any = None
+    affine: Any = None
 
 
 def segment(request: SegmentRequest | None = None, /, **options: Any) -> SegmentOutputs | None:
@@ -57,7 +62,7 @@ def segment(request: SegmentRequest | None = None, /, **options: Any) -> Segment
         **options: the SegmentRequest's fields (model, input, output, tags, attention, volumes, device, ...).
 
     Returns:
-        What was written, with the organs' volumes and the run's notices.
+        What was written, with the label map itself, the organs' volumes and the run's notices.
     """
     if request is None:
         request = SegmentRequest(**options)
@@ -82,7 +87,8 @@ def segment(request: SegmentRequest | None = None, /, **options: Any) -> Segment
         output, attention_files = write_results(request, volume, result, events)
     events.emit("done", output=str(output), organs=result.organs, attention=attention_files,
                 notices=result.notices)
-    return SegmentOutputs(output, attention_files, result.organs, result.notices, result.run)
+    return SegmentOutputs(output, attention_files, result.organs, result.notices, result.run, result.labelmap,
+                          result.affine)
 
 
 def check_outputs(request: SegmentRequest) -> None:
@@ -227,7 +233,8 @@ def write_results(request: SegmentRequest, volume, result, events):
     attention_files = {}
     if attention:  # their names follow from the tags, known only now; still nothing is written yet
         for tag in result.attention:
-            attention_files[tag] = attention_file_name(tag, output or "x.dcm")
+            # with no output file: parametric maps where the SEG goes to the study, NIfTI where it stays in memory
+            attention_files[tag] = attention_file_name(tag, output or ("x.dcm" if request.store else "x.nii.gz"))
             check_output(Path(attention) / attention_files[tag], "attention map", inputs, others=[output, volumes])
 
     def uid(*what):

@@ -21,8 +21,8 @@ _INFERNO_ANCHORS = np.array([
 
 
 def attention_color_node(scene):
-    for nodeId in PREFERRED_COLOR_NODE_IDS:
-        node = scene.GetNodeByID(nodeId)
+    for node_id in PREFERRED_COLOR_NODE_IDS:
+        node = scene.GetNodeByID(node_id)
         if node is not None:
             return node
     node = scene.GetFirstNodeByName(FALLBACK_COLOR_NODE_NAME)
@@ -39,13 +39,13 @@ def attention_color_node(scene):
     return node
 
 
-def attention_volume_node(scene, attention: np.ndarray, ijkToRAS: np.ndarray, tag: str,
-                          referenceVolumeNode=None, labelled: bool = True):
+def attention_volume_node(scene, attention: np.ndarray, ijk_to_ras_matrix: np.ndarray, tag: str,
+                          reference_volume_node=None, labelled: bool = True):
     """A float volume of one tag's attention (k, j, i, probabilities in [0, 1]), window 0..1; voxels
     below 5 % are transparent when shown as a foreground layer. Its colour legend (a display node of
     the volume) appears in the slice views that show the volume; ``labelled``: whether the model
     labels this organ (else an open-set tag, see tags.attention_title)."""
-    node = volume_from_array(scene, np.clip(attention, 0.0, 1.0).astype(np.float32), ijkToRAS,
+    node = volume_from_array(scene, np.clip(attention, 0.0, 1.0).astype(np.float32), ijk_to_ras_matrix,
                              f"{tag} attention")
     node.SetAttribute("MOSMOS.AttentionTag", tag)
     display = node.GetDisplayNode()
@@ -64,7 +64,7 @@ def attention_volume_node(scene, attention: np.ndarray, ijkToRAS: np.ndarray, ta
     legend.SetTitleText(attention_title(tag, labelled))
     legend.SetLabelFormat("%.1f")
     node.AddAndObserveDisplayNodeID(legend.GetID())
-    if referenceVolumeNode is not None:
+    if reference_volume_node is not None:
         from .segmentation import place_next_to
-        place_next_to(node, referenceVolumeNode)
+        place_next_to(node, reference_volume_node)
     return node

@@ -96,11 +96,11 @@ def constraints_text() -> str:
     return "\n".join(lines) + "\n"
 
 
-def _ask_confirmation(askConfirmation: bool | None) -> bool:
+def _ask_confirmation(ask_confirmation: bool | None) -> bool:
     """None: ask, except where no one answers a dialog: Slicer's --testing mode and a batch run without
     a main window (--no-main-window --python-script), which would otherwise wait on it for ever."""
-    if askConfirmation is not None:
-        return askConfirmation
+    if ask_confirmation is not None:
+        return ask_confirmation
     import slicer
 
     app = getattr(slicer, "app", None)
@@ -110,7 +110,7 @@ def _ask_confirmation(askConfirmation: bool | None) -> bool:
     return not (options.testingEnabled or getattr(options, "noMainWindow", False))
 
 
-def ensure_torch(askConfirmation: bool | None = None) -> None:
+def ensure_torch(ask_confirmation: bool | None = None) -> None:
     if importlib.util.find_spec("torch") is not None:
         return
     try:
@@ -120,7 +120,7 @@ def ensure_torch(askConfirmation: bool | None = None) -> None:
                           "install the PyTorch extension from the Extensions Manager") from None
     logic = PyTorchUtils.PyTorchUtilsLogic()
     if not logic.torchInstalled():
-        torch = logic.installTorch(_ask_confirmation(askConfirmation))
+        torch = logic.installTorch(_ask_confirmation(ask_confirmation))
         if torch is None:
             raise MosmosError("PyTorch: installation was cancelled or failed")
 
@@ -153,9 +153,9 @@ def _install(wanted: list[str], constraints: str, ask: bool) -> None:
         raise MosmosError(f"Python packages: installation was cancelled ({e})") from None
 
 
-def ensure_dependencies(askConfirmation: bool | None = None) -> list[str]:
+def ensure_dependencies(ask_confirmation: bool | None = None) -> list[str]:
     """Install whatever is missing; returns the pip requirements that were installed."""
-    ensure_torch(askConfirmation)
+    ensure_torch(ask_confirmation)
     wanted = [str(req) for req in unsatisfied(requirements())]
     if not wanted:
         return []
@@ -163,7 +163,7 @@ def ensure_dependencies(askConfirmation: bool | None = None) -> list[str]:
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(constraints_text())
-        _install(wanted, constraints, _ask_confirmation(askConfirmation))
+        _install(wanted, constraints, _ask_confirmation(ask_confirmation))
     finally:
         os.unlink(constraints)
     importlib.invalidate_caches()

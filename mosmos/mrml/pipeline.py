@@ -14,7 +14,7 @@ from mosmos.inference.request import SegmentRequest
 from mosmos.options import normalize_device
 
 from . import deps
-from . import models as modelsLib
+from . import models as models_lib
 from .attention import attention_volume_node
 from .process import BackgroundProcess, child_environment, segment_command
 from .segmentation import build_segmentation_node
@@ -24,9 +24,9 @@ from .volumes import array_from_volume, ijk_to_ras, read_volume, same_grid, writ
 
 @dataclasses.dataclass
 class SegmentationOutputs:
-    segmentationNode: object
-    tableNode: object
-    attentionNodes: dict            # tag -> scalar volume node
+    segmentation_node: object
+    table_node: object
+    attention_nodes: dict            # tag -> scalar volume node
     organs: list                    # [{"name", "label", "color", "volume_ml"}]
     notices: list
     labelmap: object                # (k, j, i) label values of ``organs`` on the input grid
@@ -38,22 +38,22 @@ def resolve_model(model, folder=None) -> Path:
         path = Path(model).expanduser()
         if path.is_file():
             # Header only: a wrong file fails here in milliseconds, before anything is written or started.
-            info = modelsLib.model_info(path)
+            info = models_lib.model_info(path)
             if info.kind != "segmentation":
                 raise MosmosError(f"{path}: a {info.kind or 'non-segmentation'} model cannot segment; "
                                   "choose a fine-tuned segmentation model")
             return path.resolve()  # the segmentation runs in a child process with its own working folder
-    installed = modelsLib.list_models(folder)
+    installed = models_lib.list_models(folder)
     if model:
         for info in installed:
             if str(model) in (info.path.name, info.path.stem):
                 return info.path
         names = ", ".join(i.path.name for i in installed) or "none installed"
-        raise MosmosError(f"{model}: model file not found (models folder {folder or modelsLib.default_models_dir()}: {names})")
+        raise MosmosError(f"{model}: model file not found (models folder {folder or models_lib.default_models_dir()}: {names})")
     if len(installed) == 1:
         return installed[0].path
     if not installed:
-        raise MosmosError(f"{folder or modelsLib.default_models_dir()}: no segmentation model installed; add a model file")
+        raise MosmosError(f"{folder or models_lib.default_models_dir()}: no segmentation model installed; add a model file")
     raise MosmosError("several models installed; choose one: " + ", ".join(i.path.name for i in installed))
 
 
@@ -61,35 +61,35 @@ class SegmentationJob:
     """One run. start() -> poll() from a timer (or wait()) -> finish() builds the nodes -> cleanup().
     Keeps the scene untouched until finish(), so a cancelled or failed run leaves nothing behind."""
 
-    def __init__(self, volumeNode, tags=None, model=None, device="auto", attention=False,
-                 segmentationNode=None, tableNode=None, modelsFolder=None, fast=False):
+    def __init__(self, volume_node, tags=None, model=None, device="auto", attention=False,
+                 segmentation_node=None, table_node=None, models_folder=None, fast=False):
         """``fast``: the core's quick preview (fewer, less overlapping windows over the body only)."""
-        if volumeNode is None or volumeNode.GetImageData() is None:
+        if volume_node is None or volume_node.GetImageData() is None:
             raise MosmosError("input volume: none selected or it has no image data")
-        self.volumeNode = volumeNode
+        self.volume_node = volume_node
         self.tags = [t.strip() for t in (tags.split(",") if isinstance(tags, str) else (tags or [])) if t.strip()]
-        self.modelPath = resolve_model(model, modelsFolder)
+        self.model_file = resolve_model(model, models_folder)
         self.device = normalize_device(device)
         self.attention = attention
         self.fast = bool(fast)
-        self.segmentationNode = segmentationNode
-        self.tableNode = tableNode
-        self.workDir = Path(tempfile.mkdtemp(prefix="mosmos-segment-"))
-        self.inputPath = self.workDir / "input.nii"
-        self.outputPath = self.workDir / "segmentation.nii.gz"
-        self.attentionDir = self.workDir / "attention" if attention else None
-        self.volumesPath = self.workDir / "volumes.json"
+        self.segmentation_node = segmentation_node
+        self.table_node = table_node
+        self.work_dir = Path(tempfile.mkdtemp(prefix="mosmos-segment-"))
+        self.input_path = self.work_dir / "input.nii"
+        self.output_path = self.work_dir / "segmentation.nii.gz"
+        self.attention_dir = self.work_dir / "attention" if attention else None
+        self.volumes_path = self.work_dir / "volumes.json"
         self.process: BackgroundProcess | None = None
 
     def start(self) -> BackgroundProcess:
         deps.ensure_dependencies()  # the child runs the core: torch, monai, open_clip, nibabel
         # Uncompressed NIfTI: fastest to write and read; nibabel and Slicer agree on its RAS geometry.
-        write_volume(self.volumeNode, self.inputPath)
-        request = SegmentRequest(model=self.modelPath, input=self.inputPath, output=self.outputPath,
-                                 tags=self.tags or None, attention=self.attentionDir, volumes=self.volumesPath,
+        write_volume(self.volume_node, self.input_path)
+        request = SegmentRequest(model=self.model_file, input=self.input_path, output=self.output_path,
+                                 tags=self.tags or None, attention=self.attention_dir, volumes=self.volumes_path,
                                  device=self.device, fast=self.fast, json_progress=True)
         argv = segment_command(request)
-        self.process = BackgroundProcess(argv, env=child_environment(self.device), cwd=str(self.workDir)).start()
+        self.process = BackgroundProcess(argv, env=child_environment(self.device), cwd=str(self.work_dir)).start()
         return self.process
 
     def wait(self, progress=None) -> None:
@@ -111,45 +111,45 @@ class SegmentationJob:
         returns the SegmentationOutputs, so that a caller on an event loop (the web page) serves its other
         requests between steps instead of freezing until all of them are done."""
         self.process.check()
-        scene = self.volumeNode.GetScene()
+        scene = self.volume_node.GetScene()
         try:
-            summary = json.loads(self.volumesPath.read_text(encoding="utf-8"))
+            summary = json.loads(self.volumes_path.read_text(encoding="utf-8"))
         except (OSError, json.JSONDecodeError) as e:
-            raise MosmosError(f"{self.volumesPath}: segmentation summary missing or unreadable ({e})") from None
+            raise MosmosError(f"{self.volumes_path}: segmentation summary missing or unreadable ({e})") from None
         organs = summary.get("organs", [])
-        inputShape = tuple(reversed(self.volumeNode.GetImageData().GetDimensions()))
-        ijkToRAS = ijk_to_ras(self.volumeNode)
-        labelmap = self._readArray(self.outputPath, inputShape, ijkToRAS, labelmap=True)
+        input_shape = tuple(reversed(self.volume_node.GetImageData().GetDimensions()))
+        ijk_to_ras_matrix = ijk_to_ras(self.volume_node)
+        labelmap = self._read_array(self.output_path, input_shape, ijk_to_ras_matrix, labelmap=True)
         yield
 
-        name = f"{self.volumeNode.GetName()} segmentation"
-        segNode = build_segmentation_node(scene, labelmap, ijkToRAS, organs, name, self.volumeNode,
-                                          self.segmentationNode)
+        name = f"{self.volume_node.GetName()} segmentation"
+        seg_node = build_segmentation_node(scene, labelmap, ijk_to_ras_matrix, organs, name, self.volume_node,
+                                          self.segmentation_node)
         yield
-        volumes = organ_volumes_ml(labelmap, ijkToRAS, organs)
+        volumes = organ_volumes_ml(labelmap, ijk_to_ras_matrix, organs)
         rows = [(o["name"], int(o["label"]), volumes[o["name"]]) for o in organs]
-        tableNode = volume_table_node(scene, rows, f"{self.volumeNode.GetName()} organ volumes", self.tableNode)
+        table_node = volume_table_node(scene, rows, f"{self.volume_node.GetName()} organ volumes", self.table_node)
         yield
 
-        attentionNodes = {}
-        if self.attentionDir is not None:
-            for tag, fileName in (summary.get("attention") or {}).items():
-                att = self._readArray(self.attentionDir / fileName, inputShape, ijkToRAS)
+        attention_nodes = {}
+        if self.attention_dir is not None:
+            for tag, file_name in (summary.get("attention") or {}).items():
+                att = self._read_array(self.attention_dir / file_name, input_shape, ijk_to_ras_matrix)
                 yield
-                attentionNodes[tag] = attention_volume_node(scene, att, ijkToRAS, tag, self.volumeNode,
+                attention_nodes[tag] = attention_volume_node(scene, att, ijk_to_ras_matrix, tag, self.volume_node,
                                                             labelled=tag in {o["name"] for o in organs})
                 yield
-        return SegmentationOutputs(segNode, tableNode, attentionNodes, organs, list(summary.get("notices", [])),
+        return SegmentationOutputs(seg_node, table_node, attention_nodes, organs, list(summary.get("notices", [])),
                                    labelmap)
 
-    def _readArray(self, path: Path, shape, ijkToRAS, labelmap=False):
-        scene = self.volumeNode.GetScene()
+    def _read_array(self, path: Path, shape, ijk_to_ras_matrix, labelmap=False):
+        scene = self.volume_node.GetScene()
         node = read_volume(path, scene, "mosmos output", labelmap=labelmap)
         try:
             array, ras = array_from_volume(node)
         finally:
             scene.RemoveNode(node)
-        if not same_grid(array.shape, ras, shape, ijkToRAS):
+        if not same_grid(array.shape, ras, shape, ijk_to_ras_matrix):
             raise MosmosError(f"{path}: output grid {array.shape} differs from the input volume grid {shape}")
         return array
 
@@ -160,14 +160,14 @@ class SegmentationJob:
     def cleanup(self) -> None:
         if self.process is not None and self.process.running:
             self.process.cancel()
-        shutil.rmtree(self.workDir, ignore_errors=True)
+        shutil.rmtree(self.work_dir, ignore_errors=True)
 
 
-def segment_volume_node(volumeNode, tags=None, model=None, device="auto", attention=False, progress=None,
-                        segmentationNode=None, tableNode=None, modelsFolder=None, fast=False) -> SegmentationOutputs:
-    """Blocking: segment ``volumeNode`` for ``tags`` (list or "liver, spleen"; None = every organ of the model).
+def segment_volume_node(volume_node, tags=None, model=None, device="auto", attention=False, progress=None,
+                        segmentation_node=None, table_node=None, models_folder=None, fast=False) -> SegmentationOutputs:
+    """Blocking: segment ``volume_node`` for ``tags`` (list or "liver, spleen"; None = every organ of the model).
     ``progress(done, total)`` returning False cancels (raises process.Cancelled)."""
-    job = SegmentationJob(volumeNode, tags, model, device, attention, segmentationNode, tableNode, modelsFolder, fast)
+    job = SegmentationJob(volume_node, tags, model, device, attention, segmentation_node, table_node, models_folder, fast)
     try:
         job.wait(progress)
         return job.finish()

@@ -60,8 +60,8 @@ def child_environment(device: str = "auto") -> dict[str, str]:
     import mosmos
 
     env = dict(os.environ)
-    packageParent = str(Path(mosmos.__file__).resolve().parent.parent)
-    env["PYTHONPATH"] = os.pathsep.join([packageParent] + [p for p in [env.get("PYTHONPATH")] if p])
+    package_parent = str(Path(mosmos.__file__).resolve().parent.parent)
+    env["PYTHONPATH"] = os.pathsep.join([package_parent] + [p for p in [env.get("PYTHONPATH")] if p])
     env["PYTHONUNBUFFERED"] = "1"
     if normalize_device(device) == CPU:
         env["CUDA_VISIBLE_DEVICES"] = "-1"
@@ -116,7 +116,7 @@ class BackgroundProcess:
                          threading.Thread(target=self._read, args=(self._proc.stderr, "stderr"), daemon=True)]
         for t in self._readers:
             t.start()
-        threading.Thread(target=self._waitExit, daemon=True).start()
+        threading.Thread(target=self._wait_exit, daemon=True).start()
         return self
 
     def _read(self, stream, name: str) -> None:
@@ -130,7 +130,7 @@ class BackgroundProcess:
                     self._events.put({"event": "log", "line": text, "stream": "stderr"})
         stream.close()
 
-    def _waitExit(self) -> None:
+    def _wait_exit(self) -> None:
         rc = self._proc.wait()
         for t in self._readers:
             t.join()
@@ -183,13 +183,13 @@ class BackgroundProcess:
             self._proc.kill()
             self._proc.wait()
 
-    def wait(self, progress=None, pollSeconds: float = 0.1) -> int:
+    def wait(self, progress=None, poll_seconds: float = 0.1) -> int:
         """Block until the process ends. ``progress(done, total)`` returning False cancels
         (raises Cancelled). Raises MosmosError with the child's error line on a non-zero exit."""
         if self._proc is None:
             self.start()
         while True:
-            event = self.next_event(pollSeconds)
+            event = self.next_event(poll_seconds)
             if event is None:
                 continue
             if event["event"] == "progress" and progress is not None:

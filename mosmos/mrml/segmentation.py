@@ -13,10 +13,10 @@ from .terminology import terminology_entry
 from .volumes import array_from_volume, volume_from_array
 
 
-def build_segmentation_node(scene, labelmap: np.ndarray, ijkToRAS: np.ndarray, organs: list[dict],
-                            name: str = "MOSMOS segmentation", referenceVolumeNode=None, segmentationNode=None):
+def build_segmentation_node(scene, labelmap: np.ndarray, ijk_to_ras_matrix: np.ndarray, organs: list[dict],
+                            name: str = "MOSMOS segmentation", reference_volume_node=None, segmentation_node=None):
     """Segments for ``organs`` ({"name", "label", "color" 0..255}) from ``labelmap`` (k, j, i) on the grid
-    ``ijkToRAS``. Label values not listed in ``organs`` are ignored. An existing ``segmentationNode`` is
+    ``ijk_to_ras_matrix``. Label values not listed in ``organs`` are ignored. An existing ``segmentation_node`` is
     emptied and refilled, so a user's choice of output node is kept. Returns the segmentation node."""
     organs = [o for o in organs if int(o["label"]) > 0]
     labels = [int(o["label"]) for o in organs]
@@ -27,46 +27,46 @@ def build_segmentation_node(scene, labelmap: np.ndarray, ijkToRAS: np.ndarray, o
 
     kept = np.where(np.isin(labelmap, labels), labelmap, 0)
     dtype = np.uint8 if max(labels, default=0) < 256 else np.uint16
-    labelNode = volume_from_array(scene, kept.astype(dtype), ijkToRAS, name + " labels",
+    label_node = volume_from_array(scene, kept.astype(dtype), ijk_to_ras_matrix, name + " labels",
                                   "vtkMRMLLabelMapVolumeNode")
-    colorNode = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName(name + " colors"))
+    color_node = scene.AddNewNodeByClass("vtkMRMLColorTableNode", scene.GenerateUniqueName(name + " colors"))
     try:
-        colorNode.SetTypeToUser()
-        colorNode.SetNumberOfColors(max(labels, default=0) + 1)
-        colorNode.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
+        color_node.SetTypeToUser()
+        color_node.SetNumberOfColors(max(labels, default=0) + 1)
+        color_node.SetColor(0, "background", 0.0, 0.0, 0.0, 0.0)
         for organ in organs:
             r, g, b = (float(c) / 255.0 for c in organ["color"])
-            colorNode.SetColor(int(organ["label"]), organ["name"], r, g, b, 1.0)
-        labelNode.GetDisplayNode().SetAndObserveColorNodeID(colorNode.GetID())
+            color_node.SetColor(int(organ["label"]), organ["name"], r, g, b, 1.0)
+        label_node.GetDisplayNode().SetAndObserveColorNodeID(color_node.GetID())
 
-        if segmentationNode is None:
-            segmentationNode = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
+        if segmentation_node is None:
+            segmentation_node = scene.AddNewNodeByClass("vtkMRMLSegmentationNode", scene.GenerateUniqueName(name))
         else:
-            segmentationNode.GetSegmentation().RemoveAllSegments()
-        segmentationNode.CreateDefaultDisplayNodes()
+            segmentation_node.GetSegmentation().RemoveAllSegments()
+        segmentation_node.CreateDefaultDisplayNodes()
         # Segments take their names and colours from the label map's colour table.
-        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(labelNode, segmentationNode):
+        if not slicer.vtkSlicerSegmentationsModuleLogic.ImportLabelmapToSegmentationNode(label_node, segmentation_node):
             raise MosmosError(f"{name}: could not import the label map into a segmentation")
-        segmentationNode.SetReferenceImageGeometryParameterFromVolumeNode(referenceVolumeNode or labelNode)
+        segmentation_node.SetReferenceImageGeometryParameterFromVolumeNode(reference_volume_node or label_node)
     finally:
-        scene.RemoveNode(labelNode)
-        scene.RemoveNode(colorNode)
+        scene.RemoveNode(label_node)
+        scene.RemoveNode(color_node)
 
-    segmentation = segmentationNode.GetSegmentation()
+    segmentation = segmentation_node.GetSegmentation()
     for organ in organs:
-        segment = segmentation.GetSegment(segment_id(segmentationNode, organ["name"]) or "")
+        segment = segmentation.GetSegment(segment_id(segmentation_node, organ["name"]) or "")
         if segment is None:
             continue  # organ predicted nowhere in this volume: no empty segment to confuse the user
         entry = terminology_entry(organ["name"])
         if entry:
             segment.SetTag(segment.GetTerminologyEntryTagName(), entry)
 
-    if referenceVolumeNode is not None:
-        place_next_to(segmentationNode, referenceVolumeNode)
-    return segmentationNode
+    if reference_volume_node is not None:
+        place_next_to(segmentation_node, reference_volume_node)
+    return segmentation_node
 
 
-def closed_surfaces(labelmap: np.ndarray, ijkToRAS: np.ndarray, labels: dict[str, int],
+def closed_surfaces(labelmap: np.ndarray, ijk_to_ras_matrix: np.ndarray, labels: dict[str, int],
                     smoothing: float = 0.5) -> dict[str, vtk.vtkPolyData]:
     """Smoothed RAS surfaces of ``labels`` (segment name -> label value) in ``labelmap`` (k, j, i), made as
     Slicer's binary-labelmap-to-closed-surface rule makes them (flying edges, windowed-sinc smoothing with pass
@@ -102,13 +102,13 @@ def closed_surfaces(labelmap: np.ndarray, ijkToRAS: np.ndarray, labels: dict[str
         smoother.FeatureEdgeSmoothingOff()
         smoother.NonManifoldSmoothingOn()
         smoother.NormalizeCoordinatesOn()
-        toRAS = vtk.vtkTransformPolyDataFilter()
-        toRAS.SetInputConnection(smoother.GetOutputPort())
+        to_ras = vtk.vtkTransformPolyDataFilter()
+        to_ras.SetInputConnection(smoother.GetOutputPort())
         transform = vtk.vtkTransform()
-        transform.SetMatrix(slicer.util.vtkMatrixFromArray(np.asarray(ijkToRAS, dtype=float)))
-        toRAS.SetTransform(transform)
+        transform.SetMatrix(slicer.util.vtkMatrixFromArray(np.asarray(ijk_to_ras_matrix, dtype=float)))
+        to_ras.SetTransform(transform)
         normals = vtk.vtkPolyDataNormals()
-        normals.SetInputConnection(toRAS.GetOutputPort())
+        normals.SetInputConnection(to_ras.GetOutputPort())
         normals.ConsistencyOn()
         normals.SplittingOff()
         normals.Update()
@@ -118,68 +118,68 @@ def closed_surfaces(labelmap: np.ndarray, ijkToRAS: np.ndarray, labels: dict[str
     return surfaces
 
 
-def set_closed_surfaces(segmentationNode, surfaces: dict[str, vtk.vtkPolyData]) -> None:
+def set_closed_surfaces(segmentation_node, surfaces: dict[str, vtk.vtkPolyData]) -> None:
     """Give the named segments these closed surfaces (from closed_surfaces), which the 3D view then shows."""
-    segmentation = segmentationNode.GetSegmentation()
+    segmentation = segmentation_node.GetSegmentation()
     representation = slicer.vtkSegmentationConverter.GetSegmentationClosedSurfaceRepresentationName()
     for name, surface in surfaces.items():
-        segment = segmentation.GetSegment(segment_id(segmentationNode, name) or "")
+        segment = segmentation.GetSegment(segment_id(segmentation_node, name) or "")
         if segment is not None:
             segment.AddRepresentation(representation, surface)
     segmentation.InvokeEvent(slicer.vtkSegmentation.ContainedRepresentationNamesModified)
 
 
-def segment_id(segmentationNode, segmentName: str) -> str | None:
-    sid = segmentationNode.GetSegmentation().GetSegmentIdBySegmentName(segmentName)
+def segment_id(segmentation_node, segment_name: str) -> str | None:
+    sid = segmentation_node.GetSegmentation().GetSegmentIdBySegmentName(segment_name)
     return sid or None
 
 
-def segment_names(segmentationNode) -> list[str]:
-    seg = segmentationNode.GetSegmentation()
+def segment_names(segmentation_node) -> list[str]:
+    seg = segmentation_node.GetSegmentation()
     return [seg.GetNthSegment(i).GetName() for i in range(seg.GetNumberOfSegments())]
 
 
-def place_next_to(node, referenceVolumeNode) -> None:
+def place_next_to(node, reference_volume_node) -> None:
     """Put ``node`` in the same subject-hierarchy folder/study as the volume, under the same transform."""
     scene = node.GetScene()
     sh = slicer.vtkMRMLSubjectHierarchyNode.GetSubjectHierarchyNode(scene)
     if sh is not None:
-        volumeItem = sh.GetItemByDataNode(referenceVolumeNode)
-        if volumeItem:
-            parentItem = sh.GetItemParent(volumeItem)
-            nodeItem = sh.GetItemByDataNode(node)
-            if nodeItem:
-                sh.SetItemParent(nodeItem, parentItem)
+        volume_item = sh.GetItemByDataNode(reference_volume_node)
+        if volume_item:
+            parent_item = sh.GetItemParent(volume_item)
+            node_item = sh.GetItemByDataNode(node)
+            if node_item:
+                sh.SetItemParent(node_item, parent_item)
             else:
                 # Without the Subject Hierarchy module logic (slicer-core) nodes get no item on their own.
-                sh.CreateItem(parentItem, node)
-    node.SetAndObserveTransformNodeID(referenceVolumeNode.GetTransformNodeID())
+                sh.CreateItem(parent_item, node)
+    node.SetAndObserveTransformNodeID(reference_volume_node.GetTransformNodeID())
 
 
-def export_segment_array(segmentationNode, segmentName: str, referenceVolumeNode) -> np.ndarray:
+def export_segment_array(segmentation_node, segment_name: str, reference_volume_node) -> np.ndarray:
     """A segment as a (k, j, i) uint8 0/1 array on the reference volume's grid (for checks and tests)."""
-    sid = segment_id(segmentationNode, segmentName)
+    sid = segment_id(segmentation_node, segment_name)
     if sid is None:
-        raise MosmosError(f"{segmentationNode.GetName()}: no segment named {segmentName!r}")
-    scene = segmentationNode.GetScene()
-    labelNode = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("export"))
+        raise MosmosError(f"{segmentation_node.GetName()}: no segment named {segment_name!r}")
+    scene = segmentation_node.GetScene()
+    label_node = scene.AddNewNodeByClass("vtkMRMLLabelMapVolumeNode", scene.GenerateUniqueName("export"))
     try:
         ids = vtk.vtkStringArray()
         ids.InsertNextValue(sid)
         if not slicer.vtkSlicerSegmentationsModuleLogic.ExportSegmentsToLabelmapNode(
-                segmentationNode, ids, labelNode, referenceVolumeNode):
-            raise MosmosError(f"{segmentationNode.GetName()}: could not export segment {segmentName!r}")
-        array, _ = array_from_volume(labelNode)
+                segmentation_node, ids, label_node, reference_volume_node):
+            raise MosmosError(f"{segmentation_node.GetName()}: could not export segment {segment_name!r}")
+        array, _ = array_from_volume(label_node)
     finally:
-        scene.RemoveNode(labelNode)
+        scene.RemoveNode(label_node)
     return (array > 0).astype(np.uint8)
 
 
-def write_segmentation(segmentationNode, path: str) -> None:
+def write_segmentation(segmentation_node, path: str) -> None:
     """Write a .seg.nrrd (segment names, colours and terminology kept) via the storage node."""
     storage = slicer.vtkMRMLSegmentationStorageNode()
-    storage.SetScene(segmentationNode.GetScene())
+    storage.SetScene(segmentation_node.GetScene())
     storage.SetFileName(path)
     storage.SetUseCompression(True)
-    if not storage.WriteData(segmentationNode):
+    if not storage.WriteData(segmentation_node):
         raise MosmosError(f"{path}: cannot write segmentation")

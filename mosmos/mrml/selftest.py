@@ -17,8 +17,8 @@ def segmentation_inputs(scene, folder) -> tuple[object, Path]:
     from mosmos.experiments.recipes import make_tiny_segmentation_model
 
     phantom = make_phantom(0, shape=(48, 48, 32), spacing=(3.0, 3.0, 4.0))
-    volumeNode = volume_from_array(scene, phantom.image.transpose(2, 1, 0), phantom.affine, "phantom CT")
-    return volumeNode, make_tiny_segmentation_model(Path(folder) / "MOSMOSSegmentTest.mosmos")
+    volume_node = volume_from_array(scene, phantom.image.transpose(2, 1, 0), phantom.affine, "phantom CT")
+    return volume_node, make_tiny_segmentation_model(Path(folder) / "MOSMOSSegmentTest.mosmos")
 
 
 def training_folders(folder) -> tuple[Path, Path]:

@@ -25,23 +25,23 @@ def terminology_entry(tag: str) -> str | None:
                      ANATOMIC_CONTEXT, "^^", "^^"])
 
 
-def load_context(terminologiesLogic) -> str:
+def load_context(terminologies_logic) -> str:
     """Load the MOSMOS context into Slicer's terminologies logic (once); returns its name."""
     name = context_name()
-    if not terminologiesLogic.IsTerminologyContextLoaded(name):
-        if terminologiesLogic.LoadTerminologyFromFile(CONTEXT_FILE) != name:
+    if not terminologies_logic.IsTerminologyContextLoaded(name):
+        if terminologies_logic.LoadTerminologyFromFile(CONTEXT_FILE) != name:
             raise MosmosError(f"{CONTEXT_FILE}: Slicer could not load this terminology context")
     return name
 
 
-def resolved_label(terminologiesLogic, entry: str) -> str | None:
+def resolved_label(terminologies_logic, entry: str) -> str | None:
     """The organ a serialised entry names in the loaded terminologies (the 3dSlicerLabel of its type or type
     modifier), None when they do not hold it: what Slicer's terminology selector can show for a segment."""
     import slicer
 
     parsed = slicer.vtkSlicerTerminologyEntry()
-    if not terminologiesLogic.DeserializeTerminologyEntry(entry, parsed):
+    if not terminologies_logic.DeserializeTerminologyEntry(entry, parsed):
         return None
-    terminologiesLogic.UpdateEntryFromLoadedTerminologies(parsed, [parsed.GetTerminologyContextName()], [])
+    terminologies_logic.UpdateEntryFromLoadedTerminologies(parsed, [parsed.GetTerminologyContextName()], [])
     modifier = parsed.GetTypeModifierObject()
     return (modifier.GetSlicerLabel() if modifier.GetCodeValue() else None) or parsed.GetTypeObject().GetSlicerLabel()

@@ -19,7 +19,8 @@ NEGATED_FLAGS = {"augment": "no_augment", "maps_at_output": "paper_decoder"}
 
 class FromArgs:
     """``from_args``: a configuration from the parsed arguments of its command, each field from the option of
-    the same name (NEGATED_FLAGS inverted), so no front end maps the fields by hand."""
+    the same name (NEGATED_FLAGS inverted), and ``to_argv`` its inverse, so no front end maps the fields by
+    hand."""
 
     @classmethod
     def from_args(cls, args: argparse.Namespace):
@@ -30,6 +31,22 @@ class FromArgs:
         """
         return cls(**{f.name: not getattr(args, NEGATED_FLAGS[f.name]) if f.name in NEGATED_FLAGS
                       else getattr(args, f.name) for f in fields(cls)})
+
+    def to_argv(self) -> list[str]:
+        """The command's arguments that make this configuration again (``from_args`` of their parse), for the
+        child process the Slicer training module starts: each field that differs from its default (which is the
+        option's) as its option, a list as its values, a flag (``--learn-prompt``, ``--no-augment``) alone."""
+        argv = []
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if value == f.default:
+                continue
+            if isinstance(value, bool):
+                argv.append("--" + (NEGATED_FLAGS[f.name] if f.name in NEGATED_FLAGS else f.name).replace("_", "-"))
+            else:
+                values = value if isinstance(value, (list, tuple)) else [value]
+                argv += ["--" + f.name.replace("_", "-"), *(str(v) for v in values)]
+        return argv
 
 
 @dataclass

@@ -125,9 +125,9 @@ def session_secret_check(secret: str):
 
 class MosmosWebApp(TrameApp):
     def __init__(self, server=None, models: str | None = None, data: str | None = None,
-                 uploads: str | Path | None = None, maxUploadMb: float = 2048):
+                 uploads: str | Path | None = None, max_upload_mb: float = 2048):
         """``uploads``: this session's folder for uploaded files (the launcher removes it when the session ends);
-        ``maxUploadMb``: the largest upload accepted."""
+        ``max_upload_mb``: the largest upload accepted."""
         super().__init__(server)
         self.server.enable_module(trame_slicer_module)
         self.slicer = SlicerApp()
@@ -135,9 +135,9 @@ class MosmosWebApp(TrameApp):
         # drawn at a lower quality and drawn again for the still image half a second later: drawing is what
         # costs on a server without a GPU, on the loop that answers the page.
         register_rca_factories(self.slicer.view_manager, self.server, interactive_quality=STILL_QUALITY)
-        self.layoutManager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
-        self.layoutManager.register_layout_dict(LayoutManager.default_grid_configuration())
-        self.layoutManager.set_layout(LAYOUT)
+        self.layout_manager = LayoutManager(self.slicer.scene, self.slicer.view_manager, self.server)
+        self.layout_manager.register_layout_dict(LayoutManager.default_grid_configuration())
+        self.layout_manager.set_layout(LAYOUT)
         views = self.slicer.view_manager.get_views()
         if views and SOFTWARE_RENDERER.search(views[0].render_window().ReportCapabilities()):
             # Mesa's renderer draws on the CPU, on the loop that answers the page: with 8x multisampling (trame-
@@ -145,9 +145,9 @@ class MosmosWebApp(TrameApp):
             for view in views:
                 view.render_window().SetMultiSamples(0)
         self.uploads = Path(uploads) if uploads else Path(tempfile.mkdtemp(prefix="mosmos-web-uploads-"))
-        self.maxUploadBytes = int(maxUploadMb * 1e6)
-        self.session = Session(self.slicer, models, self.uploads, UNZIP_FACTOR * self.maxUploadBytes)
-        self.dataFolder = Path(data) if data else None
+        self.max_upload_bytes = int(max_upload_mb * 1e6)
+        self.session = Session(self.slicer, models, self.uploads, UNZIP_FACTOR * self.max_upload_bytes)
+        self.data_folder = Path(data) if data else None
         self._upload: dict | None = None     # the upload under way: path, size, received
         self._watcher: asyncio.Task | None = None
         self._init_state()
@@ -160,7 +160,7 @@ class MosmosWebApp(TrameApp):
         s.message = ""
         s.info = "Open a volume, choose a model, name the organs, Segment."
         s.volume_name = ""
-        s.data_choices = [p.name for p in data_files(self.dataFolder)]
+        s.data_choices = [p.name for p in data_files(self.data_folder)]
         s.data_choice = ""
         s.model_items = []
         s.model = ""
@@ -194,7 +194,7 @@ class MosmosWebApp(TrameApp):
             self.state.model = found[0].name
             self._on_model(found[0].name)
         if not found:
-            self.state.message = f"{self.session.modelsFolder}: no segmentation model installed"
+            self.state.message = f"{self.session.models_folder}: no segmentation model installed"
 
     def _fail(self, e: BaseException) -> None:
         """Show ``e`` as the page's message; unexpected errors also go to the server log, with a traceback."""
@@ -215,7 +215,7 @@ class MosmosWebApp(TrameApp):
             self._fail(e)
             return False
         self.state.volume_name = node.GetName()
-        self.state.is_dicom = self.session.dicomSource is not None
+        self.state.is_dicom = self.session.dicom_source is not None
         self._show_results()
         self.state.info = f"{node.GetName()}: {'x'.join(map(str, node.GetImageData().GetDimensions()))} voxels"
         return True
@@ -234,9 +234,9 @@ class MosmosWebApp(TrameApp):
         if size == 0:
             self.state.message = f"{name}: an empty file"
             return False
-        if size > self.maxUploadBytes:
+        if size > self.max_upload_bytes:
             self.state.message = (f"{name}: {size / 1e6:.1f} MB, more than this server accepts "
-                                  f"({self.maxUploadBytes / 1e6:g} MB); choose it from the data folder or ask "
+                                  f"({self.max_upload_bytes / 1e6:g} MB); choose it from the data folder or ask "
                                   "for a larger --max-upload-mb")
             return False
         self.state.message = ""
@@ -258,7 +258,7 @@ class MosmosWebApp(TrameApp):
             self._discard_upload()
             self.state.message = f"{up['path'].name}: a part of the upload arrived damaged; upload it again"
             return False
-        if up["received"] + len(chunk) > min(up["size"], self.maxUploadBytes):
+        if up["received"] + len(chunk) > min(up["size"], self.max_upload_bytes):
             self._discard_upload()
             self.state.message = f"{up['path'].name}: more data than announced; upload refused"
             return False
@@ -281,8 +281,8 @@ class MosmosWebApp(TrameApp):
 
     def _on_data_choice(self, data_choice, **_) -> None:
         # Only the files the page was offered: the page's state is the browser's to change.
-        if data_choice and self.dataFolder is not None and data_choice in self.state.data_choices:
-            self._open(self.dataFolder / data_choice, None)
+        if data_choice and self.data_folder is not None and data_choice in self.state.data_choices:
+            self._open(self.data_folder / data_choice, None)
 
     def _on_model(self, model, **_) -> None:
         organs = []
@@ -293,19 +293,19 @@ class MosmosWebApp(TrameApp):
         self.state.ticked = [t for t in self.state.ticked if t in organs]
 
     # --- segmentation -------------------------------------------------------------------------------
-    def segment(self, organText: str, ticked: list[str], model: str, quickPreview: bool) -> None:
+    def segment(self, organ_text: str, ticked: list[str], model: str, quick_preview: bool) -> None:
         """The page's fields come with the click: the browser may send a field's last edit after the click
         when it is busy, so the server's copy of them can lag behind what the user saw."""
         self.state.message = ""
-        self.state.update({"organ_text": organText, "ticked": ticked, "model": model, "quick_preview": quickPreview})
-        tags = split_organs(organText, ticked)
+        self.state.update({"organ_text": organ_text, "ticked": ticked, "model": model, "quick_preview": quick_preview})
+        tags = split_organs(organ_text, ticked)
         try:
-            self.session.start(tags, model, fast=bool(quickPreview))   # by its name among the server's models
+            self.session.start(tags, model, fast=bool(quick_preview))   # by its name among the server's models
         except Exception as e:  # noqa: BLE001
             self._fail(e)
             return
         self.state.running, self.state.progress = True, 0
-        self.state.info = f"Segmenting {', '.join(tags)}{' (quick preview)' if quickPreview else ''} ..."
+        self.state.info = f"Segmenting {', '.join(tags)}{' (quick preview)' if quick_preview else ''} ..."
         self._watcher = asyncio.get_running_loop().create_task(self._watch())  # a reference keeps it alive
 
     async def _watch(self) -> None:
@@ -367,13 +367,13 @@ class MosmosWebApp(TrameApp):
         if out is None:
             self.state.rows, self.state.has_results, self.state.overlay_tag = [], False, None
             return
-        table = out.tableNode.GetTable()
-        volumesMl = {table.GetValue(r, 0).ToString(): table.GetValue(r, 2).ToDouble()
+        table = out.table_node.GetTable()
+        volumes_ml = {table.GetValue(r, 0).ToString(): table.GetValue(r, 2).ToDouble()
                      for r in range(table.GetNumberOfRows())}
         self.state.rows = [{"name": o["name"], "label": int(o["label"]),
                             "color": _hex(o["color"]),
-                            "ml": f"{volumesMl.get(o['name'], 0.0):.3f}",
-                            "attention": o["name"] in out.attentionNodes} for o in out.organs]
+                            "ml": f"{volumes_ml.get(o['name'], 0.0):.3f}",
+                            "attention": o["name"] in out.attention_nodes} for o in out.organs]
         self.state.has_results = True
         self.state.overlay_tag = None
 
@@ -408,11 +408,11 @@ class MosmosWebApp(TrameApp):
         return time.time()
 
     # --- page ---------------------------------------------------------------------------------------
-    def _download_button(self, label: str, element_id: str, fileName: str, handler) -> None:
+    def _download_button(self, label: str, element_id: str, file_name: str, handler) -> None:
         trigger = self.server.controller.trigger_name(handler)
         v.VBtn(label, id=element_id, size="small", variant="tonal", classes="mr-1 mb-1",
                disabled=("!has_results || running",),
-               click=f"utils.download(`${{volume_name}}{fileName}`, trigger('{trigger}'), "
+               click=f"utils.download(`${{volume_name}}{file_name}`, trigger('{trigger}'), "
                      "'application/octet-stream')")
 
     def _build_ui(self) -> None:
@@ -497,7 +497,7 @@ class MosmosWebApp(TrameApp):
                                           self.download_attention)
             with v.VMain():
                 with html.Div(style="height: 100vh; width: 100%; position: relative;", id="views"):
-                    self.layoutManager.initialize_layout_grid(layout)
+                    self.layout_manager.initialize_layout_grid(layout)
         return layout
 
 
@@ -530,7 +530,7 @@ def main(argv: list[str] | None = None) -> int:
     tempfile.tempdir = str(work)
     app = None
     try:
-        app = MosmosWebApp(models=args.models, data=args.data, uploads=uploads, maxUploadMb=args.max_upload_mb)
+        app = MosmosWebApp(models=args.models, data=args.data, uploads=uploads, max_upload_mb=args.max_upload_mb)
         app.server.controller.on_server_bind.add(
             lambda server: server.app.middlewares.insert(0, session_secret_check(secret)))
         app.server.start(host=args.host, port=args.port, open_browser=False, show_connection_info=False,

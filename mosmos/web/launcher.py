@@ -9,8 +9,8 @@ launcher adds the session's own secret to what it forwards, without which the se
 
 No patient data is left behind: each session has a folder (its upload and its runs' work files) in the launcher's
 own temporary root, removed when the session ends however it ends. A session ends when its tab has been gone for
-``sessionTimeout`` seconds (the trame server exits by itself), when nothing has passed between it and its tab for
-``idleTimeout`` seconds, or when its process died (the launcher's sweep); sessions die with the launcher, even a
+``session_timeout`` seconds (the trame server exits by itself), when nothing has passed between it and its tab for
+``idle_timeout`` seconds, or when its process died (the launcher's sweep); sessions die with the launcher, even a
 SIGKILLed one (the kernel's parent-death signal), and a launcher that starts removes the roots that crashed
 launchers left. One spare session is kept started so that a new tab opens without waiting."""
 
@@ -99,7 +99,7 @@ class SessionProcess:
     port: int
     folder: Path                    # the session's folder (upload, work files), removed when it ends
     started: float
-    lastActive: float
+    last_active: float
     secret: str = ""                # sent with every request forwarded to the session
     owner: str | None = None        # the signed-in user (or "token") whose tab claimed it
 
@@ -113,12 +113,12 @@ def _page(status: int, text: str) -> web.Response:
 
 class Launcher:
     def __init__(self, host: str = "127.0.0.1", port: int = 8080, models: str | None = None,
-                 data: str | None = None, maxSessions: int = 4, sessionTimeout: int = 300,
-                 signIn: SignIn | None = None, idleTimeout: float = 1800, maxUploadMb: float = 2048):
+                 data: str | None = None, max_sessions: int = 4, session_timeout: int = 300,
+                 sign_in_rules: SignIn | None = None, idle_timeout: float = 1800, max_upload_mb: float = 2048):
         self.host, self.port = host, port
         self.models, self.data = models, data
-        self.maxSessions, self.sessionTimeout = maxSessions, sessionTimeout
-        self.signIn, self.idleTimeout, self.maxUploadMb = signIn, idleTimeout, maxUploadMb
+        self.max_sessions, self.session_timeout = max_sessions, session_timeout
+        self.sign_in_rules, self.idle_timeout, self.max_upload_mb = sign_in_rules, idle_timeout, max_upload_mb
         self.sessions: dict[str, SessionProcess] = {}    # claimed by a tab, by session id
         self._spare: tuple[str, SessionProcess] | None = None
         self.root, self._root_lock = temporary_root()
@@ -130,8 +130,8 @@ class Launcher:
 
     def session_command(self, port: int, folder: Path) -> list[str]:
         argv = [sys.executable, "-m", "mosmos.web.app", "--host", SESSION_HOST, "--port", str(port),
-                "--timeout", str(self.sessionTimeout), "--folder", str(folder),
-                "--max-upload-mb", str(self.maxUploadMb)]
+                "--timeout", str(self.session_timeout), "--folder", str(folder),
+                "--max-upload-mb", str(self.max_upload_mb)]
         if self.models:
             argv += ["--models", self.models]
         if self.data:
@@ -144,8 +144,8 @@ class Launcher:
 
     async def _spawn(self) -> tuple[str, SessionProcess]:
         await self.reap()
-        if len(self._running()) >= self.maxSessions:
-            raise MosmosError(f"{self.maxSessions} sessions are open, the most this server runs at once; "
+        if len(self._running()) >= self.max_sessions:
+            raise MosmosError(f"{self.max_sessions} sessions are open, the most this server runs at once; "
                               "close a tab, wait a few minutes and reload")
         sid = secrets.token_urlsafe(12)
         folder = self.root / sid
@@ -183,13 +183,13 @@ class Launcher:
         spare, self._spare = self._spare, None
         # A spare that waited too long is about to shut itself down (no client within its timeout).
         if spare is not None and (spare[1].proc.poll() is not None
-                                  or time.monotonic() - spare[1].started > SPARE_MAX_AGE * self.sessionTimeout):
+                                  or time.monotonic() - spare[1].started > SPARE_MAX_AGE * self.session_timeout):
             await self.end(spare[1])
             spare = None
         sid, session = spare or await self._spawn()
         session.owner = owner
         await self._ready(session)
-        session.lastActive = time.monotonic()
+        session.last_active = time.monotonic()
         self.sessions[sid] = session
         await self._start_spare()
         return sid
@@ -201,10 +201,10 @@ class Launcher:
 
     async def reap(self, now: float | None = None) -> None:
         """End the sessions whose process has exited (killed, or its tab gone) or whose tab has been idle past
-        ``idleTimeout``, with their folders: what a killed session's run left there (its copy of the volume)."""
+        ``idle_timeout``, with their folders: what a killed session's run left there (its copy of the volume)."""
         now = time.monotonic() if now is None else now
         for sid, session in list(self.sessions.items()):
-            if session.proc.poll() is not None or now - session.lastActive > self.idleTimeout:
+            if session.proc.poll() is not None or now - session.last_active > self.idle_timeout:
                 del self.sessions[sid]
                 await self.end(session)
         if self._spare is not None and self._spare[1].proc.poll() is not None:
@@ -246,9 +246,9 @@ class Launcher:
     @web.middleware
     async def sign_in(self, request: web.Request, handler) -> web.StreamResponse:
         request["user"] = None
-        if self.signIn is None:
+        if self.sign_in_rules is None:
             return await handler(request)
-        user, cookie = self.signIn.signed_in(request.cookies), None
+        user, cookie = self.sign_in_rules.signed_in(request.cookies), None
         if user is None:
             address = request.remote or ""
             wait = self.failures.retry_after(address)
@@ -258,14 +258,14 @@ class Launcher:
                 response.headers["Retry-After"] = str(math.ceil(wait))
                 return response
             user, cookie = await asyncio.get_running_loop().run_in_executor(
-                self._hashing, self.signIn.check, request.headers, request.query, request.cookies)
+                self._hashing, self.sign_in_rules.check, request.headers, request.query, request.cookies)
             if user is None:
                 if SignIn.has_credentials(request.headers, request.query):
                     self.failures.record(address)
                 response = _page(401, "sign in first: open the address the server printed (with its ?token=), "
                                       "or give your user name and password")
-                if self.signIn.challenge:
-                    response.headers["WWW-Authenticate"] = self.signIn.challenge
+                if self.sign_in_rules.challenge:
+                    response.headers["WWW-Authenticate"] = self.sign_in_rules.challenge
                 return response
         request["user"], request["cookie"] = user, cookie
         response = await handler(request)
@@ -299,7 +299,7 @@ class Launcher:
         if not tail:   # the page's relative addresses (its scripts, its websocket) need the trailing slash
             return web.Response(status=302, headers={"Location": f"{sid}/"})
         tail = tail[1:]
-        session.lastActive = time.monotonic()
+        session.last_active = time.monotonic()
         url = f"http://{SESSION_HOST}:{session.port}/{tail}"
         if request.query_string:
             url += "?" + request.query_string
@@ -333,7 +333,7 @@ class Launcher:
                 async def pump(source, target) -> None:
                     async for msg in source:
                         # Either way: a running segmentation's progress keeps its session from idling out.
-                        session.lastActive = time.monotonic()
+                        session.last_active = time.monotonic()
                         if msg.type == aiohttp.WSMsgType.TEXT:
                             await target.send_str(msg.data)
                         elif msg.type == aiohttp.WSMsgType.BINARY:

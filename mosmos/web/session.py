@@ -19,7 +19,7 @@ from mosmos.inference.dicom import DicomSource
 from mosmos.inference.dicomseg import segmentation_dataset
 from mosmos.inference.tagselect import select_tags
 from mosmos.files.modelfile import verify_model
-from mosmos.mrml import models as modelsLib
+from mosmos.mrml import models as models_lib
 from mosmos.mrml import pipeline, segmentation, volumes
 from mosmos.mrml.attention import attention_color_node
 
@@ -69,13 +69,13 @@ def unpack_zip(path: Path, folder: Path, max_bytes: int | None = None,
         raise MosmosError(f"{path.name}: not a readable zip archive ({e})") from None
 
 
-def read_upload(path: Path, workDir: Path | None = None, max_unpacked_bytes: int | None = None):
+def read_upload(path: Path, work_dir: Path | None = None, max_unpacked_bytes: int | None = None):
     """A volume file or a zipped DICOM series -> core Volume (the reader `mosmos segment` uses, so the
-    browser and the command line see the same grid). A zip is unpacked in ``workDir`` (default: the system's
+    browser and the command line see the same grid). A zip is unpacked in ``work_dir`` (default: the system's
     temporary folder), at most ``max_unpacked_bytes`` of it, and removed after reading. Raises MosmosError naming
     the file."""
     if path.name.lower().endswith(".zip"):
-        with tempfile.TemporaryDirectory(prefix="mosmos-dicom-", dir=workDir) as tmp:
+        with tempfile.TemporaryDirectory(prefix="mosmos-dicom-", dir=work_dir) as tmp:
             unpack_zip(path, Path(tmp), max_unpacked_bytes)
             folders = sorted({p.parent for p in Path(tmp).rglob("*") if p.is_file()})
             if not folders:
@@ -95,24 +95,24 @@ def read_upload(path: Path, workDir: Path | None = None, max_unpacked_bytes: int
 class Session:
     """The state of one page: its scene (from trame-slicer's SlicerApp), volume, running job and results."""
 
-    def __init__(self, slicerApp, modelsFolder: str | Path | None = None, workDir: str | Path | None = None,
+    def __init__(self, slicer_app, models_folder: str | Path | None = None, work_dir: str | Path | None = None,
                  max_unpacked_bytes: int | None = None):
-        """``workDir``: where uploads are unpacked (the session's upload folder); ``max_unpacked_bytes``: the most
+        """``work_dir``: where uploads are unpacked (the session's upload folder); ``max_unpacked_bytes``: the most
         a zipped upload may unpack to."""
-        self.app = slicerApp
-        self.scene = slicerApp.scene
-        self.modelsFolder = Path(modelsFolder) if modelsFolder else modelsLib.default_models_dir()
-        self.workDir = Path(workDir) if workDir else None
+        self.app = slicer_app
+        self.scene = slicer_app.scene
+        self.models_folder = Path(models_folder) if models_folder else models_lib.default_models_dir()
+        self.work_dir = Path(work_dir) if work_dir else None
         self.max_unpacked_bytes = max_unpacked_bytes
-        self.volumeNode = None
-        self.dicomSource: DicomSource | None = None      # the series' headers, for a DICOM SEG of the results
-        self.modelPath: Path | None = None               # the model of the results on show
+        self.volume_node = None
+        self.dicom_source: DicomSource | None = None      # the series' headers, for a DICOM SEG of the results
+        self.model_file: Path | None = None               # the model of the results on show
         self.job: pipeline.SegmentationJob | None = None
         self.outputs: pipeline.SegmentationOutputs | None = None
 
     # --- models -------------------------------------------------------------------------------------
-    def models(self) -> list[modelsLib.ModelInfo]:
-        return modelsLib.list_models(self.modelsFolder)
+    def models(self) -> list[models_lib.ModelInfo]:
+        return models_lib.list_models(self.models_folder)
 
     def model_path(self, name: str) -> Path:
         """The model the server offers under ``name`` (its file name in the models folder). Anything else, a path
@@ -128,14 +128,14 @@ class Session:
         """Read ``path`` into a new volume node and show it; on any error the scene is left as it was."""
         if self.job is not None:
             raise MosmosError("a segmentation is running: cancel it before opening another volume")
-        vol = read_upload(Path(path), self.workDir, self.max_unpacked_bytes)
+        vol = read_upload(Path(path), self.work_dir, self.max_unpacked_bytes)
         name = name or volumes._stem(str(path))
         array = np.ascontiguousarray(np.asarray(vol.array).transpose(2, 1, 0))
         self.clear_results()
-        if self.volumeNode is not None:
-            self.scene.RemoveNode(self.volumeNode)
-        self.volumeNode = node = volumes.volume_from_array(self.scene, array, vol.affine, name)
-        self.dicomSource = vol.source if isinstance(vol.source, DicomSource) else None
+        if self.volume_node is not None:
+            self.scene.RemoveNode(self.volume_node)
+        self.volume_node = node = volumes.volume_from_array(self.scene, array, vol.affine, name)
+        self.dicom_source = vol.source if isinstance(vol.source, DicomSource) else None
         # In the slice views only, as the Slicer module shows it: a volume-rendered frame of the 3D view took 2 s
         # with Mesa's software renderer (2 cores), on the loop that answers the page.
         self.app.display_manager.show_volume_in_slice_background(node)
@@ -150,26 +150,26 @@ class Session:
     def start(self, tags: list[str], model: str, device: str = "auto", fast: bool = False) -> None:
         """``model``: a name from models(); ``fast``: the quick preview of the Slicer module (`mosmos segment
         --fast`)."""
-        if self.volumeNode is None:
+        if self.volume_node is None:
             raise MosmosError("no volume open: upload one or choose one from the data folder")
         if self.job is not None:
             raise MosmosError("a segmentation is already running")
         if not tags:
             raise MosmosError("no organs: type organ names or tick them")
-        modelPath = self.model_path(model)
+        model_file = self.model_path(model)
         # The core's own checks of the names and of the model file (tensors and checksum), here so that a typo
         # or a broken file is reported at once rather than after a process has started.
-        select_tags(tags, list(modelsLib.model_info(modelPath).organs), open_set_supported=True)
-        verify_model(modelPath)
-        job = pipeline.SegmentationJob(self.volumeNode, tags, modelPath, device, attention=True,
-                                       modelsFolder=self.modelsFolder, fast=fast)
+        select_tags(tags, list(models_lib.model_info(model_file).organs), open_set_supported=True)
+        verify_model(model_file)
+        job = pipeline.SegmentationJob(self.volume_node, tags, model_file, device, attention=True,
+                                       models_folder=self.models_folder, fast=fast)
         try:
             job.start()
         except BaseException:
             job.cleanup()
             raise
         self.job = job
-        self.modelPath = modelPath
+        self.model_file = model_file
 
     def poll(self) -> tuple[list[dict], bool]:
         """The child's events so far, and whether it has exited (then call load_results)."""
@@ -190,11 +190,11 @@ class Session:
         self.clear_results()
         self.outputs = outputs
         yield
-        segNode = outputs.segmentationNode
-        labels = {o["name"]: int(o["label"]) for o in outputs.organs if segmentation.segment_id(segNode, o["name"])}
+        seg_node = outputs.segmentation_node
+        labels = {o["name"]: int(o["label"]) for o in outputs.organs if segmentation.segment_id(seg_node, o["name"])}
         surfaces = yield functools.partial(segmentation.closed_surfaces, outputs.labelmap,
-                                           volumes.ijk_to_ras(self.volumeNode), labels)
-        segmentation.set_closed_surfaces(segNode, surfaces)
+                                           volumes.ijk_to_ras(self.volume_node), labels)
+        segmentation.set_closed_surfaces(seg_node, surfaces)
         yield    # the 3D view draws the surfaces (its slowest frame) before the page says the results are in
         return outputs
 
@@ -206,14 +206,14 @@ class Session:
     def clear_results(self) -> None:
         self.show_attention(None)
         if self.outputs is not None:
-            for node in [self.outputs.segmentationNode, self.outputs.tableNode,
-                         *self.outputs.attentionNodes.values()]:
+            for node in [self.outputs.segmentation_node, self.outputs.table_node,
+                         *self.outputs.attention_nodes.values()]:
                 self.scene.RemoveNode(node)
             self.outputs = None
 
     # --- overlays -----------------------------------------------------------------------------------
     def show_attention(self, tag: str | None, opacity: float = 0.6) -> None:
-        node = self.outputs.attentionNodes.get(tag) if (self.outputs and tag) else None
+        node = self.outputs.attention_nodes.get(tag) if (self.outputs and tag) else None
         self.app.display_manager.show_volume_in_slice_foreground(node)
         for view in self.app.view_manager.get_slice_views():
             view.set_foreground_opacity(float(opacity) if node is not None else 0.0)
@@ -231,26 +231,26 @@ class Session:
 
     # --- exports ------------------------------------------------------------------------------------
     def _name(self) -> str:
-        return self.volumeNode.GetName() if self.volumeNode is not None else "volume"
+        return self.volume_node.GetName() if self.volume_node is not None else "volume"
 
     def segmentation_seg_nrrd(self) -> bytes:
         self._need_outputs()
         with tempfile.TemporaryDirectory(prefix="mosmos-web-") as tmp:
             path = Path(tmp) / f"{self._name()}.seg.nrrd"
-            segmentation.write_segmentation(self.outputs.segmentationNode, str(path))
+            segmentation.write_segmentation(self.outputs.segmentation_node, str(path))
             return path.read_bytes()
 
     def segmentation_nifti(self) -> bytes:
         self._need_outputs()
-        return _nifti_bytes(self.outputs.labelmap, volumes.ijk_to_ras(self.volumeNode))
+        return _nifti_bytes(self.outputs.labelmap, volumes.ijk_to_ras(self.volume_node))
 
     def segmentation_dicom_seg(self) -> bytes:
         """The results as a DICOM SEG referencing the input series (the writer of `mosmos segment`)."""
         self._need_outputs()
-        if self.dicomSource is None:
+        if self.dicom_source is None:
             raise MosmosError(f"{self._name()}: DICOM SEG needs a DICOM series as input; download .seg.nrrd or NIfTI")
-        dataset = segmentation_dataset(self.dicomSource, self.outputs.labelmap.transpose(2, 1, 0),
-                                       self.outputs.organs, self.modelPath)
+        dataset = segmentation_dataset(self.dicom_source, self.outputs.labelmap.transpose(2, 1, 0),
+                                       self.outputs.organs, self.model_file)
         buf = io.BytesIO()
         dataset.save_as(buf, enforce_file_format=True)
         return buf.getvalue()
@@ -260,9 +260,9 @@ class Session:
         self._need_outputs()
         buf = io.BytesIO()
         with zipfile.ZipFile(buf, "w", zipfile.ZIP_DEFLATED) as archive:
-            for tag, node in self.outputs.attentionNodes.items():
-                array, ijkToRAS = volumes.array_from_volume(node)
-                archive.writestr(f"{tag.replace(' ', '_')}_attention.nii.gz", _nifti_bytes(array, ijkToRAS))
+            for tag, node in self.outputs.attention_nodes.items():
+                array, ijk_to_ras_matrix = volumes.array_from_volume(node)
+                archive.writestr(f"{tag.replace(' ', '_')}_attention.nii.gz", _nifti_bytes(array, ijk_to_ras_matrix))
         return buf.getvalue()
 
     def _need_outputs(self) -> None:
@@ -270,8 +270,8 @@ class Session:
             raise MosmosError("nothing to download yet: segment a volume first")
 
 
-def _nifti_bytes(array_kji: np.ndarray, ijkToRAS: np.ndarray) -> bytes:
+def _nifti_bytes(array_kji: np.ndarray, ijk_to_ras_matrix: np.ndarray) -> bytes:
     with tempfile.TemporaryDirectory(prefix="mosmos-web-") as tmp:
         path = Path(tmp) / "out.nii.gz"
-        coreio.write_volume(path, np.ascontiguousarray(array_kji.transpose(2, 1, 0)), ijkToRAS)
+        coreio.write_volume(path, np.ascontiguousarray(array_kji.transpose(2, 1, 0)), ijk_to_ras_matrix)
         return path.read_bytes()
