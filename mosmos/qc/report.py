@@ -57,9 +57,12 @@ class Evidence:
 
 
 def gather(labelmap: np.ndarray, affine: np.ndarray, organs: Sequence[tuple[str, int]], image: np.ndarray, ct: bool,
-           map_labelmap: np.ndarray | None = None, attention: Mapping[str, np.ndarray] | None = None) -> list[Evidence]:
+           map_labelmap: np.ndarray | None = None, attention: Mapping[str, np.ndarray] | None = None,
+           agreements: Mapping[str, Agreement] | None = None) -> list[Evidence]:
     """Measure each (organ, label value) of ``organs`` in ``labelmap`` (X, Y, Z, on the grid of ``affine`` and of
-    ``image``); ``ct``: the image is in HU."""
+    ``image``); ``ct``: the image is in HU. The agreement with the attention maps: given (``agreements``, organ
+    -> Agreement, as a segmentation run measures it on its own grid), or measured here from the maps' label map
+    and probabilities on this grid."""
     body = find_body(image, affine, ct)
     boxes = organ_box(labelmap)
     out = []
@@ -70,7 +73,9 @@ def gather(labelmap: np.ndarray, affine: np.ndarray, organs: Sequence[tuple[str,
         if m.voxels:
             hu = median_or_none(np.asarray(image[box])[sub]) if ct else None
             probability = attention.get(organ) if attention and organ in attention else None
-            if map_labelmap is not None or probability is not None:
+            if agreements is not None:
+                maps = agreements.get(organ)
+            elif map_labelmap is not None or probability is not None:
                 maps = agreement(sub, None if map_labelmap is None else map_labelmap[box] == value,
                                  None if probability is None else np.asarray(probability)[box])
         out.append(Evidence(organ, value, m, maps, hu, body.midline_x, body.center))
@@ -97,12 +102,13 @@ def judge(e: Evidence, profile: Profile, thresholds: Thresholds = Thresholds()) 
 
 def assess(labelmap: np.ndarray, affine: np.ndarray, organs: Sequence[tuple[str, int]], image: np.ndarray,
            profile: Profile, ct: bool, map_labelmap: np.ndarray | None = None,
-           attention: Mapping[str, np.ndarray] | None = None, thresholds: Thresholds = Thresholds()) -> list[OrganQC]:
+           attention: Mapping[str, np.ndarray] | None = None, thresholds: Thresholds = Thresholds(),
+           agreements: Mapping[str, Agreement] | None = None) -> list[OrganQC]:
     """QC of each (organ, label value) of ``organs`` in ``labelmap`` (X, Y, Z, on the grid of ``affine`` and of
     ``image``) against ``profile``; ``ct``: the image is in HU. An organ of ``organs`` with no voxel was asked
-    for and is absent."""
+    for and is absent. The maps' agreement as ``gather`` takes it."""
     return [judge(e, profile, thresholds)
-            for e in gather(labelmap, affine, organs, image, ct, map_labelmap, attention)]
+            for e in gather(labelmap, affine, organs, image, ct, map_labelmap, attention, agreements)]
 
 
 def add_cohort_reasons(results: Mapping[str, list[OrganQC]], reasons: Mapping[str, Mapping[str, list[str]]]) -> None:
