@@ -4,7 +4,9 @@ below the adult range fails, the absent spleen fails as not found."""
 
 from __future__ import annotations
 
+import base64
 import csv
+import io
 import json
 import re
 
@@ -12,6 +14,7 @@ import nibabel as nib
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 from inference_stub import ThresholdNet, write_stub_model
 
 from mosmos.cli import main
@@ -19,6 +22,7 @@ from mosmos.files.modelfile import read_header, save_model
 from mosmos.inference import register_architecture
 from mosmos.inference.segmenter import Segmenter
 from mosmos.qc.agreement import agreement
+from mosmos.qc.thumbnails import OUTLINE
 
 AFFINE = np.diag([1.5, 1.5, 2.0, 1.0])
 
@@ -66,6 +70,15 @@ def test_a_cohorts_cases_csv_names_the_organs_to_check(files, tmp_path):
     assert [(r["case"], r["status"], r["qc_check"], r["qc_fail"]) for r in rows] == [("a", "done", "", "liver; spleen")]
     organs = json.loads((tmp_path / "out" / "a" / "volumes.json").read_text())["organs"]
     assert {o["name"]: o["status"] for o in organs} == {"liver": "fail", "spleen": "fail"}
+    assert len(organs[0]["offset_mm"]) == 3 and "offset_mm" not in organs[1]   # the absent spleen has no place
+
+    page = (tmp_path / "out" / "qc.html").read_text()
+    assert "1 cases: 1 with a failed organ" in page and "did not run" in page   # the cohort's check needs 20
+    assert page.count("<tr><td>") == 1 and "not found in the scan" in page
+    pictures = re.findall(r'<img alt="([^"]+)" src="data:image/png;base64,([^"]+)"', page)
+    assert [alt for alt, _ in pictures] == ["liver: axial and coronal slice with its outline"]   # no spleen to show
+    thumbnail = np.asarray(Image.open(io.BytesIO(base64.b64decode(pictures[0][1]))))
+    assert (thumbnail == OUTLINE).all(-1).sum() > 20
 
 
 class MapsElsewhere(ThresholdNet):
