@@ -626,7 +626,7 @@ class KeptOutputs:
 
         if self.maps is None:
             return {}
-        boxes = ndimage.find_objects(self.labels.astype(np.int32, copy=False))
+        boxes = ndimage.find_objects(self.labels)   # uint8 or uint16 label values, no copy
         out = {}
         for channel, (value, name) in enumerate(zip(values, names)):
             box = boxes[value - 1] if 0 < value <= len(boxes) else None

@@ -12,8 +12,8 @@ import numpy as np
 
 from ..files.atomic import atomic_write_bytes
 from .agreement import Agreement, agreement
-from .checks import (CHECK, FAIL, Finding, Thresholds, map_findings, median_or_none, shape_findings, side_finding,
-                     tissue_finding, volume_finding)
+from .checks import (CHECK, FAIL, Finding, Thresholds, map_findings, median_or_none, pieces_score, shape_findings,
+                     side_finding, tissue_finding, volume_finding)
 from .measure import OrganMeasure, find_body, measure_organ, organ_box
 from .profiles import Profile
 
@@ -89,13 +89,15 @@ def judge(e: Evidence, profile: Profile, thresholds: Thresholds = Thresholds()) 
         return OrganQC(e.organ, e.label, 0.0, FAIL, ["not found in the scan"], _ABSENT_SCORE)
     volume, volume_score = volume_finding(e.organ, m, profile, thresholds)
     findings = [f for f in (volume, side_finding(e.organ, m, e.midline_x, profile, thresholds),
-                            tissue_finding(e.organ, e.median_hu)) if f]
+                            tissue_finding(e.organ, e.median_hu, thresholds)) if f]
     findings += shape_findings(e.organ, m, thresholds)
     map_score = 0.0
     if e.agreement is not None:
         found, map_score = map_findings(e.agreement, thresholds)
         findings += found
-    score = volume_score + map_score + sum(f.score for f in findings if f is not volume)
+    # the score sums each finding's share and the continuous parts (volume, pieces, maps), weighted as
+    # Thresholds says
+    score = volume_score + pieces_score(m, thresholds) + map_score + sum(f.score for f in findings)
     return OrganQC(e.organ, e.label, m.volume_ml, status_of(findings), [f.reason for f in findings], score,
                    [round(float(v), 1) for v in m.centroid - e.body_center])
 
