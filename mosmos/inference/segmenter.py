@@ -53,6 +53,7 @@ from .preprocess import Preprocessing
 from .sliding import body_blocks, body_box, dilate_blocks, fill_lowest, plan_windows, sliding_window
 from .tagselect import select_tags
 from ..options import CPU, CUDA, check_number, local_rank
+from ..qc.agreement import agreement
 
 Progress = Callable[[int, int], "bool | None"]
 
@@ -487,13 +488,13 @@ class Segmenter:
                 labels, map_labels_on_input = kept.labels_on_input(grid)
                 seconds["map back"] += time.perf_counter() - start
                 start = time.perf_counter()
-                agreement = {} if raw else kept.agreement([self.label_values[k] for k in selected],
-                                                          selection.labelled)
+                agreements = {} if raw else kept.agreement([self.label_values[k] for k in selected],
+                                                           selection.labelled)
                 seconds["agreement"] = time.perf_counter() - start
                 if attempt:
                     notices.append(f"GPU memory was short: {reduced}")
                 return WindowsRun(labels, map_labels_on_input, kept.finished_maps(), notices, run, seconds,
-                                  agreement)
+                                  agreements)
             except torch.cuda.OutOfMemoryError:
                 image = body = kept = None
             # here, not in the handler, whose traceback still held the failed attempt's GPU buffers
@@ -622,8 +623,6 @@ class KeptOutputs:
         ``i``) with its probability map, on the model grid where both already are: the map's own segment is
         where it gives the organ P >= 0.5 (in the softmax over all classes that voxel's argmax is the organ),
         so no other class need be stitched and nothing is resampled (negligible next to the run)."""
-        from ..qc.agreement import agreement
-
         if self.maps is None:
             return {}
         boxes = ndimage.find_objects(self.labels)   # uint8 or uint16 label values, no copy
