@@ -144,7 +144,8 @@ def choose(rows) -> Thresholds:
         if best_key is None or key > best_key:
             best, best_key = t, key
     bad = [r["dice"] < 0.5 for r in rows]
-    weights = [dataclasses.replace(best, **dict(zip(WEIGHTS, values))) for values in itertools.product(*WEIGHTS.values())]
+    weights = [dataclasses.replace(best, **dict(zip(WEIGHTS, values)))
+               for values in itertools.product(*WEIGHTS.values())]
     return max(weights, key=lambda t: auroc([q.score for q in judged(rows, t)], bad))
 
 

@@ -112,7 +112,8 @@ def map_findings(a: Agreement, t: Thresholds) -> tuple[list[Finding], float]:
     if a.map_dice is not None:
         score += t.map_weight * (1.0 - a.map_dice)
         if a.map_dice < t.min_map_dice:
-            out.append(Finding(CHECK, f"the attention maps disagree (Dice {a.map_dice:.2f} with where they place it)", 0.0))
+            out.append(Finding(CHECK, f"the attention maps disagree (Dice {a.map_dice:.2f} with where they place it)",
+                               0.0))
     if a.unsure_share is not None:
         score += t.unsure_weight * a.unsure_share
         if a.unsure_share > t.max_unsure:

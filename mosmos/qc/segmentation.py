@@ -1,8 +1,9 @@
 """QC of a MOSMOS segmentation result, as the front doors (``mosmos segment``, cohorts) attach it: each organ of
 ``result.organs`` gains ``status`` and ``reasons`` (and ``offset_mm``, its centroid from the body's centre), so
-the volumes files, the progress events and the printed lines carry them wherever the organs go. The anatomy checks, and the agreement of each segment with its
-attention map as the segmenter measured it on its own grid (``result.agreement``): reading the maps back on the
-input grid for QC would cost more than QC may add to a run (3 %)."""
+the volumes files, the progress events and the printed lines carry them wherever the organs go. The anatomy
+checks, and the agreement of each segment with its attention map as the segmenter measured it on its own grid
+(``result.agreement``): reading the maps back on the input grid for QC would cost more than QC may add to a run
+(3 %)."""
 
 from __future__ import annotations
 
