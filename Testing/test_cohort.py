@@ -63,7 +63,7 @@ def _files(folder):
 
 def test_uninterrupted_run_writes_one_folder_per_case_and_a_log(cohort):
     _, _, _, reference = cohort
-    assert sorted(p.name for p in reference.iterdir()) == sorted(CASES + ["cases.csv"])
+    assert sorted(p.name for p in reference.iterdir()) == sorted(CASES + ["cases.csv", "qc.html"])
     for name in CASES:
         assert sorted(p.name for p in (reference / name).rglob("*")) == [
             "labels.nii.gz", "liver.nii.gz", "maps", "spleen.nii.gz", "volumes.json"]
@@ -99,7 +99,7 @@ def test_killed_run_resumes_to_the_same_outputs(cohort, tmp_path):
     mine, theirs = _files(out), _files(reference)
     assert mine.keys() == theirs.keys()
     for path in mine:
-        if path.name.endswith(".json"):
+        if path.name.endswith((".json", ".html")):   # the QC report too: made from the finished cases alone
             assert mine[path] == theirs[path], path
         else:   # gzip stamps its own write time into the header: compare the voxels and the header
             a, b = nib.load(out / path), nib.load(reference / path)
@@ -262,5 +262,5 @@ def test_a_case_clears_only_its_own_staging_folder(cohort, tmp_path, capsys):
         other_shard.wait()
     assert main(_cmd(manifest, model, out)[2:]) == 0           # its process gone, the other shard's cases are redone
     assert sorted(r["case"] for r in _log(out)) == sorted(names)
-    assert sorted(p.name for p in out.iterdir()) == sorted(names + ["cases.csv"])     # no lock, no staging left
+    assert sorted(p.name for p in out.iterdir()) == sorted(names + ["cases.csv", "qc.html"])  # no lock, no staging
     capsys.readouterr()

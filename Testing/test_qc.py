@@ -200,3 +200,26 @@ def test_the_profile_comes_from_the_model_file():
     assert profile_for_model(phantom).name == "phantom"
     assert profile_for_model({"card": {"data": {"folder": "btcv"}}}).name == "adult"
     assert profile_for_model({}).name == "adult"
+
+
+def test_the_scores_parts_weigh_as_thresholds_say():
+    """A spleen cut to 40 mL by the scan's top edge counts its low volume at cut_volume_weight of an uncut
+    40 mL spleen's; a kidney cut into slabs (most of it outside its largest piece) scores pieces_weight times
+    that share higher."""
+    from dataclasses import replace
+
+    from mosmos.qc.checks import volume_finding
+    from mosmos.qc.measure import OrganMeasure
+
+    t, profile = Thresholds(), get_profile("adult")
+    whole = OrganMeasure(100, 40.0, np.zeros(3), 1.0, (), 0.0)
+    cut = replace(whole, cut_faces=("upper",))
+    (found, uncut_score), (none, cut_score) = volume_finding("spleen", whole, profile, t), \
+        volume_finding("spleen", cut, profile, t)
+    assert found.severity == "check" and none is None
+    assert cut_score == pytest.approx(uncut_score * t.cut_volume_weight) and cut_score > 0
+    img, labels, affine = scan("RAS")
+    split = labels.copy()
+    split[(labels == 2) & (np.arange(SHAPE[2]) % 3 == 0)[None, None, :]] = 0   # the kidney cut in slabs
+    whole_kidney, pieces = run(), run(labels=split)
+    assert pieces["right kidney"].score > whole_kidney["right kidney"].score + 0.5 * t.pieces_weight

@@ -15,11 +15,13 @@ six tags as it is and under six faults:
 
 Thresholds (min_map_dice, max_unsure, min_largest_share, max_outside_body) are chosen on the tuning seeds as
 the grid point with the highest Youden J of "status is not ok" for "Dice < 0.5" among those where at least
-80 % of the flagged organs have Dice < 0.7, then the maps' weight in the score by its AUROC; the scoring seeds then give the AUROC of the QC score for
+80 % of the flagged organs have Dice < 0.7, then the score's weights (the maps', pieces', tissue's, a cut
+organ's volume's) by its AUROC; the scoring seeds then give the AUROC of the QC score for
 "Dice < 0.5" and the share of flagged organs with Dice < 0.7. Also: the QC's seconds against the
 segmentation's (attention maps on), per case.
 
     OMP_NUM_THREADS=1 python benchmarks/bench_qc.py [--model demo-out/finetune-mosmos/model.safetensors]
+        [--evidence qc-evidence.pkl]
     python benchmarks/bench_qc.py --derive-profile     # the phantom profile's volumes (seeds 200..239)
 """
 
@@ -29,6 +31,7 @@ import argparse
 import dataclasses
 import itertools
 import json
+import pickle
 import time
 from pathlib import Path
 
@@ -44,7 +47,9 @@ FAULTS = ("clean", "noise", "inverted", "removed", "flipped", "truncated", "mr")
 VALUE_OF = {name: value for value, name in BTCV_LABELS.items()}
 GRID = {"min_map_dice": (0.2, 0.3, 0.4, 0.5, 0.6), "max_unsure": (0.3, 0.5, 0.7, 0.9),
         "min_largest_share": (0.7, 0.8, 0.9, 0.95), "max_outside_body": (0.05, 0.1, 0.2)}
-MAP_WEIGHTS = (0.0, 0.25, 0.5, 1.0)
+# The score's weights (Thresholds), chosen by the score's AUROC on the tuning seeds.
+WEIGHTS = {"map_weight": (0.25, 0.5, 1.0, 2.0), "unsure_weight": (0.0, 0.5, 1.0), "pieces_weight": (1.0, 2.0, 3.0, 4.0),
+           "tissue_weight": (1.0, 2.0, 3.0), "cut_volume_weight": (0.0, 0.25, 0.5, 1.0)}
 
 
 def faulted(p, seed: int, fault: str):
@@ -80,19 +85,21 @@ def collect(model: str, seeds) -> tuple[list[dict], dict]:
     from mosmos.inference.segmenter import Segmenter
 
     segmenter = Segmenter(model, device="cpu")
-    rows, seconds = [], {"segment": 0.0, "qc": 0.0}
+    rows, seconds = [], {"segment": 0.0, "qc": 0.0, "agreement": 0.0}
     for seed, fault in itertools.product(seeds, FAULTS):
         if fault == FAULTS[0]:
             phantom = make_phantom(seed, HELD_OUT_SHAPE, HELD_OUT_SPACING)
         image, truth, affine = faulted(phantom, seed, fault)
         t = time.perf_counter()
-        res = segmenter.segment(image, affine, tags=DEMO_TAGS, map_labels=True)
+        res = segmenter.segment(image, affine, tags=DEMO_TAGS)
         t_seg = time.perf_counter() - t
         t = time.perf_counter()
+        # the maps' agreement as `mosmos segment` has it: measured by the segmenter on its grid (in t_seg)
         evidence = gather(res.labelmap, affine, [(o["name"], o["label"]) for o in res.organs], image, True,
-                          res.map_labelmap, res.attention)
-        seconds["qc"] += time.perf_counter() - t
-        seconds["segment"] += t_seg
+                          agreements=res.agreement)
+        seconds["qc"] += time.perf_counter() - t + res.seconds["agreement"]
+        seconds["agreement"] += res.seconds["agreement"]
+        seconds["segment"] += t_seg - res.seconds["agreement"]
         for e in evidence:
             rows.append({"seed": seed, "fault": fault, "organ": e.organ, "evidence": e,
                          "dice": dice(res.labelmap == e.label, truth == VALUE_OF[e.organ])})
@@ -127,8 +134,8 @@ def rates(rows, results) -> dict:
 
 
 def choose(rows) -> Thresholds:
-    """The flags' thresholds by Youden J (at >= 80 % of flagged organs with Dice < 0.7), then the maps' weight
-    in the score by AUROC."""
+    """The flags' thresholds by Youden J (at >= 80 % of flagged organs with Dice < 0.7), then the score's weights
+    by its AUROC (the first best in WEIGHTS' order on a tie)."""
     best, best_key = Thresholds(), None
     for values in itertools.product(*GRID.values()):
         t = dataclasses.replace(Thresholds(), **dict(zip(GRID, values)))
@@ -136,8 +143,10 @@ def choose(rows) -> Thresholds:
         key = (r["flagged_with_dice_below_0.7"] >= 0.8, r["tpr"] - r["fpr"], r["flagged_with_dice_below_0.7"])
         if best_key is None or key > best_key:
             best, best_key = t, key
-    weights = [dataclasses.replace(best, map_weight=w) for w in MAP_WEIGHTS]
-    return max(weights, key=lambda t: rates(rows, judged(rows, t))["auroc_score"])
+    bad = [r["dice"] < 0.5 for r in rows]
+    weights = [dataclasses.replace(best, **dict(zip(WEIGHTS, values)))
+               for values in itertools.product(*WEIGHTS.values())]
+    return max(weights, key=lambda t: auroc([q.score for q in judged(rows, t)], bad))
 
 
 def dump(rows, results) -> list[dict]:
@@ -195,12 +204,21 @@ def main() -> None:
     ap.add_argument("--tune-seeds", type=int, nargs=2, default=(100, 105), metavar=("FIRST", "END"))
     ap.add_argument("--score-seeds", type=int, nargs=2, default=(110, 115), metavar=("FIRST", "END"))
     ap.add_argument("--out", default="bench_qc.json", help="the measurements as JSON")
+    ap.add_argument("--evidence", help="keep what was measured of every organ in this file (pickle), and judge "
+                                       "it again from there when it exists, without segmenting")
     ap.add_argument("--derive-profile", action="store_true")
     args = ap.parse_args()
     if args.derive_profile:
         return derive_profile()
-    tune, tune_s = collect(args.model, range(*args.tune_seeds))
-    score, score_s = collect(args.model, range(*args.score_seeds))
+    if args.evidence and Path(args.evidence).exists():   # the segmentations of an earlier run, judged again
+        with open(args.evidence, "rb") as f:
+            tune, tune_s, score, score_s = pickle.load(f)
+    else:
+        tune, tune_s = collect(args.model, range(*args.tune_seeds))
+        score, score_s = collect(args.model, range(*args.score_seeds))
+        if args.evidence:
+            with open(args.evidence, "wb") as f:
+                pickle.dump((tune, tune_s, score, score_s), f)
     chosen = choose(tune)
     default = Thresholds()
     summary = {
@@ -211,7 +229,7 @@ def main() -> None:
         "scoring_by_fault": by_fault(score, judged(score, chosen)),
         "scoring_signals_alone": signal_aurocs(score),
         "qc_seconds_per_segment_second": (tune_s["qc"] + score_s["qc"]) / (tune_s["segment"] + score_s["segment"]),
-        "seconds": {"segment": tune_s["segment"] + score_s["segment"], "qc": tune_s["qc"] + score_s["qc"]},
+        "seconds": {k: tune_s[k] + score_s[k] for k in tune_s},
         "scoring_organs": dump(score, judged(score, chosen)),
     }
     Path(args.out).write_text(json.dumps(summary, indent=2) + "\n")

@@ -299,8 +299,8 @@ def stored_uid(source, model, result, *what) -> str:
 
 
 def run_cohort(request: SegmentRequest) -> None:
-    """A cohort (mosmos.inference.cohort): one model load, one request per case; MosmosError when any case of
-    any rank failed."""
+    """A cohort (mosmos.inference.cohort): one model load, one request per case, then the cohort's QC report
+    (cohort_qc); MosmosError when any case of any rank failed."""
     from . import cohort
 
     cases = cohort.list_cases(request.inputs, request.dicomweb)
@@ -335,6 +335,10 @@ def run_cohort(request: SegmentRequest) -> None:
         for case in todo:
             failed += cohort.run_case(case, out, rank, work, events) == "failed"
     failed = cohort.total_failed(failed, group)
+    if group is None or rank == 0:   # under torchrun every rank has finished here; rank 0 writes the report
+        from .cohort_qc import write_cohort_qc
+
+        print(f"{LOG}: quality check of the cohort: {write_cohort_qc(out, cases)}", file=sys.stderr, flush=True)
     if failed:
         raise MosmosError(f"{failed} case{'s' if failed > 1 else ''} failed (see {out / cohort.LOG_NAME})")
     return None

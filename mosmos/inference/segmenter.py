@@ -37,6 +37,7 @@ from dataclasses import dataclass, field
 
 import numpy as np
 import torch
+from scipy import ndimage
 
 from ..errors import MosmosError
 from ..files.modelfile import map_epsilon
@@ -52,6 +53,7 @@ from .preprocess import Preprocessing
 from .sliding import body_blocks, body_box, dilate_blocks, fill_lowest, plan_windows, sliding_window
 from .tagselect import select_tags
 from ..options import CPU, CUDA, check_number, local_rank
+from ..qc.agreement import agreement
 
 Progress = Callable[[int, int], "bool | None"]
 
@@ -150,7 +152,9 @@ class SegmentationResult:
         run: how the windows ran: precision ("fp32" | "bf16"), overlap, windows (run), windows_skipped, compiled.
         seconds: seconds per stage: resample (the image to the model grid), windows (the network), stitch (the
             blend and its argmax), map back (the label maps to the input grid; the attention maps are mapped
-            back when read).
+            back when read), agreement (of each segment with its map).
+        agreement: organ name -> qc.agreement.Agreement of its segment with its attention map, on the model grid
+            (KeptOutputs.agreement); empty with raw attention scores; an absent organ has none.
     """
 
     labelmap: np.ndarray
@@ -161,6 +165,7 @@ class SegmentationResult:
     map_labelmap: np.ndarray | None = None
     run: dict = field(default_factory=dict)
     seconds: dict = field(default_factory=dict)
+    agreement: dict = field(default_factory=dict)
 
 
 def resolve_device(device: str | torch.device) -> torch.device:
@@ -327,7 +332,8 @@ class Segmenter:
                 notices.append(f"{name}: not found in this volume (no voxels labelled)")
         map_names = selection.labelled + (selection.open_set if hasattr(self.network, "open_set_maps") else [])
         attention = AttentionMaps(map_names, maps, grid, kji, not attention_raw) if maps is not None else {}
-        return SegmentationResult(labelmap, np.array(affine), organs, attention, notices, map_labelmap, run, seconds)
+        return SegmentationResult(labelmap, np.array(affine), organs, attention, notices, map_labelmap, run, seconds,
+                                  windows.agreement)
 
     # ---------------------------------------------------------------------------------------
     @staticmethod
@@ -489,9 +495,14 @@ class Segmenter:
                 start = time.perf_counter()
                 labels, map_labels_on_input = kept.labels_on_input(grid)
                 seconds["map back"] += time.perf_counter() - start
+                start = time.perf_counter()
+                agreements = {} if raw else kept.agreement([self.label_values[k] for k in selected],
+                                                           selection.labelled)
+                seconds["agreement"] = time.perf_counter() - start
                 if attempt:
                     notices.append(f"GPU memory was short: {reduced}")
-                return WindowsRun(labels, map_labels_on_input, kept.finished_maps(), notices, run, seconds)
+                return WindowsRun(labels, map_labels_on_input, kept.finished_maps(), notices, run, seconds,
+                                  agreements)
             except torch.cuda.OutOfMemoryError:
                 image = body = kept = None
             # here, not in the handler, whose traceback still held the failed attempt's GPU buffers
@@ -548,8 +559,8 @@ class WindowOptions:
 @dataclass
 class WindowsRun:
     """What Segmenter._run gives back: the label maps on the oriented input grid (``map_labels`` None unless
-    asked for), the attention ``maps`` on the model grid (or None), ``notices``, and the statistics
-    SegmentationResult reports (``run``, ``seconds``)."""
+    asked for), the attention ``maps`` on the model grid (or None), ``notices``, the statistics
+    SegmentationResult reports (``run``, ``seconds``) and each organ's ``agreement`` with its map."""
 
     labels: np.ndarray
     map_labels: np.ndarray | None
@@ -557,6 +568,7 @@ class WindowsRun:
     notices: list[str]
     run: dict
     seconds: dict
+    agreement: dict
 
 
 def label_argmax(scores: torch.Tensor, lut: torch.Tensor, out: np.ndarray) -> None:
@@ -613,6 +625,23 @@ class KeptOutputs:
         label of its nearest model voxel."""
         on_input = np.ix_(*nearest_model_indices(grid))
         return self.labels[on_input], None if self.map_labels is None else self.map_labels[on_input]
+
+    def agreement(self, values: list[int], names: list[str]) -> dict:
+        """name -> qc.agreement.Agreement of each organ's segment (label value ``values[i]``, attention channel
+        ``i``) with its probability map, on the model grid where both already are: the map's own segment is
+        where it gives the organ P >= 0.5 (in the softmax over all classes that voxel's argmax is the organ),
+        so no other class need be stitched and nothing is resampled (negligible next to the run)."""
+        if self.maps is None:
+            return {}
+        boxes = ndimage.find_objects(self.labels)   # uint8 or uint16 label values, no copy
+        out = {}
+        for channel, (value, name) in enumerate(zip(values, names)):
+            box = boxes[value - 1] if 0 < value <= len(boxes) else None
+            if box is None:
+                continue
+            probability = self.maps[(channel, *box)].float().numpy()
+            out[name] = agreement(self.labels[box] == value, probability >= 0.5, probability)
+        return out
 
     def finished_maps(self) -> torch.Tensor | None:
         if self.unset is not None and self.unset.any() and not self.unset.all():

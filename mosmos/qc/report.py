@@ -12,8 +12,8 @@ import numpy as np
 
 from ..files.atomic import atomic_write_bytes
 from .agreement import Agreement, agreement
-from .checks import (CHECK, FAIL, Finding, Thresholds, map_findings, median_or_none, shape_findings, side_finding,
-                     tissue_finding, volume_finding)
+from .checks import (CHECK, FAIL, Finding, Thresholds, map_findings, median_or_none, pieces_score, shape_findings,
+                     side_finding, tissue_finding, volume_finding)
 from .measure import OrganMeasure, find_body, measure_organ, organ_box
 from .profiles import Profile
 
@@ -57,9 +57,12 @@ class Evidence:
 
 
 def gather(labelmap: np.ndarray, affine: np.ndarray, organs: Sequence[tuple[str, int]], image: np.ndarray, ct: bool,
-           map_labelmap: np.ndarray | None = None, attention: Mapping[str, np.ndarray] | None = None) -> list[Evidence]:
+           map_labelmap: np.ndarray | None = None, attention: Mapping[str, np.ndarray] | None = None,
+           agreements: Mapping[str, Agreement] | None = None) -> list[Evidence]:
     """Measure each (organ, label value) of ``organs`` in ``labelmap`` (X, Y, Z, on the grid of ``affine`` and of
-    ``image``); ``ct``: the image is in HU."""
+    ``image``); ``ct``: the image is in HU. The agreement with the attention maps: given (``agreements``, organ
+    -> Agreement, as a segmentation run measures it on its own grid), or measured here from the maps' label map
+    and probabilities on this grid."""
     body = find_body(image, affine, ct)
     boxes = organ_box(labelmap)
     out = []
@@ -70,7 +73,9 @@ def gather(labelmap: np.ndarray, affine: np.ndarray, organs: Sequence[tuple[str,
         if m.voxels:
             hu = median_or_none(np.asarray(image[box])[sub]) if ct else None
             probability = attention.get(organ) if attention and organ in attention else None
-            if map_labelmap is not None or probability is not None:
+            if agreements is not None:
+                maps = agreements.get(organ)
+            elif map_labelmap is not None or probability is not None:
                 maps = agreement(sub, None if map_labelmap is None else map_labelmap[box] == value,
                                  None if probability is None else np.asarray(probability)[box])
         out.append(Evidence(organ, value, m, maps, hu, body.midline_x, body.center))
@@ -84,25 +89,28 @@ def judge(e: Evidence, profile: Profile, thresholds: Thresholds = Thresholds()) 
         return OrganQC(e.organ, e.label, 0.0, FAIL, ["not found in the scan"], _ABSENT_SCORE)
     volume, volume_score = volume_finding(e.organ, m, profile, thresholds)
     findings = [f for f in (volume, side_finding(e.organ, m, e.midline_x, profile, thresholds),
-                            tissue_finding(e.organ, e.median_hu)) if f]
+                            tissue_finding(e.organ, e.median_hu, thresholds)) if f]
     findings += shape_findings(e.organ, m, thresholds)
     map_score = 0.0
     if e.agreement is not None:
         found, map_score = map_findings(e.agreement, thresholds)
         findings += found
-    score = volume_score + map_score + sum(f.score for f in findings if f is not volume)
+    # the score sums each finding's share and the continuous parts (volume, pieces, maps), weighted as
+    # Thresholds says
+    score = volume_score + pieces_score(m, thresholds) + map_score + sum(f.score for f in findings)
     return OrganQC(e.organ, e.label, m.volume_ml, status_of(findings), [f.reason for f in findings], score,
                    [round(float(v), 1) for v in m.centroid - e.body_center])
 
 
 def assess(labelmap: np.ndarray, affine: np.ndarray, organs: Sequence[tuple[str, int]], image: np.ndarray,
            profile: Profile, ct: bool, map_labelmap: np.ndarray | None = None,
-           attention: Mapping[str, np.ndarray] | None = None, thresholds: Thresholds = Thresholds()) -> list[OrganQC]:
+           attention: Mapping[str, np.ndarray] | None = None, thresholds: Thresholds = Thresholds(),
+           agreements: Mapping[str, Agreement] | None = None) -> list[OrganQC]:
     """QC of each (organ, label value) of ``organs`` in ``labelmap`` (X, Y, Z, on the grid of ``affine`` and of
     ``image``) against ``profile``; ``ct``: the image is in HU. An organ of ``organs`` with no voxel was asked
-    for and is absent."""
+    for and is absent. The maps' agreement as ``gather`` takes it."""
     return [judge(e, profile, thresholds)
-            for e in gather(labelmap, affine, organs, image, ct, map_labelmap, attention)]
+            for e in gather(labelmap, affine, organs, image, ct, map_labelmap, attention, agreements)]
 
 
 def add_cohort_reasons(results: Mapping[str, list[OrganQC]], reasons: Mapping[str, Mapping[str, list[str]]]) -> None:

@@ -1,7 +1,9 @@
 """QC of a MOSMOS segmentation result, as the front doors (``mosmos segment``, cohorts) attach it: each organ of
-``result.organs`` gains ``status`` and ``reasons``, so the volumes files, the progress events and the printed
-lines carry them wherever the organs go. The anatomy checks only: attention maps are read back on the input
-grid only when written, and reading them again would cost more than QC may add to a run (3 %)."""
+``result.organs`` gains ``status`` and ``reasons`` (and ``offset_mm``, its centroid from the body's centre), so
+the volumes files, the progress events and the printed lines carry them wherever the organs go. The anatomy
+checks, and the agreement of each segment with its attention map as the segmenter measured it on its own grid
+(``result.agreement``): reading the maps back on the input grid for QC would cost more than QC may add to a run
+(3 %)."""
 
 from __future__ import annotations
 
@@ -18,9 +20,11 @@ def check_result(result, image: np.ndarray, header: dict, profile: str | None = 
     chosen = get_profile(profile) if profile else profile_for_model(header)
     ct = str(modality or header.get("modality") or "CT").upper() == "CT"
     results = assess(result.labelmap, result.affine, [(o["name"], o["label"]) for o in result.organs], image,
-                     chosen, ct)
+                     chosen, ct, agreements=result.agreement)
     for organ, qc in zip(result.organs, results):
         organ["status"], organ["reasons"] = qc.status, qc.reasons
+        if qc.offset_mm is not None:  # where the organ lies from the body's centre: the cohort's check reads it
+            organ["offset_mm"] = qc.offset_mm
     return results
 
 
