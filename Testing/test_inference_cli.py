@@ -124,7 +124,8 @@ def test_cancel_stops_within_one_window_batch(files):
 
     seg.network.calls = 0
     with pytest.raises(Cancelled):
-        seg.segment(_cube_volume(), AFFINE, tags="liver", progress=progress, sw_batch_size=2)
+        # one window a batch: the cube's 24 x 20 x 16 model grid holds 4 windows of 16
+        seg.segment(_cube_volume(), AFFINE, tags="liver", progress=progress, sw_batch_size=1)
     assert calls[-1][0] == 2 and calls[0] == (0, calls[0][1]) and calls[0][1] > 2
     assert seg.network.calls == 2  # batches done before the cancel, none after
 
