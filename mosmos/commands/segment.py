@@ -17,8 +17,8 @@ def add_arguments(parser) -> None:
     parser.add_argument("--tags", default=None, help='organ names, e.g. "liver, spleen, kidneys" (default: every '
                         "organ the model labels); names the model was not fine-tuned on give attention maps only")
     parser.add_argument("--output", help="label map to write: .nii.gz, .nii or .nrrd; for a DICOM "
-                        "input also a DICOM SEG: a .dcm file, or a folder (the file is named by its SOP Instance UID), with a DICOM "
-                        "SR of the organs' volumes and QC beside it (NAME_sr.dcm, or named by its own UID)")
+                        "input also a DICOM SEG: a .dcm file, or a folder (the file is named by its SOP Instance "
+                        "UID), with a DICOM SR of the organs' volumes and QC beside it (NAME_sr.dcm, or by its UID)")
     parser.add_argument("--series", metavar="UID", help="Series Instance UID to segment when the DICOM folder (or "
                         "the --dicomweb study) holds several series (default: the largest)")
     parser.add_argument("--attention", metavar="DIR",
