@@ -18,7 +18,7 @@ from . import models as modelsLib
 from .attention import attention_volume_node
 from .process import BackgroundProcess, child_environment, segment_command
 from .segmentation import build_segmentation_node
-from .tables import organ_volumes_ml, volume_table_node
+from .tables import organ_volumes_ml, volume_rows, volume_table_node
 from .volumes import array_from_volume, ijk_to_ras, read_volume, same_grid, write_volume
 
 
@@ -27,7 +27,7 @@ class SegmentationOutputs:
     segmentationNode: object
     tableNode: object
     attentionNodes: dict            # tag -> scalar volume node
-    organs: list                    # [{"name", "label", "color", "volume_ml"}]
+    organs: list                    # [{"name", "label", "color", "volume_ml", "status", "reasons"}]
     notices: list
     labelmap: object                # (k, j, i) label values of ``organs`` on the input grid
 
@@ -126,8 +126,7 @@ class SegmentationJob:
         segNode = build_segmentation_node(scene, labelmap, ijkToRAS, organs, name, self.volumeNode,
                                           self.segmentationNode)
         yield
-        volumes = organ_volumes_ml(labelmap, ijkToRAS, organs)
-        rows = [(o["name"], int(o["label"]), volumes[o["name"]]) for o in organs]
+        rows = volume_rows(organs, organ_volumes_ml(labelmap, ijkToRAS, organs))
         tableNode = volume_table_node(scene, rows, f"{self.volumeNode.GetName()} organ volumes", self.tableNode)
         yield
 
