@@ -193,13 +193,13 @@ def main() -> int:
                                    str(models), "--data", str(data)], stdout=subprocess.DEVNULL,
                                   stderr=subprocess.DEVNULL, start_new_session=True, env=dict(os.environ))
         try:
+            # Before Playwright's sync API, which runs an event loop of its own that asyncio.run may not nest in.
+            wait_until(lambda: server.poll() is None and asyncio.run(listening("127.0.0.1", port)), timeout=120)
             with sync_playwright() as p:
                 browser = p.chromium.launch(executable_path=chromium, args=[
                     "--no-sandbox", "--use-gl=swiftshader", "--enable-unsafe-swiftshader"])
                 page = browser.new_page(viewport={"width": 1400, "height": 900}, accept_downloads=True)
                 url = f"http://127.0.0.1:{port}/"
-                wait_until(lambda: server.poll() is None and asyncio.run(listening("127.0.0.1", port)),
-                           timeout=120)
                 t = time.perf_counter()
                 page.goto(url, timeout=180000)
                 page.wait_for_selector("#segment", timeout=180000)

@@ -9,9 +9,10 @@
 Also runs with plain Python where slicer-core is installed. Writes .seg.nrrd (named, coloured, coded segments),
 a NIfTI/NRRD label map, or for a DICOM series folder a DICOM SEG (.dcm) that references it; with --attention,
 per input and organ, the map that the MOSMOSSegment overlay shows: the probability that the organ wins at each
-voxel, in [0, 1]. With --dicomweb the series is fetched from a PACS (QIDO-RS, WADO-RS; credentials from
-MOSMOS_DICOMWEB_TOKEN, or MOSMOS_DICOMWEB_USER and MOSMOS_DICOMWEB_PASSWORD, or a netrc file), and --store sends
-the DICOM SEG back into its study (STOW-RS). Exits non-zero with a one-line message on failure."""
+voxel, in [0, 1]. Beside a DICOM SEG, NAME_sr.dcm: a DICOM SR of the organs' volumes and QC. With --dicomweb the
+series is fetched from a PACS (QIDO-RS, WADO-RS; credentials from MOSMOS_DICOMWEB_TOKEN, or MOSMOS_DICOMWEB_USER
+and MOSMOS_DICOMWEB_PASSWORD, or a netrc file), and --store sends the DICOM SEG and SR back into its study
+(STOW-RS). Exits non-zero with a one-line message on failure."""
 
 from __future__ import annotations
 
@@ -134,22 +135,26 @@ def read_input(source: Path, scene, series):
 
 
 def write_output(outputs, volumeNode, path: Path, dicomSource, model, store: str | None = None) -> None:
-    """``store``: a DICOMweb URL to send a DICOM SEG to (STOW-RS) before the file is committed."""
+    """``store``: a DICOMweb URL to send a DICOM SEG (and its SR) to (STOW-RS) before the files are committed."""
     from mosmos.mrml import segmentation, volumes
 
     path.parent.mkdir(parents=True, exist_ok=True)
     if path.name.lower().endswith(DICOM_SEG_SUFFIX):
         from mosmos.inference.dicomseg import segmentation_dataset
+        from mosmos.inference.dicomsr import measurement_report_dataset, report_file
         from mosmos.inference.io import StagedWriter
 
         # The pipeline's label map is in Slicer's (k, j, i) order; the core's volumes are (i, j, k).
         dataset = segmentation_dataset(dicomSource, outputs.labelmap.transpose(2, 1, 0), outputs.organs, model)
+        # The organs' volumes and QC (from the core's run) beside the SEG, as `mosmos segment` writes them.
+        report = measurement_report_dataset(dicomSource, dataset, outputs.organs, model)
         with StagedWriter() as writer:
             writer.dataset(path, dataset)
+            writer.dataset(report_file(path, report), report)
             if store:
                 from mosmos.inference.dicomweb import store as stow
 
-                stow(store, [dataset])
+                stow(store, [dataset, report])
             writer.commit()
         return
     if path.name.lower().endswith(SEGMENTATION_SUFFIX):
