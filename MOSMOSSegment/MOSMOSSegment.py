@@ -16,7 +16,7 @@ from slicer.i18n import tr as _
 from slicer.i18n import translate
 from slicer.util import VTKObservationMixin
 
-from mosmos.mrml import models, pipeline, terminology
+from mosmos.mrml import models, pipeline, tables, terminology
 from mosmos.mrml.process import Cancelled
 from mosmos.options import AUTO, DEVICES
 
@@ -403,6 +403,7 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.logic.getParameterNode().outputSegmentation = segNode
         segNode.CreateClosedSurfaceRepresentation()
         self.ui.volumesTableView.setMRMLTableNode(outputs.table_node)
+        self._showFlags(outputs.table_node)
         self._attentionNodes = outputs.attention_nodes
         combo = self.ui.attentionTagComboBox
         wasBlocked = combo.blockSignals(True)
@@ -415,6 +416,26 @@ class MOSMOSSegmentWidget(ScriptedLoadableModuleWidget, VTKObservationMixin):
         self.ui.statusLabel.text = "\n".join([_("Done: {organs}.").format(organs=found)] + list(outputs.notices))
         combo.setCurrentIndex(1 if outputs.attention_nodes else 0)
         self.showAttention()
+
+    def _showFlags(self, tableNode) -> None:
+        """Each organ's QC status in its flag's colour with its reasons as the tooltip (their column hidden)."""
+        view = self.ui.volumesTableView
+        model = view.tableModel()
+        status, reasons = tables.COLUMNS.index("status"), tables.COLUMNS.index("reasons")
+        view.setColumnHidden(reasons, True)
+        # Styling an item emits itemChanged, which the model would write back into the table node.
+        wasBlocked = model.blockSignals(True)
+        for row in range(tableNode.GetNumberOfRows()):
+            item = model.item(row, status)
+            color = tables.STATUS_COLORS.get(tableNode.GetCellText(row, status))
+            if color:
+                item.setForeground(qt.QBrush(qt.QColor(color)))
+                font = item.font()
+                font.setBold(True)
+                item.setFont(font)
+            item.setToolTip(tableNode.GetCellText(row, reasons))
+        model.blockSignals(wasBlocked)
+        view.viewport().update()
 
     def showAttention(self, *unused) -> None:
         p = self.logic.getParameterNode()
@@ -503,4 +524,6 @@ class MOSMOSSegmentTest(ScriptedLoadableModuleTest):
             np.testing.assert_allclose(ras, volumes.ijk_to_ras(volumeNode))
         table = logic.lastOutputs.table_node
         self.assertEqual(table.GetNumberOfRows(), len(logic.lastOutputs.organs))
+        for row in range(table.GetNumberOfRows()):
+            self.assertIn(table.GetCellText(row, tables.COLUMNS.index("status")), tables.STATUS_COLORS)
         self.delayDisplay("Test passed")

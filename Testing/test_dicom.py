@@ -219,7 +219,8 @@ def test_seg_references_the_series_and_matches_the_label_map(ct3_seg):
     digest = hashlib.sha256(Path(model).read_bytes()).hexdigest()
     assert f"model SHA-256={digest}" in algorithm.AlgorithmParameters
     assert raw.file_meta.TransferSyntaxUID == uid.ExplicitVRLittleEndian and raw.preamble is not None
-    assert sorted(p.name for p in (root / "out").iterdir()) == ["seg.dcm"]      # no temporary left
+    # The SEG's organ volumes and QC beside it (Testing/test_dicom_readers.py reads it with dcmqi); no temporary left.
+    assert sorted(p.name for p in (root / "out").iterdir()) == ["seg.dcm", "seg_sr.dcm"]
 
 
 def test_seg_laterality_modifier_and_open_set_codes(tmp_path):
@@ -294,9 +295,21 @@ def test_seg_into_a_folder_is_named_by_its_sop_instance_uid(ct3_seg, tmp_path, c
     code = main(["segment", str(CT3), "--model", model, "--tags", "liver", "--output", str(tmp_path) + "/",
                  "--device", "cpu"])
     assert code == 0
-    (written,) = list(tmp_path.iterdir())
-    assert written.name == pydicom.dcmread(written, stop_before_pixels=True).SOPInstanceUID + ".dcm"
-    assert f"DICOM SEG: {written}" in capsys.readouterr().out
+    out = capsys.readouterr().out
+    written = {pydicom.dcmread(p).Modality: p for p in tmp_path.iterdir()}
+    assert sorted(written) == ["SEG", "SR"]     # the SEG and its report, each named by its SOP Instance UID
+    for path in written.values():
+        assert path.name == pydicom.dcmread(path, stop_before_pixels=True).SOPInstanceUID + ".dcm"
+    assert f"DICOM SEG: {written['SEG']}" in out and f"DICOM SR (organ volumes and QC): {written['SR']}" in out
+
+
+def test_a_file_where_the_report_goes_is_refused_before_any_work(ct3_seg, tmp_path, capsys):
+    _, model = ct3_seg
+    (tmp_path / "seg_sr.dcm").write_text("someone's notes")
+    code = main(["segment", str(CT3), "--model", model, "--output", str(tmp_path / "seg.dcm"), "--device", "cpu"])
+    err = capsys.readouterr().err
+    assert code == 1 and "seg_sr.dcm: exists and is not mosmos output (DICOM SR)" in err, err
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["seg_sr.dcm"]
 
 
 
@@ -304,6 +317,7 @@ def test_results_copied_next_to_the_series_are_not_read_as_images(ct3_seg, tmp_p
     root, _ = ct3_seg
     shutil.copytree(CT3, tmp_path / "study")
     shutil.copy(root / "out" / "seg.dcm", tmp_path / "study" / "seg.dcm")
+    shutil.copy(root / "out" / "seg_sr.dcm", tmp_path / "study" / "seg_sr.dcm")
     shutil.copytree(root / "maps", tmp_path / "study" / "maps")
     vol = read_volume(tmp_path / "study")
     assert vol.array.shape == (512, 512, 3) and vol.source.notices == []

@@ -2,7 +2,7 @@
 voxel by voxel with the NIfTI outputs of a run on the same series and model: dcmqi (segimage2itkimage and
 paramap2itkimage, through which Slicer's QuantitativeReporting and its parametric-map plugin load them), OHIF's
 readers (dcmjs and @cornerstonejs/adapters under Node, Testing/node/read_dicom.mjs), highdicom, and dicom3tools'
-dciodvfy. The series is the real 20-slice CT of Testing/Data/totalseg_example with study and series UIDs added; the
+dciodvfy; the SR of the organs' volumes and QC beside the SEG by dcmqi's tid1500reader and dciodvfy. The series is the real 20-slice CT of Testing/Data/totalseg_example with study and series UIDs added; the
 label values of the model (4 and 7) are not 1..N, and its maps change along z, so a flip would show."""
 
 import json
@@ -61,7 +61,7 @@ def run(tmp_path_factory):
     model = write_stub_model(root / "stub.mosmos", labels=LABELS, roi=(16, 16, 16), spacing=(4, 4, 4), epsilon=0.5)
     common = [str(series), "--model", model, "--tags", ", ".join(TAGS), "--device", "cpu"]
     assert main(["segment", *common, "--output", str(root / "dicom" / "seg.dcm"),
-                 "--attention", str(root / "dicom" / "maps")]) == 0
+                 "--attention", str(root / "dicom" / "maps"), "--volumes", str(root / "volumes.json")]) == 0
     assert main(["segment", *common, "--output", str(root / "nifti" / "labels.nii.gz"),
                  "--attention", str(root / "nifti" / "maps")]) == 0
     ct = read_volume(series)
@@ -74,7 +74,8 @@ def run(tmp_path_factory):
     numbers[values] = np.arange(1, len(values) + 1)
     return SimpleNamespace(root=root, series=series, ct=ct, labels=labels.array, maps=maps,
                            segments=numbers[labels.array], names={n: LABELS[str(v)] for n, v in enumerate(values, 1)},
-                           seg=root / "dicom" / "seg.dcm",
+                           seg=root / "dicom" / "seg.dcm", report=root / "dicom" / "seg_sr.dcm",
+                           organs=json.loads((root / "volumes.json").read_text())["organs"],
                            map_files={tag: root / "dicom" / "maps" / f"{tag.replace(' ', '_')}.dcm" for tag in TAGS})
 
 
@@ -106,6 +107,36 @@ def test_dcmqi_reads_the_seg(run, tmp_path):
     assert [s["SegmentDescription"] for s in segments] == ["label value 4"]
     assert "ContentCreatorName" in meta
     np.testing.assert_array_equal(_on_grid(read_volume(tmp_path / "1.nii.gz"), run.ct), run.segments)
+
+
+def test_dcmqi_reads_the_report_of_volumes_and_qc(run, tmp_path):
+    """The SR as Slicer's QuantitativeReporting reads it (dcmqi's tid1500reader): one measurement group per organ,
+    the found ones on their SEG segment with the volume the SEG's voxels give, each with its QC status and reasons
+    as `--volumes` has them."""
+    _run([_tool("tid1500reader"), "--inputDICOM", run.report, "--outputMetadata", tmp_path / "sr.json"])
+    meta = json.loads((tmp_path / "sr.json").read_text())
+    groups = {g["TrackingIdentifier"]: g for g in meta["Measurements"]}
+    assert sorted(groups) == sorted(TAGS) and [o["name"] for o in run.organs] == TAGS
+    seg_uid = str(pydicom.dcmread(run.seg, stop_before_pixels=True).SOPInstanceUID)
+    assert meta["compositeContext"] == [seg_uid] and meta["procedureReported"]["CodeValue"] == "25045-6"
+    voxel_ml = abs(np.linalg.det(run.ct.affine[:3, :3])) / 1000
+    for organ in run.organs:
+        group = groups[organ["name"]]
+        evaluations = {e["conceptCode"]["CodeValue"]: [] for e in group["qualitativeEvaluations"]}
+        for e in group["qualitativeEvaluations"]:
+            evaluations[e["conceptCode"]["CodeValue"]].append(e["conceptValue"])
+        assert [v["CodeValue"] for v in evaluations["qc-status"]] == [organ["status"]]
+        assert evaluations.get("qc-reason", []) == organ["reasons"] and organ["reasons"]
+        number = next((n for n, name in run.names.items() if name == organ["name"]), None)
+        if number is None:        # not found: no segment, no volume; its QC says so
+            assert "ReferencedSegment" not in group and group["measurementItems"] == []
+            assert organ["status"] == "fail" and organ["reasons"] == ["not found in the scan"]
+            continue
+        assert group["ReferencedSegment"] == number and group["segmentationSOPInstanceUID"] == seg_uid
+        (item,) = group["measurementItems"]
+        assert item["quantity"]["CodeMeaning"] == "Volume" and item["units"]["CodeValue"] == "ml"
+        assert float(item["value"]) == pytest.approx(organ["volume_ml"], rel=1e-6)
+        assert float(item["value"]) == pytest.approx(np.count_nonzero(run.segments == number) * voxel_ml, rel=1e-3)
 
 
 def test_dcmqi_and_slicers_plugin_read_the_maps(run, tmp_path):
@@ -198,7 +229,7 @@ def test_seg_and_maps_pass_dciodvfy(run, tmp_path):
     ds = pydicom.dcmread(run.map_files["right kidney"])
     ds.file_meta.TransferSyntaxUID = pydicom.uid.ExplicitVRLittleEndian
     ds.save_as(inflated, enforce_file_format=True)
-    for path, iod in ((run.seg, "Segmentation"), (inflated, "ParametricMap")):
+    for path, iod in ((run.seg, "Segmentation"), (inflated, "ParametricMap"), (run.report, "Comprehensive3DSR")):
         out = subprocess.run(["dciodvfy", str(path)], capture_output=True, text=True, timeout=60)
         errors = [line for line in (out.stdout + out.stderr).splitlines() if line.startswith("Error")]
         assert errors == [] and iod in out.stdout + out.stderr, errors

@@ -110,10 +110,19 @@ def test_pull_segment_store_and_read_the_seg_back(signed_in, tmp_path, capsys):
         tag = pm.ContentDescription.removeprefix("MOSMOS attention map: ")
         written = read_volume(tmp_path / "maps" / f"{tag}.nii.gz").array
         np.testing.assert_allclose(pm.pixel_array.transpose(2, 1, 0), written, atol=1e-3)
+    # The SR of the organs' volumes and QC, stored beside the SEG: the liver's group on the SEG's segment.
+    (sr_found,) = _instances(server, study, "SR")
+    report = hd.sr.Comprehensive3DSR.from_dataset(client.retrieve_instance(
+        study, uid(sr_found, "0020000E"), uid(sr_found, "00080018")))
+    (liver,) = report.content.get_volumetric_roi_measurement_groups()
+    assert liver.tracking_identifier == "liver"
+    assert liver.referenced_segment.referenced_sop_instance_uid == seg.SOPInstanceUID
+    voxel_ml = abs(np.linalg.det(ct.affine[:3, :3])) / 1000
+    assert liver.get_measurements()[0].value == pytest.approx(np.count_nonzero(labels == 1) * voxel_ml, rel=1e-3)
 
-    # Redone (a resumed cohort, a second click): the same UIDs, so the study still holds one SEG.
+    # Redone (a resumed cohort, a second click): the same UIDs, so the study still holds one SEG and one SR.
     assert _segment("--dicomweb", server.dicomweb, "--study", study, "--model", model, "--store") == 0
-    assert len(_instances(server, study, "SEG")) == 1
+    assert len(_instances(server, study, "SEG")) == 1 and len(_instances(server, study, "SR")) == 1
 
 
 def test_netrc_and_token_credentials(signed_in, tmp_path, monkeypatch, capsys):
@@ -155,7 +164,8 @@ def test_bad_servers_studies_and_series_are_one_line_errors(signed_in, tmp_path,
     assert "STOW-RS store refused" in _one_line_error(
         capsys, "--dicomweb", server.dicomweb, "--study", REFUSED_STUDY, "--model", model, "--output", out,
         "--store")
-    assert "answered success but holds 0 of 1 instances" in _one_line_error(
+    # The SEG dropped, its SR kept: still an error, and nothing written here.
+    assert "answered success but holds 1 of 2 instances" in _one_line_error(
         capsys, "--dicomweb", server.dicomweb, "--study", DROPPED_STUDY, "--model", model, "--output", out,
         "--store")
     assert not out.exists() and list(tmp_path.iterdir()) == []               # nothing half-written

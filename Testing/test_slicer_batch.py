@@ -100,6 +100,12 @@ def test_batch_writes_a_dicom_seg_of_a_dicom_folder_never_into_it(tiny_model, tm
     seg = hd.seg.segread(tmp_path / "out" / "series.dcm")
     assert seg.ReferencedSeriesSequence[0].SeriesInstanceUID == read_volume(series).source.series_uid
     assert {s.SegmentLabel for s in seg.SegmentSequence} <= {"liver", "spleen"}
+    # Its SR beside it: one measurement group per organ asked for, each with the core's QC status.
+    report = hd.sr.srread(tmp_path / "out" / "series_sr.dcm")
+    groups = report.content.get_volumetric_roi_measurement_groups()
+    assert groups and {g.referenced_segment.referenced_sop_instance_uid for g in groups} == {seg.SOPInstanceUID}
+    statuses = [g.get_qualitative_evaluations()[0].value.value for g in groups]
+    assert set(statuses) <= {"ok", "check", "fail"}
 
     capsys.readouterr()
     assert batch.main(args + [str(series / "seg.dcm")]) == 1
@@ -131,16 +137,17 @@ def test_batch_fetches_a_study_from_dicomweb_and_stores_the_seg(tiny_model, tmp_
         args = ["--dicomweb", server.dicomweb, "--study", study, "--model", str(tiny_model), "--tags", "liver, spleen",
                 "--device", "cpu", "--output", str(tmp_path / "out"), "--store"]
         assert batch.main(args) == 0, capsys.readouterr().err
-        assert [p.name for p in (tmp_path / "out").iterdir()] == [f"{study}.dcm"]
-        found = dicomweb.connect(server.dicomweb).search_for_instances(
-            study_instance_uid=study, search_filters={"Modality": "SEG"})
-        assert len(found) == 1
-        # as `mosmos segment`: a label map file here, the SEG in the study (the same instance: a rerun repeats
-        # its UID, mosmos.inference.run.stored_uid)
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{study}.dcm", f"{study}_sr.dcm"]
+        client = dicomweb.connect(server.dicomweb)
+        for modality in ("SEG", "SR"):
+            assert len(client.search_for_instances(study_instance_uid=study, search_filters={"Modality": modality})) == 1
+        # as `mosmos segment`: a label map file here, the SEG and SR in the study (the same instances: a rerun
+        # repeats their UIDs, mosmos.inference.run.stored_uid)
         assert batch.main(args[:-1] + ["--store", "--format", "nii.gz"]) == 0, capsys.readouterr().err
-        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{study}.dcm", f"{study}.nii.gz"]
-        assert len(dicomweb.connect(server.dicomweb).search_for_instances(
-            study_instance_uid=study, search_filters={"Modality": "SEG"})) == 1
+        assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [f"{study}.dcm", f"{study}.nii.gz",
+                                                                        f"{study}_sr.dcm"]
+        for modality in ("SEG", "SR"):
+            assert len(client.search_for_instances(study_instance_uid=study, search_filters={"Modality": modality})) == 1
     finally:
         stop(proc)
 

@@ -263,14 +263,21 @@ def test_volume_table_is_voxel_count_times_voxel_volume(scene):
     for organ in organs:
         assert ml[organ["name"]] == pytest.approx(np.count_nonzero(labels == organ["label"]) * voxel)
     assert ml["liver"] == pytest.approx(38634 * 0.027)  # LABELS.tsv
-    rows = [(o["name"], o["label"], ml[o["name"]]) for o in organs]
+    # QC as `mosmos segment --volumes` lists it: a flagged organ with two reasons, an ok one, one never checked.
+    organs[0].update(status="check", reasons=["in pieces: the largest holds 48 % of it", "cut by the scan's edge"])
+    organs[1].update(status="ok", reasons=[])
+    rows = tables.volume_rows(organs, ml)
     table = tables.volume_table_node(scene, rows, "volumes")
     assert [table.GetColumnName(i) for i in range(table.GetNumberOfColumns())] == list(tables.COLUMNS)
     assert table.GetNumberOfRows() == len(organs)
-    for i, (name, label, volume) in enumerate(rows):
-        assert table.GetCellText(i, 0) == name
-        assert int(table.GetCellText(i, 1)) == label
-        assert table.GetTable().GetValue(i, 2).ToDouble() == pytest.approx(volume, abs=1e-3)
+    for i, organ in enumerate(organs):
+        assert table.GetCellText(i, 0) == organ["name"]
+        assert int(table.GetCellText(i, 1)) == organ["label"]
+        assert table.GetTable().GetValue(i, 2).ToDouble() == pytest.approx(ml[organ["name"]], abs=1e-3)
+    assert [table.GetCellText(i, 3) for i in range(3)] == ["check", "ok", ""]
+    assert [table.GetCellText(i, 4) for i in range(3)] == [
+        "in pieces: the largest holds 48 % of it; cut by the scan's edge", "", ""]
+    assert "ok, check" in table.GetColumnDescription("status") and set(tables.STATUS_COLORS) == {"ok", "check", "fail"}
     same = tables.volume_table_node(scene, rows[:1], table_node=table)
     assert same is table and table.GetNumberOfRows() == 1
 
@@ -453,6 +460,8 @@ def test_job_reads_core_outputs_into_nodes(scene, tmp_path):
     job.attention_dir.mkdir()
     att = (labels == 5).astype(np.float32) * 0.9
     nib.save(nib.Nifti1Image(att.transpose(2, 1, 0), affine), job.attention_dir / "liver.nii.gz")
+    for organ, status in zip(organs, ("fail", "ok", "ok")):
+        organ.update(status=status, reasons=["lies on the patient's left"] if status == "fail" else [])
     job.volumes_path.write_text(json.dumps({"organs": organs, "attention": {"liver": "liver.nii.gz"},
                                            "notices": ["test notice"]}))
     out = job.finish()
@@ -465,6 +474,8 @@ def test_job_reads_core_outputs_into_nodes(scene, tmp_path):
     np.testing.assert_allclose(volumes.array_from_volume(out.attention_nodes["liver"])[0], att)
     assert out.table_node.GetCellText(0, 0) == organs[0]["name"]
     assert out.table_node.GetTable().GetValue(1, 2).ToDouble() == pytest.approx(np.count_nonzero(labels == organs[1]["label"]) * 0.027, abs=1e-3)
+    assert [out.table_node.GetCellText(i, 3) for i in range(3)] == ["fail", "ok", "ok"]
+    assert out.table_node.GetCellText(0, 4) == "lies on the patient's left"
 
 
 def test_job_rejects_output_on_another_grid(scene, tmp_path):
@@ -524,3 +535,6 @@ def test_job_runs_the_real_core_cli_on_an_lps_volume(scene, tmp_path, monkeypatc
     for row, organ in enumerate(out.organs):
         assert out.table_node.GetTable().GetValue(row, 2).ToDouble() == pytest.approx(
             np.count_nonzero(written == organ["label"]) * voxel, abs=1e-3)
+        # The core's QC of each organ, as its volumes file has it (the stub's organs are implausible: flagged).
+        assert out.table_node.GetCellText(row, 3) == organ["status"] in ("check", "fail")
+        assert out.table_node.GetCellText(row, 4) == "; ".join(organ["reasons"]) != ""

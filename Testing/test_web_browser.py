@@ -174,7 +174,8 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
     out = tmp_path / "cli"
     assert mosmos_main(["segment", str(CT), "--model", server["stub"], "--tags", "liver, spleen", "--output",
                         str(out / "labels.nii.gz"), "--volumes", str(out / "volumes.json"), "--device", "cpu"]) == 0
-    cli = {o["name"]: o["volume_ml"] for o in json.loads((out / "volumes.json").read_text())["organs"]}
+    cliOrgans = json.loads((out / "volumes.json").read_text())["organs"]
+    cli = {o["name"]: o["volume_ml"] for o in cliOrgans}
 
     page = _open_tab(browser, server)
     assert page.url.startswith(f"{server['url']}session/")    # the one port: the launcher forwards the session
@@ -271,6 +272,16 @@ def test_segment_review_and_download_in_the_browser(server, browser, tmp_path, s
     # The page's volume and the command line's agree, for the same input and model.
     shown = page.inner_text("[data-organ=\"liver\"] td.ml")
     assert float(shown) == pytest.approx(cli["liver"], abs=1e-3)
+    # So do the QC flags: each status in its colour, its reasons as the cell's tooltip.
+    from mosmos.mrml.tables import STATUS_COLORS
+
+    for organ in cliOrgans:
+        cell = page.locator(f"[data-organ=\"{organ['name']}\"] td.status")
+        assert cell.inner_text() == organ["status"] and cell.get_attribute("title") == "; ".join(organ["reasons"])
+        background = cell.locator("span").evaluate("e => getComputedStyle(e).backgroundColor")
+        assert background == "rgb({}, {}, {})".format(*bytes.fromhex(STATUS_COLORS[organ["status"]][1:]))
+    assert {o["status"] for o in cliOrgans} != {"ok"}          # the stub's organs are implausible: a flag shows
+    page.locator("#results").screenshot(path=str(tmp_path / "flags.png"))
 
     with page.expect_download() as download:
         page.click("#download-seg")

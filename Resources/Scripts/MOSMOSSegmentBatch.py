@@ -8,13 +8,14 @@
 
 Also runs with plain Python where slicer-core is installed. Each input is one SegmentRequest run in this process
 by mosmos.segment (the `mosmos segment` command's options and checks, its one staged writer for label maps,
-DICOM SEG, attention maps, organ volumes and DICOMweb); only a .seg.nrrd (named, coloured, coded segments) is
-written here, from the label map the run returns, since it needs MRML. A DICOM series folder gives a DICOM SEG
-(.dcm) that references it by default; with --attention, per input and organ, the map that the MOSMOSSegment
-overlay shows: the probability that the organ wins at each voxel, in [0, 1] (beside a DICOM SEG as DICOM
-parametric maps). With --dicomweb the series is read from a PACS (QIDO-RS, WADO-RS; credentials from
-MOSMOS_DICOMWEB_TOKEN, or MOSMOS_DICOMWEB_USER and MOSMOS_DICOMWEB_PASSWORD, or a netrc file), and --store sends
-the DICOM SEG back into its study (STOW-RS). Exits non-zero with a one-line message on failure."""
+DICOM SEG and SR, attention maps, organ volumes and DICOMweb); only a .seg.nrrd (named, coloured, coded segments)
+is written here, from the label map the run returns, since it needs MRML. A DICOM series folder gives a DICOM SEG
+(.dcm) that references it by default, with NAME_sr.dcm beside it: a DICOM SR of the organs' volumes and QC; with
+--attention, per input and organ, the map that the MOSMOSSegment overlay shows: the probability that the organ
+wins at each voxel, in [0, 1] (beside a DICOM SEG as DICOM parametric maps). With --dicomweb the series is read
+from a PACS (QIDO-RS, WADO-RS; credentials from MOSMOS_DICOMWEB_TOKEN, or MOSMOS_DICOMWEB_USER and
+MOSMOS_DICOMWEB_PASSWORD, or a netrc file), and --store sends the DICOM SEG and SR back into its study
+(STOW-RS). Exits non-zero with a one-line message on failure."""
 
 from __future__ import annotations
 

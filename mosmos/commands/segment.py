@@ -15,7 +15,8 @@ def add_arguments(parser) -> None:
                         "with --dicomweb or --inputs)")
     parser.add_argument("--model", required=True, help="MOSMOS segmentation model file")
     parser.add_argument("--output", help="label map to write: .nii.gz, .nii or .nrrd; for a DICOM "
-                        "input also a DICOM SEG: a .dcm file, or a folder (the file is named by its SOP Instance UID)")
+                        "input also a DICOM SEG: a .dcm file, or a folder (the file is named by its SOP Instance "
+                        "UID), with a DICOM SR of the organs' volumes and QC beside it (NAME_sr.dcm, or by its UID)")
     add_run_arguments(parser)
     add_dicomweb_arguments(parser)
     cohort = parser.add_argument_group("cohorts (one model load for many cases; shards by RANK/WORLD_SIZE of "
@@ -70,8 +71,9 @@ def add_dicomweb_arguments(parser) -> None:
     web.add_argument("--dicomweb", metavar="URL", help="DICOMweb service root (e.g. http://pacs:8042/dicom-web) "
                      "to read the series from (QIDO-RS, WADO-RS) instead of an input file or folder")
     web.add_argument("--study", metavar="UID", help="with --dicomweb: the Study Instance UID to segment")
-    web.add_argument("--store", action="store_true", help="with --dicomweb: send the DICOM SEG (and from "
-                     "`mosmos segment --attention` the attention parametric maps) back into the study with STOW-RS")
+    web.add_argument("--store", action="store_true", help="with --dicomweb: send the DICOM SEG, the SR of "
+                     "its organs' volumes and QC (and from `mosmos segment --attention` the attention parametric maps) "
+                     "back into the study with STOW-RS")
 
 
 def run(args) -> int:
@@ -91,6 +93,7 @@ def run(args) -> int:
         print(f"{o['name']}: {o['volume_ml']:.1f} mL (label {o['label']}) {status_text(o)}")
     if written.output is not None and request.seg_output:
         print(f"DICOM SEG: {written.output}")
+        print(f"DICOM SR (organ volumes and QC): {written.report}")
     if request.store:
         print(f"stored in study {request.study} at {shown_url(request.dicomweb)}")
     return 0

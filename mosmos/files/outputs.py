@@ -86,6 +86,11 @@ def is_output_of(path: Path, kind: str) -> bool:
             return True
         if kind == "checkpoint":
             return zipfile.is_zipfile(path)  # torch.save's archive
+        if kind == "DICOM SR":   # the organ volumes report beside a DICOM SEG (mosmos.inference.dicomsr)
+            import pydicom
+
+            ds = pydicom.dcmread(str(path), stop_before_pixels=True)
+            return ds.get("Manufacturer") == "MOSMOS" and ds.get("Modality") == "SR"
         with open(path, encoding="utf-8") as f:
             first = f.readline()
         if kind == "event log":

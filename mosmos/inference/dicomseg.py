@@ -20,6 +20,7 @@ from .request import is_seg_output  # noqa: F401  (where the writers and the web
 SEG_SERIES_NUMBER = 4242          # after the scanner's own series numbers, recognisable in a PACS listing
 ANATOMICAL_STRUCTURE = ("SCT", "123037004", "Anatomical Structure")
 LOCAL_SCHEME = "99MOSMOS"         # private coding scheme for organs SNOMED CT codes are not known for here
+LABEL_VALUE = "label value "      # a segment's description: the organ's value in MOSMOS's label map
 
 
 def concept(code):
@@ -49,8 +50,14 @@ def _segment_description(number: int, organ: dict, algorithm):
         # Laterality (right/left kidney) lives inside the property type item (tag 0062,0011).
         desc.SegmentedPropertyTypeCodeSequence[0].SegmentedPropertyTypeModifierCodeSequence = [concept(modifier)]
     # The organ's value in MOSMOS's label map, which the segment number equals only where the values run 1..N.
-    desc.SegmentDescription = f"label value {organ['label']}"
+    desc.SegmentDescription = f"{LABEL_VALUE}{organ['label']}"
     return desc
+
+
+def segment_numbers(seg) -> dict[int, int]:
+    """Label value -> segment number of a SEG this module wrote (from its Segment Descriptions)."""
+    return {int(s.SegmentDescription[len(LABEL_VALUE):]): int(s.SegmentNumber) for s in seg.SegmentSequence
+            if str(s.get("SegmentDescription", "")).startswith(LABEL_VALUE)}
 
 
 def highdicom():

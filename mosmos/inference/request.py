@@ -58,7 +58,8 @@ class SegmentRequest:
         compile: torch.compile on the CPU: "auto", "on" or "off" (mosmos.inference.compilation).
         dicomweb: a DICOMweb service root to read the ``study`` from instead of ``input``.
         study: with ``dicomweb``, the Study Instance UID.
-        store: with ``dicomweb``, send the DICOM SEG (and attention parametric maps) back with STOW-RS.
+        store: with ``dicomweb``, send the DICOM SEG, its SR (organ volumes and QC) and attention maps back with
+            STOW-RS.
         json_progress: JSON-lines progress events on stdout.
         inputs: a cohort: a folder of volumes and DICOM folders, or a CSV manifest (mosmos.inference.cohort).
         out: with ``inputs``, the folder of one folder per case.

@@ -32,6 +32,7 @@ class SegmentOutputs:
 
     Args:
         output: the label map or DICOM SEG file; None when the request named none.
+        report: the DICOM SR of the organs' volumes and QC beside the SEG file; None without one.
         attention: tag -> file name in the attention folder.
         organs: per organ: name, label, volume_ml, color (SegmentationResult.organs).
         notices: one line each: organs not found, open-set tags, fallbacks.
@@ -42,6 +43,7 @@ class SegmentOutputs:
     """
 
     output: Path | None
+    report: Path | None = None
     attention: dict = field(default_factory=dict)
     organs: list = field(default_factory=list)
     notices: list = field(default_factory=list)
@@ -84,11 +86,11 @@ def segment(request: SegmentRequest | None = None, /, **options: Any) -> Segment
         segmenter = Segmenter(request.model, device=request.device)
         stage(events, "load model", start)
         result = segment_volume(segmenter, volume, request, events)
-        output, attention_files = write_results(request, volume, result, events)
-    events.emit("done", output=str(output), organs=result.organs, attention=attention_files,
-                notices=result.notices)
-    return SegmentOutputs(output, attention_files, result.organs, result.notices, result.run, result.labelmap,
-                          result.affine)
+        output, report, attention_files = write_results(request, volume, result, events)
+    events.emit("done", output=str(output), report=str(report) if report else None, organs=result.organs,
+                attention=attention_files, notices=result.notices)
+    return SegmentOutputs(output, report, attention_files, result.organs, result.notices, result.run,
+                          result.labelmap, result.affine)
 
 
 def check_outputs(request: SegmentRequest) -> None:
@@ -96,6 +98,7 @@ def check_outputs(request: SegmentRequest) -> None:
     file mosmos did not write (mosmos.files.outputs)."""
     from .dicom import is_dicom_file
     from .dicomseg import check_outside_series, highdicom
+    from .dicomsr import report_file
     from .io import output_format
 
     source = Path(request.input) if request.input else None
@@ -114,6 +117,7 @@ def check_outputs(request: SegmentRequest) -> None:
     if request.seg_output:
         if str(request.output).lower().endswith(".dcm"):
             check_output(request.output, "label map", inputs)
+            check_output(report_file(request.output, None), "DICOM SR", inputs, others=[request.output])
         else:
             check_output_folder(request.output, inputs)   # the file is named by its new SOP Instance UID
     elif request.output:
@@ -122,7 +126,8 @@ def check_outputs(request: SegmentRequest) -> None:
     if request.volumes:
         if not request.volumes.lower().endswith((".json", ".csv")):
             raise MosmosError(f"{request.volumes}: --volumes must end with .json or .csv")
-        check_output(request.volumes, "organ volumes", inputs, others=[request.output])
+        check_output(request.volumes, "organ volumes", inputs,
+                     others=[request.output, report_file(request.output, None) if request.seg_output else None])
     if request.attention:
         check_output_folder(request.attention, inputs)
 
@@ -215,20 +220,23 @@ def volumes_text(path: str, result, attention_files: dict) -> str:
 
 
 def write_results(request: SegmentRequest, volume, result, events):
-    """The label map (or DICOM SEG), attention maps and organ volumes the request names, all or none; with
-    ``store`` the SEG (and maps) go to the study with STOW-RS first, and the files are committed only once the
-    server has them. Returns the label map's path and the attention maps' file names by tag. Ends with the
+    """The label map (or DICOM SEG and the SR of its organs' volumes and QC), attention maps and organ volumes
+    the request names, all or none; with ``store`` the SEG, SR (and maps) go to the study with STOW-RS first, and
+    the files are committed only once the server has them. Returns the label map's path, the SR's (or None) and
+    the attention maps' file names by tag. Ends with the
     "stage" events "map back" (label and attention maps to the input grid) and "write" (the rest: encoding,
     compressing, storing; volumes are written on a thread while the next map is mapped back)."""
     from pydicom.uid import generate_uid
 
     from ..files.folders import new_folders_removed_on_error
     from .dicomseg import seg_file, segmentation_dataset
+    from .dicomsr import measurement_report_dataset, report_file
     from .parametric_map import attention_dataset
     from .io import StagedWriter
     from .segmenter import QUANTUM
 
     output, attention, volumes = request.output, request.attention, request.volumes
+    report = None
     inputs = (request.input, request.model)
     attention_files = {}
     if attention:  # their names follow from the tags, known only now; still nothing is written yet
@@ -256,10 +264,14 @@ def write_results(request: SegmentRequest, volume, result, events):
         if request.dicom:
             dataset = segmentation_dataset(volume.source, result.labelmap, result.organs, request.model,
                                            uid("seg series"), uid("seg"))
-            stored.append(dataset)
+            sr = measurement_report_dataset(volume.source, dataset, result.organs, request.model,
+                                            uid("sr series"), uid("sr"))
+            stored += [dataset, sr]
         if request.seg_output:
+            report = report_file(output, sr)
             output = seg_file(output, dataset)
             writer.dataset(output, dataset)
+            writer.dataset(report, sr)
         elif output:
             writer.volume(output, result.labelmap, result.affine, "label map")
         maps_series = uid("maps series") or generate_uid()   # one series holds the run's maps
@@ -284,7 +296,7 @@ def write_results(request: SegmentRequest, volume, result, events):
         writer.commit()
     stage(events, "map back", seconds=result.seconds.get("map back", 0.0) + mapping)
     stage(events, "write", seconds=time.perf_counter() - start - mapping)
-    return output, attention_files
+    return output, report, attention_files
 
 
 def stored_uid(source, model, result, *what) -> str:

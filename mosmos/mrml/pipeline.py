@@ -18,7 +18,7 @@ from . import models as models_lib
 from .attention import attention_volume_node
 from .process import BackgroundProcess, child_environment, segment_command
 from .segmentation import build_segmentation_node
-from .tables import organ_volumes_ml, volume_table_node
+from .tables import organ_volumes_ml, volume_rows, volume_table_node
 from .volumes import array_from_volume, ijk_to_ras, read_volume, same_grid, write_volume
 
 
@@ -27,7 +27,7 @@ class SegmentationOutputs:
     segmentation_node: object
     table_node: object
     attention_nodes: dict            # tag -> scalar volume node
-    organs: list                    # [{"name", "label", "color", "volume_ml"}]
+    organs: list                    # [{"name", "label", "color", "volume_ml", "status", "reasons"}]
     notices: list
     labelmap: object                # (k, j, i) label values of ``organs`` on the input grid
 
@@ -126,8 +126,7 @@ class SegmentationJob:
         seg_node = build_segmentation_node(scene, labelmap, ijk_to_ras_matrix, organs, name, self.volume_node,
                                           self.segmentation_node)
         yield
-        volumes = organ_volumes_ml(labelmap, ijk_to_ras_matrix, organs)
-        rows = [(o["name"], int(o["label"]), volumes[o["name"]]) for o in organs]
+        rows = volume_rows(organs, organ_volumes_ml(labelmap, ijk_to_ras_matrix, organs))
         table_node = volume_table_node(scene, rows, f"{self.volume_node.GetName()} organ volumes", self.table_node)
         yield
 

@@ -1,5 +1,5 @@
-"""The page of one session: a control panel (volume, model, organs, Segment/Cancel, organ volume table with an
-attention switch per organ, opacity, colour bar, downloads) beside Slicer's axial, coronal, sagittal and 3D
+"""The page of one session: a control panel (volume, model, organs, Segment/Cancel, organ volume table with each
+organ's QC status and an attention switch per organ, opacity, colour bar, downloads) beside Slicer's axial, coronal, sagittal and 3D
 views. Widgets only call Session (session.py); every error becomes the page's one-line message."""
 
 from __future__ import annotations
@@ -27,6 +27,7 @@ from trame_slicer.rca_view import register_rca_factories
 
 from mosmos.errors import MosmosError
 from mosmos.mrml.process import Cancelled
+from mosmos.mrml.tables import STATUS_COLORS
 
 from .auth import SESSION_SECRET_ENV, SESSION_SECRET_HEADER, same_secret
 from .session import UNZIP_FACTOR, Session, data_files
@@ -368,12 +369,17 @@ class MosmosWebApp(TrameApp):
             self.state.rows, self.state.has_results, self.state.overlay_tag = [], False, None
             return
         table = out.table_node.GetTable()
-        volumes_ml = {table.GetValue(r, 0).ToString(): table.GetValue(r, 2).ToDouble()
-                     for r in range(table.GetNumberOfRows())}
-        self.state.rows = [{"name": o["name"], "label": int(o["label"]),
-                            "color": _hex(o["color"]),
-                            "ml": f"{volumes_ml.get(o['name'], 0.0):.3f}",
-                            "attention": o["name"] in out.attention_nodes} for o in out.organs]
+        # organ -> (mL, QC status, reasons), as the table node holds them (mosmos.mrml.tables.COLUMNS)
+        cells = {table.GetValue(r, 0).ToString(): (table.GetValue(r, 2).ToDouble(), table.GetValue(r, 3).ToString(),
+                                                   table.GetValue(r, 4).ToString())
+                 for r in range(table.GetNumberOfRows())}
+        rows = []   # assigned whole: trame sends the state on assignment, not on a list's append
+        for o in out.organs:
+            ml, status, reasons = cells.get(o["name"], (0.0, "", ""))
+            rows.append({"name": o["name"], "label": int(o["label"]), "color": _hex(o["color"]), "ml": f"{ml:.3f}",
+                         "status": status, "reasons": reasons, "flag": STATUS_COLORS.get(status, "transparent"),
+                         "attention": o["name"] in out.attention_nodes})
+        self.state.rows = rows
         self.state.has_results = True
         self.state.overlay_tag = None
 
@@ -465,18 +471,23 @@ class MosmosWebApp(TrameApp):
 
                 with html.Div(v_if=("has_results",), id="results"):
                     html.Div("Organ volumes", classes="text-subtitle-2")
+                    # Five columns in the side panel: narrow cells (Vuetify's px-2 over the table's 16 px padding).
                     with v.VTable(density="compact", id="volumes"):
                         with html.Thead():
                             with html.Tr():
-                                for title in ("", "organ", "mL", "attention"):
-                                    html.Th(title)
+                                for title in ("", "organ", "mL", "QC", "attention"):
+                                    html.Th(title, classes="px-2")
                         with html.Tbody():
                             with html.Tr(v_for="r in rows", key="r.name", raw_attrs=[':data-organ="r.name"']):
-                                with html.Td():
+                                with html.Td(classes="px-2"):
                                     html.Div(style=("{ background: r.color, width: '14px', height: '14px' }",))
-                                html.Td("{{ r.name }}")
-                                html.Td("{{ r.ml }}", classes="ml")
-                                with html.Td():
+                                html.Td("{{ r.name }}", classes="px-2")
+                                html.Td("{{ r.ml }}", classes="ml px-2")
+                                # The QC status in its flag's colour; hovering shows the reasons.
+                                with html.Td(classes="status px-2", raw_attrs=[':title="r.reasons"']):
+                                    html.Span("{{ r.status }}", style=("{ background: r.flag, color: 'white', "
+                                                                       "borderRadius: '4px', padding: '0 6px' }",))
+                                with html.Td(classes="px-2"):
                                     html.Input(type="checkbox", v_if=("r.attention",),
                                                raw_attrs=[':id="`overlay-${r.name}`"'],
                                                checked=("overlay_tag === r.name",),
