@@ -289,7 +289,9 @@ def test_a_pacs_down_mid_store_leaves_nothing(signed_in, tmp_path, capsys):
         manifest.write_text(f"case,study\nct3,{study}\n")
         assert _segment("--inputs", manifest, "--out", work / "out", "--dicomweb", proxy.dicomweb, "--model", model,
                         "--attention", "maps", "--store") == 1
-    assert [p.name for p in (work / "out").iterdir()] == ["cases.csv"]
+    # the log and the cohort's QC report (the failed case listed, no image of it), no case folder
+    assert sorted(p.name for p in (work / "out").iterdir()) == ["cases.csv", "qc.html"]
+    assert "<img" not in (work / "out" / "qc.html").read_text()
     assert "ct3,failed," in (work / "out" / "cases.csv").read_text()
 
 
